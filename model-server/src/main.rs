@@ -1,1 +1,68 @@
-fn main() {}
+//! `model-server` binary: parse flags, load and warm up the model, serve until SIGTERM, drain, exit 0.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use model_server::config::{Config, LogFormat};
+use model_server::{AppState, app, lifecycle};
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(config: &Config) {
+    let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    init_logging(&config);
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            tracing::error!("{message}");
+            eprintln!("model-server: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: Config) -> Result<(), String> {
+    let state = AppState::from_config(&config).map_err(|e| format!("start-up failed: {e}"))?;
+    state
+        .warm_up()
+        .map_err(|e| format!("start-up failed: {e}"))?;
+    let state = Arc::new(state);
+    let address = SocketAddr::new(config.bind, config.port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    tracing::info!(
+        address = %listener.local_addr().map_err(|e| e.to_string())?,
+        model_name = %state.model_name,
+        model_version = %state.model_version,
+        model_sha256 = %state.model.sha256(),
+        colour = %state.colour,
+        origin_verification = state.origin_verify_secret.is_some(),
+        build = model_server::BUILD,
+        "serving"
+    );
+    let shutdown = lifecycle::drain_on_signal(
+        state.lifecycle.clone(),
+        config.drain(),
+        lifecycle::termination_signal(),
+    );
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| format!("server error: {e}"))?;
+    tracing::info!("all requests finished; exiting");
+    Ok(())
+}

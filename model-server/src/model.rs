@@ -104,10 +104,14 @@ impl Model {
         let probabilities_output = outputs
             .iter()
             .position(|f| f.datum_type == f32::datum_type() && f.rank() == 2)
-            .ok_or_else(|| ModelError::Shape("no float32[N, classes] probabilities output".into()))?;
+            .ok_or_else(|| {
+                ModelError::Shape("no float32[N, classes] probabilities output".into())
+            })?;
         let n_classes = outputs[probabilities_output].shape[1]
             .to_usize()
-            .map_err(|_| ModelError::Shape("the class count of the probabilities output is not fixed".into()))?;
+            .map_err(|_| {
+                ModelError::Shape("the class count of the probabilities output is not fixed".into())
+            })?;
 
         let plan = typed.into_runnable().map_err(ModelError::Load)?;
         Ok(Model {
@@ -147,7 +151,10 @@ impl Model {
         debug_assert!(!rows.is_empty() && rows.len() % self.n_features == 0);
         let n = rows.len() / self.n_features;
         let input = Tensor::from_shape(&[n, self.n_features], &rows).map_err(ModelError::Run)?;
-        let outputs = self.plan.run(tvec!(input.into())).map_err(ModelError::Run)?;
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .map_err(ModelError::Run)?;
         let labels = outputs[self.label_output]
             .to_plain_array_view::<i64>()
             .map_err(ModelError::Run)?;
@@ -187,7 +194,10 @@ mod tests {
         let model = Model::from_onnx_bytes(BUNDLED_MODEL).unwrap();
         let rows = vec![5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 5.9, 3.0, 4.2, 1.5];
         let got = model.predict(rows).unwrap();
-        assert_eq!(got.iter().map(|p| p.class).collect::<Vec<_>>(), vec![0, 2, 1]);
+        assert_eq!(
+            got.iter().map(|p| p.class).collect::<Vec<_>>(),
+            vec![0, 2, 1]
+        );
         for p in got {
             let sum: f32 = p.probabilities.iter().sum();
             assert!((sum - 1.0).abs() < 1e-5, "{sum}");

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Benchmark model-server against the servers people run today (Flask + gunicorn + scikit-learn,
+# and BentoML), all on loopback, with wrk. Prints a table and the ratios; see docs/performance.md.
+# Installs what it needs itself: wrk (Debian), a pinned venv (bench/requirements.txt), and a static
+# release build of model-server.
+#   BENCH_SECONDS=10 BENCH_CONNECTIONS=16,64 bench/model-server.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+out="$here/out"
+mkdir -p "$out"
+
+if ! command -v wrk > /dev/null; then
+  sudo_="" ; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
+  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq wrk > /dev/null
+fi
+
+venv="${BENCH_VENV:-$root/.venv-bench}"
+if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$here/requirements.txt" "$venv/.requirements.txt"; then
+  echo "installing the reference servers into $venv" >&2
+  python3 -m venv "$venv"
+  (cd "$here" && "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt)
+  cp "$here/requirements.txt" "$venv/.requirements.txt"
+fi
+
+echo "training the reference estimator (the same one exported to ONNX)" >&2
+"$venv/bin/python" "$root/model-server/train/train.py" --out-dir "$out/model" --joblib "$out/iris.joblib" > /dev/null
+cmp -s "$out/model/iris.onnx" "$root/model-server/model/iris.onnx" \
+  || { echo "the bench venv does not reproduce the bundled model; check the pins" >&2; exit 1; }
+
+echo "building a static model-server" >&2
+target=x86_64-unknown-linux-gnu
+(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked -p model-server --target "$target")
+binary="$root/target/$target/release/model-server"
+
+echo
+echo "model-server binary: $(stat -c %s "$binary") bytes ($(( $(stat -c %s "$binary") / 1024 )) KiB), stripped, $(file -b "$binary" | grep -o 'static[a-z -]*linked' || echo 'dynamically linked')"
+echo "host: $(nproc) cores, $(uname -r); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+"$venv/bin/python" "$here/model_server_bench.py" \
+  --wrk "$(command -v wrk)" --script "$here/post.lua" --python-bin "$venv/bin" \
+  --model-server "$binary" --joblib "$out/iris.joblib" --reference-dir "$here/reference" \
+  --seconds "${BENCH_SECONDS:-10}" --connections "${BENCH_CONNECTIONS:-16,64}" --only "${BENCH_ONLY:-}" \
+  --json "$out/results.json"

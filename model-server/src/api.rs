@@ -1,0 +1,389 @@
+//! HTTP endpoints and the one error type every failure turns into.
+//!
+//! Bad input is always a 4xx with `{"error": <code>, "detail": <what was wrong>}`; no request body,
+//! however malformed, can reach a panic or a 500.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::{Json, http::HeaderValue};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::lifecycle::Phase;
+
+/// Header CloudFront adds to origin requests; its value is the shared origin-verify secret.
+pub const ORIGIN_VERIFY_HEADER: &str = "x-origin-verify";
+
+/// Every non-2xx answer: a status, a stable machine-readable code and a human detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    detail: &'a str,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    fn unprocessable(code: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), error = self.code, detail = %self.detail, "request failed");
+        } else {
+            tracing::warn!(status = self.status.as_u16(), error = self.code, detail = %self.detail, "request rejected");
+        }
+        let body = ErrorBody {
+            error: self.code,
+            detail: &self.detail,
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `{"features": [...]}` for one row, or `{"instances": [[...], ...]}` for a batch.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictRequest {
+    features: Option<Vec<f32>>,
+    instances: Option<Vec<Vec<f32>>>,
+}
+
+#[derive(Serialize)]
+struct SingleAnswer<'a> {
+    prediction: i64,
+    probabilities: &'a [f32],
+    model_version: &'a str,
+    colour: &'a str,
+}
+
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    predictions: Vec<i64>,
+    probabilities: Vec<&'a [f32]>,
+    model_version: &'a str,
+    colour: &'a str,
+}
+
+#[derive(Debug)]
+enum Shape {
+    Single,
+    Batch,
+}
+
+/// Checks a parsed request against the model and flattens it into rows for tract.
+fn validate(
+    request: PredictRequest,
+    n_features: usize,
+    max_batch: usize,
+) -> Result<(Shape, Vec<f32>), ApiError> {
+    let (shape, rows) = match (request.features, request.instances) {
+        (Some(features), None) => (Shape::Single, vec![features]),
+        (None, Some(instances)) => (Shape::Batch, instances),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "give either `features` (one row) or `instances` (a batch), not both",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::unprocessable(
+                "invalid_request",
+                "the body must have `features` (one row) or `instances` (a batch of rows)",
+            ));
+        }
+    };
+    if rows.is_empty() {
+        return Err(ApiError::unprocessable(
+            "empty_batch",
+            "`instances` is empty: send at least one row",
+        ));
+    }
+    if rows.len() > max_batch {
+        return Err(ApiError::unprocessable(
+            "batch_too_large",
+            format!(
+                "`instances` has {} rows; at most {max_batch} are accepted per request",
+                rows.len()
+            ),
+        ));
+    }
+    let mut flat = Vec::with_capacity(rows.len() * n_features);
+    for (i, row) in rows.iter().enumerate() {
+        let place = match shape {
+            Shape::Single => "`features`".to_owned(),
+            Shape::Batch => format!("`instances[{i}]`"),
+        };
+        if row.len() != n_features {
+            return Err(ApiError::unprocessable(
+                "wrong_feature_count",
+                format!(
+                    "{place} has {} values; the model takes exactly {n_features}",
+                    row.len()
+                ),
+            ));
+        }
+        if let Some(j) = row.iter().position(|v| !v.is_finite()) {
+            return Err(ApiError::unprocessable(
+                "non_finite_feature",
+                format!("{place}[{j}] is not a finite number (out of the float32 range)"),
+            ));
+        }
+        flat.extend_from_slice(row);
+    }
+    Ok((shape, flat))
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > "application/+json".len()
+            && essence[..12].eq_ignore_ascii_case("application/")
+            && essence.to_ascii_lowercase().ends_with("+json"))
+}
+
+/// `POST /predict`
+pub async fn predict(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    if !is_json(&headers) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body is larger than the {} byte limit; split the batch",
+                    state.body_limit
+                ),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                rejection.body_text(),
+            )
+        }
+    })?;
+    let request: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Syntax | Category::Eof | Category::Io => {
+                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string())
+            }
+            Category::Data if !body.trim_ascii_start().starts_with(b"{") => ApiError::unprocessable(
+                "invalid_request",
+                r#"the body must be a JSON object: {"features": [...]} or {"instances": [[...], ...]}"#,
+            ),
+            Category::Data => ApiError::unprocessable("invalid_request", e.to_string()),
+        }
+    })?;
+    let (shape, rows) = validate(request, state.model.n_features(), state.max_batch)?;
+    let n_rows = rows.len() / state.model.n_features();
+    let predictions = state.model.predict(rows).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "inference_failed",
+            e.to_string(),
+        )
+    })?;
+    state.metrics.add_rows_predicted(n_rows as u64);
+    let response = match shape {
+        Shape::Single => Json(SingleAnswer {
+            prediction: predictions[0].class,
+            probabilities: &predictions[0].probabilities,
+            model_version: &state.model_version,
+            colour: &state.colour,
+        })
+        .into_response(),
+        Shape::Batch => Json(BatchAnswer {
+            predictions: predictions.iter().map(|p| p.class).collect(),
+            probabilities: predictions
+                .iter()
+                .map(|p| p.probabilities.as_slice())
+                .collect(),
+            model_version: &state.model_version,
+            colour: &state.colour,
+        })
+        .into_response(),
+    };
+    Ok(response)
+}
+
+/// Guards `/predict` when an origin-verify secret is configured.
+pub async fn verify_origin(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(secret) = &state.origin_verify_secret {
+        let presented = request
+            .headers()
+            .get(ORIGIN_VERIFY_HEADER)
+            .map(HeaderValue::as_bytes);
+        let ok = presented.is_some_and(|p| bool::from(p.ct_eq(secret.as_bytes())));
+        if !ok {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_verification_failed",
+                "requests must come through the CloudFront distribution (missing or wrong X-Origin-Verify header)",
+            ));
+        }
+    }
+    Ok(next.run(request).await)
+}
+
+/// `GET /healthz`: the process is alive and answering.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 once warmed up, 503 while starting or draining.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let phase = state.lifecycle.phase();
+    let status = if phase == Phase::Ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({"status": phase.as_str(), "colour": state.colour})),
+    )
+        .into_response()
+}
+
+/// `GET /version`: which model, which colour, which build.
+pub async fn version(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "model_name": state.model_name,
+        "model_version": state.model_version,
+        "model_sha256": state.model.sha256(),
+        "colour": state.colour,
+        "build": crate::BUILD,
+    }))
+}
+
+/// `GET /metrics`
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see POST /predict, GET /healthz, /readyz, /version, /metrics",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method (POST /predict; GET for the others)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(features: Option<Vec<f32>>, instances: Option<Vec<Vec<f32>>>) -> PredictRequest {
+        PredictRequest {
+            features,
+            instances,
+        }
+    }
+
+    #[test]
+    fn content_type_accepts_json_with_parameters_and_suffix_types_only() {
+        let mut h = HeaderMap::new();
+        assert!(!is_json(&h));
+        for (value, want) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/vnd.api+json", true),
+            ("text/plain", false),
+            ("application/x-www-form-urlencoded", false),
+            ("application/+json", false),
+        ] {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(value));
+            assert_eq!(is_json(&h), want, "{value}");
+        }
+    }
+
+    #[test]
+    fn validate_flattens_a_batch_in_row_order() {
+        let (shape, flat) = validate(
+            request(None, Some(vec![vec![1.0, 2.0], vec![3.0, 4.0]])),
+            2,
+            10,
+        )
+        .unwrap();
+        assert!(matches!(shape, Shape::Batch));
+        assert_eq!(flat, vec![1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn validate_names_the_offending_row_and_column() {
+        let err = validate(
+            request(None, Some(vec![vec![1.0, 2.0], vec![3.0, f32::INFINITY]])),
+            2,
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(err.code, "non_finite_feature");
+        assert!(err.detail.contains("`instances[1]`[1]"), "{}", err.detail);
+    }
+
+    #[test]
+    fn validate_enforces_the_batch_limit() {
+        let err = validate(request(None, Some(vec![vec![1.0]; 3])), 1, 2).unwrap_err();
+        assert_eq!(err.code, "batch_too_large");
+    }
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics and the per-request middleware that records them and logs the request.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::AppState;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    method: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    name: String,
+    version: String,
+    sha256: String,
+    colour: String,
+}
+
+/// Everything `/metrics` exposes.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RouteLabels, Histogram>,
+    in_flight: Gauge,
+    rows_predicted: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. ~0.8 s: inference is microseconds; the tail is what a release's smoke test watches.
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new(model_name: &str, model_version: &str, sha256: &str, colour: &str) -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let in_flight = Gauge::default();
+        let rows_predicted = Counter::default();
+        let info = Family::<ModelLabels, Gauge>::default();
+        info.get_or_create(&ModelLabels {
+            name: model_name.into(),
+            version: model_version.into(),
+            sha256: sha256.into(),
+            colour: colour.into(),
+        })
+        .set(1);
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request to response, by route",
+            latency.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
+        registry.register(
+            "model_rows_predicted",
+            "Rows classified by the model",
+            rows_predicted.clone(),
+        );
+        registry.register("model_info", "The model this process serves", info);
+        Metrics {
+            registry,
+            requests,
+            latency,
+            in_flight,
+            rows_predicted,
+        }
+    }
+
+    pub fn add_rows_predicted(&self, n: u64) {
+        self.rows_predicted.inc_by(n);
+    }
+
+    /// The OpenMetrics text exposition (Prometheus reads it).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counts and times every request, logs one line per request at debug, and, while draining, asks
+/// clients to close their connection after the answer so they reconnect to a pod still in rotation.
+pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().as_str().to_owned();
+    let metrics = &state.metrics;
+    metrics.in_flight.inc();
+    let mut response = next.run(request).await;
+    metrics.in_flight.dec();
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            route: route.clone(),
+            method: method.clone(),
+            status,
+        })
+        .inc();
+    metrics
+        .latency
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    if state.lifecycle.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    tracing::debug!(
+        method,
+        route,
+        status,
+        latency_us = elapsed.as_micros() as u64,
+        "request"
+    );
+    response
+}

@@ -1,0 +1,69 @@
+//! The served model must answer exactly as the framework that trained it.
+
+use model_server::model::{BUNDLED_MODEL, Model};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Reference {
+    model_sha256: String,
+    rows: Vec<Row>,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    features: Vec<f32>,
+    prediction: i64,
+    probabilities: Vec<f64>,
+}
+
+fn reference() -> Reference {
+    let text = include_str!("../../model/iris-reference.json");
+    serde_json::from_str(text).unwrap()
+}
+
+#[test]
+fn predictions_match_training_framework() {
+    let reference = reference();
+    assert_eq!(reference.rows.len(), 150, "all of iris");
+    let model = Model::from_onnx_bytes(BUNDLED_MODEL).unwrap();
+    assert_eq!(
+        model.sha256(),
+        reference.model_sha256,
+        "the reference answers were made for another model; re-run model-server/train/train.sh"
+    );
+    let rows: Vec<f32> = reference
+        .rows
+        .iter()
+        .flat_map(|r| r.features.clone())
+        .collect();
+    let got = model.predict(rows).unwrap();
+    let mut worst = 0.0f64;
+    for (i, (row, answer)) in reference.rows.iter().zip(&got).enumerate() {
+        assert_eq!(answer.class, row.prediction, "row {i}: {:?}", row.features);
+        for (p, q) in answer.probabilities.iter().zip(&row.probabilities) {
+            worst = worst.max((f64::from(*p) - q).abs());
+        }
+    }
+    // float32 inference against scikit-learn's float64: agreement to about 1e-6.
+    assert!(worst < 1e-5, "largest probability difference {worst}");
+}
+
+#[test]
+fn one_row_at_a_time_equals_the_batch() {
+    let reference = reference();
+    let model = Model::from_onnx_bytes(BUNDLED_MODEL).unwrap();
+    let batch: Vec<f32> = reference
+        .rows
+        .iter()
+        .flat_map(|r| r.features.clone())
+        .collect();
+    let batch = model.predict(batch).unwrap();
+    for (row, from_batch) in reference.rows.iter().zip(batch) {
+        let single = model.predict(row.features.clone()).unwrap().remove(0);
+        // tract picks other kernels for other batch sizes: same class, last bits may differ.
+        assert_eq!(single.class, from_batch.class, "{:?}", row.features);
+        for (a, b) in single.probabilities.iter().zip(&from_batch.probabilities) {
+            assert!((a - b).abs() < 1e-6, "{:?}: {a} vs {b}", row.features);
+        }
+    }
+}
