@@ -5,11 +5,8 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, http::HeaderValue};
 use serde::{Deserialize, Serialize};
@@ -171,37 +168,25 @@ fn is_json(headers: &HeaderMap) -> bool {
             && essence.to_ascii_lowercase().ends_with("+json"))
 }
 
-/// `POST /predict`
+/// `POST /predict`. Origin check, content type and body limit are done here rather than in
+/// middleware and extractors: this is the hot path, and a cloned `HeaderMap` or an extra boxed layer
+/// per request is measurable (see docs/performance.md).
 pub async fn predict(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    if !is_json(&headers) {
+    let (parts, body) = request.into_parts();
+    verify_origin(&state, &parts.headers)?;
+    if !is_json(&parts.headers) {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!(
-                    "the body is larger than the {} byte limit; split the batch",
-                    state.body_limit
-                ),
-            )
-        } else {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable_body",
-                rejection.body_text(),
-            )
-        }
-    })?;
+    let body = axum::body::to_bytes(body, state.body_limit)
+        .await
+        .map_err(|e| body_error(&e, state.body_limit))?;
     let request: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
         use serde_json::error::Category;
         match e.classify() {
@@ -247,27 +232,41 @@ pub async fn predict(
     Ok(response)
 }
 
-/// Guards `/predict` when an origin-verify secret is configured.
-pub async fn verify_origin(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    if let Some(secret) = &state.origin_verify_secret {
-        let presented = request
-            .headers()
-            .get(ORIGIN_VERIFY_HEADER)
-            .map(HeaderValue::as_bytes);
-        let ok = presented.is_some_and(|p| bool::from(p.ct_eq(secret.as_bytes())));
-        if !ok {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "origin_verification_failed",
-                "requests must come through the CloudFront distribution (missing or wrong X-Origin-Verify header)",
-            ));
+/// A body that could not be read: over the limit (413, with or without Content-Length) or broken.
+fn body_error(error: &axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is larger than the {limit} byte limit; split the batch"),
+            );
         }
+        source = e.source();
     }
-    Ok(next.run(request).await)
+    ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "unreadable_body",
+        format!("the request body could not be read: {error}"),
+    )
+}
+
+/// When an origin-verify secret is configured, `/predict` requires it in `X-Origin-Verify`.
+fn verify_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(secret) = &state.origin_verify_secret else {
+        return Ok(());
+    };
+    let presented = headers.get(ORIGIN_VERIFY_HEADER).map(HeaderValue::as_bytes);
+    if presented.is_some_and(|p| bool::from(p.ct_eq(secret.as_bytes()))) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_verification_failed",
+            "requests must come through the CloudFront distribution (missing or wrong X-Origin-Verify header)",
+        ))
+    }
 }
 
 /// `GET /healthz`: the process is alive and answering.

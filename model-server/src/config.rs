@@ -62,6 +62,11 @@ pub struct Config {
     #[arg(long, env = "MODEL_SERVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 
+    /// Threads serving requests [default: the CPUs available]. One is best when a single core is
+    /// given to the server (the benchmark's load generator takes the other).
+    #[arg(long, env = "MODEL_SERVER_WORKERS")]
+    pub workers: Option<std::num::NonZeroUsize>,
+
     /// Log line format.
     #[arg(long, env = "MODEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -80,6 +85,12 @@ pub enum LogFormat {
 impl Config {
     pub fn drain(&self) -> Duration {
         Duration::from_secs_f64(self.drain_seconds)
+    }
+
+    pub fn worker_threads(&self) -> usize {
+        self.workers
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, std::num::NonZeroUsize::get)
     }
 }
 
@@ -100,6 +111,7 @@ impl std::fmt::Debug for Config {
             .field("drain_seconds", &self.drain_seconds)
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
+            .field("workers", &self.workers)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()

@@ -13,7 +13,6 @@ pub mod model;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 use crate::config::Config;
@@ -110,21 +109,14 @@ impl AppState {
 
 /// The whole HTTP service.
 pub fn app(state: Arc<AppState>) -> Router {
-    let guarded = Router::new()
-        .route("/predict", post(api::predict))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            api::verify_origin,
-        ));
     Router::new()
+        .route("/predict", post(api::predict))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/version", get(api::version))
         .route("/metrics", get(api::metrics))
-        .merge(guarded)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
-        .layer(DefaultBodyLimit::max(state.body_limit))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             metrics::track,

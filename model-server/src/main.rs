@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use axum::serve::ListenerExt;
 use clap::Parser;
 use model_server::config::{Config, LogFormat};
 use model_server::{AppState, app, lifecycle};
@@ -20,11 +21,24 @@ fn init_logging(config: &Config) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
     let config = Config::parse();
     init_logging(&config);
-    match run(config).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads())
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("model-server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -52,6 +66,7 @@ async fn run(config: Config) -> Result<(), String> {
         colour = %state.colour,
         origin_verification = state.origin_verify_secret.is_some(),
         build = model_server::BUILD,
+        workers = config.worker_threads(),
         "serving"
     );
     let shutdown = lifecycle::drain_on_signal(
@@ -59,6 +74,10 @@ async fn run(config: Config) -> Result<(), String> {
         config.drain(),
         lifecycle::termination_signal(),
     );
+    // Answers are one small write each: send them at once rather than waiting on Nagle.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app(state))
         .with_graceful_shutdown(shutdown)
         .await

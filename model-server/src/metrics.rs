@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -18,14 +18,14 @@ use crate::AppState;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    route: String,
-    method: String,
+    route: &'static str,
+    method: &'static str,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,12 +114,27 @@ impl Metrics {
 /// clients to close their connection after the answer so they reconnect to a pod still in rotation.
 pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
+    // Static label values: no allocation per request, and a bounded label set whatever clients send.
+    let route = match request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
-    let method = request.method().as_str().to_owned();
+        .map(MatchedPath::as_str)
+    {
+        Some("/predict") => "/predict",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/version") => "/version",
+        Some("/metrics") => "/metrics",
+        _ => "unmatched",
+    };
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    };
     let metrics = &state.metrics;
     metrics.in_flight.inc();
     let mut response = next.run(request).await;
@@ -129,16 +144,14 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
     metrics
         .requests
         .get_or_create(&RequestLabels {
-            route: route.clone(),
-            method: method.clone(),
+            route,
+            method,
             status,
         })
         .inc();
     metrics
         .latency
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-        })
+        .get_or_create(&RouteLabels { route })
         .observe(elapsed.as_secs_f64());
     if state.lifecycle.is_draining() {
         response

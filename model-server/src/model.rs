@@ -44,6 +44,9 @@ pub struct Prediction {
 /// A loaded, optimised classifier, shared by all requests (tract plans are `Send + Sync`).
 pub struct Model {
     plan: std::sync::Arc<TypedSimplePlan>,
+    /// Run states kept for reuse: spawning one per request costs more than the inference itself.
+    /// A request pops one (or spawns one when all are busy) and puts it back after the run.
+    idle_states: std::sync::Mutex<Vec<TypedSimpleState>>,
     n_features: usize,
     n_classes: usize,
     label_output: usize,
@@ -116,6 +119,7 @@ impl Model {
         let plan = typed.into_runnable().map_err(ModelError::Load)?;
         Ok(Model {
             plan,
+            idle_states: std::sync::Mutex::new(Vec::new()),
             n_features,
             n_classes,
             label_output,
@@ -148,13 +152,18 @@ impl Model {
     /// Classify `rows.len() / n_features` rows laid out row after row. The caller validates the
     /// length and that every value is finite.
     pub fn predict(&self, rows: Vec<f32>) -> Result<Vec<Prediction>, ModelError> {
-        debug_assert!(!rows.is_empty() && rows.len() % self.n_features == 0);
+        debug_assert!(!rows.is_empty() && rows.len().is_multiple_of(self.n_features));
         let n = rows.len() / self.n_features;
         let input = Tensor::from_shape(&[n, self.n_features], &rows).map_err(ModelError::Run)?;
-        let outputs = self
-            .plan
-            .run(tvec!(input.into()))
-            .map_err(ModelError::Run)?;
+        let pooled = self.idle_states.lock().ok().and_then(|mut idle| idle.pop());
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self.plan.spawn().map_err(ModelError::Run)?,
+        };
+        let outputs = state.run(tvec!(input.into())).map_err(ModelError::Run)?;
+        if let Ok(mut idle) = self.idle_states.lock() {
+            idle.push(state);
+        }
         let labels = outputs[self.label_output]
             .to_plain_array_view::<i64>()
             .map_err(ModelError::Run)?;
@@ -202,6 +211,28 @@ mod tests {
             let sum: f32 = p.probabilities.iter().sum();
             assert!((sum - 1.0).abs() < 1e-5, "{sum}");
         }
+    }
+
+    #[test]
+    fn reused_run_states_give_the_same_answers_for_any_batch_size() {
+        let model = Model::from_onnx_bytes(BUNDLED_MODEL).unwrap();
+        let row = [6.7, 3.0, 5.2, 2.3];
+        let first = model.predict(row.to_vec()).unwrap();
+        for n in [7, 1, 64, 1, 3] {
+            let got = model.predict(row.repeat(n)).unwrap();
+            assert_eq!(got.len(), n);
+            for p in &got {
+                assert_eq!(p.class, first[0].class);
+                for (a, b) in p.probabilities.iter().zip(&first[0].probabilities) {
+                    assert!((a - b).abs() < 1e-6);
+                }
+            }
+        }
+        assert_eq!(
+            model.idle_states.lock().unwrap().len(),
+            1,
+            "one state, reused"
+        );
     }
 
     #[test]

@@ -44,7 +44,8 @@ fn predictions_match_training_framework() {
             worst = worst.max((f64::from(*p) - q).abs());
         }
     }
-    // float32 inference against scikit-learn's float64: agreement to about 1e-6.
+    eprintln!("largest probability difference from scikit-learn over 150 rows: {worst:e}");
+    // float32 inference against scikit-learn's float64.
     assert!(worst < 1e-5, "largest probability difference {worst}");
 }
 

@@ -56,19 +56,22 @@ fn start(drain_seconds: &str) -> Server {
             }
         }
     });
+    // Owned by the guard from here on, so a failed start still kills and reaps the process.
+    let mut server = Server {
+        child,
+        address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        log: rx,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let line = rx
+        let line = server
+            .log
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("a `serving` log line within 20 s");
         let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
         if event["message"] == "serving" {
-            let address = event["address"].as_str().unwrap().parse().unwrap();
-            return Server {
-                child,
-                address,
-                log: rx,
-            };
+            server.address = event["address"].as_str().unwrap().parse().unwrap();
+            return server;
         }
     }
 }
