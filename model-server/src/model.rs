@@ -1,8 +1,9 @@
 //! The classifier: an ONNX graph optimised by tract once at start, then run per request.
 //!
-//! Any ONNX classifier exported like the bundled one works: one `float32[N, F]` input, an `int64[N]`
-//! label output and a `float32[N, C]` probabilities output (scikit-learn through skl2onnx with
-//! `zipmap=False`). The batch dimension is symbolic, so a batch of any size is one `run`.
+//! Any ONNX classifier shaped like the bundled one works: one `float32[N, F]` input, an `int64[N]`
+//! label output and a `float32[N, C]` probabilities output. The bundled model is four standard ops
+//! (MatMul, Add, Softmax, ArgMax; see `train/train.py`); a skl2onnx export with `zipmap=False` has
+//! the same outputs and is served too, only slower (more ops).
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
@@ -41,12 +42,43 @@ pub struct Prediction {
     pub probabilities: Vec<f32>,
 }
 
-/// A loaded, optimised classifier, shared by all requests (tract plans are `Send + Sync`).
-pub struct Model {
+/// One optimised plan and the run states kept for reuse with it: spawning a state per request costs
+/// more than the inference itself. A run pops a state (or spawns one when all are busy) and puts it
+/// back afterwards.
+struct Runner {
     plan: std::sync::Arc<TypedSimplePlan>,
-    /// Run states kept for reuse: spawning one per request costs more than the inference itself.
-    /// A request pops one (or spawns one when all are busy) and puts it back after the run.
     idle_states: std::sync::Mutex<Vec<TypedSimpleState>>,
+}
+
+impl Runner {
+    fn new(model: TypedModel) -> TractResult<Self> {
+        Ok(Runner {
+            plan: model.into_runnable()?,
+            idle_states: std::sync::Mutex::new(Vec::new()),
+        })
+    }
+
+    fn run(&self, input: Tensor) -> TractResult<TVec<TValue>> {
+        let pooled = self.idle_states.lock().ok().and_then(|mut idle| idle.pop());
+        let mut state = match pooled {
+            Some(state) => state,
+            None => self.plan.spawn()?,
+        };
+        let outputs = state.run(tvec!(input.into()))?;
+        if let Ok(mut idle) = self.idle_states.lock() {
+            idle.push(state);
+        }
+        Ok(outputs)
+    }
+}
+
+/// A loaded, optimised classifier, shared by all requests (tract plans are `Send + Sync`).
+///
+/// Two plans of the same graph: one with the batch fixed at 1, which tract optimises further (most
+/// requests are one row), and one with a symbolic batch for `instances`.
+pub struct Model {
+    single_row: Runner,
+    batch: Runner,
     n_features: usize,
     n_classes: usize,
     label_output: usize,
@@ -87,6 +119,11 @@ impl Model {
                     "input must be float32[N, features] with a fixed feature count, found {declared:?}"
                 ))
             })?;
+        let mut single_row = inference.clone();
+        single_row
+            .set_input_fact(0, f32::fact([1, n_features]).into())
+            .map_err(ModelError::Load)?;
+        let single_row = single_row.into_optimized().map_err(ModelError::Load)?;
         let batch = inference.symbols.sym("N");
         inference
             .set_input_fact(0, f32::fact([batch.to_dim(), n_features.to_dim()]).into())
@@ -116,10 +153,9 @@ impl Model {
                 ModelError::Shape("the class count of the probabilities output is not fixed".into())
             })?;
 
-        let plan = typed.into_runnable().map_err(ModelError::Load)?;
         Ok(Model {
-            plan,
-            idle_states: std::sync::Mutex::new(Vec::new()),
+            single_row: Runner::new(single_row).map_err(ModelError::Load)?,
+            batch: Runner::new(typed).map_err(ModelError::Load)?,
             n_features,
             n_classes,
             label_output,
@@ -155,22 +191,20 @@ impl Model {
         debug_assert!(!rows.is_empty() && rows.len().is_multiple_of(self.n_features));
         let n = rows.len() / self.n_features;
         let input = Tensor::from_shape(&[n, self.n_features], &rows).map_err(ModelError::Run)?;
-        let pooled = self.idle_states.lock().ok().and_then(|mut idle| idle.pop());
-        let mut state = match pooled {
-            Some(state) => state,
-            None => self.plan.spawn().map_err(ModelError::Run)?,
+        let runner = if n == 1 {
+            &self.single_row
+        } else {
+            &self.batch
         };
-        let outputs = state.run(tvec!(input.into())).map_err(ModelError::Run)?;
-        if let Ok(mut idle) = self.idle_states.lock() {
-            idle.push(state);
-        }
+        let outputs = runner.run(input).map_err(ModelError::Run)?;
         let labels = outputs[self.label_output]
-            .to_plain_array_view::<i64>()
+            .try_as_plain_ram()
             .map_err(ModelError::Run)?;
+        let labels = labels.as_slice::<i64>().map_err(ModelError::Run)?;
         let probabilities = outputs[self.probabilities_output]
-            .to_plain_array_view::<f32>()
+            .try_as_plain_ram()
             .map_err(ModelError::Run)?;
-        let probabilities: Vec<f32> = probabilities.iter().copied().collect();
+        let probabilities = probabilities.as_slice::<f32>().map_err(ModelError::Run)?;
         Ok(labels
             .iter()
             .zip(probabilities.chunks_exact(self.n_classes))
@@ -228,11 +262,9 @@ mod tests {
                 }
             }
         }
-        assert_eq!(
-            model.idle_states.lock().unwrap().len(),
-            1,
-            "one state, reused"
-        );
+        // One state per plan, reused across calls and batch sizes.
+        assert_eq!(model.single_row.idle_states.lock().unwrap().len(), 1);
+        assert_eq!(model.batch.idle_states.lock().unwrap().len(), 1);
     }
 
     #[test]
