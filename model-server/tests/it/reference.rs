@@ -68,3 +68,23 @@ fn one_row_at_a_time_equals_the_batch() {
         }
     }
 }
+
+/// A skl2onnx export (`LinearClassifier` + `Normalizer`, `zipmap=False`) of the same estimator, made
+/// by an earlier version of train.py with skl2onnx 1.20.0: still served, with the same answers.
+#[test]
+fn a_skl2onnx_export_of_the_same_estimator_gives_the_same_classes() {
+    let reference = reference();
+    let model = Model::from_onnx_bytes(include_bytes!("../fixtures/iris-skl2onnx.onnx")).unwrap();
+    let rows: Vec<f32> = reference
+        .rows
+        .iter()
+        .flat_map(|r| r.features.clone())
+        .collect();
+    let got = model.predict(rows).unwrap();
+    for (i, (row, answer)) in reference.rows.iter().zip(&got).enumerate() {
+        assert_eq!(answer.class, row.prediction, "row {i}");
+        for (p, q) in answer.probabilities.iter().zip(&row.probabilities) {
+            assert!((f64::from(*p) - q).abs() < 1e-5, "row {i}");
+        }
+    }
+}
