@@ -174,7 +174,10 @@ async fn oversized_body_is_413_not_a_500() {
     let rows = vec!["[5.1,3.5,1.4,0.2]"; 100].join(",");
     let body = format!(r#"{{"instances":[{rows}]}}"#);
     assert!(body.len() > 512);
-    let answer = send(&state, post_json("/predict", body)).await;
+    assert_too_large(send(&state, post_json("/predict", body)).await);
+}
+
+fn assert_too_large(answer: crate::Answer) {
     assert_eq!(
         answer.status,
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -193,13 +196,7 @@ async fn oversized_body_without_content_length_is_413_too() {
         Ok("[1,1,1,1]]}".to_owned()),
     ];
     let body = Body::from_stream(futures_util::stream::iter(chunks));
-    let answer = send(&state, post_json("/predict", body)).await;
-    assert_eq!(
-        answer.status,
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "{}",
-        answer.text
-    );
+    assert_too_large(send(&state, post_json("/predict", body)).await);
 }
 
 #[tokio::test]
