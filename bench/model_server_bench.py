@@ -72,27 +72,32 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def rss_bytes(pids: list[int]) -> int:
-    total = 0
+def sum_over(pids: list[int], read) -> float:
+    """Sum read(pid) over processes, skipping those that exited meanwhile."""
+    total = 0.0
     for p in pids:
         try:
-            with open(f"/proc/{p}/statm") as f:
-                total += int(f.read().split()[1]) * PAGE
-        except OSError:
+            total += read(p)
+        except (OSError, IndexError, ValueError):
             pass
     return total
 
 
+def rss_bytes(pids: list[int]) -> float:
+    def one(p: int) -> int:
+        with open(f"/proc/{p}/statm") as f:
+            return int(f.read().split()[1]) * PAGE
+
+    return sum_over(pids, one)
+
+
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime + stime
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / CLK_TCK
+    def one(p: int) -> int:
+        with open(f"/proc/{p}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+    return sum_over(pids, one) / CLK_TCK
 
 
 def wait_until_answering(port: int, timeout: float) -> None:
