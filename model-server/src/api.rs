@@ -128,17 +128,19 @@ fn validate(
             ),
         ));
     }
+    // Only an error message needs the row's name; valid rows must not pay for formatting it.
+    let place = |i: usize| match shape {
+        Shape::Single => "`features`".to_owned(),
+        Shape::Batch => format!("`instances[{i}]`"),
+    };
     let mut flat = Vec::with_capacity(rows.len() * n_features);
     for (i, row) in rows.iter().enumerate() {
-        let place = match shape {
-            Shape::Single => "`features`".to_owned(),
-            Shape::Batch => format!("`instances[{i}]`"),
-        };
         if row.len() != n_features {
             return Err(ApiError::unprocessable(
                 "wrong_feature_count",
                 format!(
-                    "{place} has {} values; the model takes exactly {n_features}",
+                    "{} has {} values; the model takes exactly {n_features}",
+                    place(i),
                     row.len()
                 ),
             ));
@@ -146,7 +148,10 @@ fn validate(
         if let Some(j) = row.iter().position(|v| !v.is_finite()) {
             return Err(ApiError::unprocessable(
                 "non_finite_feature",
-                format!("{place}[{j}] is not a finite number (out of the float32 range)"),
+                format!(
+                    "{}[{j}] is not a finite number (out of the float32 range)",
+                    place(i)
+                ),
             ));
         }
         flat.extend_from_slice(row);
@@ -154,6 +159,7 @@ fn validate(
     Ok((shape, flat))
 }
 
+/// `application/json` or any `application/*+json`, with or without parameters, in any case.
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
@@ -162,10 +168,15 @@ fn is_json(headers: &HeaderMap) -> bool {
         return false;
     };
     let essence = value.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || (essence.len() > "application/+json".len()
-            && essence[..12].eq_ignore_ascii_case("application/")
-            && essence.to_ascii_lowercase().ends_with("+json"))
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > "+json".len()
+                && subtype
+                    .get(subtype.len() - "+json".len()..)
+                    .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json")))
 }
 
 /// `POST /predict`. Origin check, content type and body limit are done here rather than in
@@ -201,7 +212,6 @@ pub async fn predict(
         }
     })?;
     let (shape, rows) = validate(request, state.model.n_features(), state.max_batch)?;
-    let n_rows = rows.len() / state.model.n_features();
     let predictions = state.model.predict(rows).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -209,7 +219,7 @@ pub async fn predict(
             e.to_string(),
         )
     })?;
-    state.metrics.add_rows_predicted(n_rows as u64);
+    state.metrics.add_rows_predicted(predictions.len() as u64);
     let response = match shape {
         Shape::Single => Json(SingleAnswer {
             prediction: predictions[0].class,

@@ -54,11 +54,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), String> {
-    let state = AppState::from_config(&config).map_err(|e| format!("start-up failed: {e}"))?;
-    state
-        .warm_up()
+    let state = AppState::from_config(&config)
+        .and_then(|state| state.warm_up().map(|()| Arc::new(state)))
         .map_err(|e| format!("start-up failed: {e}"))?;
-    let state = Arc::new(state);
     let address = SocketAddr::new(config.bind, config.port);
     let listener = tokio::net::TcpListener::bind(address)
         .await

@@ -239,18 +239,16 @@ async fn origin_secret_guards_predict_but_not_the_probes() {
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
     assert_eq!(answer.json["error"], "origin_verification_failed");
 
-    let wrong = Request::post("/predict")
-        .header("content-type", "application/json")
-        .header("x-origin-verify", "s3cre")
-        .body(Body::from(SETOSA))
-        .unwrap();
+    let with_origin = |name: &str, value: &str| {
+        Request::post("/predict")
+            .header("content-type", "application/json")
+            .header(name, value)
+            .body(Body::from(SETOSA))
+            .unwrap()
+    };
+    let wrong = with_origin("x-origin-verify", "s3cre");
     assert_eq!(send(&state, wrong).await.status, StatusCode::FORBIDDEN);
-
-    let right = Request::post("/predict")
-        .header("content-type", "application/json")
-        .header("X-Origin-Verify", "s3cret")
-        .body(Body::from(SETOSA))
-        .unwrap();
+    let right = with_origin("X-Origin-Verify", "s3cret");
     assert_eq!(send(&state, right).await.status, StatusCode::OK);
 
     for probe in ["/healthz", "/readyz", "/version", "/metrics"] {
