@@ -16,12 +16,7 @@ if ! command -v wrk > /dev/null; then
 fi
 
 venv="${BENCH_VENV:-$root/.venv-bench}"
-if [[ ! -x "$venv/bin/python" ]] || ! cmp -s "$here/requirements.txt" "$venv/.requirements.txt"; then
-  echo "installing the reference servers into $venv" >&2
-  python3 -m venv "$venv"
-  (cd "$here" && "$venv/bin/pip" install --quiet --disable-pip-version-check -r requirements.txt)
-  cp "$here/requirements.txt" "$venv/.requirements.txt"
-fi
+"$root/scripts/venv" "$venv" "$here/requirements.txt"
 
 echo "training the reference estimator (the same one exported to ONNX)" >&2
 "$venv/bin/python" "$root/model-server/train/train.py" --out-dir "$out/model" --joblib "$out/iris.joblib" > /dev/null
