@@ -143,8 +143,17 @@ mod tests {
 
     #[test]
     fn drain_seconds_rejects_negative_and_non_numbers() {
-        assert!(Config::try_parse_from(["model-server", "--drain-seconds", "-1"]).is_err());
-        assert!(Config::try_parse_from(["model-server", "--drain-seconds", "soon"]).is_err());
+        for (value, reason) in [
+            ("--drain-seconds=-1", "between 0 and 3600"),
+            ("--drain-seconds=3601", "between 0 and 3600"),
+            ("--drain-seconds=inf", "between 0 and 3600"),
+            ("--drain-seconds=soon", "not a number of seconds"),
+        ] {
+            let err = Config::try_parse_from(["model-server", value])
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains(reason), "{value}: {err}");
+        }
         let ok = Config::try_parse_from(["model-server", "--drain-seconds", "0.5"]).unwrap();
         assert_eq!(ok.drain(), Duration::from_millis(500));
     }

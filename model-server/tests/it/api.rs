@@ -200,6 +200,30 @@ async fn oversized_body_without_content_length_is_413_too() {
 }
 
 #[tokio::test]
+async fn a_body_that_breaks_mid_stream_is_400_unreadable_body() {
+    let state = state(&[]);
+    let chunks: Vec<Result<String, std::io::Error>> = vec![
+        Ok(r#"{"features":[5.1,"#.to_owned()),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "peer went away",
+        )),
+    ];
+    let body = Body::from_stream(futures_util::stream::iter(chunks));
+    let answer = send(&state, post_json("/predict", body)).await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.text);
+    assert_eq!(answer.json["error"], "unreadable_body");
+    assert!(
+        answer.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("peer went away"),
+        "{}",
+        answer.text
+    );
+}
+
+#[tokio::test]
 async fn wrong_or_missing_content_type_is_415() {
     let state = state(&[]);
     for content_type in [

@@ -13,6 +13,8 @@ const SECRET: &str = "do-not-log-me-7f3a";
 struct Server {
     child: Child,
     address: SocketAddr,
+    /// The `serving` log line, as JSON.
+    serving: serde_json::Value,
     log: mpsc::Receiver<String>,
 }
 
@@ -23,8 +25,9 @@ impl Drop for Server {
     }
 }
 
-/// Starts the binary on an ephemeral loopback port and reads its address from the "serving" log line.
-fn start(drain_seconds: &str) -> Server {
+/// Starts the binary on an ephemeral loopback port with the origin secret and `args`, and reads its
+/// address from the "serving" log line.
+fn start(args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_model-server"))
         .args([
             "--bind",
@@ -36,12 +39,8 @@ fn start(drain_seconds: &str) -> Server {
             "--log",
             "debug",
         ])
-        .args([
-            "--drain-seconds",
-            drain_seconds,
-            "--origin-verify-secret",
-            SECRET,
-        ])
+        .args(["--origin-verify-secret", SECRET])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -60,6 +59,7 @@ fn start(drain_seconds: &str) -> Server {
     let mut server = Server {
         child,
         address: SocketAddr::from(([127, 0, 0, 1], 0)),
+        serving: serde_json::Value::Null,
         log: rx,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -71,6 +71,7 @@ fn start(drain_seconds: &str) -> Server {
         let event: serde_json::Value = serde_json::from_str(&line).expect("JSON log lines");
         if event["message"] == "serving" {
             server.address = event["address"].as_str().unwrap().parse().unwrap();
+            server.serving = event;
             return server;
         }
     }
@@ -110,7 +111,7 @@ const BODY: &str = r#"{"features":[6.7,3.0,5.2,2.3]}"#;
 
 #[test]
 fn sigterm_drains_then_exits_zero_and_secret_is_never_logged() {
-    let mut server = start("1.5");
+    let mut server = start(&["--drain-seconds", "1.5"]);
     let address = server.address;
     assert_eq!(request(address, &get("/readyz")).unwrap().0, 200);
 
@@ -192,9 +193,11 @@ fn sigterm_drains_then_exits_zero_and_secret_is_never_logged() {
     );
 }
 
+/// `--workers 1` runs a current-thread runtime; it must serve (and guard) like the default one.
 #[test]
-fn forbidden_without_the_origin_header_over_a_real_socket() {
-    let server = start("0");
+fn one_worker_serves_and_refuses_predict_without_the_origin_header() {
+    let server = start(&["--drain-seconds", "0", "--workers", "1"]);
+    assert_eq!(server.serving["workers"], 1, "{}", server.serving);
     let raw = format!(
         "POST /predict HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\n\r\n{BODY}",
@@ -203,4 +206,38 @@ fn forbidden_without_the_origin_header_over_a_real_socket() {
     let (status, text) = request(server.address, &raw).unwrap();
     assert_eq!(status, 403, "{text}");
     assert!(text.contains("origin_verification_failed"), "{text}");
+    let (status, text) = request(
+        server.address,
+        &format!("{}{BODY}", predict_head(BODY.len())),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{text}");
+}
+
+/// The exit codes the README documents: 1 with the reason when start-up fails, 2 for a bad flag.
+#[test]
+fn start_up_failures_exit_1_with_the_reason_and_bad_flags_exit_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let cases: [(&[&str], i32, &str); 4] = [
+        (
+            &["--model-path", "/nonexistent/m.onnx"],
+            1,
+            "/nonexistent/m.onnx",
+        ),
+        (&["--port", &port], 1, "cannot listen on 127.0.0.1:"),
+        (&["--drain-seconds=-1"], 2, "between 0 and 3600"),
+        (&["--no-such-flag"], 2, "--no-such-flag"),
+    ];
+    for (args, code, reason) in cases {
+        let out = Command::new(env!("CARGO_BIN_EXE_model-server"))
+            .args(["--bind", "127.0.0.1"])
+            .env("MODEL_SERVER_PORT", "0") // a flag in `args` overrides it
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
 }
