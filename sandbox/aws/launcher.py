@@ -1,0 +1,876 @@
+"""The sandbox's AWS stand-in: moto's server plus what `release` needs that moto lacks.
+
+Started by the `sandbox` binary (sandbox/src/main.rs), never by hand. It listens on 127.0.0.1 only
+and prints one JSON line, {"aws_port": N, "edge_port": M}, once both servers accept connections.
+
+On top of moto 5.2 (pinned in requirements.txt) it adds:
+- CloudFormation models for AWS::EKS::Cluster, AWS::EKS::FargateProfile and
+  AWS::CloudFront::Distribution, delegating to moto's own EKS and CloudFront backends;
+- CloudFront: If-Match checked against a fresh ETag per change, InProgress -> Deployed after the
+  propagation delay, and an edge proxy (the distribution's public URL) that follows the deployed origin;
+- ECR: image digest = sha256 of the manifest bytes, layer bytes kept, GetDownloadUrlForLayer;
+- EKS: a cluster's endpoint and CA are the sandbox cluster's;
+- CloudFormation: a resource that fails leaves the stack in ROLLBACK_COMPLETE (or
+  UPDATE_ROLLBACK_COMPLETE), with a *_FAILED event naming the resource and the reason;
+- fault injection (throttling and 5xx answers per service), off unless asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import http.client
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from werkzeug.serving import make_server
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from moto.core.common_models import CloudFormationModel
+from moto.core.exceptions import ServiceException
+from moto.cloudformation import models as cfn_models
+from moto.cloudformation import parsing as cfn_parsing
+from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+from moto.cloudfront import models as cf_models
+from moto.cloudfront.models import cloudfront_backends
+from moto.ecr import models as ecr_models
+from moto.ecr import responses as ecr_responses
+from moto.eks import models as eks_models
+from moto.eks.models import eks_backends
+from moto.core.responses import ActionResult
+
+CONFIG: dict[str, Any] = {
+    "cluster_endpoint": "https://127.0.0.1:1",
+    "cluster_ca_b64": "",
+    "edge_delay": 0.0,
+    "layer_dir": "/nonexistent",
+    "aws_url": "http://127.0.0.1:1",
+}
+
+# ---------------------------------------------------------------------------------------------
+# CloudFormation property shapes -> API shapes
+
+
+def cfn_tags_to_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
+def camel(name: str) -> str:
+    return name[:1].lower() + name[1:]
+
+
+def camel_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {camel(k): camel_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [camel_keys(v) for v in value]
+    return value
+
+
+# CloudFormation writes CloudFront lists as plain lists; the API wraps them in {Quantity, Items}.
+# Some names differ too (left: CloudFormation, right: API).
+CF_RENAMES = {
+    "OriginCustomHeaders": "CustomHeaders",
+    "OriginSSLProtocols": "OriginSslProtocols",
+    "IPV6Enabled": "IsIPV6Enabled",
+}
+CF_WRAPPED = {
+    "Aliases",
+    "Origins",
+    "CustomHeaders",
+    "OriginSslProtocols",
+    "AllowedMethods",
+    "CachedMethods",
+    "Headers",
+    "CacheBehaviors",
+    "CustomErrorResponses",
+    "QueryStringCacheKeys",
+    "WhitelistedNames",
+    "LambdaFunctionAssociations",
+    "FunctionAssociations",
+    "TrustedSigners",
+    "TrustedKeyGroups",
+    "Locations",
+}
+
+
+def cf_config_from_cfn(value: Any, key: str | None = None) -> Any:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            name = CF_RENAMES.get(k, k)
+            out[name] = cf_config_from_cfn(v, name)
+        # CachedMethods sits inside AllowedMethods in the API.
+        if key == "DefaultCacheBehavior" or key == "CacheBehaviors":
+            if "CachedMethods" in out and "AllowedMethods" in out:
+                out["AllowedMethods"]["CachedMethods"] = out.pop("CachedMethods")
+        if key == "CustomOriginConfig":
+            # CloudFormation's defaults; the API requires all of them.
+            out.setdefault("HTTPPort", 80)
+            out.setdefault("HTTPSPort", 443)
+            out.setdefault("OriginSslProtocols", {"Quantity": 2, "Items": ["TLSv1", "SSLv3"]})
+        if "GeoRestriction" in out and "Locations" in out["GeoRestriction"]:
+            geo = out["GeoRestriction"]
+            geo.update(geo.pop("Locations"))
+        return out
+    if isinstance(value, list):
+        items = [cf_config_from_cfn(v, key if key == "CacheBehaviors" else None) for v in value]
+        if key in CF_WRAPPED:
+            return {"Quantity": len(items), "Items": items}
+        return items
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS::EKS::Cluster
+
+
+def sandbox_cluster_fields(cluster: Any) -> None:
+    cluster.endpoint = CONFIG["cluster_endpoint"]
+    cluster.certificate_authority = {"data": CONFIG["cluster_ca_b64"]}
+
+
+_original_create_cluster = eks_models.EKSBackend.create_cluster
+
+
+def create_cluster(self: Any, *args: Any, **kwargs: Any) -> Any:
+    cluster = _original_create_cluster(self, *args, **kwargs)
+    sandbox_cluster_fields(cluster)
+    return cluster
+
+
+eks_models.EKSBackend.create_cluster = create_cluster  # type: ignore[method-assign]
+
+# Properties whose change makes CloudFormation replace the resource rather than update it.
+EKS_CLUSTER_REPLACE = ("Name", "RoleArn", "EncryptionConfig", "KubernetesNetworkConfig")
+
+
+class EksCluster(CloudFormationModel):
+    # moto files models by the service named in the module path.
+    __module__ = "moto.eks.sandbox"
+
+    def __init__(self, name: str, account_id: str, region: str):
+        self.name = name
+        self.account_id = account_id
+        self.region = region
+
+    @property
+    def cluster(self) -> Any:
+        return eks_backends[self.account_id][self.region].describe_cluster(self.name)
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.name
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "Name"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::EKS::Cluster"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in (
+            "Arn",
+            "Endpoint",
+            "CertificateAuthorityData",
+            "OpenIdConnectIssuerUrl",
+            "ClusterSecurityGroupId",
+        )
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        c = self.cluster
+        if attribute_name == "Arn":
+            return c.arn
+        if attribute_name == "Endpoint":
+            return c.endpoint
+        if attribute_name == "CertificateAuthorityData":
+            return c.certificate_authority["data"]
+        if attribute_name == "OpenIdConnectIssuerUrl":
+            return c.identity["oidc"]["issuer"]
+        if attribute_name == "ClusterSecurityGroupId":
+            return f"sg-{hashlib.sha256(c.arn.encode()).hexdigest()[:17]}"
+        raise UnformattedGetAttTemplateException()
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "EksCluster":
+        p = cloudformation_json["Properties"]
+        eks_backends[account_id][region_name].create_cluster(
+            name=resource_name,
+            role_arn=p["RoleArn"],
+            resources_vpc_config=camel_keys(p.get("ResourcesVpcConfig", {})),
+            version=p.get("Version"),
+            kubernetes_network_config=camel_keys(p.get("KubernetesNetworkConfig")),
+            logging=camel_keys(p.get("Logging")),
+            tags=cfn_tags_to_dict(p.get("Tags")),
+            encryption_config=camel_keys(p.get("EncryptionConfig")),
+        )
+        return cls(resource_name, account_id, region_name)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "EksCluster":
+        p = cloudformation_json["Properties"]
+        c = original_resource.cluster
+        old_subnets = (c.resources_vpc_config or {}).get("subnetIds")
+        new_vpc = camel_keys(p.get("ResourcesVpcConfig", {}))
+        replace = (
+            new_resource_name != original_resource.name
+            or p.get("RoleArn") != c.role_arn
+            or new_vpc.get("subnetIds") != old_subnets
+            or camel_keys(p.get("EncryptionConfig")) not in (None, c.encryption_config)
+        )
+        if replace:
+            original_resource.delete(account_id, region_name)
+            return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+        if p.get("Version"):
+            c.version = p["Version"]
+        if p.get("Logging"):
+            c.logging = camel_keys(p["Logging"])
+        c.resources_vpc_config = new_vpc
+        c.tags = cfn_tags_to_dict(p.get("Tags"))
+        return original_resource
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        backend = eks_backends[account_id][region_name]
+        if self.name in backend.clusters:
+            backend.delete_cluster(self.name)
+
+    @classmethod
+    def delete_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        cls(resource_name, account_id, region_name).delete(account_id, region_name)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS::EKS::FargateProfile
+
+
+class EksFargateProfile(CloudFormationModel):
+    # moto files models by the service named in the module path.
+    __module__ = "moto.eks.sandbox"
+
+    def __init__(self, cluster_name: str, name: str, arn: str):
+        self.cluster_name = cluster_name
+        self.name = name
+        self.arn = arn
+
+    @property
+    def physical_resource_id(self) -> str:
+        return f"{self.cluster_name}|{self.name}"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "FargateProfileName"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::EKS::FargateProfile"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        if attribute_name == "Arn":
+            return self.arn
+        raise UnformattedGetAttTemplateException()
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "EksFargateProfile":
+        p = cloudformation_json["Properties"]
+        selectors = [
+            {"namespace": s["Namespace"], **({"labels": cfn_tags_to_dict(s["Labels"])} if s.get("Labels") else {})}
+            for s in p.get("Selectors", [])
+        ]
+        profile = eks_backends[account_id][region_name].create_fargate_profile(
+            fargate_profile_name=resource_name,
+            cluster_name=p["ClusterName"],
+            selectors=selectors,
+            pod_execution_role_arn=p["PodExecutionRoleArn"],
+            subnets=p.get("Subnets"),
+            client_request_token=None,
+            tags=cfn_tags_to_dict(p.get("Tags")),
+        )
+        return cls(p["ClusterName"], resource_name, profile.fargate_profile_arn)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "EksFargateProfile":
+        # Every property but Tags needs replacement, as in AWS.
+        original_resource.delete(account_id, region_name)
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        backend = eks_backends[account_id][region_name]
+        cluster = backend.clusters.get(self.cluster_name)
+        if cluster is not None and self.name in cluster.fargate_profiles:
+            backend.delete_fargate_profile(cluster_name=self.cluster_name, fargate_profile_name=self.name)
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS::CloudFront::Distribution, If-Match/ETag, deployment delay and the edge
+
+
+def now() -> float:
+    return time.monotonic()
+
+
+def origin_snapshot(dist: Any) -> dict[str, Any]:
+    config = dist.distribution_config
+    origins = {}
+    for o in config.Origins["Items"]:
+        custom = getattr(o, "custom_origin_config", None)
+        origins[o.id] = {
+            "domain": o.domain_name,
+            "path": o.origin_path or "",
+            "http_port": int(custom.http_port or 80) if custom else 80,
+            "headers": [(h["HeaderName"], h["HeaderValue"]) for h in (o.custom_headers.get("Items") or [])],
+        }
+    target = config.DefaultCacheBehavior.target_origin_id
+    return {"origin": origins.get(target), "enabled": bool(config.Enabled)}
+
+
+def record_version(dist: Any) -> None:
+    dist.etag = cf_models.random_id()
+    versions = getattr(dist, "_sandbox_versions", [])
+    versions.append((now(), origin_snapshot(dist)))
+    dist._sandbox_versions = versions[-8:]
+
+
+def deployed_snapshot(dist: Any) -> dict[str, Any] | None:
+    ready = [snap for (t, snap) in getattr(dist, "_sandbox_versions", []) if now() - t >= CONFIG["edge_delay"]]
+    return ready[-1] if ready else None
+
+
+def dist_status(self: Any) -> str:
+    versions = getattr(self, "_sandbox_versions", [])
+    if versions and now() - versions[-1][0] < CONFIG["edge_delay"]:
+        return "InProgress"
+    return "Deployed"
+
+
+cf_models.Distribution.status = property(dist_status, lambda self, value: None)  # type: ignore[assignment]
+
+
+class PreconditionFailed(ServiceException):
+    code = "PreconditionFailed"
+    message = "The precondition given in one or more of the request-header fields evaluated to false."
+
+
+_original_create_dist = cf_models.CloudFrontBackend.create_distribution_with_tags
+_original_update_dist = cf_models.CloudFrontBackend.update_distribution
+_original_delete_dist = cf_models.CloudFrontBackend.delete_distribution
+
+
+def create_distribution_with_tags(self: Any, config: Any, tags: Any) -> Any:
+    dist, location, _ = _original_create_dist(self, config, tags)
+    record_version(dist)
+    return dist, location, dist.etag
+
+
+def check_if_match(self: Any, dist_id: str, if_match: Any) -> None:
+    dist = self.distributions.get(dist_id)
+    if dist is not None and if_match and if_match != dist.etag:
+        raise PreconditionFailed()
+
+
+def update_distribution(self: Any, dist_config: Any, _id: str, if_match: Any) -> Any:
+    check_if_match(self, _id, if_match)
+    dist, location, _ = _original_update_dist(self, dist_config, _id, if_match)
+    record_version(dist)
+    return dist, location, dist.etag
+
+
+def delete_distribution(self: Any, distribution_id: str, if_match: Any) -> None:
+    check_if_match(self, distribution_id, if_match)
+    _original_delete_dist(self, distribution_id, if_match)
+
+
+cf_models.CloudFrontBackend.create_distribution_with_tags = create_distribution_with_tags  # type: ignore[method-assign]
+cf_models.CloudFrontBackend.update_distribution = update_distribution  # type: ignore[method-assign]
+cf_models.CloudFrontBackend.delete_distribution = delete_distribution  # type: ignore[method-assign]
+
+
+def all_distributions() -> list[Any]:
+    found = []
+    for account_backends in list(cloudfront_backends.values()):
+        for backend in list(account_backends.values()):
+            found.extend(backend.distributions.values())
+    return found
+
+
+class CloudFrontDistribution(CloudFormationModel):
+    # moto files models by the service named in the module path.
+    __module__ = "moto.cloudfront.sandbox"
+
+    def __init__(self, dist_id: str, account_id: str):
+        self.dist_id = dist_id
+        self.account_id = account_id
+
+    @staticmethod
+    def backend(account_id: str) -> Any:
+        return cloudfront_backends[account_id]["aws"]
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.dist_id
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return ""
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::CloudFront::Distribution"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in ("Id", "DomainName")
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        dist = self.backend(self.account_id).distributions[self.dist_id]
+        if attribute_name == "Id":
+            return dist.distribution_id
+        if attribute_name == "DomainName":
+            return dist.domain_name
+        raise UnformattedGetAttTemplateException()
+
+    @staticmethod
+    def api_config(properties: dict[str, Any], caller_reference: str) -> dict[str, Any]:
+        config = cf_config_from_cfn(properties["DistributionConfig"])
+        config["CallerReference"] = caller_reference
+        config.setdefault("Comment", "")
+        return config
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "CloudFrontDistribution":
+        p = cloudformation_json["Properties"]
+        config = cls.api_config(p, str(uuid.uuid4()))
+        tags = p.get("Tags") or []
+        dist, _, _ = cls.backend(account_id).create_distribution(config, tags)
+        return cls(dist.distribution_id, account_id)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "CloudFrontDistribution":
+        backend = cls.backend(account_id)
+        dist = backend.distributions[original_resource.dist_id]
+        config = cls.api_config(cloudformation_json["Properties"], dist.distribution_config.caller_reference)
+        backend.update_distribution(config, dist.distribution_id, dist.etag)
+        return original_resource
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        backend = self.backend(account_id)
+        dist = backend.distributions.get(self.dist_id)
+        if dist is not None:
+            backend.delete_distribution(self.dist_id, dist.etag)
+
+
+cfn_parsing.get_model_list.cache_clear()
+cfn_parsing.get_model_map.cache_clear()
+cfn_parsing.get_name_type_map.cache_clear()
+
+
+class EdgeHandler(BaseHTTPRequestHandler):
+    """Plays the distribution's public URL: forwards to the deployed origin with its custom headers."""
+
+    protocol_version = "HTTP/1.1"
+    hop_by_hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host", "proxy-connection"}
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def pick(self) -> tuple[dict[str, Any] | None, str]:
+        host = (self.headers.get("Host") or "").split(":")[0]
+        dists = [d for d in all_distributions()]
+        named = [d for d in dists if d.domain_name == host]
+        if named:
+            dists = named
+        live = [(d, deployed_snapshot(d)) for d in dists]
+        live = [(d, s) for (d, s) in live if s and s["enabled"]]
+        if not live:
+            return None, "no deployed, enabled CloudFront distribution"
+        if len(live) > 1:
+            return None, "several distributions are deployed; send Host: <distribution domain name>"
+        return live[0][1], ""
+
+    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Cache", "Error from cloudfront")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def forward(self) -> None:
+        snapshot, why = self.pick()
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if snapshot is None or snapshot["origin"] is None:
+            self.reply(503, json.dumps({"error": "edge_not_configured", "detail": why}).encode())
+            return
+        origin = snapshot["origin"]
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in self.hop_by_hop}
+        headers["Host"] = origin["domain"]
+        headers["Via"] = "1.1 sandbox-edge (CloudFront)"
+        for name, value in origin["headers"]:
+            headers[name] = value
+        try:
+            conn = http.client.HTTPConnection(origin["domain"], origin["http_port"], timeout=30)
+            conn.request(self.command, origin["path"] + self.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+        except OSError as e:
+            # CloudFront answers 502 when it cannot reach the origin.
+            self.reply(502, json.dumps({"error": "origin_unreachable", "detail": str(e)}).encode())
+            return
+        self.send_response(resp.status)
+        for k, v in resp.getheaders():
+            if k.lower() not in self.hop_by_hop and k.lower() != "content-length":
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Cache", "Miss from cloudfront")
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = forward
+
+
+# ---------------------------------------------------------------------------------------------
+# ECR: digest of the manifest bytes, layer bytes kept, GetDownloadUrlForLayer
+
+
+def manifest_digest(self: Any) -> None:
+    self._image_digest = "sha256:" + hashlib.sha256(self.image_manifest.encode("utf-8")).hexdigest()
+
+
+ecr_models.Image._create_digest = manifest_digest  # type: ignore[method-assign]
+
+_original_complete_layer = ecr_models.ECRBackend.complete_layer_upload
+
+
+def complete_layer_upload(self: Any, repository_name: str, upload_id: str, layer_digests: list[str], registry_id: Any = None) -> Any:
+    repository = self._get_repository(repository_name, registry_id)
+    upload = repository.uploads.get(upload_id)
+    data = bytes(upload.layer_parts) if upload is not None else b""
+    result = _original_complete_layer(self, repository_name, upload_id, layer_digests, registry_id)
+    digest = result["layerDigest"]
+    if layer_digests and digest not in layer_digests:
+        raise ServiceException("InvalidLayerException", f"The layer digest {layer_digests[0]} does not match the uploaded bytes ({digest})")
+    path = os.path.join(CONFIG["layer_dir"], digest.replace(":", "-"))
+    if not os.path.exists(path):
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)
+    return result
+
+
+ecr_models.ECRBackend.complete_layer_upload = complete_layer_upload  # type: ignore[method-assign]
+
+
+def get_download_url_for_layer(self: Any) -> ActionResult:
+    repository_name = self._get_param("repositoryName")
+    digest = self._get_param("layerDigest")
+    repository = self.ecr_backend._get_repository(repository_name, self._get_param("registryId"))
+    if digest not in repository.layers:
+        raise ServiceException("LayersNotFoundException", f"The layer {digest} does not exist in repository {repository_name}")
+    url = f"{CONFIG['aws_url']}/_sandbox/ecr/layers/{digest}"
+    return ActionResult({"downloadUrl": url, "layerDigest": digest})
+
+
+ecr_responses.ECRResponse.get_download_url_for_layer = get_download_url_for_layer  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
+# CloudFormation: failures leave the stack in a failed state, with the failing resource named
+
+
+class ResourceFailed(Exception):
+    def __init__(self, logical_id: str, resource_type: str, reason: str):
+        super().__init__(reason)
+        self.logical_id = logical_id
+        self.resource_type = resource_type
+        self.reason = reason
+
+
+_original_parse_and_create = cfn_parsing.parse_and_create_resource
+_original_parse_and_update = cfn_parsing.parse_and_update_resource
+
+
+def failure_reason(e: Exception) -> str:
+    """The message a service error carries (moto's JSON errors wrap it in their description)."""
+    message = getattr(e, "message", None)
+    if message:
+        return str(message)
+    description = getattr(e, "description", None)
+    if isinstance(description, str):
+        try:
+            return str(json.loads(description).get("message") or description)
+        except ValueError:
+            return description
+    return str(e) or type(e).__name__
+
+
+def wrap_resource_step(original: Any) -> Any:
+    def step(logical_id: str, resource_json: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(logical_id, resource_json, *args, **kwargs)
+        except ResourceFailed:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure becomes a stack failure, as in AWS
+            reason = failure_reason(e)
+            raise ResourceFailed(logical_id, resource_json.get("Type", "?"), reason) from e
+
+    return step
+
+
+cfn_parsing.parse_and_create_resource = wrap_resource_step(_original_parse_and_create)
+cfn_parsing.parse_and_update_resource = wrap_resource_step(_original_parse_and_update)
+
+
+def resource_event(stack: Any, failure: ResourceFailed, status: str) -> None:
+    stack.events.append(
+        cfn_models.Event(
+            stack_id=stack.stack_id,
+            stack_name=stack.name,
+            logical_resource_id=failure.logical_id,
+            physical_resource_id="",
+            resource_type=failure.resource_type,
+            resource_status=status,
+            resource_status_reason=failure.reason,
+            resource_properties=None,
+        )
+    )
+
+
+def fail_stack(stack: Any, failure: ResourceFailed, creating: bool) -> None:
+    if creating:
+        resource_event(stack, failure, "CREATE_FAILED")
+        stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=f"The following resource(s) failed to create: [{failure.logical_id}]. Rollback requested by user.")
+        try:
+            stack.resource_map.delete()
+        except Exception:  # noqa: BLE001 - a rollback that leaves something behind is still a failed create
+            pass
+        stack._add_stack_event("ROLLBACK_COMPLETE")
+        stack.status = "ROLLBACK_COMPLETE"
+    else:
+        resource_event(stack, failure, "UPDATE_FAILED")
+        stack._add_stack_event("UPDATE_ROLLBACK_IN_PROGRESS", resource_status_reason=f"The following resource(s) failed to update: [{failure.logical_id}].")
+        stack._add_stack_event("UPDATE_ROLLBACK_COMPLETE")
+        stack.status = "UPDATE_ROLLBACK_COMPLETE"
+
+
+_original_create_resources = cfn_models.Stack.create_resources
+_original_stack_update = cfn_models.Stack.update
+
+
+def create_resources(self: Any) -> None:
+    try:
+        _original_create_resources(self)
+    except ResourceFailed as failure:
+        fail_stack(self, failure, creating=True)
+
+
+def stack_update(self: Any, *args: Any, **kwargs: Any) -> None:
+    try:
+        _original_stack_update(self, *args, **kwargs)
+    except ResourceFailed as failure:
+        fail_stack(self, failure, creating=False)
+
+
+cfn_models.Stack.create_resources = create_resources  # type: ignore[method-assign]
+cfn_models.Stack.update = stack_update  # type: ignore[method-assign]
+
+_original_execute_change_set = cfn_models.CloudFormationBackend.execute_change_set
+
+
+def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> None:
+    try:
+        _original_execute_change_set(self, change_set_name, stack_name)
+    except ResourceFailed as failure:
+        change_set = self.change_sets.get(change_set_name) or next(
+            (cs for cs in self.change_sets.values() if cs.change_set_name == change_set_name), None
+        )
+        stack = self.stacks[change_set.stack_id]
+        fail_stack(stack, failure, creating=change_set.change_set_type == "CREATE")
+        change_set.execution_status = "EXECUTE_FAILED"
+
+
+cfn_models.CloudFormationBackend.execute_change_set = execute_change_set  # type: ignore[method-assign]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fault injection and the /_sandbox control routes
+
+
+class Faults:
+    """Per service: {"throttle": rate, "error": rate}; rates in [0, 1]. Off by default."""
+
+    def __init__(self) -> None:
+        self.rates: dict[str, dict[str, float]] = {}
+        self.injected: dict[str, int] = {}
+        self.rng = random.Random(int(os.environ.get("SANDBOX_FAULT_SEED", "0")) or None)
+        self.lock = threading.Lock()
+
+    def set(self, rates: dict[str, dict[str, float]]) -> None:
+        for service, kinds in rates.items():
+            for kind, rate in kinds.items():
+                if kind not in ("throttle", "error") or not 0 <= float(rate) <= 1:
+                    raise ValueError(f"fault {service}.{kind}={rate}: kinds are throttle and error, rates 0..1")
+        with self.lock:
+            self.rates = {s: {k: float(r) for k, r in kinds.items()} for s, kinds in rates.items()}
+
+    def pick(self, service: str) -> str | None:
+        with self.lock:
+            rates = self.rates.get(service) or self.rates.get("*") or {}
+            roll = self.rng.random()
+            for kind in ("throttle", "error"):
+                rate = rates.get(kind, 0.0)
+                if roll < rate:
+                    key = f"{service}.{kind}"
+                    self.injected[key] = self.injected.get(key, 0) + 1
+                    return kind
+                roll -= rate
+        return None
+
+
+FAULTS = Faults()
+JSON_SERVICES = {"ecr", "eks"}
+SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
+
+
+def service_of(environ: dict[str, Any]) -> str:
+    m = SCOPE.search(environ.get("HTTP_AUTHORIZATION", ""))
+    return m.group(1) if m else "unknown"
+
+
+def fault_response(service: str, kind: str) -> tuple[str, list[tuple[str, str]], bytes]:
+    request_id = str(uuid.uuid4())
+    if service == "s3":
+        code, status = ("SlowDown", "503 Slow Down") if kind == "throttle" else ("InternalError", "500 Internal Server Error")
+        body = f"<Error><Code>{code}</Code><Message>injected by the sandbox</Message><RequestId>{request_id}</RequestId></Error>"
+        return status, [("Content-Type", "application/xml")], body.encode()
+    if service in JSON_SERVICES:
+        code, status = ("ThrottlingException", "400 Bad Request") if kind == "throttle" else ("ServerException", "500 Internal Server Error")
+        body = json.dumps({"__type": code, "message": "injected by the sandbox"})
+        return status, [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", code), ("x-amzn-RequestId", request_id)], body.encode()
+    code, status = ("Throttling", "400 Bad Request") if kind == "throttle" else ("InternalFailure", "500 Internal Server Error")
+    body = (
+        f"<ErrorResponse><Error><Type>{'Sender' if kind == 'throttle' else 'Receiver'}</Type><Code>{code}</Code>"
+        f"<Message>injected by the sandbox</Message></Error><RequestId>{request_id}</RequestId></ErrorResponse>"
+    )
+    return status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body.encode()
+
+
+class SandboxApp:
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_sandbox/"):
+            status, headers, body = self.control(environ, path[len("/_sandbox/") :])
+            start_response(status, headers + [("Content-Length", str(len(body)))])
+            return [body]
+        service = service_of(environ)
+        kind = FAULTS.pick(service)
+        if kind is not None:
+            status, headers, body = fault_response(service, kind)
+            start_response(status, headers + [("Content-Length", str(len(body)))])
+            return [body]
+        return self.inner(environ, start_response)
+
+    def control(self, environ: dict[str, Any], route: str) -> tuple[str, list[tuple[str, str]], bytes]:
+        as_json = [("Content-Type", "application/json")]
+        if route == "health":
+            return "200 OK", as_json, b'{"ok":true}'
+        if route == "faults":
+            if environ["REQUEST_METHOD"] == "PUT":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                try:
+                    FAULTS.set(json.loads(environ["wsgi.input"].read(length) or b"{}"))
+                except (ValueError, AttributeError, TypeError) as e:
+                    return "400 Bad Request", as_json, json.dumps({"error": str(e)}).encode()
+            with FAULTS.lock:
+                return "200 OK", as_json, json.dumps({"rates": FAULTS.rates, "injected": FAULTS.injected}).encode()
+        if route == "edge":
+            out = []
+            for d in all_distributions():
+                snap = deployed_snapshot(d)
+                out.append({"id": d.distribution_id, "domain_name": d.domain_name, "status": d.status, "deployed": snap})
+            return "200 OK", as_json, json.dumps(out).encode()
+        m = re.fullmatch(r"ecr/layers/(sha256:[0-9a-f]{64})", route)
+        if m:
+            path = os.path.join(CONFIG["layer_dir"], m.group(1).replace(":", "-"))
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    return "200 OK", [("Content-Type", "application/octet-stream")], f.read()
+        return "404 Not Found", as_json, b'{"error":"not found"}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", required=True, help="directory for layer bytes")
+    parser.add_argument("--cluster-endpoint", required=True)
+    parser.add_argument("--cluster-ca", required=True, help="PEM file of the sandbox cluster's CA")
+    parser.add_argument("--edge-delay", type=float, default=0.0, help="seconds a distribution change takes to deploy")
+    parser.add_argument("--faults", default="{}", help='JSON, e.g. {"s3": {"throttle": 0.05, "error": 0.02}}')
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--edge-port", type=int, default=0)
+    args = parser.parse_args()
+
+    os.makedirs(os.path.join(args.state, "layers"), exist_ok=True)
+    with open(args.cluster_ca, "rb") as f:
+        CONFIG["cluster_ca_b64"] = base64.b64encode(f.read()).decode()
+    CONFIG["cluster_endpoint"] = args.cluster_endpoint
+    CONFIG["edge_delay"] = args.edge_delay
+    CONFIG["layer_dir"] = os.path.join(args.state, "layers")
+    FAULTS.set(json.loads(args.faults))
+
+    app = SandboxApp(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", args.port, app, threaded=True, request_handler=MotoRequestHandler)
+    port = server.server_address[1]
+    CONFIG["aws_url"] = f"http://127.0.0.1:{port}"
+    edge = ThreadingHTTPServer(("127.0.0.1", args.edge_port), EdgeHandler)
+    edge.daemon_threads = True
+    threading.Thread(target=edge.serve_forever, daemon=True).start()
+    print(json.dumps({"aws_port": port, "edge_port": edge.server_address[1]}), flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,203 @@
+//! The simulated load-balancer controller: a `type: LoadBalancer` Service gets, after a short
+//! delay, its own loopback address in `status.loadBalancer.ingress`, listening on the Service's own
+//! ports and forwarding each TCP connection (as an NLB does) to a ready, non-terminating pod the
+//! Service selects.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::deployments::pod_ready;
+use crate::merge::labels_match;
+use crate::resources;
+use crate::store::{Part, Store, meta};
+
+struct Balancer {
+    ip: String,
+    created: Instant,
+    /// The ports the listeners were bound for; a change rebinds them.
+    bound: Option<Value>,
+    listeners: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            l.abort();
+        }
+    }
+}
+
+pub struct Controller {
+    store: Arc<Store>,
+    delay: Duration,
+    balancers: HashMap<String, Balancer>,
+}
+
+impl Controller {
+    pub fn new(store: Arc<Store>, delay: Duration) -> Self {
+        Controller {
+            store,
+            delay,
+            balancers: HashMap::new(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        let mut changes = self.store.subscribe_changes();
+        loop {
+            self.sync().await;
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    async fn sync(&mut self) {
+        let services = resources::by_kind("Service").expect("served");
+        let (all, _) = self.store.list(services, None);
+        let wanted: Vec<&Value> = all
+            .iter()
+            .filter(|s| {
+                s["spec"]["type"] == "LoadBalancer"
+                    && s["metadata"].get("deletionTimestamp").is_none()
+            })
+            .collect();
+        let keep: Vec<String> = wanted
+            .iter()
+            .filter_map(|s| meta(s, "uid").map(str::to_string))
+            .collect();
+        self.balancers.retain(|uid, _| keep.contains(uid));
+        for svc in wanted {
+            let uid = meta(svc, "uid").unwrap_or_default().to_string();
+            let ports = svc["spec"]["ports"].clone();
+            let store = &self.store;
+            let balancer = self.balancers.entry(uid).or_insert_with(|| Balancer {
+                ip: store.allocate_ip(20),
+                created: Instant::now(),
+                bound: None,
+                listeners: Vec::new(),
+            });
+            if balancer.bound.as_ref() != Some(&ports) {
+                // A real load balancer takes a while to provision.
+                if balancer.created.elapsed() < self.delay {
+                    continue;
+                }
+                for l in balancer.listeners.drain(..) {
+                    l.abort();
+                }
+                match bind_all(store, svc, &balancer.ip).await {
+                    Ok(listeners) => {
+                        balancer.listeners = listeners;
+                        balancer.bound = Some(ports);
+                        store.event(
+                            svc,
+                            "Service",
+                            "Normal",
+                            "EnsuredLoadBalancer",
+                            &format!("Ensured load balancer at {}", balancer.ip),
+                        );
+                    }
+                    Err(why) => {
+                        store.event(
+                            svc,
+                            "Service",
+                            "Warning",
+                            "SyncLoadBalancerFailed",
+                            &format!("Error syncing load balancer: {why}"),
+                        );
+                        continue;
+                    }
+                }
+            }
+            let ingress = json!({"ingress": [{"ip": balancer.ip, "ipMode": "VIP"}]});
+            if svc["status"]["loadBalancer"] != ingress {
+                let _ = store.modify(
+                    services,
+                    meta(svc, "namespace").unwrap_or(""),
+                    meta(svc, "name").unwrap_or(""),
+                    Part::Status,
+                    |cur| {
+                        let mut next = cur.clone();
+                        next["status"]["loadBalancer"] = ingress.clone();
+                        Ok(next)
+                    },
+                );
+            }
+        }
+    }
+}
+
+async fn bind_all(
+    store: &Arc<Store>,
+    svc: &Value,
+    ip: &str,
+) -> Result<Vec<JoinHandle<()>>, String> {
+    let mut listeners = Vec::new();
+    for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
+        let number = port["port"].as_u64().ok_or("a port without a number")?;
+        let listener = TcpListener::bind((ip, number as u16))
+            .await
+            .map_err(|e| format!("binding {ip}:{number}: {e}"))?;
+        let store = store.clone();
+        let ns = meta(svc, "namespace").unwrap_or("default").to_string();
+        let selector = svc["spec"]["selector"].clone();
+        let target = port["targetPort"].clone();
+        let next = Arc::new(AtomicUsize::new(0));
+        listeners.push(tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let backends = ready_backends(&store, &ns, &selector, &target);
+                if backends.is_empty() {
+                    // No healthy target: the connection is refused, as an NLB resets it.
+                    drop(inbound);
+                    continue;
+                }
+                let pick = backends[next.fetch_add(1, Ordering::Relaxed) % backends.len()].clone();
+                tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(&pick).await {
+                        let _ = outbound.set_nodelay(true);
+                        let _ = inbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+    Ok(listeners)
+}
+
+/// `ip:port` of every ready, non-terminating pod the selector picks.
+pub fn ready_backends(store: &Store, ns: &str, selector: &Value, target: &Value) -> Vec<String> {
+    let pods = resources::by_kind("Pod").expect("served");
+    let (all, _) = store.list(pods, Some(ns));
+    all.iter()
+        .filter(|p| {
+            labels_match(selector, p)
+                && p["metadata"].get("deletionTimestamp").is_none()
+                && pod_ready(p)
+        })
+        .filter_map(|p| {
+            let ip = p["status"]["podIP"].as_str()?;
+            let port = match target {
+                Value::Number(n) => n.as_u64(),
+                Value::String(name) => p["spec"]["containers"]
+                    .as_array()?
+                    .iter()
+                    .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                    .find(|cp| cp["name"] == json!(name))?["containerPort"]
+                    .as_u64(),
+                _ => None,
+            }?;
+            Some(format!("{ip}:{port}"))
+        })
+        .collect()
+}
