@@ -380,6 +380,8 @@ cf_models.Distribution.status = property(dist_status, lambda self, value: None) 
 
 
 class PreconditionFailed(ServiceException):
+    # moto serialises an error with the model of the service its module names.
+    __module__ = "moto.cloudfront.exceptions"
     code = "PreconditionFailed"
     message = "The precondition given in one or more of the request-header fields evaluated to false."
 
@@ -571,6 +573,16 @@ class EdgeHandler(BaseHTTPRequestHandler):
 # ECR: digest of the manifest bytes, layer bytes kept, GetDownloadUrlForLayer
 
 
+class LayersNotFoundException(ServiceException):
+    __module__ = "moto.ecr.exceptions"
+    code = "LayersNotFoundException"
+
+
+class InvalidLayerException(ServiceException):
+    __module__ = "moto.ecr.exceptions"
+    code = "InvalidLayerException"
+
+
 def manifest_digest(self: Any) -> None:
     self._image_digest = "sha256:" + hashlib.sha256(self.image_manifest.encode("utf-8")).hexdigest()
 
@@ -587,7 +599,7 @@ def complete_layer_upload(self: Any, repository_name: str, upload_id: str, layer
     result = _original_complete_layer(self, repository_name, upload_id, layer_digests, registry_id)
     digest = result["layerDigest"]
     if layer_digests and digest not in layer_digests:
-        raise ServiceException("InvalidLayerException", f"The layer digest {layer_digests[0]} does not match the uploaded bytes ({digest})")
+        raise InvalidLayerException(f"The layer digest {layer_digests[0]} does not match the uploaded bytes ({digest})")
     path = os.path.join(CONFIG["layer_dir"], digest.replace(":", "-"))
     if not os.path.exists(path):
         with open(path + ".tmp", "wb") as f:
@@ -604,7 +616,7 @@ def get_download_url_for_layer(self: Any) -> ActionResult:
     digest = self._get_param("layerDigest")
     repository = self.ecr_backend._get_repository(repository_name, self._get_param("registryId"))
     if digest not in repository.layers:
-        raise ServiceException("LayersNotFoundException", f"The layer {digest} does not exist in repository {repository_name}")
+        raise LayersNotFoundException(f"The layer {digest} does not exist in repository {repository_name}")
     url = f"{CONFIG['aws_url']}/_sandbox/ecr/layers/{digest}"
     return ActionResult({"downloadUrl": url, "layerDigest": digest})
 

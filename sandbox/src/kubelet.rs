@@ -28,6 +28,8 @@ pub struct Kubelet {
     pub aws_url: String,
     pub http: reqwest::Client,
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
+    /// One pull at a time, so that two pods of one image unpack it once.
+    pulls: tokio::sync::Mutex<()>,
 }
 
 fn pods() -> &'static Resource {
@@ -46,6 +48,7 @@ impl Kubelet {
             aws_url,
             http,
             running: Mutex::new(HashMap::new()),
+            pulls: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -111,6 +114,26 @@ impl Kubelet {
         }
     }
 
+    /// A pod address whose container ports nothing else holds (another sandbox may run beside us).
+    fn free_ip(&self, container: &Value) -> String {
+        let ports: Vec<u16> = container["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["containerPort"].as_u64())
+            .map(|p| p as u16)
+            .collect();
+        loop {
+            let ip = self.store.allocate_ip(10);
+            if ports
+                .iter()
+                .all(|p| std::net::TcpListener::bind((ip.as_str(), *p)).is_ok())
+            {
+                return ip;
+            }
+        }
+    }
+
     async fn run_pod(
         self: Arc<Self>,
         ns: String,
@@ -120,7 +143,7 @@ impl Kubelet {
         let Ok(pod) = self.store.get(pods(), &ns, &name) else {
             return;
         };
-        let ip = self.store.allocate_ip(10);
+        let ip = self.free_ip(&pod["spec"]["containers"][0]);
         let _ = self.store.modify(pods(), &ns, &name, Part::Main, |cur| {
             let mut next = cur.clone();
             next["spec"]["nodeName"] = json!("sandbox-node");
@@ -866,6 +889,7 @@ async fn blob(k: &Kubelet, r: &ImageRef, digest: &str) -> Result<Vec<u8>, String
 
 pub async fn pull(k: &Kubelet, image: &str) -> Result<Image, String> {
     let r = parse_image_ref(image)?;
+    let _one_at_a_time = k.pulls.lock().await;
     let v = ecr_call(
         k,
         &r.region,

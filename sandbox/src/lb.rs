@@ -92,7 +92,16 @@ impl Controller {
                 for l in balancer.listeners.drain(..) {
                     l.abort();
                 }
-                match bind_all(store, svc, &balancer.ip).await {
+                let mut bound = bind_all(store, svc, &balancer.ip).await;
+                // Another sandbox beside us may hold the address: take the next one.
+                for _ in 0..16 {
+                    if !matches!(&bound, Err(e) if e.contains("in use")) {
+                        break;
+                    }
+                    balancer.ip = store.allocate_ip(20);
+                    bound = bind_all(store, svc, &balancer.ip).await;
+                }
+                match bound {
                     Ok(listeners) => {
                         balancer.listeners = listeners;
                         balancer.bound = Some(ports);

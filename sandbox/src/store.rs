@@ -728,7 +728,11 @@ impl Store {
         let mut inner = self.lock();
         inner.next_ip += 1;
         let n = inner.next_ip;
-        format!("127.{block}.{}.{}", (n >> 8) & 0xff, (n & 0xff).max(1))
+        format!(
+            "127.{block}.{}.{}",
+            (n >> 8) & 0xff,
+            (n & 0xff).clamp(1, 254)
+        )
     }
 
     /// Record a Kubernetes Event about `involved`; a repeat of the same reason and message counts up.

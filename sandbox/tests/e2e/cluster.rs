@@ -1,1 +1,300 @@
+//! The cluster stand-in over HTTPS with kube-rs: an image pushed to the AWS stand-in's ECR runs
+//! as pods (real model-server processes) behind a LoadBalancer Service; failures look as they do
+//! in Kubernetes.
 
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::{Sandbox, eventually, model_server_binary};
+
+/// Push the model-server binary as an image; its `repo@digest` reference.
+async fn push_model_server(sb: &Sandbox) -> String {
+    let ecr = aws_sdk_ecr::Client::new(&sb.aws().await);
+    let repo = ecr
+        .create_repository()
+        .repository_name("model")
+        .send()
+        .await
+        .unwrap();
+    let uri = repo
+        .repository()
+        .unwrap()
+        .repository_uri()
+        .unwrap()
+        .to_string();
+    let spec = release::image::ImageSpec {
+        path_in_image: "/model-server",
+        env: &[
+            ("MODEL_SERVER_DRAIN_SECONDS".into(), "0.5".into()),
+            ("MODEL_SERVER_WORKERS".into(), "1".into()),
+        ],
+        user: "65532:65532",
+        exposed_port: 8080,
+        labels: &[],
+    };
+    let image = release::image::from_binary(&model_server_binary(), &spec).unwrap();
+    let pushed = release::image::push(&ecr, "model", "e2e", &image, |_| {})
+        .await
+        .unwrap();
+    format!("{uri}@{}", pushed.digest)
+}
+
+fn manifests(image: &str, name: &str, args: Option<Value>) -> (Value, Value) {
+    let mut container = json!({
+        "name": "model-server", "image": image,
+        "ports": [{"name": "http", "containerPort": 8080}],
+        "env": [
+            {"name": "MODEL_SERVER_BIND", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MODEL_SERVER_COLOUR", "value": "blue"},
+            {"name": "MODEL_SERVER_ORIGIN_VERIFY_SECRET", "valueFrom": {"secretKeyRef": {"name": "origin", "key": "secret"}}},
+        ],
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 1},
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+        "lifecycle": {"preStop": {"sleep": {"seconds": 1}}},
+    });
+    if let Some(args) = args {
+        container["args"] = args;
+    }
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "namespace": "app"},
+        "spec": {"replicas": 2, "progressDeadlineSeconds": 30, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}}, "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]}}}
+    });
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "app"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
+    });
+    (deployment, service)
+}
+
+async fn setup(client: &kube::Client) {
+    let pp = PatchParams::apply("e2e").force();
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            "app",
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+            ),
+        )
+        .await
+        .unwrap();
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "origin"}, "stringData": {"secret": "s3cret"}});
+    Api::<Secret>::namespaced(client.clone(), "app")
+        .patch("origin", &pp, &Patch::Apply(secret))
+        .await
+        .unwrap();
+}
+
+async fn apply(client: &kube::Client, deployment: &Value, service: &Value) {
+    let pp = PatchParams::apply("e2e").force();
+    let name = deployment["metadata"]["name"].as_str().unwrap();
+    Api::<Deployment>::namespaced(client.clone(), "app")
+        .patch(name, &pp, &Patch::Apply(deployment))
+        .await
+        .unwrap();
+    Api::<Service>::namespaced(client.clone(), "app")
+        .patch(name, &pp, &Patch::Apply(service))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
+    let sb = Sandbox::start(&[]);
+    let image = push_model_server(&sb).await;
+    let client = sb.kube();
+    setup(&client).await;
+    let (deployment, service) = manifests(&image, "blue", None);
+    apply(&client, &deployment, &service).await;
+
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "app");
+    eventually("both replicas ready", Duration::from_secs(30), || {
+        let deps = deps.clone();
+        async move {
+            let s = deps.get("blue").await.unwrap().status?;
+            (s.ready_replicas == Some(2)
+                && s.available_replicas == Some(2)
+                && s.observed_generation == Some(1))
+            .then_some(())
+        }
+    })
+    .await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
+    let list = pods
+        .list(&ListParams::default().labels("app=blue"))
+        .await
+        .unwrap();
+    let ips: Vec<String> = list
+        .items
+        .iter()
+        .map(|p| p.status.clone().unwrap().pod_ip.unwrap())
+        .collect();
+    assert_eq!(ips.len(), 2);
+    assert_ne!(ips[0], ips[1], "each pod has its own address");
+    let name = list.items[0].metadata.name.clone().unwrap();
+    let logs = pods.logs(&name, &LogParams::default()).await.unwrap();
+    assert!(
+        logs.contains("serving"),
+        "the pod's log is the process's output: {logs}"
+    );
+
+    let services: Api<Service> = Api::namespaced(client.clone(), "app");
+    let lb = eventually("a load-balancer address", Duration::from_secs(10), || {
+        let services = services.clone();
+        async move {
+            services
+                .get("blue")
+                .await
+                .unwrap()
+                .status?
+                .load_balancer?
+                .ingress?
+                .first()?
+                .ip
+                .clone()
+        }
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let version: Value = http
+        .get(format!("http://{lb}:80/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["colour"], "blue");
+    let answer: Value = http
+        .post(format!("http://{lb}/predict"))
+        .header("X-Origin-Verify", "s3cret")
+        .json(&json!({"features": [4.6, 3.6, 1.0, 0.2]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["prediction"], 0, "{answer}");
+    let refused = http
+        .post(format!("http://{lb}/predict"))
+        .json(&json!({"features": [4.6, 3.6, 1.0, 0.2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "the secret came from the Secret, through secretKeyRef"
+    );
+
+    // Deleting the Deployment stops the processes (preStop, SIGTERM) and removes the pods.
+    deps.delete("blue", &DeleteParams::default()).await.unwrap();
+    eventually("the pods to go", Duration::from_secs(15), || {
+        let pods = pods.clone();
+        async move {
+            pods.list(&ListParams::default().labels("app=blue"))
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                .then_some(())
+        }
+    })
+    .await;
+    for ip in ips {
+        assert!(
+            tokio::net::TcpStream::connect((ip.as_str(), 8080))
+                .await
+                .is_err(),
+            "the process at {ip} has exited"
+        );
+    }
+    assert!(
+        http.get(format!("http://{lb}/version"))
+            .send()
+            .await
+            .is_err(),
+        "no backend: the load balancer refuses"
+    );
+}
+
+async fn waiting_reason(pods: &Api<Pod>, app: &str) -> Option<(String, i32)> {
+    let list = pods
+        .list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .ok()?;
+    let status = list.items.first()?.status.clone()?;
+    let c = status.container_statuses?.first()?.clone();
+    Some((c.state?.waiting?.reason?, c.restart_count))
+}
+
+#[tokio::test]
+async fn crashing_and_unpullable_images_are_reported_as_kubernetes_reports_them() {
+    let sb = Sandbox::start(&[]);
+    let image = push_model_server(&sb).await;
+    let client = sb.kube();
+    setup(&client).await;
+    let missing = format!(
+        "{}@sha256:{}",
+        image.split('@').next().unwrap(),
+        "0".repeat(64)
+    );
+    let (d1, s1) = manifests(&missing, "nopull", None);
+    let (d2, s2) = manifests(&image, "crash", Some(json!(["--no-such-flag"])));
+    apply(&client, &d1, &s1).await;
+    apply(&client, &d2, &s2).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
+    eventually("ImagePullBackOff", Duration::from_secs(15), || {
+        let pods = pods.clone();
+        async move {
+            waiting_reason(&pods, "nopull")
+                .await
+                .filter(|(r, _)| r == "ImagePullBackOff")
+        }
+    })
+    .await;
+    let (_, restarts) = eventually("CrashLoopBackOff", Duration::from_secs(20), || {
+        let pods = pods.clone();
+        async move {
+            waiting_reason(&pods, "crash")
+                .await
+                .filter(|(r, n)| r == "CrashLoopBackOff" && *n >= 1)
+        }
+    })
+    .await;
+    assert!(restarts >= 1);
+    let events: Api<Event> = Api::namespaced(client.clone(), "app");
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for wanted in ["Failed", "BackOff", "Started"] {
+        assert!(
+            reasons.iter().any(|r| r == wanted),
+            "an event {wanted} among {reasons:?}"
+        );
+    }
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "app");
+    let crash = deps.get("crash").await.unwrap().status.unwrap();
+    assert_eq!(crash.ready_replicas.unwrap_or(0), 0);
+    let available = crash
+        .conditions
+        .unwrap()
+        .into_iter()
+        .find(|c| c.type_ == "Available")
+        .unwrap();
+    assert_eq!(
+        (available.status.as_str(), available.reason.as_deref()),
+        ("False", Some("MinimumReplicasUnavailable"))
+    );
+}

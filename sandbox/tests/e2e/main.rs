@@ -93,6 +93,8 @@ impl Sandbox {
     }
 
     pub fn kube(&self) -> kube::Client {
+        // Both ring (ours) and aws-lc-rs (the AWS SDK's) are linked in: pick one for kube's TLS.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = kube::Config::new(self.var("SANDBOX_CLUSTER_URL").parse().unwrap());
         config.root_cert = Some(vec![self.ca_der()]);
         config.auth_info.token = Some(sandbox::sandbox_token("e2e", SystemTime::now()).into());
@@ -149,7 +151,8 @@ where
     }
 }
 
-/// The model-server binary, built if this test run has not built it yet.
+/// The model-server binary without its debug info (a tenth of the size, so pushes are quick),
+/// built if this test run has not built it yet.
 pub fn model_server_binary() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let bin = root.join("target/debug/model-server");
@@ -161,5 +164,21 @@ pub fn model_server_binary() -> PathBuf {
             .unwrap();
         assert!(status.success(), "building model-server failed");
     }
-    bin
+    static STRIP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = STRIP.lock().unwrap_or_else(|p| p.into_inner());
+    let stripped = root.join("target/debug/model-server.stripped");
+    let fresh = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+    if fresh(&stripped) < fresh(&bin) {
+        let tmp = stripped.with_extension("tmp");
+        let status = Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&bin)
+            .status()
+            .expect("strip (binutils) is installed");
+        assert!(status.success(), "strip failed");
+        std::fs::rename(&tmp, &stripped).unwrap();
+    }
+    stripped
 }
