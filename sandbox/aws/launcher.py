@@ -724,16 +724,64 @@ def stack_update(self: Any, *args: Any, **kwargs: Any) -> None:
 cfn_models.Stack.create_resources = create_resources  # type: ignore[method-assign]
 cfn_models.Stack.update = stack_update  # type: ignore[method-assign]
 
+# Change sets, as CloudFormation has them: creating one that changes nothing succeeds with status
+# FAILED and the "didn't contain changes" reason (moto raises instead); a parameter change lists the
+# resources that use the parameter; executing one updates the stack's template, parameters and
+# outputs (moto keeps the old outputs).
+from moto.cloudformation import responses as cfn_responses  # noqa: E402
+
+_original_validate_update = cfn_responses.CloudFormationResponse._validate_different_update
+_original_create_change_set = cfn_responses.CloudFormationResponse.create_change_set
+
+
+def validate_different_update(self: Any, *args: Any, **kwargs: Any) -> None:
+    if getattr(self, "_sandbox_in_change_set", False):
+        return
+    _original_validate_update(self, *args, **kwargs)
+
+
+def create_change_set_response(self: Any) -> Any:
+    self._sandbox_in_change_set = True
+    try:
+        return _original_create_change_set(self)
+    finally:
+        self._sandbox_in_change_set = False
+
+
+cfn_responses.CloudFormationResponse._validate_different_update = validate_different_update  # type: ignore[method-assign]
+cfn_responses.CloudFormationResponse.create_change_set = create_change_set_response  # type: ignore[method-assign]
+
+
+def change_set_diff(self: Any) -> list[Any]:
+    names = self.stack.resource_map.build_resource_diff(self.template_dict, self.parameters)
+    old = self.stack.resource_map._resource_json_map or {}
+    new = self.template_dict.get("Resources", {})
+    changes = []
+    for action, logical_ids in names.items():
+        for logical_id in logical_ids:
+            resource_type = (new.get(logical_id) or old.get(logical_id) or {}).get("Type", "")
+            changes.append(cfn_models.Change(action=action, logical_resource_id=logical_id, resource_type=resource_type))
+    return changes
+
+
+cfn_models.ChangeSet.diff = change_set_diff  # type: ignore[method-assign]
+
 _original_execute_change_set = cfn_models.CloudFormationBackend.execute_change_set
 
 
 def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> None:
+    change_set = self.change_sets.get(change_set_name) or next(
+        (cs for cs in self.change_sets.values() if cs.change_set_name == change_set_name), None
+    )
     try:
         _original_execute_change_set(self, change_set_name, stack_name)
+        if change_set is not None:
+            stack = self.stacks[change_set.stack_id]
+            stack.template = change_set.template
+            stack._parse_template()
+            stack.parameters = change_set.parameters
+            stack.output_map = stack._create_output_map()
     except ResourceFailed as failure:
-        change_set = self.change_sets.get(change_set_name) or next(
-            (cs for cs in self.change_sets.values() if cs.change_set_name == change_set_name), None
-        )
         stack = self.stacks[change_set.stack_id]
         fail_stack(stack, failure, creating=change_set.change_set_type == "CREATE")
         change_set.execution_status = "EXECUTE_FAILED"
@@ -778,6 +826,7 @@ class Faults:
 
 
 FAULTS = Faults()
+S3_WRITES = threading.Lock()
 JSON_SERVICES = {"ecr", "eks"}
 SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
 
@@ -821,6 +870,11 @@ class SandboxApp:
             status, headers, body = fault_response(service, kind)
             start_response(status, headers + [("Content-Length", str(len(body)))])
             return [body]
+        if service == "s3" and environ.get("REQUEST_METHOD") in ("PUT", "POST", "DELETE"):
+            # S3 checks If-Match / If-None-Match and writes atomically; moto's threads do not, so
+            # S3 writes take turns (two `release` runs racing for the lock must see one winner).
+            with S3_WRITES:
+                return list(self.inner(environ, start_response))
         return self.inner(environ, start_response)
 
     def control(self, environ: dict[str, Any], route: str) -> tuple[str, list[tuple[str, str]], bytes]:
