@@ -120,6 +120,147 @@ pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image
     })
 }
 
+/// Write `image` as an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`).
+pub fn write_layout(image: &Image, tag: &str, dir: &Path) -> std::io::Result<()> {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let write_blob = |digest: &str, bytes: &[u8]| {
+        std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes)
+    };
+    for b in image.blobs() {
+        write_blob(&b.digest, &b.bytes)?;
+    }
+    write_blob(&image.digest(), image.manifest.as_bytes())?;
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [{
+        "mediaType": MANIFEST_MEDIA_TYPE, "digest": image.digest(), "size": image.manifest.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag}}]});
+    std::fs::write(dir.join("index.json"), index.to_string())
+}
+
+/// Read an image from an OCI image layout directory, an OCI archive (that layout in a tar), or a
+/// `docker save` tar (its layers are gzipped on the way, as `docker push` does).
+pub fn read_archive(path: &Path) -> std::io::Result<Image> {
+    let mut files: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    if path.is_dir() {
+        for name in ["index.json", "manifest.json"] {
+            if let Ok(b) = std::fs::read(path.join(name)) {
+                files.insert(name.into(), b);
+            }
+        }
+        let blobs = path.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs)? {
+            let entry = entry?;
+            files.insert(
+                format!("blobs/sha256/{}", entry.file_name().to_string_lossy()),
+                std::fs::read(entry.path())?,
+            );
+        }
+    } else {
+        let mut archive = tar::Archive::new(std::fs::File::open(path)?);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let name = entry
+                .path()?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+            files.insert(name, bytes);
+        }
+    }
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let blob_of = |digest: &str| {
+        files
+            .get(&format!(
+                "blobs/sha256/{}",
+                digest.trim_start_matches("sha256:")
+            ))
+            .cloned()
+            .ok_or_else(|| bad(format!("blob {digest} is missing")))
+    };
+    if let Some(index) = files.get("index.json") {
+        let index: serde_json::Value =
+            serde_json::from_slice(index).map_err(|e| bad(format!("index.json: {e}")))?;
+        let digest = index["manifests"][0]["digest"]
+            .as_str()
+            .ok_or_else(|| bad("index.json lists no manifest".into()))?;
+        let manifest = String::from_utf8(blob_of(digest)?)
+            .map_err(|_| bad("the manifest is not UTF-8".into()))?;
+        let m: serde_json::Value =
+            serde_json::from_str(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
+        let config_digest = m["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| bad("the manifest has no config".into()))?;
+        let config = ImageBlob {
+            media_type: CONFIG_MEDIA_TYPE,
+            digest: config_digest.into(),
+            bytes: blob_of(config_digest)?,
+        };
+        let mut layers = Vec::new();
+        for l in m["layers"].as_array().into_iter().flatten() {
+            let d = l["digest"]
+                .as_str()
+                .ok_or_else(|| bad("a layer without a digest".into()))?;
+            layers.push(ImageBlob {
+                media_type: LAYER_MEDIA_TYPE,
+                digest: d.into(),
+                bytes: blob_of(d)?,
+            });
+        }
+        for b in std::iter::once(&config).chain(layers.iter()) {
+            if sha256(&b.bytes) != b.digest {
+                return Err(bad(format!("blob {} does not match its digest", b.digest)));
+            }
+        }
+        return Ok(Image {
+            config,
+            layers,
+            manifest,
+        });
+    }
+    let docker = files.get("manifest.json").ok_or_else(|| {
+        bad("neither an OCI layout (index.json) nor a docker save archive (manifest.json)".into())
+    })?;
+    let docker: serde_json::Value =
+        serde_json::from_slice(docker).map_err(|e| bad(format!("manifest.json: {e}")))?;
+    let entry = &docker[0];
+    let file = |name: &str| {
+        files
+            .get(name)
+            .cloned()
+            .ok_or_else(|| bad(format!("{name} is missing from the archive")))
+    };
+    let config = blob(
+        CONFIG_MEDIA_TYPE,
+        file(
+            entry["Config"]
+                .as_str()
+                .ok_or_else(|| bad("manifest.json has no Config".into()))?,
+        )?,
+    );
+    let mut layers = Vec::new();
+    for l in entry["Layers"].as_array().into_iter().flatten() {
+        let tar = file(l.as_str().unwrap_or_default())?;
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(Vec::new(), flate2::Compression::default());
+        gz.write_all(&tar)?;
+        layers.push(blob(LAYER_MEDIA_TYPE, gz.finish()?));
+    }
+    let manifest = json!({
+        "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.bytes.len()},
+        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.bytes.len()})).collect::<Vec<_>>(),
+    });
+    Ok(Image {
+        config,
+        layers,
+        manifest: manifest.to_string(),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
     #[error("ECR {call} failed: {source}")]
@@ -321,6 +462,19 @@ mod tests {
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("model-server"));
         assert_eq!(entry.header().mode().unwrap(), 0o755);
+        // The layout reads back as the same image, as a directory and as a tar of it.
+        write_layout(&a, "v1", &dir.join("layout")).unwrap();
+        assert_eq!(
+            read_archive(&dir.join("layout")).unwrap().digest(),
+            a.digest()
+        );
+        let mut t = tar::Builder::new(Vec::new());
+        t.append_dir_all(".", dir.join("layout")).unwrap();
+        std::fs::write(dir.join("oci.tar"), t.into_inner().unwrap()).unwrap();
+        assert_eq!(
+            read_archive(&dir.join("oci.tar")).unwrap().manifest,
+            a.manifest
+        );
         std::fs::write(&bin, b"#!/bin/false\n").unwrap();
         assert_ne!(from_binary(&bin, &spec).unwrap().digest(), a.digest());
         std::fs::remove_dir_all(&dir).unwrap();

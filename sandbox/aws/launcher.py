@@ -21,6 +21,8 @@ import argparse
 import base64
 import hashlib
 import http.client
+import ipaddress
+import itertools
 import json
 import os
 import random
@@ -635,6 +637,21 @@ class ResourceFailed(Exception):
         self.resource_type = resource_type
         self.reason = reason
 
+
+_original_clean_json = cfn_parsing.clean_json
+
+
+def clean_json(resource_json: Any, resources_map: Any) -> Any:
+    """moto's intrinsic functions, plus Fn::Cidr (which moto lacks)."""
+    if isinstance(resource_json, dict) and "Fn::Cidr" in resource_json:
+        block, count, bits = (clean_json(v, resources_map) for v in resource_json["Fn::Cidr"])
+        network = ipaddress.ip_network(str(block), strict=False)
+        prefix = network.max_prefixlen - int(bits)
+        return [str(n) for n in itertools.islice(network.subnets(new_prefix=prefix), int(count))]
+    return _original_clean_json(resource_json, resources_map)
+
+
+cfn_parsing.clean_json = clean_json
 
 _original_parse_and_create = cfn_parsing.parse_and_create_resource
 _original_parse_and_update = cfn_parsing.parse_and_update_resource

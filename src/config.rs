@@ -1,0 +1,600 @@
+//! `release.yaml`: parsed with serde (unknown keys refused), `${ENV}` interpolated first (so CI can
+//! pass the git SHA), then validated before anything touches AWS. Every error names the file, the
+//! field, the line when known, and what is expected. Reference: docs/configuration.md.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The application: a DNS label of at most 32 characters; it prefixes every stack, the
+    /// Kubernetes objects (`<app>-blue`, `<app>-green`) and the default state bucket.
+    pub app: String,
+    /// AWS region; otherwise `--region`, then the standard AWS configuration chain.
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub stacks: StacksConfig,
+    pub image: ImageConfig,
+    #[serde(default)]
+    pub model: ModelConfig,
+    #[serde(default)]
+    pub deploy: DeployConfig,
+    #[serde(default)]
+    pub smoke: SmokeConfig,
+    #[serde(default)]
+    pub edge: EdgeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Bucket for the ledger and the lock; default `<app>-release-state` (the registry stack makes it).
+    #[serde(default)]
+    pub bucket: Option<String>,
+    /// Seconds a lock stays valid without renewal.
+    #[serde(default = "default_lease")]
+    pub lease_seconds: u64,
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            bucket: None,
+            lease_seconds: default_lease(),
+        }
+    }
+}
+
+fn default_lease() -> u64 {
+    120
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StacksConfig {
+    /// Directory of the CloudFormation templates (network, cluster, registry, edge).
+    #[serde(default = "default_templates")]
+    pub templates: PathBuf,
+    #[serde(default = "default_vpc_cidr")]
+    pub vpc_cidr: String,
+    #[serde(default = "default_k8s_version")]
+    pub kubernetes_version: String,
+    /// Minutes to wait for one stack operation.
+    #[serde(default = "default_stack_timeout")]
+    pub timeout_minutes: u64,
+}
+
+impl Default for StacksConfig {
+    fn default() -> Self {
+        StacksConfig {
+            templates: default_templates(),
+            vpc_cidr: default_vpc_cidr(),
+            kubernetes_version: default_k8s_version(),
+            timeout_minutes: default_stack_timeout(),
+        }
+    }
+}
+
+fn default_templates() -> PathBuf {
+    PathBuf::from("cloudformation")
+}
+fn default_vpc_cidr() -> String {
+    "10.40.0.0/16".into()
+}
+fn default_k8s_version() -> String {
+    "1.33".into()
+}
+fn default_stack_timeout() -> u64 {
+    45
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Build the image from this static model-server binary (`release image build` does the same).
+    #[serde(default)]
+    pub binary: Option<PathBuf>,
+    /// Or push this image: an OCI image layout directory, an OCI archive or a `docker save` tar.
+    #[serde(default)]
+    pub archive: Option<PathBuf>,
+    /// The image tag, immutable in ECR: the git SHA, typically `${CIRCLE_SHA1}`.
+    pub tag: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    #[serde(default = "default_model_name")]
+    pub name: String,
+    #[serde(default = "default_model_version")]
+    pub version: String,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            name: default_model_name(),
+            version: default_model_version(),
+        }
+    }
+}
+
+fn default_model_name() -> String {
+    "iris".into()
+}
+fn default_model_version() -> String {
+    "1.0.0".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployConfig {
+    /// Kubernetes namespace of the colours (the Fargate profile selects it).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// The port each colour's load balancer listens on (the CloudFront origin's HTTP port).
+    #[serde(default = "default_service_port")]
+    pub service_port: u16,
+    /// Seconds to wait for a rollout before giving up.
+    #[serde(default = "default_rollout_timeout")]
+    pub rollout_timeout_seconds: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            namespace: default_namespace(),
+            replicas: default_replicas(),
+            service_port: default_service_port(),
+            rollout_timeout_seconds: default_rollout_timeout(),
+        }
+    }
+}
+
+fn default_namespace() -> String {
+    "models".into()
+}
+fn default_replicas() -> u32 {
+    2
+}
+fn default_service_port() -> u16 {
+    80
+}
+fn default_rollout_timeout() -> u64 {
+    300
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeConfig {
+    /// Golden cases: `model-server/smoke/cases.yaml` by default.
+    #[serde(default = "default_cases")]
+    pub cases: PathBuf,
+    /// Requests in the latency check.
+    #[serde(default = "default_requests")]
+    pub requests: u32,
+    /// p95 budget for those requests, in milliseconds.
+    #[serde(default = "default_p95")]
+    pub p95_ms: u64,
+    /// When set, the candidate and the live colour must agree on at least this fraction of inputs.
+    #[serde(default)]
+    pub compare_live: Option<f64>,
+}
+
+impl Default for SmokeConfig {
+    fn default() -> Self {
+        SmokeConfig {
+            cases: default_cases(),
+            requests: default_requests(),
+            p95_ms: default_p95(),
+            compare_live: None,
+        }
+    }
+}
+
+fn default_cases() -> PathBuf {
+    PathBuf::from("model-server/smoke/cases.yaml")
+}
+fn default_requests() -> u32 {
+    100
+}
+fn default_p95() -> u64 {
+    250
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// The public URL; default `https://<distribution domain name>`. The sandbox sets its edge URL.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Invalidate `/*` after each flip.
+    #[serde(default)]
+    pub invalidate: bool,
+}
+
+/// A configuration error: where, and what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{file}: {field}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+pub struct ConfigError {
+    pub file: String,
+    pub field: String,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// Replace `${NAME}` and `${NAME:-default}` from `env`; `$$` is a literal `$`. An unset variable
+/// without a default is an error naming it and its line.
+pub fn interpolate(
+    text: &str,
+    file: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<String, ConfigError> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        let mut rest = line;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            if let Some(stripped) = after.strip_prefix('$') {
+                out.push('$');
+                rest = stripped;
+            } else if let Some(body) = after.strip_prefix('{') {
+                let end = body.find('}').ok_or_else(|| ConfigError {
+                    file: file.into(),
+                    field: "${...}".into(),
+                    line: Some(n + 1),
+                    message: "an unclosed ${ in the file".into(),
+                })?;
+                let expr = &body[..end];
+                let (name, default) = match expr.split_once(":-") {
+                    Some((n, d)) => (n, Some(d)),
+                    None => (expr, None),
+                };
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(ConfigError {
+                        file: file.into(),
+                        field: format!("${{{expr}}}"),
+                        line: Some(n + 1),
+                        message: "not a variable name".into(),
+                    });
+                }
+                match env(name)
+                    .filter(|v| !v.is_empty())
+                    .or(default.map(str::to_string))
+                {
+                    Some(v) => out.push_str(&v),
+                    None => {
+                        return Err(ConfigError {
+                            file: file.into(),
+                            field: format!("${{{name}}}"),
+                            line: Some(n + 1),
+                            message: format!(
+                                "the environment variable {name} is not set (set it, or write ${{{name}:-default}})"
+                            ),
+                        });
+                    }
+                }
+                rest = &body[end + 1..];
+            } else {
+                out.push('$');
+                rest = after;
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+/// Parse interpolated YAML into a `Config`, naming the field path of any error.
+pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let line = inner.location().map(|l| l.line());
+        // serde_yaml appends " at line N column M"; the line is reported on its own.
+        let message = inner.to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
+        ConfigError {
+            file: file.into(),
+            field: if field == "." {
+                "(top level)".into()
+            } else {
+                field
+            },
+            line,
+            message,
+        }
+    })
+}
+
+fn err(file: &str, field: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: file.into(),
+        field: field.into(),
+        line: None,
+        message: message.into(),
+    }
+}
+
+/// A DNS label: lowercase letters, digits, '-'; starts with a letter, ends alphanumeric.
+pub fn is_dns_label(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.ends_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+pub const TEMPLATES: [&str; 4] = ["network", "cluster", "registry", "edge"];
+
+impl Config {
+    /// Checks that need no AWS: names, values, and the files the config points at (relative
+    /// paths are relative to `base`, the config file's directory).
+    pub fn validate(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        if !is_dns_label(&self.app, 32) {
+            return Err(err(
+                file,
+                "app",
+                format!(
+                    "{:?} is not a DNS label of at most 32 characters (lowercase letters, digits and '-', starting with a letter)",
+                    self.app
+                ),
+            ));
+        }
+        if let Some(b) = &self.state.bucket {
+            let ok = (3..=63).contains(&b.len())
+                && b.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(err(
+                    file,
+                    "state.bucket",
+                    format!(
+                        "{b:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')"
+                    ),
+                ));
+            }
+        }
+        if self.state.lease_seconds < 30 {
+            return Err(err(file, "state.lease_seconds", "must be at least 30"));
+        }
+        let tag_ok = !self.image.tag.is_empty()
+            && self.image.tag.len() <= 128
+            && self
+                .image
+                .tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !tag_ok {
+            return Err(err(
+                file,
+                "image.tag",
+                format!(
+                    "{:?} is not an image tag (1-128 letters, digits, '_', '.', '-')",
+                    self.image.tag
+                ),
+            ));
+        }
+        match (&self.image.binary, &self.image.archive) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err(
+                    file,
+                    "image",
+                    "give exactly one of image.binary (a static model-server to build the image from) or image.archive (an OCI layout, OCI archive or docker save tar)",
+                ));
+            }
+            (Some(p), None) => exists(file, "image.binary", &base.join(p))?,
+            (None, Some(p)) => exists(file, "image.archive", &base.join(p))?,
+        }
+        let dir = base.join(&self.stacks.templates);
+        for t in TEMPLATES {
+            exists(file, "stacks.templates", &dir.join(format!("{t}.yaml")))?;
+        }
+        if !self.stacks.vpc_cidr.ends_with("/16") {
+            return Err(err(
+                file,
+                "stacks.vpc_cidr",
+                format!(
+                    "{:?}: the network template takes a /16 block, e.g. 10.40.0.0/16",
+                    self.stacks.vpc_cidr
+                ),
+            ));
+        }
+        if !is_dns_label(&self.deploy.namespace, 63) {
+            return Err(err(
+                file,
+                "deploy.namespace",
+                format!(
+                    "{:?} is not a Kubernetes namespace name",
+                    self.deploy.namespace
+                ),
+            ));
+        }
+        if self.deploy.replicas == 0 {
+            return Err(err(file, "deploy.replicas", "must be at least 1"));
+        }
+        exists(file, "smoke.cases", &base.join(&self.smoke.cases))?;
+        if let Some(f) = self.smoke.compare_live
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(err(
+                file,
+                "smoke.compare_live",
+                "a fraction between 0 and 1",
+            ));
+        }
+        if let Some(u) = &self.edge.public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(err(
+                file,
+                "edge.public_url",
+                format!("{u:?} is not an http(s) URL"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn state_bucket(&self) -> String {
+        self.state
+            .bucket
+            .clone()
+            .unwrap_or_else(|| format!("{}-release-state", self.app))
+    }
+
+    pub fn stack_name(&self, template: &str) -> String {
+        format!("{}-{template}", self.app)
+    }
+}
+
+fn exists(file: &str, field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(err(
+            file,
+            field,
+            format!("{} does not exist", path.display()),
+        ))
+    }
+}
+
+/// Read, interpolate, parse and validate a config file.
+pub fn load(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, PathBuf), ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        err(
+            &file,
+            "(file)",
+            format!("cannot read it: {e} (give the file with --config or RELEASE_CONFIG)"),
+        )
+    })?;
+    let text = interpolate(&text, &file, env)?;
+    let config = parse(&text, &file)?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    config.validate(&file, &base)?;
+    Ok((config, base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        match k {
+            "GIT_SHA" => Some("abc123".into()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn interpolation_fills_defaults_escapes_and_names_missing_variables() {
+        assert_eq!(
+            interpolate("tag: ${GIT_SHA}\n", "f", env).unwrap(),
+            "tag: abc123\n"
+        );
+        assert_eq!(
+            interpolate("a: ${NOPE:-x} ${EMPTY:-y} $$HOME $5\n", "f", env).unwrap(),
+            "a: x y $HOME $5\n"
+        );
+        let e = interpolate("app: a\ntag: ${MISSING}\n", "release.yaml", env).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (Some(2), "${MISSING}"));
+        assert!(e.to_string().contains("MISSING is not set"), "{e}");
+        assert!(interpolate("x: ${bad-name}", "f", env).is_err());
+        assert!(interpolate("x: ${OPEN", "f", env).is_err());
+    }
+
+    #[test]
+    fn parse_errors_name_the_field_and_line() {
+        let e = parse("app: a\nimage:\n  tag: t\n  colour: blue\n", "release.yaml").unwrap_err();
+        assert_eq!(e.field, "image.colour");
+        assert_eq!(e.line, Some(4));
+        assert!(
+            e.message.contains("unknown field `colour`"),
+            "{}",
+            e.message
+        );
+        let e = parse(
+            "app: a\nimage: {tag: t}\ndeploy: {replicas: many}\n",
+            "release.yaml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "deploy.replicas");
+        assert!(e.message.contains("invalid type"), "{}", e.message);
+        let e = parse("app: a\n", "release.yaml").unwrap_err();
+        assert!(e.message.contains("missing field `image`"), "{}", e.message);
+    }
+
+    #[test]
+    fn validation_checks_names_values_and_files() {
+        let dir = std::env::temp_dir().join(format!("release-config-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("cloudformation")).unwrap();
+        std::fs::create_dir_all(dir.join("model-server/smoke")).unwrap();
+        for t in TEMPLATES {
+            std::fs::write(dir.join(format!("cloudformation/{t}.yaml")), "").unwrap();
+        }
+        std::fs::write(dir.join("model-server/smoke/cases.yaml"), "").unwrap();
+        std::fs::write(dir.join("ms"), "").unwrap();
+        let good = parse("app: iris\nimage: {binary: ms, tag: abc}\n", "f").unwrap();
+        good.validate("f", &dir).unwrap();
+        assert_eq!(
+            good.state.lease_seconds, 120,
+            "an absent section takes every field's default"
+        );
+        let cases = [
+            ("app: Iris\nimage: {binary: ms, tag: abc}\n", "app"),
+            ("app: iris\nimage: {tag: abc}\n", "image"),
+            (
+                "app: iris\nimage: {binary: nope, tag: abc}\n",
+                "image.binary",
+            ),
+            ("app: iris\nimage: {binary: ms, tag: 'a b'}\n", "image.tag"),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nstacks: {templates: elsewhere}\n",
+                "stacks.templates",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\ndeploy: {replicas: 0}\n",
+                "deploy.replicas",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nsmoke: {compare_live: 2}\n",
+                "smoke.compare_live",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nstate: {bucket: B}\n",
+                "state.bucket",
+            ),
+        ];
+        for (text, field) in cases {
+            let e = parse(text, "f").unwrap().validate("f", &dir).unwrap_err();
+            assert_eq!(e.field, field, "{text}: {e}");
+        }
+        assert_eq!(good.state_bucket(), "iris-release-state");
+        assert_eq!(good.stack_name("edge"), "iris-edge");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

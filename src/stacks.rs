@@ -1,0 +1,476 @@
+//! CloudFormation: stacks created or updated through change sets ("no changes" is success), a
+//! stack left in ROLLBACK_COMPLETE by an earlier failed create deleted and made again, waits with
+//! progress, and on failure the failed events (resource, status, reason).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use aws_sdk_cloudformation::types::{Capability, ChangeSetStatus, ChangeSetType, Parameter, Stack};
+
+use crate::error::{Exit, Failure, Result, sdk};
+
+/// The parameters the code sends and the outputs it reads, per template: checked against the
+/// templates by a test, so neither side can drift.
+pub const PARAMETERS: &[(&str, &[&str])] = &[
+    ("network", &["AppName", "VpcCidr"]),
+    ("registry", &["AppName", "StateBucketName"]),
+    (
+        "cluster",
+        &["AppName", "KubernetesVersion", "SubnetIds", "Namespace"],
+    ),
+    (
+        "edge",
+        &["AppName", "OriginDomain", "OriginHttpPort", "OriginSecret"],
+    ),
+];
+pub const OUTPUTS: &[(&str, &[&str])] = &[
+    ("network", &["VpcId", "PrivateSubnetIds", "PublicSubnetIds"]),
+    (
+        "registry",
+        &["RepositoryName", "RepositoryUri", "StateBucketName"],
+    ),
+    (
+        "cluster",
+        &[
+            "ClusterName",
+            "ClusterEndpoint",
+            "ClusterCertificateAuthority",
+        ],
+    ),
+    ("edge", &["DistributionId", "DistributionDomainName"]),
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub status: Option<String>,
+    pub outputs: BTreeMap<String, String>,
+    pub parameters: BTreeMap<String, String>,
+}
+
+impl Observed {
+    fn from(stack: &Stack) -> Self {
+        Observed {
+            status: stack.stack_status().map(|s| s.as_str().to_string()),
+            outputs: stack
+                .outputs()
+                .iter()
+                .filter_map(|o| Some((o.output_key()?.to_string(), o.output_value()?.to_string())))
+                .collect(),
+            parameters: stack
+                .parameters()
+                .iter()
+                .filter_map(|p| {
+                    Some((
+                        p.parameter_key()?.to_string(),
+                        p.parameter_value()?.to_string(),
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.status.is_some()
+    }
+
+    pub fn output(&self, stack: &str, key: &str) -> Result<String> {
+        self.outputs.get(key).cloned().ok_or_else(|| {
+            Failure::new(
+                Exit::Aws,
+                format!("stack {stack}"),
+                format!("the stack has no output {key}"),
+                "the template in use is not the one release expects; run release up to update it",
+            )
+        })
+    }
+}
+
+/// What a stack deployment will do (dry run) or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Create { resources: Vec<String> },
+    Update { changes: Vec<String> },
+    Recreate { resources: Vec<String> },
+    Nothing,
+}
+
+impl Change {
+    pub fn describe(&self) -> String {
+        match self {
+            Change::Create { resources } => format!("create ({})", resources.join(", ")),
+            Change::Recreate { resources } => format!(
+                "delete the stack left by a failed create, then create ({})",
+                resources.join(", ")
+            ),
+            Change::Update { changes } => format!("update: {}", changes.join(", ")),
+            Change::Nothing => "no changes".into(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Stacks {
+    cfn: aws_sdk_cloudformation::Client,
+    timeout: Duration,
+    poll: Duration,
+}
+
+fn params(p: &[(String, String)]) -> Vec<Parameter> {
+    p.iter()
+        .map(|(k, v)| {
+            Parameter::builder()
+                .parameter_key(k)
+                .parameter_value(v)
+                .build()
+        })
+        .collect()
+}
+
+fn no_changes(reason: &str) -> bool {
+    reason.contains("didn't contain changes") || reason.contains("No updates are to be performed")
+}
+
+fn resources_of(template: &str) -> Vec<String> {
+    serde_yaml::from_str::<serde_yaml::Value>(template)
+        .ok()
+        .and_then(|v| {
+            v.get("Resources").and_then(|r| r.as_mapping()).map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        Some(format!("{} {}", v.get("Type")?.as_str()?, k.as_str()?))
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+impl Stacks {
+    pub fn new(cfn: aws_sdk_cloudformation::Client, timeout: Duration) -> Self {
+        let poll = if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
+            Duration::from_millis(200)
+        } else {
+            Duration::from_secs(5)
+        };
+        Stacks { cfn, timeout, poll }
+    }
+
+    pub async fn observe(&self, name: &str) -> Result<Observed> {
+        match self.cfn.describe_stacks().stack_name(name).send().await {
+            Ok(out) => Ok(out.stacks().first().map(Observed::from).unwrap_or_default()),
+            Err(e) => {
+                let text = sdk(e);
+                if text.contains("does not exist") {
+                    Ok(Observed::default())
+                } else {
+                    Err(Failure::new(
+                        Exit::Aws,
+                        format!("stack {name}"),
+                        text,
+                        "check your AWS credentials and region",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The dry run: what `deploy` would do, changing nothing (a change set on an existing stack is
+    /// made, read and deleted).
+    pub async fn plan(
+        &self,
+        name: &str,
+        template: &str,
+        parameters: &[(String, String)],
+    ) -> Result<Change> {
+        let observed = self.observe(name).await?;
+        match observed.status.as_deref() {
+            None | Some("REVIEW_IN_PROGRESS") => {
+                return Ok(Change::Create {
+                    resources: resources_of(template),
+                });
+            }
+            Some("ROLLBACK_COMPLETE") => {
+                return Ok(Change::Recreate {
+                    resources: resources_of(template),
+                });
+            }
+            _ => {}
+        }
+        let (id, status, reason) = self
+            .change_set(name, template, parameters, ChangeSetType::Update)
+            .await?;
+        let described = self
+            .cfn
+            .describe_change_set()
+            .change_set_name(&id)
+            .send()
+            .await
+            .map_err(|e| self.fail(name, sdk(e)))?;
+        let _ = self
+            .cfn
+            .delete_change_set()
+            .change_set_name(&id)
+            .send()
+            .await;
+        if status == ChangeSetStatus::Failed {
+            return if no_changes(&reason) {
+                Ok(Change::Nothing)
+            } else {
+                Err(self.fail(name, format!("the change set failed: {reason}")))
+            };
+        }
+        let changes = described
+            .changes()
+            .iter()
+            .filter_map(|c| c.resource_change())
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.action().map(|a| a.as_str()).unwrap_or("?"),
+                    r.resource_type().unwrap_or("?"),
+                    r.logical_resource_id().unwrap_or("?")
+                )
+            })
+            .collect();
+        Ok(Change::Update { changes })
+    }
+
+    fn fail(&self, name: &str, message: String) -> Failure {
+        Failure::new(
+            Exit::Aws,
+            format!("stack {name}"),
+            message,
+            "see the stack's events in the CloudFormation console; fix the template or parameters and re-run",
+        )
+    }
+
+    async fn change_set(
+        &self,
+        name: &str,
+        template: &str,
+        parameters: &[(String, String)],
+        kind: ChangeSetType,
+    ) -> Result<(String, ChangeSetStatus, String)> {
+        let cs_name = format!("release-{}", crate::store::now());
+        let created = self
+            .cfn
+            .create_change_set()
+            .stack_name(name)
+            .change_set_name(&cs_name)
+            .change_set_type(kind)
+            .template_body(template)
+            .set_parameters(Some(params(parameters)))
+            .capabilities(Capability::CapabilityNamedIam)
+            .send()
+            .await;
+        let id = match created {
+            Ok(out) => out.id().unwrap_or(&cs_name).to_string(),
+            Err(e) => {
+                let text = sdk(e);
+                if no_changes(&text) {
+                    return Ok((String::new(), ChangeSetStatus::Failed, text));
+                }
+                return Err(self.fail(name, format!("creating a change set: {text}")));
+            }
+        };
+        let start = Instant::now();
+        loop {
+            let d = self
+                .cfn
+                .describe_change_set()
+                .change_set_name(&id)
+                .send()
+                .await
+                .map_err(|e| self.fail(name, sdk(e)))?;
+            match d.status() {
+                Some(ChangeSetStatus::CreateComplete) => {
+                    return Ok((id, ChangeSetStatus::CreateComplete, String::new()));
+                }
+                Some(ChangeSetStatus::Failed) => {
+                    return Ok((
+                        id,
+                        ChangeSetStatus::Failed,
+                        d.status_reason().unwrap_or_default().to_string(),
+                    ));
+                }
+                _ if start.elapsed() > self.timeout => {
+                    return Err(self.fail(name, "the change set was not ready in time".into()));
+                }
+                _ => tokio::time::sleep(self.poll).await,
+            }
+        }
+    }
+
+    /// Create or update the stack to `template` with `parameters`; returns what changed and the
+    /// stack's outputs afterwards.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        template: &str,
+        parameters: &[(String, String)],
+        mut progress: impl FnMut(&str),
+    ) -> Result<(Change, Observed)> {
+        let mut observed = self.observe(name).await?;
+        let mut recreated = false;
+        match observed.status.as_deref() {
+            Some("ROLLBACK_COMPLETE") | Some("REVIEW_IN_PROGRESS") => {
+                progress("deleting the stack an earlier failed create left behind");
+                self.delete(name, &mut progress).await?;
+                observed = Observed::default();
+                recreated = true;
+            }
+            Some(s) if s.ends_with("_IN_PROGRESS") => {
+                progress(&format!("waiting for the operation in progress ({s})"));
+                observed = self.wait(name, &mut progress).await?;
+            }
+            Some(s) if s.ends_with("_FAILED") => {
+                return Err(Failure::new(
+                    Exit::Aws,
+                    format!("stack {name}"),
+                    format!("the stack is in {s} from an earlier operation"),
+                    "resolve it in the CloudFormation console (continue the rollback, or delete the stack), then re-run",
+                ));
+            }
+            _ => {}
+        }
+        let kind = if observed.exists() {
+            ChangeSetType::Update
+        } else {
+            ChangeSetType::Create
+        };
+        let (id, status, reason) = self
+            .change_set(name, template, parameters, kind.clone())
+            .await?;
+        if status == ChangeSetStatus::Failed {
+            if !id.is_empty() {
+                let _ = self
+                    .cfn
+                    .delete_change_set()
+                    .change_set_name(&id)
+                    .send()
+                    .await;
+            }
+            if no_changes(&reason) {
+                return Ok((Change::Nothing, observed));
+            }
+            return Err(self.fail(name, format!("the change set failed: {reason}")));
+        }
+        let since = aws_sdk_cloudformation::primitives::DateTime::from(
+            std::time::SystemTime::now() - Duration::from_secs(1),
+        );
+        progress(if kind == ChangeSetType::Create {
+            "creating"
+        } else {
+            "updating"
+        });
+        self.cfn
+            .execute_change_set()
+            .change_set_name(&id)
+            .send()
+            .await
+            .map_err(|e| self.fail(name, format!("executing the change set: {}", sdk(e))))?;
+        let after = self.wait(name, &mut progress).await?;
+        let status = after.status.clone().unwrap_or_default();
+        if status == "CREATE_COMPLETE" || status == "UPDATE_COMPLETE" {
+            let resources = resources_of(template);
+            let change = match (kind, recreated) {
+                (ChangeSetType::Create, true) => Change::Recreate { resources },
+                (ChangeSetType::Create, false) => Change::Create { resources },
+                _ => Change::Update { changes: vec![] },
+            };
+            return Ok((change, after));
+        }
+        let events = self.failed_events(name, since).await;
+        Err(Failure::new(
+            Exit::Aws,
+            format!("stack {name}"),
+            format!(
+                "the stack ended in {status}{}",
+                if events.is_empty() {
+                    String::new()
+                } else {
+                    format!(":\n    {}", events.join("\n    "))
+                }
+            ),
+            if status == "ROLLBACK_COMPLETE" {
+                "fix the cause above and re-run; release deletes the failed stack and creates it again".to_string()
+            } else {
+                "fix the cause above and re-run; the stack was rolled back to its previous state"
+                    .to_string()
+            },
+        ))
+    }
+
+    async fn wait(&self, name: &str, progress: &mut impl FnMut(&str)) -> Result<Observed> {
+        let start = Instant::now();
+        let mut last = String::new();
+        loop {
+            let o = self.observe(name).await?;
+            let status = o.status.clone().unwrap_or_else(|| "DELETE_COMPLETE".into());
+            if status != last {
+                progress(&status);
+                last = status.clone();
+            }
+            if !status.ends_with("_IN_PROGRESS") {
+                return Ok(o);
+            }
+            if start.elapsed() > self.timeout {
+                return Err(Failure::new(
+                    Exit::Aws,
+                    format!("stack {name}"),
+                    format!("still {status} after {:?}", self.timeout),
+                    "wait for CloudFormation to finish, then re-run (stacks.timeout_minutes sets the wait)",
+                ));
+            }
+            tokio::time::sleep(self.poll).await;
+        }
+    }
+
+    pub async fn delete(&self, name: &str, progress: &mut impl FnMut(&str)) -> Result<()> {
+        self.cfn
+            .delete_stack()
+            .stack_name(name)
+            .send()
+            .await
+            .map_err(|e| self.fail(name, format!("deleting: {}", sdk(e))))?;
+        let o = self.wait(name, progress).await?;
+        match o.status.as_deref() {
+            None | Some("DELETE_COMPLETE") => Ok(()),
+            Some(s) => Err(self.fail(name, format!("delete ended in {s}"))),
+        }
+    }
+
+    /// "resource (type) STATUS: reason" for every failed event since `since`.
+    pub async fn failed_events(
+        &self,
+        name: &str,
+        since: aws_sdk_cloudformation::primitives::DateTime,
+    ) -> Vec<String> {
+        let Ok(out) = self
+            .cfn
+            .describe_stack_events()
+            .stack_name(name)
+            .send()
+            .await
+        else {
+            return vec![];
+        };
+        out.stack_events()
+            .iter()
+            .filter(|e| e.timestamp().is_none_or(|t| t.secs() >= since.secs()))
+            .filter(|e| {
+                e.resource_status()
+                    .is_some_and(|s| s.as_str().ends_with("_FAILED"))
+            })
+            .map(|e| {
+                format!(
+                    "{} ({}) {}: {}",
+                    e.logical_resource_id().unwrap_or("?"),
+                    e.resource_type().unwrap_or("?"),
+                    e.resource_status().map(|s| s.as_str()).unwrap_or("?"),
+                    e.resource_status_reason().unwrap_or("")
+                )
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,583 @@
+//! `release up` (first half): observe, plan, then provision the stacks and push the image, under
+//! the app's lock, each step recorded in the ledger. The colour deployment follows in the next part.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::Config;
+use crate::error::{Exit, Failure, Result, sdk};
+use crate::image::{self, Image, ImageSpec};
+use crate::output::Reporter;
+use crate::plan::{self, Outputs, UP_WAVES};
+use crate::stacks::{Change, Stacks};
+use crate::state::{Lock, Outcome, Release, StepRecord};
+use crate::store::{HeldLock, StateStore, now};
+
+/// Everything a command needs: the config, the AWS clients, the reporter, the global flags.
+pub struct Ctx {
+    pub config: Config,
+    pub base: std::path::PathBuf,
+    pub aws: aws_config::SdkConfig,
+    pub out: Reporter,
+    pub dry_run: bool,
+    pub yes: bool,
+    /// The lock and release this run holds, so that an interrupt can finish them.
+    pub session: Arc<Mutex<Option<Session>>>,
+}
+
+pub struct Session {
+    pub store: StateStore,
+    pub held: HeldLock,
+    pub release_id: String,
+    pub renewal: tokio::task::JoinHandle<()>,
+}
+
+pub struct UpArgs {
+    pub force_unlock: bool,
+}
+
+impl Ctx {
+    pub fn stacks(&self) -> Stacks {
+        Stacks::new(
+            aws_sdk_cloudformation::Client::new(&self.aws),
+            std::time::Duration::from_secs(self.config.stacks.timeout_minutes * 60),
+        )
+    }
+
+    pub fn store(&self) -> StateStore {
+        // A custom endpoint (the sandbox, a local S3) has no per-bucket host names: path-style URLs.
+        let path_style = self.aws.endpoint_url().is_some();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.aws)
+                .force_path_style(path_style)
+                .build(),
+        );
+        StateStore::new(s3, self.config.state_bucket(), self.config.app.clone())
+    }
+
+    fn template(&self, name: &str) -> Result<String> {
+        let path = self
+            .base
+            .join(&self.config.stacks.templates)
+            .join(format!("{name}.yaml"));
+        std::fs::read_to_string(&path).map_err(|e| {
+            Failure::new(
+                Exit::Config,
+                format!("stack {}", self.config.stack_name(name)),
+                format!("cannot read {}: {e}", path.display()),
+                "check stacks.templates in release.yaml",
+            )
+        })
+    }
+
+    pub fn build_image(&self) -> Result<Image> {
+        let c = &self.config;
+        if let Some(archive) = &c.image.archive {
+            let path = self.base.join(archive);
+            return image::read_archive(&path).map_err(|e| {
+                Failure::new(
+                    Exit::Config,
+                    "image",
+                    format!("{}: {e}", path.display()),
+                    "give an OCI image layout, an OCI archive or a docker save tar",
+                )
+            });
+        }
+        let binary = c
+            .image
+            .binary
+            .as_ref()
+            .map(|b| self.base.join(b))
+            .ok_or_else(|| {
+                Failure::new(
+                    Exit::Config,
+                    "image",
+                    "image.binary is not set",
+                    "set image.binary in release.yaml",
+                )
+            })?;
+        image_from(&binary, &c.image.tag, &c.model.name, &c.model.version)
+    }
+}
+
+/// The model-server image `release` builds: the binary at /model-server, non-root, labelled with
+/// the model version and the revision.
+pub fn image_from(binary: &Path, tag: &str, model: &str, version: &str) -> Result<Image> {
+    let env = [
+        ("MODEL_SERVER_PORT".to_string(), "8080".to_string()),
+        ("MODEL_SERVER_MODEL_NAME".into(), model.into()),
+        ("MODEL_SERVER_MODEL_VERSION".into(), version.into()),
+    ];
+    let labels = [
+        (
+            "org.opencontainers.image.revision".to_string(),
+            tag.to_string(),
+        ),
+        ("release.model.name".into(), model.into()),
+        ("release.model.version".into(), version.into()),
+    ];
+    let spec = ImageSpec {
+        path_in_image: "/model-server",
+        env: &env,
+        user: "65532:65532",
+        exposed_port: 8080,
+        labels: &labels,
+    };
+    image::from_binary(binary, &spec).map_err(|e| {
+        Failure::new(
+            Exit::Config,
+            "image build",
+            format!("{}: {e}", binary.display()),
+            "build the static model-server first, or fix image.binary",
+        )
+    })
+}
+
+async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Result<()> {
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.steps.push(step.clone());
+            }
+        })
+        .await
+        .map(|_| ())
+        .inspect_err(|e| {
+            ctx.out
+                .note(&format!("warning: the ledger was not updated: {e}"))
+        })
+}
+
+fn step_record(
+    name: &str,
+    ok: bool,
+    changed: bool,
+    took: std::time::Duration,
+    detail: String,
+) -> StepRecord {
+    let outcome = match (ok, changed) {
+        (false, _) => Outcome::Failed,
+        (true, true) => Outcome::Succeeded,
+        (true, false) => Outcome::NothingToDo,
+    };
+    StepRecord {
+        name: name.into(),
+        outcome,
+        duration_ms: took.as_millis() as u64,
+        detail: Some(detail),
+    }
+}
+
+/// Deploy one stack as a reported step.
+async fn stack_step(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    template: &str,
+    outputs: &Outputs,
+) -> Result<(Change, crate::stacks::Observed, std::time::Duration)> {
+    let name = ctx.config.stack_name(template);
+    let step = format!("stack {name}");
+    let params = plan::stack_parameters(template, &ctx.config, outputs).map_err(|m| {
+        Failure::new(
+            Exit::Internal,
+            &step,
+            format!("missing input: {m}"),
+            "report this: the plan ran a stack before its inputs",
+        )
+    })?;
+    let body = ctx.template(template)?;
+    let start = Instant::now();
+    ctx.out.start(&step, "checking");
+    let result = stacks
+        .deploy(&name, &body, &params, |what| ctx.out.progress(&step, what))
+        .await;
+    match result {
+        Ok((change, observed)) => {
+            ctx.out
+                .finish(&step, true, &change.describe(), start.elapsed());
+            Ok((change, observed, start.elapsed()))
+        }
+        Err(e) => {
+            ctx.out.finish(&step, false, &e.message, start.elapsed());
+            Err(e)
+        }
+    }
+}
+
+pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
+    let started = Instant::now();
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    if ctx.dry_run {
+        return dry_run(ctx, &stacks, &store).await;
+    }
+
+    let mut outputs = Outputs::new();
+    let mut summary = serde_json::Map::new();
+    // The lock and the ledger live in the state bucket the registry stack makes: on the very first
+    // run that stack comes first, before the lock exists.
+    let mut bootstrapped = None;
+    if !store.bucket_exists().await? {
+        ctx.out.note(&format!(
+            "state bucket {} does not exist yet: creating the registry stack first",
+            store.bucket
+        ));
+        let (change, observed, took) = stack_step(ctx, &stacks, "registry", &outputs).await?;
+        outputs.insert("registry".into(), observed.outputs.clone());
+        bootstrapped = Some(step_record(
+            &format!("stack {}", ctx.config.stack_name("registry")),
+            true,
+            change != Change::Nothing,
+            took,
+            change.describe(),
+        ));
+        summary.insert(ctx.config.stack_name("registry"), json!(change.describe()));
+    }
+
+    let (actor, ci) = plan::actor(|k| std::env::var(k).ok());
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown-host".into());
+    let lock = Lock {
+        owner: actor.clone(),
+        host,
+        command: "up".into(),
+        ci_build_url: ci.clone(),
+        started: 0,
+        lease_expires: 0,
+    };
+    ctx.out
+        .start("lock", &format!("taking the lock on {}", ctx.config.app));
+    let t = Instant::now();
+    let held = match store
+        .acquire(
+            lock,
+            ctx.config.state.lease_seconds,
+            args.force_unlock,
+            ctx.yes,
+        )
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.out.finish("lock", false, &e.message, t.elapsed());
+            return Err(e);
+        }
+    };
+    ctx.out.finish("lock", true, "held", t.elapsed());
+    let renewal = store.keep_renewed(&held);
+    let mut release_id = String::new();
+    let now_s = now();
+    let ledger = store
+        .update_ledger(|l| {
+            release_id = l.next_id(now_s);
+            l.close_abandoned(&release_id, now_s);
+            l.releases.push(Release {
+                id: release_id.clone(),
+                action: "up".into(),
+                actor: actor.clone(),
+                ci_build_url: ci.clone(),
+                started: now_s,
+                finished: None,
+                outcome: Outcome::InProgress,
+                colour: None,
+                image_tag: Some(ctx.config.image.tag.clone()),
+                image_digest: None,
+                steps: bootstrapped.iter().cloned().collect(),
+                error: None,
+            });
+        })
+        .await;
+    if let Err(e) = ledger {
+        renewal.abort();
+        let _ = store.release(&held).await;
+        return Err(e);
+    }
+    *ctx.session.lock().await = Some(Session {
+        store: store.clone(),
+        held,
+        release_id: release_id.clone(),
+        renewal,
+    });
+    summary.insert("release".into(), json!(release_id));
+
+    let result = provision(
+        ctx,
+        &stacks,
+        &store,
+        &release_id,
+        &mut outputs,
+        &mut summary,
+    )
+    .await;
+    let changed = summary.values().any(|v| {
+        v.as_str()
+            .is_some_and(|s| s != "no changes" && !s.starts_with("already"))
+    });
+    finish_session(
+        ctx,
+        result.as_ref().err().map(|e| e.to_string()),
+        Some(changed),
+    )
+    .await;
+    result?;
+    summary.insert(
+        "duration".into(),
+        json!(format!("{:.1} s", started.elapsed().as_secs_f64())),
+    );
+    Ok(Value::Object(summary))
+}
+
+/// Close the ledger entry and release the lock: on success, on failure, on interrupt.
+pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bool>) {
+    let Some(session) = ctx.session.lock().await.take() else {
+        return;
+    };
+    session.renewal.abort();
+    let finished = now();
+    let outcome = match (&error, changed) {
+        (Some(_), _) => Outcome::Failed,
+        (None, Some(false)) => Outcome::NothingToDo,
+        (None, _) => Outcome::Succeeded,
+    };
+    let _ = session
+        .store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(&session.release_id) {
+                r.outcome = outcome;
+                r.finished = Some(finished);
+                r.error = error.clone();
+            }
+        })
+        .await;
+    if let Err(e) = session.store.release(&session.held).await {
+        ctx.out.note(&format!("warning: the lock was not released ({e}); it expires with its lease, or use --force-unlock"));
+    }
+}
+
+async fn provision(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &StateStore,
+    id: &str,
+    outputs: &mut Outputs,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    for wave in UP_WAVES {
+        let before: &Outputs = outputs;
+        let runs = wave
+            .iter()
+            .filter(|t| !before.contains_key(**t))
+            .map(|t| async move { (*t, stack_step(ctx, stacks, t, before).await) });
+        let results = futures_util::future::join_all(runs).await;
+        let mut first_error = None;
+        for (template, result) in results {
+            let step = format!("stack {}", ctx.config.stack_name(template));
+            match result {
+                Ok((change, observed, took)) => {
+                    record(
+                        ctx,
+                        store,
+                        id,
+                        step_record(
+                            &step,
+                            true,
+                            change != Change::Nothing,
+                            took,
+                            change.describe(),
+                        ),
+                    )
+                    .await?;
+                    summary.insert(ctx.config.stack_name(template), json!(change.describe()));
+                    outputs.insert(template.to_string(), observed.outputs);
+                }
+                Err(e) => {
+                    record(
+                        ctx,
+                        store,
+                        id,
+                        step_record(
+                            &step,
+                            false,
+                            false,
+                            std::time::Duration::ZERO,
+                            e.message.clone(),
+                        ),
+                    )
+                    .await?;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+
+    // The image: built (or read), pushed, its digest recorded.
+    let repository = outputs
+        .get("registry")
+        .and_then(|o| o.get("RepositoryName"))
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Aws,
+                "image push",
+                "the registry stack has no RepositoryName output",
+                "run release up again to update the registry stack",
+            )
+        })?;
+    let step = "image push";
+    let start = Instant::now();
+    ctx.out
+        .start(step, &format!("{repository}:{}", ctx.config.image.tag));
+    let image = ctx.build_image()?;
+    let total: u64 = image.blobs().map(|b| b.bytes.len() as u64).sum();
+    let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+    let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
+        ctx.out.bytes(step, done, total)
+    })
+    .await;
+    let pushed = match pushed {
+        Ok(p) => p,
+        Err(e) => {
+            let hint = match &e {
+                image::PushError::TagTaken { .. } => {
+                    "ECR tags are immutable: give this build its own image.tag (the git SHA)"
+                        .to_string()
+                }
+                _ => "check ECR access and re-run; layers already uploaded are skipped".to_string(),
+            };
+            ctx.out.finish(step, false, &e.to_string(), start.elapsed());
+            record(
+                ctx,
+                store,
+                id,
+                step_record(step, false, false, start.elapsed(), e.to_string()),
+            )
+            .await?;
+            return Err(Failure::new(Exit::Aws, step, e.to_string(), hint));
+        }
+    };
+    let detail = if pushed.uploaded_bytes == 0 {
+        format!("already in {repository}: {}", pushed.digest)
+    } else {
+        format!(
+            "{} bytes uploaded, {} blobs already there: {}",
+            pushed.uploaded_bytes, pushed.skipped_blobs, pushed.digest
+        )
+    };
+    ctx.out.finish(step, true, &detail, start.elapsed());
+    record(
+        ctx,
+        store,
+        id,
+        step_record(
+            step,
+            true,
+            pushed.uploaded_bytes > 0,
+            start.elapsed(),
+            detail.clone(),
+        ),
+    )
+    .await?;
+    let digest = pushed.digest.clone();
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.image_digest = Some(digest.clone());
+            }
+        })
+        .await?;
+    summary.insert(
+        "image".into(),
+        json!(format!(
+            "{repository}:{}@{}",
+            ctx.config.image.tag, pushed.digest
+        )),
+    );
+    summary.insert("image push".into(), json!(detail));
+    Ok(())
+}
+
+/// `--dry-run`: what `up` would do, changing nothing.
+async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore) -> Result<Value> {
+    let mut plan = serde_json::Map::new();
+    let mut outputs = Outputs::new();
+    for wave in UP_WAVES {
+        for template in wave.iter() {
+            let name = ctx.config.stack_name(template);
+            let observed = stacks.observe(&name).await?;
+            let what = match plan::stack_parameters(template, &ctx.config, &outputs) {
+                Ok(params) => stacks
+                    .plan(&name, &ctx.template(template)?, &params)
+                    .await?
+                    .describe(),
+                Err(missing) => format!("create or update once {missing} exists"),
+            };
+            if observed.exists() {
+                outputs.insert(template.to_string(), observed.outputs);
+            }
+            ctx.out.note(&format!("plan: stack {name}: {what}"));
+            plan.insert(name, json!(what));
+        }
+    }
+    if let Some(lock) = store
+        .bucket_exists()
+        .await
+        .ok()
+        .filter(|b| *b)
+        .and(store.read_lock().await.ok().flatten())
+    {
+        ctx.out
+            .note(&format!("plan: the lock is held: {}", lock.describe(now())));
+    }
+    let image = ctx.build_image()?;
+    let what = match outputs
+        .get("registry")
+        .and_then(|o| o.get("RepositoryName"))
+    {
+        Some(repo) => {
+            let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+            let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
+            let check = ecr
+                .batch_check_layer_availability()
+                .repository_name(repo)
+                .set_layer_digests(Some(digests))
+                .send()
+                .await
+                .map_err(|e| Failure::new(Exit::Aws, "image push", sdk(e), "check ECR access"))?;
+            let present: Vec<String> = check
+                .layers()
+                .iter()
+                .filter(|l| {
+                    l.layer_availability()
+                        .is_some_and(|a| a.as_str() == "AVAILABLE")
+                })
+                .filter_map(|l| l.layer_digest().map(str::to_string))
+                .collect();
+            let missing: u64 = image
+                .blobs()
+                .filter(|b| !present.contains(&b.digest))
+                .map(|b| b.bytes.len() as u64)
+                .sum();
+            format!(
+                "push {repo}:{} ({}), {missing} bytes to upload",
+                ctx.config.image.tag,
+                image.digest()
+            )
+        }
+        None => format!(
+            "push {}:{} ({}) once the registry exists",
+            ctx.config.app,
+            ctx.config.image.tag,
+            image.digest()
+        ),
+    };
+    ctx.out.note(&format!("plan: image: {what}"));
+    plan.insert("image".into(), json!(what));
+    plan.insert("dry run".into(), json!("nothing was changed"));
+    Ok(Value::Object(plan))
+}
