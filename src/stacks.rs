@@ -474,3 +474,95 @@ impl Stacks {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn template(name: &str) -> serde_yaml::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("cloudformation")
+            .join(format!("{name}.yaml"));
+        serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    fn keys(v: &serde_yaml::Value, section: &str) -> Vec<String> {
+        v.get(section)
+            .and_then(|s| s.as_mapping())
+            .map(|m| {
+                m.keys()
+                    .filter_map(|k| k.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_parameter_sent_is_declared_and_every_output_read_is_produced() {
+        for (name, sent) in PARAMETERS {
+            let t = template(name);
+            let declared = keys(&t, "Parameters");
+            for p in *sent {
+                assert!(
+                    declared.contains(&p.to_string()),
+                    "{name}.yaml does not declare the parameter {p} the code sends"
+                );
+            }
+            // A declared parameter without a default must be one the code sends.
+            for d in &declared {
+                let has_default = t["Parameters"][d.as_str()].get("Default").is_some();
+                assert!(
+                    has_default || sent.contains(&d.as_str()),
+                    "{name}.yaml requires {d}, which the code never sends"
+                );
+            }
+        }
+        for (name, read) in OUTPUTS {
+            let produced = keys(&template(name), "Outputs");
+            for o in *read {
+                assert!(
+                    produced.contains(&o.to_string()),
+                    "{name}.yaml does not produce the output {o} the code reads"
+                );
+            }
+        }
+        // The planner's parameters are the ones listed here.
+        let config =
+            crate::config::parse("app: iris\nimage: {binary: ms, tag: abc}\n", "f").unwrap();
+        let mut outputs = crate::plan::Outputs::new();
+        outputs
+            .entry("network".into())
+            .or_default()
+            .insert("PrivateSubnetIds".into(), "a,b".into());
+        for wave in crate::plan::UP_WAVES {
+            for t in wave.iter() {
+                let sent: Vec<String> = crate::plan::stack_parameters(t, &config, &outputs)
+                    .unwrap()
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .collect();
+                let listed: Vec<String> = PARAMETERS
+                    .iter()
+                    .find(|(n, _)| n == t)
+                    .unwrap()
+                    .1
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect();
+                assert_eq!(sent, listed, "{t}");
+            }
+        }
+    }
+
+    #[test]
+    fn no_change_messages_from_both_apis_are_recognised() {
+        assert!(no_changes(
+            "The submitted information didn't contain changes. Submit different information to create a change set."
+        ));
+        assert!(no_changes(
+            "ValidationError: No updates are to be performed."
+        ));
+        assert!(!no_changes("Template format error"));
+    }
+}

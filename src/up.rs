@@ -303,6 +303,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
     });
     summary.insert("release".into(), json!(release_id));
 
+    let mut changed = bootstrapped.is_some();
     let result = provision(
         ctx,
         &stacks,
@@ -310,12 +311,9 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         &release_id,
         &mut outputs,
         &mut summary,
+        &mut changed,
     )
     .await;
-    let changed = summary.values().any(|v| {
-        v.as_str()
-            .is_some_and(|s| s != "no changes" && !s.starts_with("already"))
-    });
     finish_session(
         ctx,
         result.as_ref().err().map(|e| e.to_string()),
@@ -364,6 +362,7 @@ async fn provision(
     id: &str,
     outputs: &mut Outputs,
     summary: &mut serde_json::Map<String, Value>,
+    changed: &mut bool,
 ) -> Result<()> {
     for wave in UP_WAVES {
         let before: &Outputs = outputs;
@@ -377,6 +376,7 @@ async fn provision(
             let step = format!("stack {}", ctx.config.stack_name(template));
             match result {
                 Ok((change, observed, took)) => {
+                    *changed |= change != Change::Nothing;
                     record(
                         ctx,
                         store,
@@ -483,6 +483,7 @@ async fn provision(
         ),
     )
     .await?;
+    *changed |= pushed.uploaded_bytes > 0;
     let digest = pushed.digest.clone();
     store
         .update_ledger(|l| {

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod deployments;
+pub mod harness;
 pub mod kubelet;
 pub mod lb;
 pub mod merge;

@@ -10,7 +10,7 @@ use aws_sdk_cloudformation::types::{Parameter, StackStatus};
 use base64::Engine;
 use serde_json::json;
 
-use crate::{Sandbox, eventually};
+use crate::{Clients, Sandbox, eventually};
 
 fn template() -> String {
     json!({

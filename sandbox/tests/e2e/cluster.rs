@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::{Sandbox, eventually, model_server_binary};
+use crate::{Clients, Sandbox, eventually, model_server_binary};
 
 /// Push the model-server binary as an image; its `repo@digest` reference.
 async fn push_model_server(sb: &Sandbox) -> String {

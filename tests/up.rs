@@ -1,0 +1,297 @@
+//! `release up` (first half) end to end: the real binary, configured only through the standard AWS
+//! environment, against a sandbox started for each test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aws_sdk_s3::primitives::ByteStream;
+use sandbox::harness::{Sandbox, model_server_binary, workspace};
+use serde_json::Value;
+
+/// A release.yaml in its own directory, pointing at the repository's templates and cases.
+fn config(dir: &Path, extra: &str) -> PathBuf {
+    config_with(dir, "", extra)
+}
+
+/// `stacks` adds lines to the `stacks:` section, `extra` whole sections.
+fn config_with(dir: &Path, stacks: &str, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = workspace();
+    let text = format!(
+        "app: iris\nimage:\n  binary: {}\n  tag: ${{GIT_SHA}}\nstacks:\n  templates: {}\n{stacks}smoke:\n  cases: {}\n{extra}",
+        model_server_binary().display(),
+        root.join("cloudformation").display(),
+        root.join("model-server/smoke/cases.yaml").display()
+    );
+    let path = dir.join("release.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn release(sb: &Sandbox, config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_release"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GIT_SHA", "build-1")
+        .env("HOME", &sb.dir);
+    for (k, v) in &sb.env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--output", "json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn summary(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["event"] == "summary")
+        .last();
+    last.unwrap_or_else(|| {
+        panic!(
+            "no summary; stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })["summary"]
+        .clone()
+}
+
+async fn s3(sb: &Sandbox) -> aws_sdk_s3::Client {
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "sandbox", "sandbox", None, None, "test",
+        ))
+        .load()
+        .await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
+    let out = s3
+        .get_object()
+        .bucket("iris-release-state")
+        .key(key)
+        .send()
+        .await
+        .ok()?;
+    serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).ok()
+}
+
+#[tokio::test]
+async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_nothing() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), "");
+
+    let dry = release(&sb, &cfg, &["up", "--dry-run"]);
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let plan = summary(&dry);
+    assert!(
+        plan["iris-network"].as_str().unwrap().starts_with("create"),
+        "{plan}"
+    );
+    assert_eq!(plan["dry run"], "nothing was changed");
+    let s3 = s3(&sb).await;
+    assert!(
+        s3.list_buckets().send().await.unwrap().buckets().is_empty(),
+        "a dry run creates nothing"
+    );
+
+    let first = release(&sb, &cfg, &["up"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let s1 = summary(&first);
+    for stack in ["iris-network", "iris-registry", "iris-cluster"] {
+        assert!(
+            s1[stack].as_str().unwrap().starts_with("create"),
+            "{stack}: {s1}"
+        );
+    }
+    assert!(
+        s1["image push"]
+            .as_str()
+            .unwrap()
+            .contains("bytes uploaded"),
+        "{s1}"
+    );
+
+    let second = release(&sb, &cfg, &["up"]);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let s2 = summary(&second);
+    for stack in ["iris-network", "iris-registry", "iris-cluster"] {
+        assert_eq!(s2[stack], "no changes", "{s2}");
+    }
+    assert!(
+        s2["image push"].as_str().unwrap().starts_with("already in"),
+        "no layer bytes the second time: {s2}"
+    );
+    assert_eq!(
+        s1["image"], s2["image"],
+        "the same binary and tag make the same digest"
+    );
+
+    // The ledger has both runs, with their steps; the lock is gone.
+    let ledger = object(&s3, "apps/iris/ledger.json")
+        .await
+        .expect("a ledger");
+    let releases = ledger["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 2);
+    assert_eq!(
+        (
+            releases[0]["outcome"].as_str(),
+            releases[1]["outcome"].as_str()
+        ),
+        (Some("succeeded"), Some("nothing_to_do"))
+    );
+    assert!(
+        releases[0]["image_digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert!(releases[0]["steps"].as_array().unwrap().len() >= 4);
+    assert!(
+        object(&s3, "apps/iris/lock.json").await.is_none(),
+        "the lock is released"
+    );
+}
+
+#[tokio::test]
+async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), "");
+    assert!(release(&sb, &cfg, &["up"]).status.success());
+    let s3 = s3(&sb).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let put_lock = |expires: u64| {
+        let body = serde_json::json!({"owner": "ci@runner", "host": "runner-7", "command": "up", "ci_build_url": "https://ci.example/42", "started": now - 60, "lease_expires": expires});
+        s3.put_object()
+            .bucket("iris-release-state")
+            .key("apps/iris/lock.json")
+            .body(ByteStream::from(body.to_string().into_bytes()))
+            .send()
+    };
+    put_lock(now + 600).await.unwrap();
+    let held = release(&sb, &cfg, &["up"]);
+    assert_eq!(held.status.code(), Some(4));
+    let s = summary(&held);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("ci@runner on runner-7")
+            && s["error"]
+                .as_str()
+                .unwrap()
+                .contains("https://ci.example/42"),
+        "{s}"
+    );
+    let refused = release(&sb, &cfg, &["up", "--force-unlock"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(4),
+        "a live lock is not broken without --yes"
+    );
+    put_lock(now - 1).await.unwrap();
+    assert_eq!(
+        release(&sb, &cfg, &["up"]).status.code(),
+        Some(4),
+        "an expired lock still needs --force-unlock"
+    );
+    let broken = release(&sb, &cfg, &["up", "--force-unlock"]);
+    assert!(
+        broken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&broken.stdout)
+    );
+    assert!(object(&s3, "apps/iris/lock.json").await.is_none());
+}
+
+#[tokio::test]
+async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let unknown = config(&dir, "deploy:\n  colour: blue\n");
+    let out = release(&sb, &unknown, &["up"]);
+    assert_eq!(out.status.code(), Some(3));
+    let s = summary(&out);
+    assert!(
+        s["error"].as_str().unwrap().contains("deploy.colour")
+            && s["error"].as_str().unwrap().contains("line"),
+        "{s}"
+    );
+    let no_templates = config(&dir, "").with_file_name("nope.yaml");
+    std::fs::write(
+        &no_templates,
+        std::fs::read_to_string(dir.join("release.yaml"))
+            .unwrap()
+            .replace("/cloudformation", "/missing"),
+    )
+    .unwrap();
+    let out = release(&sb, &no_templates, &["up"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        summary(&out)["error"]
+            .as_str()
+            .unwrap()
+            .contains("stacks.templates")
+    );
+
+    // A value the network template cannot use: the stack fails, its failed resource is named,
+    // and the next run (fixed) deletes the failed stack and creates it again.
+    let bad = config_with(&dir, "  vpc_cidr: 10.400.0.0/16\n", "");
+    let out = release(&sb, &bad, &["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["step"] == "stack iris-network"
+            && s["error"].as_str().unwrap().contains("ROLLBACK_COMPLETE")
+            && s["error"]
+                .as_str()
+                .unwrap()
+                .contains("Vpc (AWS::EC2::VPC) CREATE_FAILED"),
+        "{s}"
+    );
+    let good = config(&dir, "");
+    let out = release(&sb, &good, &["up"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        summary(&out)["iris-network"]
+            .as_str()
+            .unwrap()
+            .starts_with("delete the stack left by a failed create")
+    );
+}
