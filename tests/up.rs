@@ -51,7 +51,7 @@ fn summary(out: &Output) -> Value {
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter(|v| v["event"] == "summary")
-        .last();
+        .next_back();
     last.unwrap_or_else(|| {
         panic!(
             "no summary; stdout:\n{stdout}\nstderr:\n{}",
