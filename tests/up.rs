@@ -50,8 +50,7 @@ fn summary(out: &Output) -> Value {
     let last = stdout
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| v["event"] == "summary")
-        .next_back();
+        .rfind(|v| v["event"] == "summary");
     last.unwrap_or_else(|| {
         panic!(
             "no summary; stdout:\n{stdout}\nstderr:\n{}",
