@@ -598,3 +598,44 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::*;
+
+    fn paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+        if let Some(m) = v.as_mapping() {
+            for (k, child) in m {
+                let key = k.as_str().unwrap_or_default();
+                let path = if prefix.is_empty() {
+                    key.to_string()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                if child.is_mapping() {
+                    paths(&path, child, out);
+                } else {
+                    out.push(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn docs_configuration_md_describes_every_field() {
+        let full = parse("app: a\nimage: {binary: b, archive: c, tag: t}\nregion: r\nstate: {bucket: b}\nsmoke: {compare_live: 0.5}\nedge: {public_url: 'http://x'}\n", "f").unwrap();
+        let mut fields = Vec::new();
+        paths("", &serde_yaml::to_value(&full).unwrap(), &mut fields);
+        let doc = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+        )
+        .unwrap();
+        assert!(fields.len() > 20, "{fields:?}");
+        for f in fields {
+            assert!(
+                doc.contains(&format!("| `{f}` |")),
+                "docs/configuration.md has no row for `{f}`"
+            );
+        }
+    }
+}
