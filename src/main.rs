@@ -62,6 +62,9 @@ enum Command {
         /// Break the app's lock if its lease has expired (with --yes, even a live one).
         #[arg(long)]
         force_unlock: bool,
+        /// Deploy a candidate even when the live colour runs this image already.
+        #[arg(long)]
+        force: bool,
     },
     /// Container images without Docker.
     Image {
@@ -100,6 +103,8 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // kube's TLS: ring (the AWS SDK brings aws-lc-rs too, so the choice must be explicit).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -165,9 +170,13 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         session: Arc::new(tokio::sync::Mutex::new(None)),
     };
     let result = match &cli.command {
-        Command::Up { force_unlock } => {
+        Command::Up {
+            force_unlock,
+            force,
+        } => {
             let args = UpArgs {
                 force_unlock: *force_unlock,
+                force: *force,
             };
             tokio::select! {
                 r = release::up::up(&ctx, &args) => r,

@@ -34,10 +34,14 @@ pub struct Session {
     pub held: HeldLock,
     pub release_id: String,
     pub renewal: tokio::task::JoinHandle<()>,
+    /// A candidate colour being deployed: torn down if the run is interrupted.
+    pub candidate: Option<(kube::Client, String)>,
 }
 
 pub struct UpArgs {
     pub force_unlock: bool,
+    /// Deploy a candidate even when the live colour already runs this image and these manifests.
+    pub force: bool,
 }
 
 impl Ctx {
@@ -300,6 +304,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         held,
         release_id: release_id.clone(),
         renewal,
+        candidate: None,
     });
     summary.insert("release".into(), json!(release_id));
 
@@ -312,6 +317,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         &mut outputs,
         &mut summary,
         &mut changed,
+        args.force,
     )
     .await;
     finish_session(
@@ -334,6 +340,17 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
         return;
     };
     session.renewal.abort();
+    if let (Some(_), Some((client, colour))) = (&error, &session.candidate) {
+        ctx.out.note(&format!(
+            "tearing down the candidate {}",
+            crate::colour::name(&ctx.config, colour)
+        ));
+        if let Err(e) = crate::colour::teardown(client, &ctx.config, colour).await {
+            ctx.out.note(&format!(
+                "warning: the candidate was not torn down ({e}); the next release up replaces it"
+            ));
+        }
+    }
     let finished = now();
     let outcome = match (&error, changed) {
         (Some(_), _) => Outcome::Failed,
@@ -355,6 +372,7 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn provision(
     ctx: &Ctx,
     stacks: &Stacks,
@@ -363,6 +381,7 @@ async fn provision(
     outputs: &mut Outputs,
     summary: &mut serde_json::Map<String, Value>,
     changed: &mut bool,
+    force: bool,
 ) -> Result<()> {
     for wave in UP_WAVES {
         let before: &Outputs = outputs;
@@ -500,6 +519,343 @@ async fn provision(
         )),
     );
     summary.insert("image push".into(), json!(detail));
+    let uri = outputs
+        .get("registry")
+        .and_then(|o| o.get("RepositoryUri"))
+        .cloned()
+        .unwrap_or_default();
+    deploy(
+        ctx,
+        stacks,
+        store,
+        id,
+        outputs,
+        &format!("{uri}@{}", pushed.digest),
+        &pushed.digest,
+        summary,
+        changed,
+        force,
+    )
+    .await
+}
+
+/// Run `f` as a reported step recorded in the ledger.
+async fn step<T>(
+    ctx: &Ctx,
+    store: &StateStore,
+    id: &str,
+    name: &str,
+    what: &str,
+    f: impl std::future::Future<Output = Result<(T, String)>>,
+) -> Result<T> {
+    let start = Instant::now();
+    ctx.out.start(name, what);
+    match f.await {
+        Ok((v, detail)) => {
+            ctx.out.finish(name, true, &detail, start.elapsed());
+            record(
+                ctx,
+                store,
+                id,
+                step_record(name, true, true, start.elapsed(), detail),
+            )
+            .await?;
+            Ok(v)
+        }
+        Err(e) => {
+            ctx.out.finish(name, false, &e.message, start.elapsed());
+            record(
+                ctx,
+                store,
+                id,
+                step_record(name, false, false, start.elapsed(), e.message.clone()),
+            )
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+fn smoke_failure(colour: &str, report: &crate::smoke::Report) -> Failure {
+    Failure::new(
+        Exit::Smoke,
+        format!("smoke test of {colour}"),
+        format!(
+            "{} failed check(s):\n    {}",
+            report.failures.len(),
+            report.failures.join("\n    ")
+        ),
+        "the candidate was torn down and the live colour is untouched; fix the model or image and release again",
+    )
+}
+
+/// Deploy the idle colour, smoke-test it, and put it live when nothing is live yet.
+#[allow(clippy::too_many_arguments)]
+async fn deploy(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &StateStore,
+    id: &str,
+    outputs: &mut Outputs,
+    image: &str,
+    digest: &str,
+    summary: &mut serde_json::Map<String, Value>,
+    changed: &mut bool,
+    force: bool,
+) -> Result<()> {
+    use crate::colour;
+    let c = &ctx.config;
+    let cluster_name = outputs
+        .get("cluster")
+        .and_then(|o| o.get("ClusterName"))
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Aws,
+                "cluster",
+                "the cluster stack has no ClusterName output",
+                "re-run release up",
+            )
+        })?;
+    let cluster = crate::eks::Cluster::connect(&ctx.aws, &cluster_name).await?;
+    let client = cluster.client().await?;
+    let edge_name = c.stack_name("edge");
+    let edge = stacks.observe(&edge_name).await?;
+    let mut observed = std::collections::BTreeMap::new();
+    let mut addresses = std::collections::BTreeMap::new();
+    for col in colour::COLOURS {
+        let o = colour::observe(&client, c, col).await?;
+        addresses.insert(col, o.address.clone());
+        observed.insert(col, o);
+    }
+    let live = colour::live_colour(
+        edge.parameters.get("OriginDomain").map(String::as_str),
+        &addresses,
+    );
+    let templates = ctx.base.join("kube-templates");
+    let templates = if templates.is_dir() {
+        templates
+    } else {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kube-templates")
+    };
+    if let Some(l) = live {
+        let (_, hash) = colour::render(&templates, c, l, image, digest, id)
+            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+        let o = &observed[l];
+        if !force
+            && o.digest.as_deref() == Some(digest)
+            && o.manifest_hash.as_deref() == Some(hash.as_str())
+        {
+            ctx.out.note(&format!("{l} is live with this image ({digest}) and these manifests: nothing to release (--force deploys a candidate anyway)"));
+            summary.insert("live".into(), json!(l));
+            summary.insert("candidate".into(), json!("none: nothing to release"));
+            return Ok(());
+        }
+    }
+    let candidate = colour::candidate_for(live);
+    let (manifests, _) = colour::render(&templates, c, candidate, image, digest, id)
+        .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+    let secret = colour::ensure_namespace_and_secret(&client, c).await?;
+    *changed = true;
+    if let Some(s) = ctx.session.lock().await.as_mut() {
+        s.candidate = Some((client.clone(), candidate.to_string()));
+    }
+    let _ = store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.colour = Some(candidate.to_string());
+            }
+        })
+        .await;
+    let name = colour::name(c, candidate);
+    let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
+    let deployed = step(
+        ctx,
+        store,
+        id,
+        &format!("deploy {name}"),
+        &format!("{image} ({} replicas)", c.deploy.replicas),
+        async {
+            colour::apply(&client, c, &manifests).await?;
+            colour::wait_rollout(&client, c, candidate, timeout, |p| {
+                ctx.out.progress(&format!("deploy {name}"), &p)
+            })
+            .await?;
+            let addr = colour::wait_address(&client, c, candidate, timeout).await?;
+            Ok((addr.clone(), format!("ready at {addr}")))
+        },
+    )
+    .await;
+    let addr = match deployed {
+        Ok(a) => a,
+        Err(e) => return Err(e),
+    };
+    let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+        .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
+    let target = crate::smoke::Target {
+        base_url: format!("http://{addr}:{}", c.deploy.service_port),
+        colour: candidate,
+        model_version: &c.model.version,
+        secret: &secret,
+    };
+    let live_target = live.and_then(|l| addresses[l].clone().map(|a| (l, a)));
+    let live_target = live_target.as_ref().map(|(l, a)| crate::smoke::Target {
+        base_url: format!("http://{a}:{}", c.deploy.service_port),
+        colour: l,
+        model_version: &c.model.version,
+        secret: &secret,
+    });
+    let compare = match (&live_target, c.smoke.compare_live) {
+        (Some(t), Some(f)) => Some((t, f)),
+        _ => None,
+    };
+    let smoke_name = format!("smoke {name}");
+    step(ctx, store, id, &smoke_name, &target.base_url, async {
+        let report = crate::smoke::run(
+            &target,
+            &cases,
+            c.smoke.requests,
+            c.smoke.p95_ms,
+            compare,
+            |p| ctx.out.progress(&smoke_name, &p),
+        )
+        .await;
+        if report.ok() {
+            Ok(((), report.summary()))
+        } else {
+            Err(smoke_failure(candidate, &report))
+        }
+    })
+    .await?;
+    summary.insert("candidate".into(), json!(candidate));
+    summary.insert("candidate address".into(), json!(addr));
+
+    if live.is_none() {
+        go_live(
+            ctx, stacks, store, id, outputs, candidate, &addr, &secret, &cases, summary,
+        )
+        .await?;
+    } else {
+        summary.insert("live".into(), json!(live));
+        ctx.out.note(&format!(
+            "{candidate} is deployed and tested; `release promote` puts it live"
+        ));
+    }
+    // The candidate stays: no teardown on the way out.
+    if let Some(s) = ctx.session.lock().await.as_mut() {
+        s.candidate = None;
+    }
+    Ok(())
+}
+
+/// The first release: the edge stack with this colour as origin, then the public URL checked.
+#[allow(clippy::too_many_arguments)]
+async fn go_live(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &StateStore,
+    id: &str,
+    outputs: &mut Outputs,
+    colour: &str,
+    addr: &str,
+    secret: &str,
+    cases: &crate::smoke::Cases,
+    summary: &mut serde_json::Map<String, Value>,
+) -> Result<()> {
+    let c = &ctx.config;
+    let name = c.stack_name("edge");
+    let params = vec![
+        ("AppName".to_string(), c.app.clone()),
+        ("OriginDomain".to_string(), addr.to_string()),
+        (
+            "OriginHttpPort".to_string(),
+            c.deploy.service_port.to_string(),
+        ),
+        ("OriginSecret".to_string(), secret.to_string()),
+    ];
+    let body = ctx.template("edge")?;
+    let observed = step(
+        ctx,
+        store,
+        id,
+        &format!("stack {name}"),
+        &format!("origin {addr}"),
+        async {
+            let (change, observed) = stacks
+                .deploy(&name, &body, &params, |p| {
+                    ctx.out.progress(&format!("stack {name}"), p)
+                })
+                .await?;
+            Ok((observed, change.describe()))
+        },
+    )
+    .await?;
+    outputs.insert("edge".into(), observed.outputs.clone());
+    let dist = observed.output(&name, "DistributionId")?;
+    let domain = observed.output(&name, "DistributionDomainName")?;
+    let public = c
+        .edge
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("https://{domain}"));
+    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
+    let poll = if ctx.aws.endpoint_url().is_some() {
+        std::time::Duration::from_millis(200)
+    } else {
+        std::time::Duration::from_secs(10)
+    };
+    step(ctx, store, id, "edge deployed", &dist, async {
+        let start = Instant::now();
+        loop {
+            let d =
+                cf.get_distribution().id(&dist).send().await.map_err(|e| {
+                    Failure::new(Exit::Aws, "edge", sdk(e), "check CloudFront access")
+                })?;
+            let status = d
+                .distribution()
+                .map(|d| d.status().to_string())
+                .unwrap_or_default();
+            if status == "Deployed" {
+                return Ok(((), format!("{dist} Deployed")));
+            }
+            if start.elapsed() > std::time::Duration::from_secs(c.stacks.timeout_minutes * 60) {
+                return Err(Failure::new(
+                    Exit::Aws,
+                    "edge",
+                    format!("{dist} still {status}"),
+                    "wait for CloudFront and re-run",
+                ));
+            }
+            tokio::time::sleep(poll).await;
+        }
+    })
+    .await?;
+    let target = crate::smoke::Target {
+        base_url: public.trim_end_matches('/').to_string(),
+        colour,
+        model_version: &c.model.version,
+        secret,
+    };
+    let smoke_name = "smoke public URL";
+    step(ctx, store, id, smoke_name, &public, async {
+        let report = crate::smoke::run(
+            &target,
+            cases,
+            c.smoke.requests.min(20),
+            c.smoke.p95_ms,
+            None,
+            |p| ctx.out.progress(smoke_name, &p),
+        )
+        .await;
+        if report.ok() {
+            Ok(((), report.summary()))
+        } else {
+            Err(smoke_failure(colour, &report))
+        }
+    })
+    .await?;
+    summary.insert("live".into(), json!(colour));
+    summary.insert("public url".into(), json!(public));
     Ok(())
 }
 

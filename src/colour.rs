@@ -1,0 +1,561 @@
+//! A colour on the cluster: `kube-templates/` rendered for it (minijinja), applied with
+//! server-side apply (field manager `release`), its rollout watched until ready or failed (the pod
+//! and reason named, with its recent events), its load-balancer address, and its teardown.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::error::{Exit, Failure, Result};
+
+pub const COLOURS: [&str; 2] = ["blue", "green"];
+pub const MANAGER: &str = "release";
+const TEMPLATES: [&str; 3] = ["deployment.yaml", "service.yaml", "pdb.yaml"];
+
+pub fn other(colour: &str) -> &'static str {
+    if colour == "blue" { "green" } else { "blue" }
+}
+
+/// The colour to deploy: the one that is not live (blue when nothing is).
+pub fn candidate_for(live: Option<&str>) -> &'static str {
+    match live {
+        Some(l) => other(l),
+        None => "blue",
+    }
+}
+
+pub fn name(config: &Config, colour: &str) -> String {
+    format!("{}-{colour}", config.app)
+}
+
+/// The rendered manifests of a colour, and a hash of them that ignores the release id (so the same
+/// image with the same settings hashes the same in every release).
+pub fn render(
+    dir: &Path,
+    config: &Config,
+    colour: &str,
+    image: &str,
+    digest: &str,
+    release_id: &str,
+) -> std::result::Result<(Vec<Value>, String), String> {
+    let mut env = minijinja::Environment::new();
+    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    let mut sources = Vec::new();
+    for t in TEMPLATES {
+        let path = dir.join(t);
+        sources.push((
+            t,
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?,
+        ));
+    }
+    for (t, src) in &sources {
+        env.add_template(t, src).map_err(|e| format!("{t}: {e}"))?;
+    }
+    let d = &config.deploy;
+    let context = |release_id: &str, hash: &str| {
+        minijinja::context! {
+            app => config.app, colour => colour, namespace => d.namespace, image => image, digest => digest,
+            replicas => d.replicas, service_port => d.service_port, model_name => config.model.name,
+            model_version => config.model.version, release_id => release_id, manifest_hash => hash,
+            progress_deadline_seconds => d.rollout_timeout_seconds.min(600), grace_seconds => 20,
+            pre_stop_seconds => 2, drain_seconds => 3,
+        }
+    };
+    let render_all = |release_id: &str, hash: &str| -> std::result::Result<Vec<Value>, String> {
+        TEMPLATES
+            .iter()
+            .map(|t| {
+                let text = env
+                    .get_template(t)
+                    .and_then(|tpl| tpl.render(context(release_id, hash)))
+                    .map_err(|e| format!("kube-templates/{t}: {e}"))?;
+                serde_yaml::from_str::<Value>(&text)
+                    .map_err(|e| format!("kube-templates/{t} renders to invalid YAML: {e}"))
+            })
+            .collect()
+    };
+    let neutral = render_all("", "")?;
+    let hash = format!(
+        "{:x}",
+        Sha256::digest(serde_json::to_vec(&neutral).expect("JSON"))
+    )[..16]
+        .to_string();
+    Ok((render_all(release_id, &hash)?, hash))
+}
+
+fn failure(exit: Exit, step: &str, message: String, hint: &str) -> Failure {
+    Failure::new(exit, step, message, hint)
+}
+
+fn kube_err(step: &str) -> impl Fn(kube::Error) -> Failure + '_ {
+    move |e| {
+        failure(
+            Exit::Deploy,
+            step,
+            e.to_string(),
+            "check the cluster's API and your access to it (aws-auth / access entries)",
+        )
+    }
+}
+
+/// Ensure the namespace and the origin-verify Secret; the secret value is kept if it exists.
+pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config) -> Result<String> {
+    let step = "deploy";
+    let pp = PatchParams::apply(MANAGER).force();
+    let ns = &config.deploy.namespace;
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &pp,
+            &Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+            ),
+        )
+        .await
+        .map_err(kube_err(step))?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = format!("{}-origin", config.app);
+    if let Some(existing) = secrets.get_opt(&name).await.map_err(kube_err(step))?
+        && let Some(v) = existing.data.as_ref().and_then(|d| d.get("secret"))
+    {
+        return Ok(String::from_utf8_lossy(&v.0).to_string());
+    }
+    let value = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/name": config.app}}, "type": "Opaque", "stringData": {"secret": value}});
+    secrets
+        .patch(&name, &pp, &Patch::Apply(secret))
+        .await
+        .map_err(kube_err(step))?;
+    Ok(value)
+}
+
+pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) -> Result<()> {
+    let step = "deploy";
+    let pp = PatchParams::apply(MANAGER).force();
+    let ns = &config.deploy.namespace;
+    for m in manifests {
+        let name = m["metadata"]["name"].as_str().unwrap_or_default();
+        let result = match m["kind"].as_str() {
+            Some("Deployment") => Api::<Deployment>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(m))
+                .await
+                .map(|_| ()),
+            Some("Service") => Api::<Service>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(m))
+                .await
+                .map(|_| ()),
+            Some("PodDisruptionBudget") => {
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+                    .patch(name, &pp, &Patch::Apply(m))
+                    .await
+                    .map(|_| ())
+            }
+            other => {
+                return Err(failure(
+                    Exit::Internal,
+                    step,
+                    format!("kube-templates renders an unexpected kind {other:?}"),
+                    "only Deployment, Service and PodDisruptionBudget are applied",
+                ));
+            }
+        };
+        result.map_err(kube_err(step))?;
+    }
+    Ok(())
+}
+
+/// Remove a colour (Deployment, Service, PDB); absent objects are fine.
+pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
+    let ns = &config.deploy.namespace;
+    let n = name(config, colour);
+    let dp = DeleteParams::background();
+    let ignore_missing = |r: std::result::Result<(), kube::Error>| match r {
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        other => other,
+    };
+    ignore_missing(
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .delete(&n, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .map_err(kube_err("teardown"))?;
+    ignore_missing(
+        Api::<Service>::namespaced(client.clone(), ns)
+            .delete(&n, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .map_err(kube_err("teardown"))?;
+    ignore_missing(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+            .delete(&n, &dp)
+            .await
+            .map(|_| ()),
+    )
+    .map_err(kube_err("teardown"))?;
+    Ok(())
+}
+
+/// What is deployed of a colour, from its objects' annotations and status.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub exists: bool,
+    pub digest: Option<String>,
+    pub manifest_hash: Option<String>,
+    pub ready: i32,
+    pub replicas: i32,
+    pub address: Option<String>,
+}
+
+pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Result<Observed> {
+    let ns = &config.deploy.namespace;
+    let n = name(config, colour);
+    let d = Api::<Deployment>::namespaced(client.clone(), ns)
+        .get_opt(&n)
+        .await
+        .map_err(kube_err("observe"))?;
+    let s = Api::<Service>::namespaced(client.clone(), ns)
+        .get_opt(&n)
+        .await
+        .map_err(kube_err("observe"))?;
+    let Some(d) = d else {
+        return Ok(Observed {
+            address: s.as_ref().and_then(address_of),
+            ..Observed::default()
+        });
+    };
+    let ann = d.metadata.annotations.clone().unwrap_or_default();
+    let status = d.status.clone().unwrap_or_default();
+    Ok(Observed {
+        exists: true,
+        digest: ann.get("release/image-digest").cloned(),
+        manifest_hash: ann.get("release/manifest-hash").cloned(),
+        ready: status.ready_replicas.unwrap_or(0),
+        replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
+        address: s.as_ref().and_then(address_of),
+    })
+}
+
+fn address_of(s: &Service) -> Option<String> {
+    let ingress = s
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?
+        .first()?
+        .clone();
+    ingress.hostname.or(ingress.ip)
+}
+
+const BAD_WAITING: [&str; 6] = [
+    "CrashLoopBackOff",
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "CreateContainerConfigError",
+    "InvalidImageName",
+    "CreateContainerError",
+];
+
+/// Wait until every replica of the colour's Deployment is updated, ready and available. Fails
+/// fast on a crash loop, an image that cannot be pulled, or an exceeded progress deadline, naming
+/// the pod, the reason and its recent events.
+pub async fn wait_rollout(
+    client: &kube::Client,
+    config: &Config,
+    colour: &str,
+    timeout: Duration,
+    mut progress: impl FnMut(String),
+) -> Result<()> {
+    let step = "rollout";
+    let ns = &config.deploy.namespace;
+    let n = name(config, colour);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/name={},release/colour={colour}",
+        config.app
+    );
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let d = deployments.get(&n).await.map_err(kube_err(step))?;
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let generation = d.metadata.generation.unwrap_or(0);
+        let st = d.status.clone().unwrap_or_default();
+        let (updated, ready, available) = (
+            st.updated_replicas.unwrap_or(0),
+            st.ready_replicas.unwrap_or(0),
+            st.available_replicas.unwrap_or(0),
+        );
+        let line = format!("pods ready {ready}/{want}");
+        if line != last {
+            progress(line.clone());
+            last = line;
+        }
+        if st.observed_generation.unwrap_or(0) >= generation
+            && updated == want
+            && ready == want
+            && available == want
+            && st.replicas.unwrap_or(0) == want
+        {
+            return Ok(());
+        }
+        for p in pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(kube_err(step))?
+            .items
+        {
+            let pod_name = p.metadata.name.clone().unwrap_or_default();
+            for cs in p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default()
+            {
+                let waiting = cs.state.as_ref().and_then(|s| s.waiting.clone());
+                let Some(w) = waiting else { continue };
+                let reason = w.reason.clone().unwrap_or_default();
+                if BAD_WAITING.contains(&reason.as_str())
+                    && (reason != "CrashLoopBackOff" || cs.restart_count >= 1)
+                {
+                    let events = recent_events(client, ns, &pod_name).await;
+                    return Err(failure(
+                        Exit::Deploy,
+                        step,
+                        format!(
+                            "pod {pod_name}: {reason}: {}{}",
+                            w.message.unwrap_or_default(),
+                            events
+                        ),
+                        if reason.contains("Pull") || reason == "InvalidImageName" {
+                            "check that the image exists in ECR and that the pods may pull it; the candidate was torn down"
+                        } else {
+                            "read the pod's log (kubectl logs) and events above; the candidate was torn down"
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(c) = st.conditions.unwrap_or_default().into_iter().find(|c| {
+            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        }) {
+            return Err(failure(
+                Exit::Deploy,
+                step,
+                format!(
+                    "{n}: ProgressDeadlineExceeded: {}",
+                    c.message.unwrap_or_default()
+                ),
+                "the pods never became ready; see their events; the candidate was torn down",
+            ));
+        }
+        if start.elapsed() > timeout {
+            return Err(failure(
+                Exit::Deploy,
+                step,
+                format!("{n}: not ready after {timeout:?} ({last})"),
+                "see the pods' events; raise deploy.rollout_timeout_seconds if the image is slow to start",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn recent_events(client: &kube::Client, ns: &str, pod: &str) -> String {
+    let events: Api<Event> = Api::namespaced(client.clone(), ns);
+    let Ok(list) = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+        .await
+    else {
+        return String::new();
+    };
+    let mut lines: Vec<String> = list
+        .items
+        .iter()
+        .rev()
+        .take(5)
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e.type_.clone().unwrap_or_default(),
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    lines.reverse();
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n    recent events:\n      {}", lines.join("\n      "))
+    }
+}
+
+/// Wait for the colour's load-balancer address and for it to answer `/healthz`.
+pub async fn wait_address(
+    client: &kube::Client,
+    config: &Config,
+    colour: &str,
+    timeout: Duration,
+) -> Result<String> {
+    let step = "load balancer";
+    let services: Api<Service> = Api::namespaced(client.clone(), &config.deploy.namespace);
+    let n = name(config, colour);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let start = Instant::now();
+    loop {
+        let s = services.get(&n).await.map_err(kube_err(step))?;
+        if let Some(addr) = address_of(&s) {
+            let url = format!("http://{addr}:{}/healthz", config.deploy.service_port);
+            if http
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Ok(addr);
+            }
+        }
+        if start.elapsed() > timeout {
+            return Err(failure(
+                Exit::Deploy,
+                step,
+                format!("{n} has no load-balancer address that answers after {timeout:?}"),
+                "check the AWS Load Balancer Controller and the public subnets' tags; the candidate was torn down",
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// Which colour the edge serves: the one whose load-balancer address is the edge stack's origin.
+pub fn live_colour(
+    origin: Option<&str>,
+    addresses: &BTreeMap<&'static str, Option<String>>,
+) -> Option<&'static str> {
+    let origin = origin?;
+    addresses
+        .iter()
+        .find(|(_, a)| a.as_deref() == Some(origin))
+        .map(|(c, _)| *c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        crate::config::parse(
+            "app: iris\nimage: {binary: ms, tag: abc}\ndeploy: {namespace: ml, replicas: 3}\n",
+            "f",
+        )
+        .unwrap()
+    }
+
+    fn templates() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("kube-templates")
+    }
+
+    #[test]
+    fn colours_alternate_and_blue_goes_first() {
+        assert_eq!(candidate_for(None), "blue");
+        assert_eq!(candidate_for(Some("blue")), "green");
+        assert_eq!(candidate_for(Some("green")), "blue");
+        let addrs: BTreeMap<&'static str, Option<String>> = [
+            ("blue", Some("a".to_string())),
+            ("green", Some("b".to_string())),
+        ]
+        .into();
+        assert_eq!(live_colour(Some("b"), &addrs), Some("green"));
+        assert_eq!(live_colour(Some("c"), &addrs), None);
+        assert_eq!(live_colour(None, &addrs), None);
+    }
+
+    #[test]
+    fn rendering_pins_the_digest_labels_the_colour_and_hashes_without_the_release_id() {
+        let c = config();
+        let image = "1.dkr.ecr.us-east-1.amazonaws.com/iris@sha256:abc";
+        let (m1, h1) = render(&templates(), &c, "green", image, "sha256:abc", "r1").unwrap();
+        let (_, h2) = render(&templates(), &c, "green", image, "sha256:abc", "r2").unwrap();
+        let (_, h3) = render(&templates(), &c, "green", image, "sha256:def", "r1").unwrap();
+        assert_eq!(h1, h2, "the release id does not change the hash");
+        assert_ne!(h1, h3, "the image does");
+        let kinds: Vec<&str> = m1.iter().map(|m| m["kind"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"]);
+        let d = &m1[0];
+        assert_eq!(d["metadata"]["name"], "iris-green");
+        assert_eq!(d["metadata"]["namespace"], "ml");
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["metadata"]["labels"]["release/colour"], "green");
+        assert_eq!(
+            d["metadata"]["annotations"]["release/image-digest"],
+            "sha256:abc"
+        );
+        assert_eq!(d["metadata"]["annotations"]["release/release-id"], "r1");
+        let container = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(container["image"], image);
+        assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            container["securityContext"]["allowPrivilegeEscalation"],
+            false
+        );
+        let env: Vec<&str> = container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            env.contains(&"MODEL_SERVER_ORIGIN_VERIFY_SECRET")
+                && env.contains(&"MODEL_SERVER_COLOUR")
+        );
+        assert_eq!(m1[1]["spec"]["type"], "LoadBalancer");
+        assert_eq!(
+            m1[1]["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-nlb-target-type"],
+            "ip"
+        );
+        // Both colours select only their own pods.
+        let (blue, _) = render(&templates(), &c, "blue", image, "sha256:abc", "r1").unwrap();
+        assert_eq!(blue[1]["spec"]["selector"]["release/colour"], "blue");
+        assert_eq!(
+            blue[2]["spec"]["selector"]["matchLabels"]["release/colour"],
+            "blue"
+        );
+    }
+
+    #[test]
+    fn rendered_manifests_are_valid_kubernetes_objects() {
+        let (m, _) = render(
+            &templates(),
+            &config(),
+            "blue",
+            "i@sha256:abc",
+            "sha256:abc",
+            "r",
+        )
+        .unwrap();
+        let _: Deployment = serde_json::from_value(m[0].clone()).expect("a Deployment");
+        let _: Service = serde_json::from_value(m[1].clone()).expect("a Service");
+        let _: PodDisruptionBudget =
+            serde_json::from_value(m[2].clone()).expect("a PodDisruptionBudget");
+    }
+}

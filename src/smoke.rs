@@ -1,0 +1,215 @@
+//! The smoke test of a colour, against its own load balancer (before promotion) or the public URL
+//! (after): health and readiness, `/version` (colour and model version), every golden case, a p95
+//! latency budget with zero errors, and optionally agreement with the live colour.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Debug, Deserialize)]
+pub struct Cases {
+    pub model: String,
+    pub cases: Vec<Case>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Case {
+    pub name: String,
+    pub features: Vec<f64>,
+    pub expect: i64,
+    #[serde(default)]
+    pub row: Option<u64>,
+}
+
+pub fn load_cases(path: &Path) -> Result<Cases, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+pub struct Target<'a> {
+    pub base_url: String,
+    pub colour: &'a str,
+    pub model_version: &'a str,
+    pub secret: &'a str,
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub failures: Vec<String>,
+    pub cases_passed: usize,
+    pub cases: usize,
+    pub p95_ms: f64,
+    pub agreement: Option<f64>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "{}/{} golden cases, p95 {:.1} ms",
+            self.cases_passed, self.cases, self.p95_ms
+        );
+        if let Some(a) = self.agreement {
+            s.push_str(&format!(", {:.0}% agreement with live", a * 100.0));
+        }
+        s
+    }
+}
+
+/// The 95th percentile of `samples` (nearest rank).
+pub fn p95(samples: &mut [f64]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((samples.len() as f64) * 0.95).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Result<i64, String> {
+    let resp = http
+        .post(format!("{}/predict", t.base_url))
+        .header("X-Origin-Verify", t.secret)
+        .json(&json!({"features": features}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .map_err(|e| format!("HTTP {status}: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {body}"));
+    }
+    body["prediction"]
+        .as_i64()
+        .ok_or_else(|| format!("no prediction in {body}"))
+}
+
+/// Run the smoke test. `progress` gets "cases x/y" as it goes.
+pub async fn run(
+    t: &Target<'_>,
+    cases: &Cases,
+    requests: u32,
+    p95_budget_ms: u64,
+    live: Option<(&Target<'_>, f64)>,
+    mut progress: impl FnMut(String),
+) -> Report {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("an HTTP client");
+    let mut r = Report {
+        cases: cases.cases.len(),
+        ..Report::default()
+    };
+    for path in ["/healthz", "/readyz"] {
+        match http.get(format!("{}{path}", t.base_url)).send().await {
+            Ok(resp) if resp.status().is_success() => {}
+            Ok(resp) => r.failures.push(format!("{path}: HTTP {}", resp.status())),
+            Err(e) => r.failures.push(format!("{path}: {e}")),
+        }
+    }
+    match http.get(format!("{}/version", t.base_url)).send().await {
+        Ok(resp) => match resp.json::<Value>().await {
+            Ok(v) => {
+                if v["colour"] != t.colour {
+                    r.failures.push(format!(
+                        "/version reports colour {} (expected {})",
+                        v["colour"], t.colour
+                    ));
+                }
+                if v["model_version"] != t.model_version {
+                    r.failures.push(format!(
+                        "/version reports model version {} (expected {})",
+                        v["model_version"], t.model_version
+                    ));
+                }
+            }
+            Err(e) => r.failures.push(format!("/version: {e}")),
+        },
+        Err(e) => r.failures.push(format!("/version: {e}")),
+    }
+    for (i, case) in cases.cases.iter().enumerate() {
+        match predict(&http, t, &case.features).await {
+            Ok(p) if p == case.expect => r.cases_passed += 1,
+            Ok(p) => r.failures.push(format!(
+                "case {:?}: predicted {p}, expected {}",
+                case.name, case.expect
+            )),
+            Err(e) => r.failures.push(format!("case {:?}: {e}", case.name)),
+        }
+        progress(format!("cases {}/{}", i + 1, cases.cases.len()));
+    }
+    let mut samples = Vec::with_capacity(requests as usize);
+    let mut errors = 0;
+    for i in 0..requests as usize {
+        let case = &cases.cases[i % cases.cases.len().max(1)];
+        let start = Instant::now();
+        if predict(&http, t, &case.features).await.is_err() {
+            errors += 1;
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1000.0);
+    }
+    r.p95_ms = p95(&mut samples);
+    if errors > 0 {
+        r.failures
+            .push(format!("{errors} of {requests} latency requests failed"));
+    }
+    if r.p95_ms > p95_budget_ms as f64 {
+        r.failures.push(format!(
+            "p95 latency {:.1} ms is over the {p95_budget_ms} ms budget",
+            r.p95_ms
+        ));
+    }
+    if let Some((live, min)) = live {
+        let mut agree = 0;
+        for case in &cases.cases {
+            if let (Ok(a), Ok(b)) = (
+                predict(&http, t, &case.features).await,
+                predict(&http, live, &case.features).await,
+            ) {
+                agree += usize::from(a == b);
+            }
+        }
+        let fraction = agree as f64 / cases.cases.len().max(1) as f64;
+        r.agreement = Some(fraction);
+        if fraction < min {
+            r.failures.push(format!(
+                "agrees with the live colour on {:.0}% of inputs, below {:.0}%",
+                fraction * 100.0,
+                min * 100.0
+            ));
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn p95_is_the_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(p95(&mut v), 95.0);
+        assert_eq!(p95(&mut [3.0, 1.0, 2.0]), 3.0);
+        assert_eq!(p95(&mut []), 0.0);
+    }
+
+    #[test]
+    fn the_bundled_cases_load() {
+        let c = load_cases(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("model-server/smoke/cases.yaml"),
+        )
+        .unwrap();
+        assert_eq!(c.model, "iris");
+        assert!(c.cases.len() >= 12 && c.cases.iter().all(|k| k.features.len() == 4));
+    }
+}
