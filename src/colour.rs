@@ -334,7 +334,21 @@ pub async fn wait_rollout(
                 if BAD_WAITING.contains(&reason.as_str())
                     && (reason != "CrashLoopBackOff" || cs.restart_count >= 1)
                 {
-                    let events = recent_events(client, ns, &pod_name).await;
+                    let mut events = recent_events(client, ns, &pod_name).await;
+                    if reason == "CrashLoopBackOff" {
+                        let lp = kube::api::LogParams {
+                            tail_lines: Some(8),
+                            ..Default::default()
+                        };
+                        if let Ok(log) = pods.logs(&pod_name, &lp).await
+                            && !log.trim().is_empty()
+                        {
+                            events.push_str(&format!(
+                                "\n    last log lines:\n      {}",
+                                log.trim_end().replace('\n', "\n      ")
+                            ));
+                        }
+                    }
                     return Err(failure(
                         Exit::Deploy,
                         step,

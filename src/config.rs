@@ -134,6 +134,9 @@ fn default_model_version() -> String {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeployConfig {
+    /// Directory of the Kubernetes manifests rendered for each colour.
+    #[serde(default = "default_kube_templates")]
+    pub templates: PathBuf,
     /// Kubernetes namespace of the colours (the Fargate profile selects it).
     #[serde(default = "default_namespace")]
     pub namespace: String,
@@ -150,6 +153,7 @@ pub struct DeployConfig {
 impl Default for DeployConfig {
     fn default() -> Self {
         DeployConfig {
+            templates: default_kube_templates(),
             namespace: default_namespace(),
             replicas: default_replicas(),
             service_port: default_service_port(),
@@ -158,6 +162,9 @@ impl Default for DeployConfig {
     }
 }
 
+fn default_kube_templates() -> PathBuf {
+    PathBuf::from("kube-templates")
+}
 fn default_namespace() -> String {
     "models".into()
 }
@@ -414,6 +421,13 @@ impl Config {
                 ),
             ));
         }
+        for t in ["deployment.yaml", "service.yaml", "pdb.yaml"] {
+            exists(
+                file,
+                "deploy.templates",
+                &base.join(&self.deploy.templates).join(t),
+            )?;
+        }
         if !is_dns_label(&self.deploy.namespace, 63) {
             return Err(err(
                 file,
@@ -553,6 +567,10 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("release-config-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("cloudformation")).unwrap();
         std::fs::create_dir_all(dir.join("model-server/smoke")).unwrap();
+        std::fs::create_dir_all(dir.join("kube-templates")).unwrap();
+        for t in ["deployment.yaml", "service.yaml", "pdb.yaml"] {
+            std::fs::write(dir.join("kube-templates").join(t), "").unwrap();
+        }
         for t in TEMPLATES {
             std::fs::write(dir.join(format!("cloudformation/{t}.yaml")), "").unwrap();
         }

@@ -632,12 +632,7 @@ async fn deploy(
         edge.parameters.get("OriginDomain").map(String::as_str),
         &addresses,
     );
-    let templates = ctx.base.join("kube-templates");
-    let templates = if templates.is_dir() {
-        templates
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("kube-templates")
-    };
+    let templates = ctx.base.join(&c.deploy.templates);
     if let Some(l) = live {
         let (_, hash) = colour::render(&templates, c, l, image, digest, id)
             .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;

@@ -18,9 +18,10 @@ fn config_with(dir: &Path, stacks: &str, extra: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let root = workspace();
     let text = format!(
-        "app: iris\nimage:\n  binary: {}\n  tag: ${{GIT_SHA}}\nstacks:\n  templates: {}\n{stacks}smoke:\n  cases: {}\n{extra}",
+        "app: iris\nimage:\n  binary: {}\n  tag: ${{GIT_SHA}}\nstacks:\n  templates: {}\n{stacks}deploy:\n  templates: {}\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n{extra}",
         model_server_binary().display(),
         root.join("cloudformation").display(),
+        root.join("kube-templates").display(),
         root.join("model-server/smoke/cases.yaml").display()
     );
     let path = dir.join("release.yaml");
@@ -234,12 +235,12 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
 async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
     let sb = Sandbox::start(&[]);
     let dir = sb.dir.join("cfg");
-    let unknown = config(&dir, "deploy:\n  colour: blue\n");
+    let unknown = config(&dir, "model:\n  colour: blue\n");
     let out = release(&sb, &unknown, &["up"]);
     assert_eq!(out.status.code(), Some(3));
     let s = summary(&out);
     assert!(
-        s["error"].as_str().unwrap().contains("deploy.colour")
+        s["error"].as_str().unwrap().contains("model.colour")
             && s["error"].as_str().unwrap().contains("line"),
         "{s}"
     );

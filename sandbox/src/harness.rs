@@ -26,12 +26,14 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of this workspace, built (debug) if this test run has not built it yet.
+/// A binary of this workspace, brought up to date (debug) once per test process: a test of one
+/// package must not run another package's stale binary.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     let path = workspace().join("target/debug").join(name);
-    if !path.exists() {
+    if !built.contains(&name.to_string()) {
+        built.push(name.to_string());
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--locked", "-p", package, "--bin", name])

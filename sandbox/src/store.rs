@@ -102,6 +102,7 @@ struct Inner {
     /// What each field manager last applied to each object (server-side apply).
     applied: HashMap<(Key, String), Value>,
     next_ip: u32,
+    used_ips: std::collections::HashSet<String>,
 }
 
 pub struct Store {
@@ -157,6 +158,7 @@ impl Store {
                 history: VecDeque::new(),
                 applied: HashMap::new(),
                 next_ip: 0,
+                used_ips: Default::default(),
             }),
             events,
             changed,
@@ -723,16 +725,22 @@ impl Store {
         self.remove_locked(&mut inner, res, &key);
     }
 
-    /// A loopback address from 127.`block`.x.y, never handed out twice.
+    /// A random loopback address from 127.`block`.x.y, never handed out twice by this store.
+    /// Random, so that sandboxes running side by side (parallel tests) rarely pick the same one;
+    /// the kubelet and the load balancers still check that it is free.
     pub fn allocate_ip(&self, block: u8) -> String {
         let mut inner = self.lock();
-        inner.next_ip += 1;
-        let n = inner.next_ip;
-        format!(
-            "127.{block}.{}.{}",
-            (n >> 8) & 0xff,
-            (n & 0xff).clamp(1, 254)
-        )
+        loop {
+            let r = uuid::Uuid::new_v4().as_u128() as u32;
+            let ip = format!(
+                "127.{block}.{}.{}",
+                (r >> 8) & 0xff,
+                (r & 0xff).clamp(1, 254)
+            );
+            if inner.used_ips.insert(ip.clone()) {
+                return ip;
+            }
+        }
     }
 
     /// Record a Kubernetes Event about `involved`; a repeat of the same reason and message counts up.

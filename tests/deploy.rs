@@ -1,0 +1,322 @@
+//! `release up` (second half) end to end on the sandbox: the first release goes live through the
+//! edge; a second deploys the other colour as a tested candidate while the live one keeps serving;
+//! a candidate that answers wrong, crashes, or cannot be pulled is torn down with its reason.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sandbox::harness::{Sandbox, model_server_binary, workspace};
+use serde_json::{Value, json};
+
+fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = workspace();
+    let text = format!(
+        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
+        binary.display(),
+        root.join("cloudformation").display(),
+        root.join("kube-templates").display(),
+        cases.display()
+    );
+    let path = dir.join(format!("release-{tag}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn cases() -> PathBuf {
+    workspace().join("model-server/smoke/cases.yaml")
+}
+
+fn release(sb: &Sandbox, config: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_release"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &sb.dir);
+    for (k, v) in &sb.env {
+        cmd.env(k, v);
+    }
+    cmd.arg("--config")
+        .arg(config)
+        .args(["--output", "json"])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn summary(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .rfind(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary:\n{stdout}"))["summary"]
+        .clone()
+}
+
+fn kubectl(sb: &Sandbox, args: &[&str]) -> String {
+    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .arg("--kubeconfig")
+        .arg(sb.dir.join("kubeconfig"))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn deployments(sb: &Sandbox) -> Vec<String> {
+    let v: Value = serde_json::from_str(&kubectl(
+        sb,
+        &["get", "deployments", "-n", "models", "-o", "json"],
+    ))
+    .unwrap_or(json!({"items": []}));
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Requests through the edge until stopped: (answered by blue, failures).
+fn edge_traffic(
+    edge: String,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let (mut blue, mut failures) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            match http
+                .get(format!("{edge}/version"))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json::<Value>())
+            {
+                Ok(v) if v["colour"] == "blue" => blue += 1,
+                Ok(v) => failures.push(format!("answered by {}", v["colour"])),
+                Err(e) => failures.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (blue, failures)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_blue_serves() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let first = config(&dir, &model_server_binary(), "v1", &cases());
+    let out = release(&sb, &first, &["up"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert_eq!(
+        (s["live"].as_str(), s["candidate"].as_str()),
+        (Some("blue"), Some("blue")),
+        "{s}"
+    );
+
+    // The public URL answers, from blue, with the secret added by the edge.
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    let version: Value = http
+        .get(format!("{edge}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["colour"], "blue");
+    let answer: Value = http
+        .post(format!("{edge}/predict"))
+        .json(&json!({"features": [6.9, 3.1, 5.4, 2.1]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["prediction"], 2, "{answer}");
+
+    // Same image, same manifests: nothing to release.
+    let again = release(&sb, &first, &["up"]);
+    assert!(again.status.success());
+    assert_eq!(summary(&again)["candidate"], "none: nothing to release");
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+
+    // --force: green deployed and smoke-tested as the candidate; every edge request still blue.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = edge_traffic(edge.clone(), stop.clone());
+    let forced = release(&sb, &first, &["up", "--force"]);
+    stop.store(true, Ordering::Relaxed);
+    let (blue, failures) = traffic.join().unwrap();
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stdout)
+    );
+    let s = summary(&forced);
+    assert_eq!(
+        (s["live"].as_str(), s["candidate"].as_str()),
+        (Some("blue"), Some("green")),
+        "{s}"
+    );
+    assert!(
+        blue > 20 && failures.is_empty(),
+        "{blue} requests answered by blue; failures: {failures:?}"
+    );
+    let mut names = deployments(&sb);
+    names.sort();
+    assert_eq!(names, ["iris-blue", "iris-green"]);
+}
+
+static N: AtomicUsize = AtomicUsize::new(0);
+
+fn wrong_cases(dir: &Path) -> PathBuf {
+    // Golden cases the model does not meet: every expected class shifted by one.
+    let text = std::fs::read_to_string(cases()).unwrap();
+    let mut doc: Value = serde_yaml::from_str(&text).unwrap();
+    for c in doc["cases"].as_array_mut().unwrap() {
+        c["expect"] = json!((c["expect"].as_i64().unwrap() + 1) % 3);
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("wrong-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let good = config(&dir, &model_server_binary(), "v1", &cases());
+    let first = release(&sb, &good, &["up"]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = edge_traffic(edge, stop.clone());
+
+    // A model that answers wrong: the golden cases fail; exit 7, green gone.
+    let wrong = config(
+        &dir.join("wrong"),
+        &model_server_binary(),
+        "v1",
+        &wrong_cases(&dir),
+    );
+    let out = release(&sb, &wrong, &["up", "--force"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["error"].as_str().unwrap().contains("predicted"),
+        "each failed case is named: {s}"
+    );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+
+    // A server that crashes at start: CrashLoopBackOff; exit 6, green gone.
+    let crash_bin = dir.join("crash");
+    std::fs::write(
+        &crash_bin,
+        "#!/bin/sh\necho 'model file unreadable' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &crash_bin,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let crash = config(&dir.join("crash-cfg"), &crash_bin, "crash1", &cases());
+    let out = release(&sb, &crash, &["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["error"].as_str().unwrap().contains("CrashLoopBackOff")
+            && s["error"].as_str().unwrap().contains("iris-green-"),
+        "the pod and reason are named: {s}"
+    );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+
+    // An image the cluster cannot pull: pushed ahead (the same bytes `release` builds), then its
+    // layers lost from the registry's storage. `release` finds the image already in ECR, deploys
+    // it, and the pods cannot pull it: ImagePullBackOff; exit 6, green gone.
+    let lost_bin = dir.join("lost");
+    let mut bytes = std::fs::read(model_server_binary()).unwrap();
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&lost_bin, bytes).unwrap();
+    std::fs::set_permissions(
+        &lost_bin,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let image = release::up::image_from(&lost_bin, "lost1", "iris", "1.0.0").unwrap();
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ecr::config::Credentials::new(
+            "sandbox", "sandbox", None, None, "test",
+        ))
+        .load()
+        .await;
+    release::image::push(
+        &aws_sdk_ecr::Client::new(&aws),
+        "iris",
+        "lost1",
+        &image,
+        |_| {},
+    )
+    .await
+    .unwrap();
+    for layer in &image.layers {
+        std::fs::remove_file(
+            sb.dir
+                .join("aws/layers")
+                .join(layer.digest.replace(':', "-")),
+        )
+        .unwrap();
+    }
+    let lost = config(&dir.join("lost-cfg"), &lost_bin, "lost1", &cases());
+    let out = release(&sb, &lost, &["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["error"].as_str().unwrap().contains("ImagePullBackOff")
+            || s["error"].as_str().unwrap().contains("ErrImagePull"),
+        "{s}"
+    );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+    stop.store(true, Ordering::Relaxed);
+    let (blue, failures) = traffic.join().unwrap();
+    assert!(
+        blue > 20 && failures.is_empty(),
+        "blue served throughout: {blue} answers; failures: {failures:?}"
+    );
+}
