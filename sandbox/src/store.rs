@@ -814,6 +814,23 @@ fn defaults(inner: &mut Inner, res: &Resource, obj: &mut Value) {
         "Namespace" if obj["metadata"].get("deletionTimestamp").is_none() => {
             obj["status"] = json!({"phase": "Active"});
         }
+        // stringData is write-only: the API server merges it into data (base64) and drops it.
+        "Secret" => {
+            use base64::Engine;
+            let Some(map) = obj.as_object_mut() else {
+                return;
+            };
+            if let Some(Value::Object(strings)) = map.remove("stringData") {
+                let data = map.entry("data").or_insert_with(|| json!({}));
+                for (k, v) in strings {
+                    let text = v
+                        .as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string());
+                    data[k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+                }
+            }
+        }
         "Deployment" => {
             let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
                 return;

@@ -483,3 +483,20 @@ async fn only_eks_tokens_are_accepted() {
         "/version is public, as in EKS"
     );
 }
+
+#[tokio::test]
+async fn secret_string_data_is_stored_as_data() {
+    let client = in_process(Arc::new(Store::new()));
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "default");
+    let pp = PatchParams::apply("t").force();
+    let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v1"}});
+    let stored = secrets.patch("s", &pp, &Patch::Apply(&s)).await.unwrap();
+    assert!(stored.string_data.is_none(), "stringData is write-only");
+    assert_eq!(stored.data.unwrap()["k"].0, b"v1");
+    let again = secrets.patch("s", &pp, &Patch::Apply(&s)).await.unwrap();
+    assert_eq!(
+        again.metadata.resource_version, stored.metadata.resource_version,
+        "re-applying the same stringData is a no-op"
+    );
+}
