@@ -435,6 +435,54 @@ fn ctx<E: std::error::Error + 'static>(e: E) -> String {
 mod tests {
     use super::*;
 
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut t = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            t.append_data(&mut h, name, *data).unwrap();
+        }
+        t.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_docker_save_archive_is_read_with_its_layers_gzipped() {
+        let layer = tar_of(&[("model-server", b"binary")]);
+        let config = br#"{"config":{"Entrypoint":["/model-server"]},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let manifest =
+            br#"[{"Config":"cfg.json","RepoTags":["iris:1"],"Layers":["abc/layer.tar"]}]"#;
+        let archive = tar_of(&[
+            ("manifest.json", manifest),
+            ("cfg.json", config),
+            ("abc/layer.tar", &layer),
+        ]);
+        let path =
+            std::env::temp_dir().join(format!("release-docker-save-{}.tar", std::process::id()));
+        std::fs::write(&path, archive).unwrap();
+        let image = read_archive(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(image.config.bytes, config);
+        assert_eq!(image.layers.len(), 1);
+        let mut unpacked = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&image.layers[0].bytes[..]),
+            &mut unpacked,
+        )
+        .unwrap();
+        assert_eq!(unpacked, layer, "the layer is the saved tar, gzipped");
+        let m: serde_json::Value = serde_json::from_str(&image.manifest).unwrap();
+        assert_eq!(m["layers"][0]["digest"], image.layers[0].digest);
+        assert_eq!(m["config"]["digest"], sha256(config));
+        let missing =
+            std::env::temp_dir().join(format!("release-not-an-image-{}.tar", std::process::id()));
+        std::fs::write(&missing, tar_of(&[("hello.txt", b"hi")])).unwrap();
+        let err = read_archive(&missing).err().expect("not an image");
+        assert!(err.to_string().contains("neither an OCI layout"), "{err}");
+        std::fs::remove_file(&missing).unwrap();
+    }
+
     #[test]
     fn the_same_binary_makes_the_same_image() {
         let dir = std::env::temp_dir().join(format!("release-image-test-{}", std::process::id()));

@@ -320,3 +320,99 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         "blue served throughout: {blue} answers; failures: {failures:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_the_deployment_tears_the_candidate_down_and_releases_the_lock() {
+    use std::io::BufRead;
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let cfg = config(&dir, &model_server_binary(), "v1", &cases());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_release"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &sb.dir);
+    for (k, v) in &sb.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--output", "json", "up"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    // Interrupt as soon as the colour's deployment has started.
+    for line in lines.by_ref() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
+        if v["event"] == "step_started" && v["step"] == "deploy iris-blue" {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    assert!(
+        deployments(&sb).is_empty(),
+        "the candidate is gone: {:?}",
+        deployments(&sb)
+    );
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(
+            &aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
+                .region(aws_config::Region::new("us-east-1"))
+                .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                    "sandbox", "sandbox", None, None, "test",
+                ))
+                .load()
+                .await,
+        )
+        .force_path_style(true)
+        .build(),
+    );
+    assert!(
+        s3.get_object()
+            .bucket("iris-release-state")
+            .key("apps/iris/lock.json")
+            .send()
+            .await
+            .is_err(),
+        "the lock is released"
+    );
+    let ledger = s3
+        .get_object()
+        .bucket("iris-release-state")
+        .key("apps/iris/ledger.json")
+        .send()
+        .await
+        .unwrap();
+    let ledger: Value =
+        serde_json::from_slice(&ledger.body.collect().await.unwrap().into_bytes()).unwrap();
+    let last = ledger["releases"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["outcome"], "failed");
+    assert!(
+        last["error"].as_str().unwrap().contains("interrupted"),
+        "{last}"
+    );
+    // The next run finishes the job.
+    let again = release(&sb, &cfg, &["up"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
+    assert_eq!(summary(&again)["live"], "blue");
+}

@@ -229,6 +229,31 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
         String::from_utf8_lossy(&broken.stdout)
     );
     assert!(object(&s3, "apps/iris/lock.json").await.is_none());
+
+    // ECR tags are immutable: another build under the same tag is refused, clearly.
+    let other = sb.dir.join("other-build");
+    let mut bytes = std::fs::read(model_server_binary()).unwrap();
+    bytes.extend_from_slice(b"another build");
+    std::fs::write(&other, bytes).unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &model_server_binary().display().to_string(),
+        &other.display().to_string(),
+    );
+    let retagged = sb.dir.join("cfg/retagged.yaml");
+    std::fs::write(&retagged, text).unwrap();
+    let out = release(&sb, &retagged, &["up"]);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["error"].as_str().unwrap().contains("already names")
+            && s["what_to_do"].as_str().unwrap().contains("immutable"),
+        "{s}"
+    );
 }
 
 #[tokio::test]
