@@ -109,6 +109,10 @@ pub struct ImageConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// The ONNX model to ship in its own image layer (the server loads it); without it the
+    /// model compiled into the server is served.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
     #[serde(default = "default_model_name")]
     pub name: String,
     #[serde(default = "default_model_version")]
@@ -118,6 +122,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            path: None,
             name: default_model_name(),
             version: default_model_version(),
         }
@@ -442,6 +447,9 @@ impl Config {
             return Err(err(file, "deploy.replicas", "must be at least 1"));
         }
         exists(file, "smoke.cases", &base.join(&self.smoke.cases))?;
+        if let Some(m) = &self.model.path {
+            exists(file, "model.path", &base.join(m))?;
+        }
         if let Some(f) = self.smoke.compare_live
             && !(0.0..=1.0).contains(&f)
         {
@@ -641,7 +649,7 @@ mod doc_tests {
 
     #[test]
     fn docs_configuration_md_describes_every_field() {
-        let full = parse("app: a\nimage: {binary: b, archive: c, tag: t}\nregion: r\nstate: {bucket: b}\nsmoke: {compare_live: 0.5}\nedge: {public_url: 'http://x'}\n", "f").unwrap();
+        let full = parse("app: a\nimage: {binary: b, archive: c, tag: t}\nmodel: {path: m}\nregion: r\nstate: {bucket: b}\nsmoke: {compare_live: 0.5}\nedge: {public_url: 'http://x'}\n", "f").unwrap();
         let mut fields = Vec::new();
         paths("", &serde_yaml::to_value(&full).unwrap(), &mut fields);
         let doc = std::fs::read_to_string(

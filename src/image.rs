@@ -63,32 +63,44 @@ pub struct ImageSpec<'a> {
     pub user: &'a str,
     pub exposed_port: u16,
     pub labels: &'a [(String, String)],
+    /// A model file for its own layer: (path in the image, file).
+    pub model: Option<(&'a str, &'a Path)>,
 }
 
-/// Build the image from one static binary. Same inputs, same bytes, same digest.
-pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image> {
-    let data = std::fs::read(binary)?;
+/// One gzipped tar layer of the given files (path in the image, mode, bytes), in the given order,
+/// owned by root, mtime 0: the same files make the same bytes.
+fn layer(files: &[(&str, u32, &[u8])]) -> std::io::Result<(ImageBlob, String)> {
     let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(data.len() as u64);
-    header.set_mode(0o755);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header.set_entry_type(tar::EntryType::Regular);
-    tar.append_data(
-        &mut header,
-        spec.path_in_image.trim_start_matches('/'),
-        &data[..],
-    )?;
+    for (path, mode, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(*mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut header, path.trim_start_matches('/'), *data)?;
+    }
     let tar = tar.into_inner()?;
     let diff_id = sha256(&tar);
     let mut gz = flate2::GzBuilder::new()
         .mtime(0)
         .write(Vec::new(), flate2::Compression::default());
     gz.write_all(&tar)?;
-    let layer = blob(LAYER_MEDIA_TYPE, gz.finish()?);
+    Ok((blob(LAYER_MEDIA_TYPE, gz.finish()?), diff_id))
+}
 
+/// Build the image from one static binary (the first layer) and, when given, a model file (a
+/// second layer, so a new model alone changes only that layer). Same inputs, same bytes, same
+/// digest.
+pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image> {
+    let data = std::fs::read(binary)?;
+    let mut layers = vec![layer(&[(spec.path_in_image, 0o755, &data)])?];
+    if let Some((path, model)) = spec.model {
+        let bytes = std::fs::read(model)?;
+        layers.push(layer(&[(path, 0o644, &bytes)])?);
+    }
+    let diff_ids: Vec<&String> = layers.iter().map(|(_, d)| d).collect();
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let labels: serde_json::Map<String, serde_json::Value> = spec
         .labels
@@ -101,21 +113,22 @@ pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image
             "Entrypoint": [spec.path_in_image], "Env": env, "User": spec.user, "WorkingDir": "/",
             "ExposedPorts": {format!("{}/tcp", spec.exposed_port): {}}, "Labels": labels,
         },
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": [{"created": "1970-01-01T00:00:00Z", "created_by": "release image build"}],
     });
     let config = blob(
         CONFIG_MEDIA_TYPE,
         serde_json::to_vec(&config).map_err(std::io::Error::other)?,
     );
+    let layers: Vec<ImageBlob> = layers.into_iter().map(|(b, _)| b).collect();
     let manifest = json!({
         "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
         "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.bytes.len()},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.bytes.len()}],
+        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.bytes.len()})).collect::<Vec<_>>(),
     });
     Ok(Image {
         config,
-        layers: vec![layer],
+        layers,
         manifest: manifest.to_string(),
     })
 }
@@ -495,6 +508,7 @@ mod tests {
             user: "65532:65532",
             exposed_port: 8080,
             labels: &[],
+            model: None,
         };
         let a = from_binary(&bin, &spec).unwrap();
         let b = from_binary(&bin, &spec).unwrap();
@@ -523,6 +537,18 @@ mod tests {
             read_archive(&dir.join("oci.tar")).unwrap().manifest,
             a.manifest
         );
+        // A model file goes into a layer of its own; the binary's layer is unchanged.
+        std::fs::write(dir.join("m.onnx"), b"model").unwrap();
+        let with_model = ImageSpec {
+            model: Some(("model/m.onnx", &dir.join("m.onnx"))),
+            ..spec
+        };
+        let m = from_binary(&bin, &with_model).unwrap();
+        assert_eq!(m.layers.len(), 2);
+        assert_eq!(m.layers[0].digest, a.layers[0].digest);
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&m.layers[1].bytes[..]));
+        let entry = archive.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("model/m.onnx"));
         std::fs::write(&bin, b"#!/bin/false\n").unwrap();
         assert_ne!(from_binary(&bin, &spec).unwrap().digest(), a.digest());
         std::fs::remove_dir_all(&dir).unwrap();

@@ -104,18 +104,37 @@ impl Ctx {
                     "set image.binary in release.yaml",
                 )
             })?;
-        image_from(&binary, &c.image.tag, &c.model.name, &c.model.version)
+        let model = c.model.path.as_ref().map(|m| self.base.join(m));
+        image_from(
+            &binary,
+            model.as_deref(),
+            &c.image.tag,
+            &c.model.name,
+            &c.model.version,
+        )
     }
 }
 
 /// The model-server image `release` builds: the binary at /model-server, non-root, labelled with
 /// the model version and the revision.
-pub fn image_from(binary: &Path, tag: &str, model: &str, version: &str) -> Result<Image> {
-    let env = [
+pub fn image_from(
+    binary: &Path,
+    model_file: Option<&Path>,
+    tag: &str,
+    model: &str,
+    version: &str,
+) -> Result<Image> {
+    let mut env = vec![
         ("MODEL_SERVER_PORT".to_string(), "8080".to_string()),
         ("MODEL_SERVER_MODEL_NAME".into(), model.into()),
         ("MODEL_SERVER_MODEL_VERSION".into(), version.into()),
     ];
+    // Relative to the image's working directory (/), so the same path works in a container and in
+    // the sandbox, which runs the unpacked image without a chroot.
+    let in_image = format!("model/{model}.onnx");
+    if model_file.is_some() {
+        env.push(("MODEL_SERVER_MODEL_PATH".into(), in_image.clone()));
+    }
     let labels = [
         (
             "org.opencontainers.image.revision".to_string(),
@@ -130,6 +149,7 @@ pub fn image_from(binary: &Path, tag: &str, model: &str, version: &str) -> Resul
         user: "65532:65532",
         exposed_port: 8080,
         labels: &labels,
+        model: model_file.map(|m| (in_image.as_str(), m)),
     };
     image::from_binary(binary, &spec).map_err(|e| {
         Failure::new(

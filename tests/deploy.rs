@@ -15,8 +15,9 @@ fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let root = workspace();
     let text = format!(
-        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
+        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nmodel:\n  path: {}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
         binary.display(),
+        root.join("model-server/model/iris.onnx").display(),
         root.join("cloudformation").display(),
         root.join("kube-templates").display(),
         cases.display()
@@ -272,7 +273,14 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let image = release::up::image_from(&lost_bin, "lost1", "iris", "1.0.0").unwrap();
+    let image = release::up::image_from(
+        &lost_bin,
+        Some(&workspace().join("model-server/model/iris.onnx")),
+        "lost1",
+        "iris",
+        "1.0.0",
+    )
+    .unwrap();
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
         .region(aws_config::Region::new("us-east-1"))

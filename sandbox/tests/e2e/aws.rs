@@ -338,6 +338,7 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         user: "65532:65532",
         exposed_port: 8080,
         labels: &[],
+        model: None,
     };
     let image = release::image::from_binary(&dir.join("bin"), &spec).unwrap();
     let pushed = release::image::push(&ecr, "app", "v1", &image, |_| {})

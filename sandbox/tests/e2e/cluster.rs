@@ -35,6 +35,7 @@ async fn push_model_server(sb: &Sandbox) -> String {
         user: "65532:65532",
         exposed_port: 8080,
         labels: &[],
+        model: None,
     };
     let image = release::image::from_binary(&model_server_binary(), &spec).unwrap();
     let pushed = release::image::push(&ecr, "model", "e2e", &image, |_| {})
