@@ -215,6 +215,8 @@ pub struct Observed {
     pub exists: bool,
     pub digest: Option<String>,
     pub manifest_hash: Option<String>,
+    /// `candidate` (deployed by up, tested), `live` or `previous` (set by promote).
+    pub role: Option<String>,
     pub ready: i32,
     pub replicas: i32,
     pub address: Option<String>,
@@ -243,6 +245,7 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Re
         exists: true,
         digest: ann.get("release/image-digest").cloned(),
         manifest_hash: ann.get("release/manifest-hash").cloned(),
+        role: ann.get("release/role").cloned(),
         ready: status.ready_replicas.unwrap_or(0),
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         address: s.as_ref().and_then(address_of),

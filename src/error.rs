@@ -19,6 +19,10 @@ pub enum Exit {
     Deploy = 6,
     /// The candidate failed its smoke test (it was torn down).
     Smoke = 7,
+    /// Nothing to promote or roll back to: the command's precondition does not hold.
+    Precondition = 8,
+    /// After the flip, the public URL did not answer correctly; the flip was reverted.
+    Verify = 9,
     /// Interrupted (Ctrl-C); what was started was compensated.
     Interrupted = 130,
 }

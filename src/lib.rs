@@ -9,6 +9,7 @@ pub mod error;
 pub mod image;
 pub mod output;
 pub mod plan;
+pub mod promote;
 pub mod smoke;
 pub mod stacks;
 pub mod state;

@@ -66,6 +66,23 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Put the tested candidate live: re-test it, flip the edge to it, verify through the public
+    /// URL (flipping back by itself if that fails); the old live colour becomes previous.
+    Promote {
+        #[arg(long)]
+        force_unlock: bool,
+        /// Remove the previous colour after a successful flip.
+        #[arg(long)]
+        retire_previous: bool,
+    },
+    /// The live, candidate and previous colours, the public URL, the stacks, the lock holder.
+    Status,
+    /// The ledger: every release with its result and actor.
+    History {
+        /// Show the last N entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
     /// Container images without Docker.
     Image {
         #[command(subcommand)]
@@ -186,9 +203,54 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 }
             }
         }
+        Command::Promote {
+            force_unlock,
+            retire_previous,
+        } => {
+            tokio::select! {
+                r = release::promote::promote(&ctx, *force_unlock, *retire_previous) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
+                    Err(Failure::new(Exit::Interrupted, "promote", "interrupted", "check `release status`, then re-run release promote"))
+                }
+            }
+        }
+        Command::Status => release::promote::status(&ctx).await,
+        Command::History { limit } => release::promote::history(&ctx, *limit).await.inspect(|h| {
+            if ctx.out.format() == Format::Human {
+                for r in h["releases"].as_array().into_iter().flatten() {
+                    let s = |k: &str| {
+                        r[k].as_str().map(str::to_string).unwrap_or_else(|| {
+                            if r[k].is_null() {
+                                "-".into()
+                            } else {
+                                r[k].to_string()
+                            }
+                        })
+                    };
+                    println!(
+                        "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
+                        s("id"),
+                        s("action"),
+                        s("colour"),
+                        s("image"),
+                        s("outcome"),
+                        s("duration_s"),
+                        s("actor")
+                    );
+                }
+            }
+        }),
         Command::Image { .. } => unreachable!("handled above"),
     };
     match result {
+        Ok(summary)
+            if matches!(cli.command, Command::History { .. })
+                && ctx.out.format() == Format::Human =>
+        {
+            let _ = summary;
+            ExitCode::SUCCESS
+        }
         Ok(summary) => {
             ctx.out.summary(&summary);
             ExitCode::SUCCESS

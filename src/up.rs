@@ -262,70 +262,14 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         summary.insert(ctx.config.stack_name("registry"), json!(change.describe()));
     }
 
-    let (actor, ci) = plan::actor(|k| std::env::var(k).ok());
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "unknown-host".into());
-    let lock = Lock {
-        owner: actor.clone(),
-        host,
-        command: "up".into(),
-        ci_build_url: ci.clone(),
-        started: 0,
-        lease_expires: 0,
-    };
-    ctx.out
-        .start("lock", &format!("taking the lock on {}", ctx.config.app));
-    let t = Instant::now();
-    let held = match store
-        .acquire(
-            lock,
-            ctx.config.state.lease_seconds,
-            args.force_unlock,
-            ctx.yes,
-        )
-        .await
-    {
-        Ok(h) => h,
-        Err(e) => {
-            ctx.out.finish("lock", false, &e.message, t.elapsed());
-            return Err(e);
-        }
-    };
-    ctx.out.finish("lock", true, "held", t.elapsed());
-    let renewal = store.keep_renewed(&held);
-    let mut release_id = String::new();
-    let now_s = now();
-    let ledger = store
-        .update_ledger(|l| {
-            release_id = l.next_id(now_s);
-            l.close_abandoned(&release_id, now_s);
-            l.releases.push(Release {
-                id: release_id.clone(),
-                action: "up".into(),
-                actor: actor.clone(),
-                ci_build_url: ci.clone(),
-                started: now_s,
-                finished: None,
-                outcome: Outcome::InProgress,
-                colour: None,
-                image_tag: Some(ctx.config.image.tag.clone()),
-                image_digest: None,
-                steps: bootstrapped.iter().cloned().collect(),
-                error: None,
-            });
-        })
-        .await;
-    if let Err(e) = ledger {
-        renewal.abort();
-        let _ = store.release(&held).await;
-        return Err(e);
-    }
-    *ctx.session.lock().await = Some(Session {
-        store: store.clone(),
-        held,
-        release_id: release_id.clone(),
-        renewal,
-        candidate: None,
-    });
+    let release_id = begin(
+        ctx,
+        &store,
+        "up",
+        args.force_unlock,
+        bootstrapped.iter().cloned().collect(),
+    )
+    .await?;
     summary.insert("release".into(), json!(release_id));
 
     let mut changed = bootstrapped.is_some();
@@ -352,6 +296,100 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         json!(format!("{:.1} s", started.elapsed().as_secs_f64())),
     );
     Ok(Value::Object(summary))
+}
+
+/// This machine's name, for the lock and the ledger.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Take the app's lock (renewed until the session ends) and open a ledger entry for `action`;
+/// the session is kept in `ctx` so that an interrupt can close both.
+pub async fn begin(
+    ctx: &Ctx,
+    store: &StateStore,
+    action: &str,
+    force_unlock: bool,
+    steps: Vec<StepRecord>,
+) -> Result<String> {
+    let (actor, ci) = plan::actor(|k| {
+        if k == "HOSTNAME" {
+            Some(hostname())
+        } else {
+            std::env::var(k).ok().or_else(|| {
+                (k == "USER")
+                    .then(|| std::env::var("LOGNAME").ok())
+                    .flatten()
+            })
+        }
+    });
+    let host = hostname();
+    let lock = Lock {
+        owner: actor.clone(),
+        host,
+        command: action.into(),
+        ci_build_url: ci.clone(),
+        started: 0,
+        lease_expires: 0,
+    };
+    ctx.out
+        .start("lock", &format!("taking the lock on {}", ctx.config.app));
+    let t = Instant::now();
+    let held = match store
+        .acquire(lock, ctx.config.state.lease_seconds, force_unlock, ctx.yes)
+        .await
+    {
+        Ok(h) => h,
+        Err(e) => {
+            ctx.out.finish("lock", false, &e.message, t.elapsed());
+            return Err(e);
+        }
+    };
+    ctx.out.finish("lock", true, "held", t.elapsed());
+    let renewal = store.keep_renewed(&held);
+    let mut release_id = String::new();
+    let now_s = now();
+    let ledger = store
+        .update_ledger(|l| {
+            release_id = l.next_id(now_s);
+            l.close_abandoned(&release_id, now_s);
+            l.releases.push(Release {
+                id: release_id.clone(),
+                action: action.into(),
+                actor: actor.clone(),
+                ci_build_url: ci.clone(),
+                started: now_s,
+                finished: None,
+                outcome: Outcome::InProgress,
+                colour: None,
+                image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
+                image_digest: None,
+                steps: steps.clone(),
+                error: None,
+            });
+        })
+        .await;
+    if let Err(e) = ledger {
+        renewal.abort();
+        let _ = store.release(&held).await;
+        return Err(e);
+    }
+    *ctx.session.lock().await = Some(Session {
+        store: store.clone(),
+        held,
+        release_id: release_id.clone(),
+        renewal,
+        candidate: None,
+    });
+    Ok(release_id)
 }
 
 /// Close the ledger entry and release the lock: on success, on failure, on interrupt.
@@ -560,7 +598,7 @@ async fn provision(
 }
 
 /// Run `f` as a reported step recorded in the ledger.
-async fn step<T>(
+pub async fn step<T>(
     ctx: &Ctx,
     store: &StateStore,
     id: &str,
@@ -596,7 +634,7 @@ async fn step<T>(
     }
 }
 
-fn smoke_failure(colour: &str, report: &crate::smoke::Report) -> Failure {
+pub fn smoke_failure(colour: &str, report: &crate::smoke::Report) -> Failure {
     Failure::new(
         Exit::Smoke,
         format!("smoke test of {colour}"),

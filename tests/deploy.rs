@@ -180,6 +180,87 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let mut names = deployments(&sb);
     names.sort();
     assert_eq!(names, ["iris-blue", "iris-green"]);
+
+    // promote, under traffic: every request answered, by blue until the flip, then by green.
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = colour_traffic(edge.clone(), stop.clone());
+    let promoted = release(&sb, &first, &["promote"]);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let seen = traffic.join().unwrap();
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stdout)
+    );
+    let s = summary(&promoted);
+    assert_eq!(
+        (s["live"].as_str(), s["previous"].as_str()),
+        (Some("green"), Some("blue")),
+        "{s}"
+    );
+    assert!(
+        !seen.iter().any(|c| c.starts_with("error")),
+        "no request failed: {seen:?}"
+    );
+    let first_green = seen
+        .iter()
+        .position(|c| c == "green")
+        .expect("green answered after the flip");
+    assert!(
+        seen[first_green..].iter().all(|c| c == "green"),
+        "once green answers, only green does: {seen:?}"
+    );
+    let version: Value = http
+        .get(format!("{edge}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["colour"], "green");
+
+    // status tells the truth; history has every run; nothing left to promote.
+    let status = summary(&release(&sb, &first, &["status"]));
+    assert_eq!(status["live"], "green");
+    assert_eq!(status["colours"]["iris-blue"]["role"], "previous");
+    assert_eq!(status["public url answers from"], "green");
+    assert_eq!(status["lock"], "free");
+    let history = summary(&release(&sb, &first, &["history"]));
+    let actions: Vec<&str> = history["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["up", "up", "up", "promote"]);
+    let again = release(&sb, &first, &["promote"]);
+    assert_eq!(again.status.code(), Some(8), "nothing to promote");
+}
+
+/// The colour that answers each request through the edge, in order ("error: ..." for a failure).
+fn colour_traffic(edge: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            match http
+                .get(format!("{edge}/version"))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json::<Value>())
+            {
+                Ok(v) => seen.push(v["colour"].as_str().unwrap_or("?").to_string()),
+                Err(e) => seen.push(format!("error: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    })
 }
 
 static N: AtomicUsize = AtomicUsize::new(0);

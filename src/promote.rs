@@ -1,0 +1,470 @@
+//! `release promote`: put the tested candidate live by changing the edge stack's origin, verify
+//! through the public URL, and flip back by itself if that fails. `release status` and
+//! `release history`: what is there, and what happened.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use crate::colour::{self, COLOURS};
+use crate::error::{Exit, Failure, Result, sdk};
+use crate::stacks::{Observed, Stacks};
+use crate::up::{Ctx, begin, finish_session, smoke_failure, step};
+
+/// The world as `promote` and `status` need it.
+pub struct World {
+    pub cluster: Option<crate::eks::Cluster>,
+    pub edge: Observed,
+    pub colours: BTreeMap<&'static str, colour::Observed>,
+    pub live: Option<&'static str>,
+}
+
+pub async fn observe(ctx: &Ctx, stacks: &Stacks) -> Result<World> {
+    let c = &ctx.config;
+    let cluster_stack = stacks.observe(&c.stack_name("cluster")).await?;
+    let edge = stacks.observe(&c.stack_name("edge")).await?;
+    let mut colours = BTreeMap::new();
+    let mut cluster = None;
+    if let Some(name) = cluster_stack.outputs.get("ClusterName") {
+        let conn = crate::eks::Cluster::connect(&ctx.aws, name).await?;
+        let client = conn.client().await?;
+        for col in COLOURS {
+            colours.insert(col, colour::observe(&client, c, col).await?);
+        }
+        cluster = Some(conn);
+    }
+    let addresses: BTreeMap<&'static str, Option<String>> = colours
+        .iter()
+        .map(|(k, v)| (*k, v.address.clone()))
+        .collect();
+    let live = colour::live_colour(
+        edge.parameters.get("OriginDomain").map(String::as_str),
+        &addresses,
+    );
+    Ok(World {
+        cluster,
+        edge,
+        colours,
+        live,
+    })
+}
+
+fn public_url(ctx: &Ctx, edge: &Observed) -> Option<String> {
+    ctx.config.edge.public_url.clone().or_else(|| {
+        edge.outputs
+            .get("DistributionDomainName")
+            .map(|d| format!("https://{d}"))
+    })
+}
+
+async fn set_role(client: &kube::Client, ctx: &Ctx, colour: &str, role: &str) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
+    let patch = json!({"metadata": {"annotations": {"release/role": role}}});
+    api.patch(
+        &colour::name(&ctx.config, colour),
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        Failure::new(
+            Exit::Deploy,
+            "roles",
+            e.to_string(),
+            "re-run; the roles are annotations on the Deployments",
+        )
+    })
+}
+
+/// Point the edge stack at `addr` and wait until CloudFront has deployed it.
+async fn flip(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    edge: &Observed,
+    addr: &str,
+    step_name: &str,
+) -> Result<()> {
+    let c = &ctx.config;
+    let name = c.stack_name("edge");
+    let mut params: Vec<(String, String)> = edge
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    for p in params.iter_mut() {
+        if p.0 == "OriginDomain" {
+            p.1 = addr.to_string();
+        }
+    }
+    let path = ctx.base.join(&c.stacks.templates).join("edge.yaml");
+    let body = std::fs::read_to_string(&path).map_err(|e| {
+        Failure::new(
+            Exit::Config,
+            step_name,
+            format!("{}: {e}", path.display()),
+            "check stacks.templates",
+        )
+    })?;
+    let (_, after) = stacks
+        .deploy(&name, &body, &params, |p| ctx.out.progress(step_name, p))
+        .await?;
+    let dist = after.output(&name, "DistributionId")?;
+    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
+    let poll = if ctx.aws.endpoint_url().is_some() {
+        Duration::from_millis(200)
+    } else {
+        Duration::from_secs(10)
+    };
+    let start = Instant::now();
+    loop {
+        let d =
+            cf.get_distribution().id(&dist).send().await.map_err(|e| {
+                Failure::new(Exit::Aws, step_name, sdk(e), "check CloudFront access")
+            })?;
+        if d.distribution().is_some_and(|d| d.status() == "Deployed") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(c.stacks.timeout_minutes * 60) {
+            return Err(Failure::new(
+                Exit::Aws,
+                step_name,
+                format!("{dist} is not Deployed yet"),
+                "wait for CloudFront, then check `release status`",
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+    if c.edge.invalidate {
+        let paths = aws_sdk_cloudfront::types::Paths::builder()
+            .quantity(1)
+            .items("/*")
+            .build()
+            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
+        let batch = aws_sdk_cloudfront::types::InvalidationBatch::builder()
+            .paths(paths)
+            .caller_reference(format!("release-{}", crate::store::now()))
+            .build()
+            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
+        cf.create_invalidation()
+            .distribution_id(&dist)
+            .invalidation_batch(batch)
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    Exit::Aws,
+                    step_name,
+                    sdk(e),
+                    "the flip is done; invalidate by hand if cached answers matter",
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Poll the public URL until `/version` reports `colour`.
+async fn wait_public(
+    url: &str,
+    colour: &str,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let start = Instant::now();
+    loop {
+        let last = match http.get(format!("{url}/version")).send().await {
+            Ok(r) => match r.json::<Value>().await {
+                Ok(v) if v["colour"] == colour => return Ok(()),
+                Ok(v) => format!("answered by {}", v["colour"]),
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() > timeout {
+            return Err(format!(
+                "{url} did not answer from {colour} within {timeout:?} ({last})"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Result<Value> {
+    let started = Instant::now();
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let c = &ctx.config;
+    let world = observe(ctx, &stacks).await?;
+    let nothing = |why: String| {
+        Failure::new(
+            Exit::Precondition,
+            "promote",
+            format!("nothing to promote: {why}"),
+            "run `release up` to deploy and test a candidate first",
+        )
+    };
+    let Some(live) = world.live else {
+        return Err(nothing(
+            "nothing is live yet (the first `release up` puts its colour live)".into(),
+        ));
+    };
+    let candidate = colour::other(live);
+    let cand = &world.colours[candidate];
+    if !cand.exists || cand.role.as_deref() != Some("candidate") {
+        return Err(nothing(format!(
+            "{} is not a tested candidate",
+            colour::name(c, candidate)
+        )));
+    }
+    if cand.ready < cand.replicas || cand.replicas == 0 {
+        return Err(nothing(format!(
+            "{} has {}/{} pods ready",
+            colour::name(c, candidate),
+            cand.ready,
+            cand.replicas
+        )));
+    }
+    let Some(cand_addr) = cand.address.clone() else {
+        return Err(nothing(format!(
+            "{} has no load-balancer address",
+            colour::name(c, candidate)
+        )));
+    };
+    let live_addr = world.colours[live].address.clone().unwrap_or_default();
+    let Some(public) = public_url(ctx, &world.edge) else {
+        return Err(nothing("the edge stack has no public URL".into()));
+    };
+    let conn = world
+        .cluster
+        .as_ref()
+        .expect("a live colour implies a cluster");
+    let client = conn.client().await?;
+
+    let id = begin(ctx, &store, "promote", force_unlock, vec![]).await?;
+    let result = async {
+        let secret = colour::ensure_namespace_and_secret(&client, c).await?;
+        let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+            .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
+        let target = crate::smoke::Target {
+            base_url: format!("http://{cand_addr}:{}", c.deploy.service_port),
+            colour: candidate,
+            model_version: &c.model.version,
+            secret: &secret,
+        };
+        let smoke_name = format!("smoke {}", colour::name(c, candidate));
+        step(ctx, &store, &id, &smoke_name, &target.base_url, async {
+            let r = crate::smoke::run(
+                &target,
+                &cases,
+                c.smoke.requests,
+                c.smoke.p95_ms,
+                None,
+                |p| ctx.out.progress(&smoke_name, &p),
+            )
+            .await;
+            if r.ok() {
+                Ok(((), r.summary()))
+            } else {
+                Err(smoke_failure(candidate, &r))
+            }
+        })
+        .await?;
+        step(
+            ctx,
+            &store,
+            &id,
+            "flip",
+            &format!("edge origin {live_addr} -> {cand_addr}"),
+            async {
+                flip(ctx, &stacks, &world.edge, &cand_addr, "flip").await?;
+                Ok(((), format!("{live} -> {candidate}")))
+            },
+        )
+        .await?;
+        let public_target = crate::smoke::Target {
+            base_url: public.trim_end_matches('/').to_string(),
+            colour: candidate,
+            model_version: &c.model.version,
+            secret: &secret,
+        };
+        let verified = step(ctx, &store, &id, "verify public URL", &public, async {
+            wait_public(&public_target.base_url, candidate, Duration::from_secs(120))
+                .await
+                .map_err(|e| Failure::new(Exit::Verify, "verify public URL", e, ""))?;
+            let r = crate::smoke::run(
+                &public_target,
+                &cases,
+                c.smoke.requests.min(20),
+                c.smoke.p95_ms,
+                None,
+                |_| {},
+            )
+            .await;
+            if r.ok() {
+                Ok(((), r.summary()))
+            } else {
+                Err(smoke_failure(candidate, &r))
+            }
+        })
+        .await;
+        if let Err(e) = verified {
+            ctx.out
+                .note(&format!("verification failed: flipping back to {live}"));
+            step(
+                ctx,
+                &store,
+                &id,
+                "flip back",
+                &format!("edge origin -> {live_addr}"),
+                async {
+                    flip(ctx, &stacks, &world.edge, &live_addr, "flip back").await?;
+                    Ok(((), format!("{live} is live again")))
+                },
+            )
+            .await?;
+            return Err(Failure::new(
+                Exit::Verify,
+                "verify public URL",
+                e.message,
+                format!(
+                    "flipped back: {live} serves again; {candidate} stays deployed for inspection"
+                ),
+            ));
+        }
+        set_role(&client, ctx, candidate, "live").await?;
+        set_role(&client, ctx, live, "previous").await?;
+        if retire_previous {
+            step(
+                ctx,
+                &store,
+                &id,
+                &format!("retire {}", colour::name(c, live)),
+                "",
+                async {
+                    colour::teardown(&client, c, live).await?;
+                    Ok(((), "removed".to_string()))
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(&id) {
+                r.colour = Some(candidate.to_string());
+                r.image_digest = cand.digest.clone();
+            }
+        })
+        .await;
+    finish_session(
+        ctx,
+        result.as_ref().err().map(|e| e.to_string()),
+        Some(true),
+    )
+    .await;
+    result?;
+    Ok(json!({
+        "release": id, "live": candidate,
+        "previous": if retire_previous { json!("retired") } else { json!(live) },
+        "public url": public, "duration": format!("{:.1} s", started.elapsed().as_secs_f64()),
+    }))
+}
+
+/// `release status`: live, candidate and previous colours, the public URL, the stacks, the lock.
+pub async fn status(ctx: &Ctx) -> Result<Value> {
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let c = &ctx.config;
+    let mut stack_states = serde_json::Map::new();
+    for t in crate::config::TEMPLATES {
+        let o = stacks.observe(&c.stack_name(t)).await?;
+        stack_states.insert(
+            c.stack_name(t),
+            json!(o.status.unwrap_or_else(|| "absent".into())),
+        );
+    }
+    let world = observe(ctx, &stacks).await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client");
+    let mut colours = serde_json::Map::new();
+    for (col, o) in &world.colours {
+        if !o.exists {
+            continue;
+        }
+        let role = if Some(*col) == world.live {
+            "live".to_string()
+        } else {
+            o.role.clone().unwrap_or_else(|| "unknown".into())
+        };
+        let healthy = match &o.address {
+            Some(a) => http
+                .get(format!("http://{a}:{}/readyz", c.deploy.service_port))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            None => false,
+        };
+        colours.insert(
+            colour::name(c, col),
+            json!({"colour": col, "role": role, "image_digest": o.digest, "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy}),
+        );
+    }
+    let public = public_url(ctx, &world.edge);
+    let public_colour = match &public {
+        Some(u) => match http.get(format!("{u}/version")).send().await {
+            Ok(r) => r.json::<Value>().await.ok().map(|v| v["colour"].clone()),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let lock = if store.bucket_exists().await? {
+        store
+            .read_lock()
+            .await?
+            .map(|l| l.describe(crate::store::now()))
+    } else {
+        None
+    };
+    Ok(json!({
+        "app": c.app,
+        "live": world.live,
+        "colours": colours,
+        "public url": public,
+        "public url answers from": public_colour,
+        "stacks": stack_states,
+        "lock": lock.unwrap_or_else(|| "free".into()),
+    }))
+}
+
+/// `release history`: the ledger, newest last.
+pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
+    let store = ctx.store();
+    if !store.bucket_exists().await? {
+        return Ok(json!({"releases": []}));
+    }
+    let ledger = store.ledger().await?;
+    let skip = ledger.releases.len().saturating_sub(limit);
+    let rows: Vec<Value> = ledger
+        .releases
+        .iter()
+        .skip(skip)
+        .map(|r| {
+            json!({
+                "id": r.id, "action": r.action, "colour": r.colour, "image": r.image_tag, "digest": r.image_digest,
+                "outcome": r.outcome, "duration_s": r.finished.map(|f| f.saturating_sub(r.started)), "actor": r.actor,
+                "ci_build_url": r.ci_build_url, "error": r.error,
+            })
+        })
+        .collect();
+    Ok(json!({"releases": rows}))
+}
