@@ -75,6 +75,15 @@ enum Command {
         #[arg(long)]
         retire_previous: bool,
     },
+    /// Put the previous colour back behind the edge (verified through the public URL) and retire
+    /// the bad one.
+    Rollback {
+        #[arg(long)]
+        force_unlock: bool,
+        /// Keep the bad colour deployed for forensics.
+        #[arg(long)]
+        keep_failed: bool,
+    },
     /// The live, candidate and previous colours, the public URL, the stacks, the lock holder.
     Status,
     /// The ledger: every release with its result and actor.
@@ -212,6 +221,18 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 _ = tokio::signal::ctrl_c() => {
                     release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
                     Err(Failure::new(Exit::Interrupted, "promote", "interrupted", "check `release status`, then re-run release promote"))
+                }
+            }
+        }
+        Command::Rollback {
+            force_unlock,
+            keep_failed,
+        } => {
+            tokio::select! {
+                r = release::promote::rollback(&ctx, *force_unlock, *keep_failed) => r,
+                _ = tokio::signal::ctrl_c() => {
+                    release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
+                    Err(Failure::new(Exit::Interrupted, "rollback", "interrupted", "check `release status`, then re-run release rollback"))
                 }
             }
         }

@@ -195,18 +195,45 @@ async fn wait_public(
     }
 }
 
+/// Which flip: promote (to the tested candidate) or rollback (to the previous colour).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    Promote { retire_previous: bool },
+    Rollback { keep_failed: bool },
+}
+
 pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Result<Value> {
+    flip_to(ctx, force_unlock, Flip::Promote { retire_previous }).await
+}
+
+pub async fn rollback(ctx: &Ctx, force_unlock: bool, keep_failed: bool) -> Result<Value> {
+    flip_to(ctx, force_unlock, Flip::Rollback { keep_failed }).await
+}
+
+async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
     let started = Instant::now();
     let stacks = ctx.stacks();
     let store = ctx.store();
     let c = &ctx.config;
     let world = observe(ctx, &stacks).await?;
+    let (action, wanted_role, hint) = match kind {
+        Flip::Promote { .. } => (
+            "promote",
+            "candidate",
+            "run `release up` to deploy and test a candidate first",
+        ),
+        Flip::Rollback { .. } => (
+            "rollback",
+            "previous",
+            "there is no previous colour deployed (it was retired, or nothing was promoted yet); release the old image with `release up` instead",
+        ),
+    };
     let nothing = |why: String| {
         Failure::new(
             Exit::Precondition,
-            "promote",
-            format!("nothing to promote: {why}"),
-            "run `release up` to deploy and test a candidate first",
+            action,
+            format!("nothing to {action}: {why}"),
+            hint,
         )
     };
     let Some(live) = world.live else {
@@ -216,10 +243,11 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
     };
     let candidate = colour::other(live);
     let cand = &world.colours[candidate];
-    if !cand.exists || cand.role.as_deref() != Some("candidate") {
+    if !cand.exists || cand.role.as_deref() != Some(wanted_role) {
         return Err(nothing(format!(
-            "{} is not a tested candidate",
-            colour::name(c, candidate)
+            "{} is not a {wanted_role} colour ({})",
+            colour::name(c, candidate),
+            cand.role.as_deref().unwrap_or("absent")
         )));
     }
     if cand.ready < cand.replicas || cand.replicas == 0 {
@@ -246,7 +274,12 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
         .expect("a live colour implies a cluster");
     let client = conn.client().await?;
 
-    let id = begin(ctx, &store, "promote", force_unlock, vec![]).await?;
+    let expected_version: &str = if matches!(kind, Flip::Promote { .. }) {
+        &c.model.version
+    } else {
+        ""
+    };
+    let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let result = async {
         let secret = colour::ensure_namespace_and_secret(&client, c).await?;
         let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
@@ -254,7 +287,7 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
         let target = crate::smoke::Target {
             base_url: format!("http://{cand_addr}:{}", c.deploy.service_port),
             colour: candidate,
-            model_version: &c.model.version,
+            model_version: expected_version,
             secret: &secret,
         };
         let smoke_name = format!("smoke {}", colour::name(c, candidate));
@@ -290,7 +323,7 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
         let public_target = crate::smoke::Target {
             base_url: public.trim_end_matches('/').to_string(),
             colour: candidate,
-            model_version: &c.model.version,
+            model_version: expected_version,
             secret: &secret,
         };
         let verified = step(ctx, &store, &id, "verify public URL", &public, async {
@@ -338,8 +371,17 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
             ));
         }
         set_role(&client, ctx, candidate, "live").await?;
-        set_role(&client, ctx, live, "previous").await?;
-        if retire_previous {
+        let retire = match kind {
+            Flip::Promote { retire_previous } => {
+                set_role(&client, ctx, live, "previous").await?;
+                retire_previous
+            }
+            Flip::Rollback { keep_failed } => {
+                set_role(&client, ctx, live, "failed").await?;
+                !keep_failed
+            }
+        };
+        if retire {
             step(
                 ctx,
                 &store,
@@ -353,7 +395,7 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
             )
             .await?;
         }
-        Ok(())
+        Ok(retire)
     }
     .await;
     let _ = store
@@ -370,10 +412,19 @@ pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Re
         Some(true),
     )
     .await;
-    result?;
+    let retired = result?;
+    let old = match (kind, retired) {
+        (_, true) => json!("retired"),
+        (Flip::Promote { .. }, false) => json!(live),
+        (Flip::Rollback { .. }, false) => json!(format!("{live} (failed, kept)")),
+    };
+    let label = if matches!(kind, Flip::Promote { .. }) {
+        "previous"
+    } else {
+        "rolled back from"
+    };
     Ok(json!({
-        "release": id, "live": candidate,
-        "previous": if retire_previous { json!("retired") } else { json!(live) },
+        "release": id, "live": candidate, label: old,
         "public url": public, "duration": format!("{:.1} s", started.elapsed().as_secs_f64()),
     }))
 }

@@ -237,6 +237,31 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     assert_eq!(actions, ["up", "up", "up", "promote"]);
     let again = release(&sb, &first, &["promote"]);
     assert_eq!(again.status.code(), Some(8), "nothing to promote");
+
+    // rollback: blue back behind the edge, green retired; then nothing left to roll back to.
+    let rolled = release(&sb, &first, &["rollback"]);
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stdout)
+    );
+    let s = summary(&rolled);
+    assert_eq!(
+        (s["live"].as_str(), s["rolled back from"].as_str()),
+        (Some("blue"), Some("retired")),
+        "{s}"
+    );
+    let version: Value = http
+        .get(format!("{edge}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["colour"], "blue");
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+    assert_eq!(release(&sb, &first, &["rollback"]).status.code(), Some(8));
 }
 
 /// The colour that answers each request through the edge, in order ("error: ..." for a failure).
