@@ -26,14 +26,35 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// A binary of this workspace, brought up to date (debug) once per test process: a test of one
-/// package must not run another package's stale binary.
+/// The newest modification time under `dir` (sources of a package).
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut best = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let t = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().and_then(|m| m.modified()).ok()
+        };
+        best = best.max(t);
+    }
+    best
+}
+
+/// A binary of this workspace, rebuilt (debug) when it is missing or older than its package's
+/// sources, so a test of one package never runs another package's stale binary. `cargo test
+/// --workspace` (CI) has just built it, and no rebuild happens.
 pub fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     let path = workspace().join("target/debug").join(name);
-    if !built.contains(&name.to_string()) {
-        built.push(name.to_string());
+    let dir = if package == "release" {
+        workspace().join("src")
+    } else {
+        workspace().join(package).join("src")
+    };
+    let built = path.metadata().and_then(|m| m.modified()).ok();
+    if built.is_none() || built < newest(&dir) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--locked", "-p", package, "--bin", name])
@@ -74,8 +95,9 @@ impl Sandbox {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("sandbox-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        let exe = binary("sandbox", "sandbox");
         let started = Instant::now();
-        let child = Command::new(binary("sandbox", "sandbox"))
+        let child = Command::new(exe)
             .arg("serve")
             .arg("--state")
             .arg(&dir)
