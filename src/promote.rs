@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::colour::{self, COLOURS};
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::stacks::{Observed, Stacks};
-use crate::up::{Ctx, begin, finish_session, smoke_failure, step};
+use crate::up::{Ctx, begin, finish_session, smoke_failure, step, wait_deployed};
 
 /// The world as `promote` and `status` need it.
 pub struct World {
@@ -100,44 +100,18 @@ async fn flip(
             p.1 = addr.to_string();
         }
     }
-    let path = ctx.base.join(&c.stacks.templates).join("edge.yaml");
-    let body = std::fs::read_to_string(&path).map_err(|e| {
-        Failure::new(
-            Exit::Config,
-            step_name,
-            format!("{}: {e}", path.display()),
-            "check stacks.templates",
-        )
-    })?;
+    let body = ctx.template("edge")?;
     let (_, after) = stacks
         .deploy(&name, &body, &params, |p| ctx.out.progress(step_name, p))
         .await?;
     let dist = after.output(&name, "DistributionId")?;
-    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
-    let poll = if ctx.aws.endpoint_url().is_some() {
-        Duration::from_millis(200)
-    } else {
-        Duration::from_secs(10)
-    };
-    let start = Instant::now();
-    loop {
-        let d =
-            cf.get_distribution().id(&dist).send().await.map_err(|e| {
-                Failure::new(Exit::Aws, step_name, sdk(e), "check CloudFront access")
-            })?;
-        if d.distribution().is_some_and(|d| d.status() == "Deployed") {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(c.stacks.timeout_minutes * 60) {
-            return Err(Failure::new(
-                Exit::Aws,
-                step_name,
-                format!("{dist} is not Deployed yet"),
-                "wait for CloudFront, then check `release status`",
-            ));
-        }
-        tokio::time::sleep(poll).await;
-    }
+    wait_deployed(
+        ctx,
+        &dist,
+        step_name,
+        "wait for CloudFront, then check `release status`",
+    )
+    .await?;
     if c.edge.invalidate {
         let paths = aws_sdk_cloudfront::types::Paths::builder()
             .quantity(1)
@@ -149,7 +123,8 @@ async fn flip(
             .caller_reference(format!("release-{}", crate::store::now()))
             .build()
             .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
-        cf.create_invalidation()
+        aws_sdk_cloudfront::Client::new(&ctx.aws)
+            .create_invalidation()
             .distribution_id(&dist)
             .invalidation_batch(batch)
             .send()

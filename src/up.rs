@@ -63,7 +63,7 @@ impl Ctx {
         StateStore::new(s3, self.config.state_bucket(), self.config.app.clone())
     }
 
-    fn template(&self, name: &str) -> Result<String> {
+    pub fn template(&self, name: &str) -> Result<String> {
         let path = self
             .base
             .join(&self.config.stacks.templates)
@@ -801,6 +801,42 @@ async fn deploy(
     Ok(())
 }
 
+/// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
+/// current configuration), for at most the stack timeout.
+pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -> Result<()> {
+    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
+    // The sandbox deploys in about a second; CloudFront takes minutes.
+    let poll = if ctx.aws.endpoint_url().is_some() {
+        std::time::Duration::from_millis(200)
+    } else {
+        std::time::Duration::from_secs(10)
+    };
+    let start = Instant::now();
+    loop {
+        let d =
+            cf.get_distribution().id(dist).send().await.map_err(|e| {
+                Failure::new(Exit::Aws, step_name, sdk(e), "check CloudFront access")
+            })?;
+        let status = d
+            .distribution()
+            .map(|d| d.status().to_string())
+            .unwrap_or_default();
+        if status == "Deployed" {
+            return Ok(());
+        }
+        if start.elapsed() > std::time::Duration::from_secs(ctx.config.stacks.timeout_minutes * 60)
+        {
+            return Err(Failure::new(
+                Exit::Aws,
+                step_name,
+                format!("{dist} is still {status}"),
+                hint,
+            ));
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
 /// The first release: the edge stack with this colour as origin, then the public URL checked.
 #[allow(clippy::too_many_arguments)]
 async fn go_live(
@@ -851,36 +887,9 @@ async fn go_live(
         .public_url
         .clone()
         .unwrap_or_else(|| format!("https://{domain}"));
-    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
-    let poll = if ctx.aws.endpoint_url().is_some() {
-        std::time::Duration::from_millis(200)
-    } else {
-        std::time::Duration::from_secs(10)
-    };
     step(ctx, store, id, "edge deployed", &dist, async {
-        let start = Instant::now();
-        loop {
-            let d =
-                cf.get_distribution().id(&dist).send().await.map_err(|e| {
-                    Failure::new(Exit::Aws, "edge", sdk(e), "check CloudFront access")
-                })?;
-            let status = d
-                .distribution()
-                .map(|d| d.status().to_string())
-                .unwrap_or_default();
-            if status == "Deployed" {
-                return Ok(((), format!("{dist} Deployed")));
-            }
-            if start.elapsed() > std::time::Duration::from_secs(c.stacks.timeout_minutes * 60) {
-                return Err(Failure::new(
-                    Exit::Aws,
-                    "edge",
-                    format!("{dist} still {status}"),
-                    "wait for CloudFront and re-run",
-                ));
-            }
-            tokio::time::sleep(poll).await;
-        }
+        wait_deployed(ctx, &dist, "edge", "wait for CloudFront and re-run").await?;
+        Ok(((), format!("{dist} Deployed")))
     })
     .await?;
     let target = crate::smoke::Target {

@@ -2,12 +2,15 @@
 //! edge; a second deploys the other colour as a tested candidate while the live one keeps serving;
 //! a candidate that answers wrong, crashes, or cannot be pulled is torn down with its reason.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::{aws, object, release, release_command, s3, summary};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
 
@@ -29,32 +32,6 @@ fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
 
 fn cases() -> PathBuf {
     workspace().join("model-server/smoke/cases.yaml")
-}
-
-fn release(sb: &Sandbox, config: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_release"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &sb.dir);
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--output", "json"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn summary(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .rfind(|v| v["event"] == "summary")
-        .unwrap_or_else(|| panic!("no summary:\n{stdout}"))["summary"]
-        .clone()
 }
 
 fn kubectl(sb: &Sandbox, args: &[&str]) -> String {
@@ -81,32 +58,17 @@ fn deployments(sb: &Sandbox) -> Vec<String> {
         .collect()
 }
 
-/// Requests through the edge until stopped: (answered by blue, failures).
-fn edge_traffic(
-    edge: String,
-    stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, Vec<String>)> {
-    std::thread::spawn(move || {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let (mut blue, mut failures) = (0, Vec::new());
-        while !stop.load(Ordering::Relaxed) {
-            match http
-                .get(format!("{edge}/version"))
-                .send()
-                .and_then(|r| r.error_for_status())
-                .and_then(|r| r.json::<Value>())
-            {
-                Ok(v) if v["colour"] == "blue" => blue += 1,
-                Ok(v) => failures.push(format!("answered by {}", v["colour"])),
-                Err(e) => failures.push(e.to_string()),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        (blue, failures)
-    })
+/// From the colours that answered: how many were blue, and every other answer (a failure while
+/// blue is the only live colour).
+fn blue_and_failures(seen: &[String]) -> (usize, Vec<String>) {
+    let blue = seen.iter().filter(|c| *c == "blue").count();
+    (
+        blue,
+        seen.iter()
+            .filter(|c| *c != "blue")
+            .map(|c| format!("answered by {c}"))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -158,10 +120,10 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
 
     // --force: green deployed and smoke-tested as the candidate; every edge request still blue.
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = edge_traffic(edge.clone(), stop.clone());
+    let traffic = colour_traffic(edge.clone(), stop.clone());
     let forced = release(&sb, &first, &["up", "--force"]);
     stop.store(true, Ordering::Relaxed);
-    let (blue, failures) = traffic.join().unwrap();
+    let (blue, failures) = blue_and_failures(&traffic.join().unwrap());
     assert!(
         forced.status.success(),
         "{}",
@@ -316,7 +278,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     );
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = edge_traffic(edge, stop.clone());
+    let traffic = colour_traffic(edge, stop.clone());
 
     // A model that answers wrong: the golden cases fail; exit 7, green gone.
     let wrong = config(
@@ -387,14 +349,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         "1.0.0",
     )
     .unwrap();
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_ecr::config::Credentials::new(
-            "sandbox", "sandbox", None, None, "test",
-        ))
-        .load()
-        .await;
+    let aws = aws(&sb).await;
     release::image::push(
         &aws_sdk_ecr::Client::new(&aws),
         "iris",
@@ -428,7 +383,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     );
     assert_eq!(deployments(&sb), ["iris-blue"]);
     stop.store(true, Ordering::Relaxed);
-    let (blue, failures) = traffic.join().unwrap();
+    let (blue, failures) = blue_and_failures(&traffic.join().unwrap());
     assert!(
         blue > 20 && failures.is_empty(),
         "blue served throughout: {blue} answers; failures: {failures:?}"
@@ -441,17 +396,7 @@ async fn ctrl_c_during_the_deployment_tears_the_candidate_down_and_releases_the_
     let sb = Sandbox::start(&[]);
     let dir = sb.dir.join("cfg");
     let cfg = config(&dir, &model_server_binary(), "v1", &cases());
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_release"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &sb.dir);
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--output", "json", "up"])
+    let mut child = release_command(&sb, &cfg, &["up"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -478,38 +423,14 @@ async fn ctrl_c_during_the_deployment_tears_the_candidate_down_and_releases_the_
         "the candidate is gone: {:?}",
         deployments(&sb)
     );
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(
-            &aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
-                .region(aws_config::Region::new("us-east-1"))
-                .credentials_provider(aws_sdk_s3::config::Credentials::new(
-                    "sandbox", "sandbox", None, None, "test",
-                ))
-                .load()
-                .await,
-        )
-        .force_path_style(true)
-        .build(),
-    );
+    let s3 = s3(&sb).await;
     assert!(
-        s3.get_object()
-            .bucket("iris-release-state")
-            .key("apps/iris/lock.json")
-            .send()
-            .await
-            .is_err(),
+        object(&s3, "apps/iris/lock.json").await.is_none(),
         "the lock is released"
     );
-    let ledger = s3
-        .get_object()
-        .bucket("iris-release-state")
-        .key("apps/iris/ledger.json")
-        .send()
+    let ledger = object(&s3, "apps/iris/ledger.json")
         .await
-        .unwrap();
-    let ledger: Value =
-        serde_json::from_slice(&ledger.body.collect().await.unwrap().into_bytes()).unwrap();
+        .expect("a ledger");
     let last = ledger["releases"]
         .as_array()
         .unwrap()

@@ -1,12 +1,13 @@
 //! `release up` (first half) end to end: the real binary, configured only through the standard AWS
 //! environment, against a sandbox started for each test.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use aws_sdk_s3::primitives::ByteStream;
+use common::{object, release, s3, summary};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
-use serde_json::Value;
 
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
 fn config(dir: &Path, extra: &str) -> PathBuf {
@@ -27,65 +28,6 @@ fn config_with(dir: &Path, stacks: &str, extra: &str) -> PathBuf {
     let path = dir.join("release.yaml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn release(sb: &Sandbox, config: &Path, args: &[&str]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_release"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("GIT_SHA", "build-1")
-        .env("HOME", &sb.dir);
-    for (k, v) in &sb.env {
-        cmd.env(k, v);
-    }
-    cmd.arg("--config")
-        .arg(config)
-        .args(["--output", "json"])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn summary(out: &Output) -> Value {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .rfind(|v| v["event"] == "summary");
-    last.unwrap_or_else(|| {
-        panic!(
-            "no summary; stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })["summary"]
-        .clone()
-}
-
-async fn s3(sb: &Sandbox) -> aws_sdk_s3::Client {
-    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(sb.var("AWS_ENDPOINT_URL"))
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_s3::config::Credentials::new(
-            "sandbox", "sandbox", None, None, "test",
-        ))
-        .load()
-        .await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&conf)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
-async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
-    let out = s3
-        .get_object()
-        .bucket("iris-release-state")
-        .key(key)
-        .send()
-        .await
-        .ok()?;
-    serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).ok()
 }
 
 #[tokio::test]

@@ -119,16 +119,27 @@ pub fn meta<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj.get("metadata")?.get(field)?.as_str()
 }
 
-pub fn key_of(res: &Resource, obj: &Value) -> Key {
-    Key {
-        kind: res.kind,
-        namespace: if res.namespaced {
-            meta(obj, "namespace").unwrap_or_default().to_string()
-        } else {
-            String::new()
-        },
-        name: meta(obj, "name").unwrap_or_default().to_string(),
+impl Key {
+    /// The key of `name` of kind `res`; cluster-scoped kinds ignore `namespace`.
+    pub fn new(res: &Resource, namespace: &str, name: &str) -> Key {
+        Key {
+            kind: res.kind,
+            namespace: if res.namespaced {
+                namespace.into()
+            } else {
+                String::new()
+            },
+            name: name.into(),
+        }
     }
+}
+
+pub fn key_of(res: &Resource, obj: &Value) -> Key {
+    Key::new(
+        res,
+        meta(obj, "namespace").unwrap_or_default(),
+        meta(obj, "name").unwrap_or_default(),
+    )
 }
 
 fn is_dns_label_ish(name: &str) -> bool {
@@ -231,15 +242,7 @@ impl Store {
     }
 
     pub fn get(&self, res: &'static Resource, namespace: &str, name: &str) -> ApiResult<Value> {
-        let key = Key {
-            kind: res.kind,
-            namespace: if res.namespaced {
-                namespace.into()
-            } else {
-                String::new()
-            },
-            name: name.into(),
-        };
+        let key = Key::new(res, namespace, name);
         self.lock()
             .objects
             .get(&key)
@@ -390,15 +393,7 @@ impl Store {
         change: impl FnOnce(&Value) -> ApiResult<Value>,
     ) -> ApiResult<Value> {
         let mut inner = self.lock();
-        let key = Key {
-            kind: res.kind,
-            namespace: if res.namespaced {
-                namespace.into()
-            } else {
-                String::new()
-            },
-            name: name.into(),
-        };
+        let key = Key::new(res, namespace, name);
         let old = inner
             .objects
             .get(&key)
@@ -538,15 +533,7 @@ impl Store {
             )));
         }
         let mut inner = self.lock();
-        let key = Key {
-            kind: res.kind,
-            namespace: if res.namespaced {
-                namespace.into()
-            } else {
-                String::new()
-            },
-            name: name.into(),
-        };
+        let key = Key::new(res, namespace, name);
         let manager_key = (key.clone(), manager.to_string());
         let result = match inner.objects.get(&key).cloned() {
             None => {
@@ -581,15 +568,7 @@ impl Store {
         grace: Option<i64>,
     ) -> ApiResult<Value> {
         let mut inner = self.lock();
-        let key = Key {
-            kind: res.kind,
-            namespace: if res.namespaced {
-                namespace.into()
-            } else {
-                String::new()
-            },
-            name: name.into(),
-        };
+        let key = Key::new(res, namespace, name);
         if !inner.objects.contains_key(&key) {
             return Err(ApiError::not_found(res, name));
         }
@@ -717,11 +696,7 @@ impl Store {
     /// The kubelet's last word on a deleted pod: its processes are gone, the object goes.
     pub fn remove(&self, res: &'static Resource, namespace: &str, name: &str) {
         let mut inner = self.lock();
-        let key = Key {
-            kind: res.kind,
-            namespace: namespace.into(),
-            name: name.into(),
-        };
+        let key = Key::new(res, namespace, name);
         self.remove_locked(&mut inner, res, &key);
     }
 

@@ -73,6 +73,23 @@ fn kubelet_step(store: &Store) {
     }
 }
 
+/// A new template: the Deployment's image changed, as an update would change it.
+fn set_image(store: &Store, image: &str) {
+    store
+        .modify(
+            by_kind("Deployment").unwrap(),
+            "default",
+            "web",
+            Part::Main,
+            |cur| {
+                let mut next = cur.clone();
+                next["spec"]["template"]["spec"]["containers"][0]["image"] = json!(image);
+                Ok(next)
+            },
+        )
+        .unwrap();
+}
+
 fn status(store: &Store) -> Value {
     store
         .get(by_kind("Deployment").unwrap(), "default", "web")
@@ -130,19 +147,7 @@ fn a_rolling_update_never_drops_below_the_available_minimum() {
     );
 
     // New image: one surge pod, no old pod goes until a new one is ready.
-    store
-        .modify(
-            by_kind("Deployment").unwrap(),
-            "default",
-            "web",
-            Part::Main,
-            |cur| {
-                let mut next = cur.clone();
-                next["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-                Ok(next)
-            },
-        )
-        .unwrap();
+    set_image(&store, "img:2");
     for _ in 0..3 {
         c.sync();
         kubelet_step(&store);
@@ -198,19 +203,7 @@ fn recreate_stops_every_old_pod_before_starting_new_ones() {
         .unwrap();
     c.sync();
     kubelet_step(&store);
-    store
-        .modify(
-            by_kind("Deployment").unwrap(),
-            "default",
-            "web",
-            Part::Main,
-            |cur| {
-                let mut next = cur.clone();
-                next["spec"]["template"]["spec"]["containers"][0]["image"] = json!("img:2");
-                Ok(next)
-            },
-        )
-        .unwrap();
+    set_image(&store, "img:2");
     c.sync();
     assert!(
         pods(&store).iter().all(|p| image_of(p) == "img:1"),
