@@ -84,6 +84,15 @@ enum Command {
         #[arg(long)]
         keep_failed: bool,
     },
+    /// Remove everything release made for the app: colours, then the edge, cluster and network
+    /// stacks; with --delete-images the images, the registry and the state bucket too. Re-runnable.
+    Destroy {
+        #[arg(long)]
+        force_unlock: bool,
+        /// Delete the images, the registry stack and the state bucket as well.
+        #[arg(long)]
+        delete_images: bool,
+    },
     /// The live, candidate and previous colours, the public URL, the stacks, the lock holder.
     Status,
     /// The ledger: every release with its result and actor.
@@ -236,6 +245,10 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 }
             }
         }
+        Command::Destroy {
+            force_unlock,
+            delete_images,
+        } => release::promote::destroy(&ctx, *force_unlock, *delete_images).await,
         Command::Status => release::promote::status(&ctx).await,
         Command::History { limit } => release::promote::history(&ctx, *limit).await.inspect(|h| {
             if ctx.out.format() == Format::Human {

@@ -494,3 +494,176 @@ pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
         .collect();
     Ok(json!({"releases": rows}))
 }
+
+/// `release destroy`: everything `release` made for the app, in dependency order, each step
+/// skipping what is already gone, so a re-run after a crash finishes the job. Images (and with
+/// them the registry stack and the state bucket) go only with `--delete-images`.
+pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
+    use std::io::IsTerminal;
+    let c = &ctx.config;
+    if !ctx.yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(Failure::new(
+                Exit::Usage,
+                "destroy",
+                "refusing to destroy without confirmation",
+                "add --yes (no TTY to ask on)",
+            ));
+        }
+        eprint!(
+            "destroy everything release made for {}? type the app name to confirm: ",
+            c.app
+        );
+        let mut answer = String::new();
+        std::io::stdin()
+            .read_line(&mut answer)
+            .map_err(|e| Failure::new(Exit::Usage, "destroy", e.to_string(), "add --yes"))?;
+        if answer.trim() != c.app {
+            return Err(Failure::new(
+                Exit::Usage,
+                "destroy",
+                "not confirmed",
+                "type the app name, or add --yes",
+            ));
+        }
+    }
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let mut summary = serde_json::Map::new();
+    let locked = store.bucket_exists().await?;
+    let id = if locked {
+        Some(begin(ctx, &store, "destroy", force_unlock, vec![]).await?)
+    } else {
+        None
+    };
+    let result = async {
+        let cluster_stack = stacks.observe(&c.stack_name("cluster")).await?;
+        if let Some(name) = cluster_stack.outputs.get("ClusterName") {
+            let client = crate::eks::Cluster::connect(&ctx.aws, name)
+                .await?
+                .client()
+                .await?;
+            for col in COLOURS {
+                colour::teardown(&client, c, col).await?;
+            }
+            summary.insert("colours".into(), json!("removed"));
+        }
+        for t in ["edge", "cluster", "network"] {
+            let name = c.stack_name(t);
+            let observed = stacks.observe(&name).await?;
+            if observed.exists() {
+                ctx.out.start(&format!("delete {name}"), "");
+                let start = Instant::now();
+                stacks
+                    .delete(&name, &mut |p| {
+                        ctx.out.progress(&format!("delete {name}"), p)
+                    })
+                    .await?;
+                ctx.out
+                    .finish(&format!("delete {name}"), true, "deleted", start.elapsed());
+                summary.insert(name, json!("deleted"));
+            } else {
+                summary.insert(name, json!("absent"));
+            }
+        }
+        Ok::<(), Failure>(())
+    }
+    .await;
+    if let Err(e) = result {
+        if id.is_some() {
+            finish_session(ctx, Some(e.to_string()), Some(true)).await;
+        }
+        return Err(e);
+    }
+    let registry = c.stack_name("registry");
+    if !delete_images {
+        if id.is_some() {
+            finish_session(ctx, None, Some(true)).await;
+        }
+        summary.insert(registry, json!("kept: it holds the images (--delete-images removes them, the registry and the state bucket)"));
+        return Ok(Value::Object(summary));
+    }
+    // The images, the registry stack, then the state bucket (its ledger and lock) last.
+    if id.is_some() {
+        finish_session(ctx, None, Some(true)).await;
+    }
+    let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+    let fail = |step: &str, e: String| {
+        Failure::new(
+            Exit::Aws,
+            step,
+            e,
+            "re-run release destroy --delete-images; it continues",
+        )
+    };
+    if let Ok(images) = ecr.list_images().repository_name(&c.app).send().await {
+        let ids: Vec<_> = images.image_ids().to_vec();
+        if !ids.is_empty() {
+            ecr.batch_delete_image()
+                .repository_name(&c.app)
+                .set_image_ids(Some(ids))
+                .send()
+                .await
+                .map_err(|e| fail("delete images", sdk(e)))?;
+        }
+    }
+    if stacks.observe(&registry).await?.exists() {
+        stacks
+            .delete(&registry, &mut |p| ctx.out.progress("delete registry", p))
+            .await?;
+    }
+    summary.insert(registry, json!("deleted, with its images"));
+    let bucket = c.state_bucket();
+    if store.bucket_exists().await? {
+        let path_style = ctx.aws.endpoint_url().is_some();
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&ctx.aws)
+                .force_path_style(path_style)
+                .build(),
+        );
+        let versions = s3
+            .list_object_versions()
+            .bucket(&bucket)
+            .send()
+            .await
+            .map_err(|e| fail("state bucket", sdk(e)))?;
+        let mut objects = Vec::new();
+        for v in versions.versions() {
+            objects.push(
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key(v.key().unwrap_or_default())
+                    .set_version_id(v.version_id().map(str::to_string))
+                    .build()
+                    .map_err(|e| fail("state bucket", e.to_string()))?,
+            );
+        }
+        for m in versions.delete_markers() {
+            objects.push(
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key(m.key().unwrap_or_default())
+                    .set_version_id(m.version_id().map(str::to_string))
+                    .build()
+                    .map_err(|e| fail("state bucket", e.to_string()))?,
+            );
+        }
+        if !objects.is_empty() {
+            let delete = aws_sdk_s3::types::Delete::builder()
+                .set_objects(Some(objects))
+                .build()
+                .map_err(|e| fail("state bucket", e.to_string()))?;
+            s3.delete_objects()
+                .bucket(&bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(|e| fail("state bucket", sdk(e)))?;
+        }
+        s3.delete_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .map_err(|e| fail("state bucket", sdk(e)))?;
+    }
+    summary.insert(bucket, json!("deleted"));
+    Ok(Value::Object(summary))
+}

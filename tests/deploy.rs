@@ -224,6 +224,27 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     assert_eq!(version["colour"], "blue");
     assert_eq!(deployments(&sb), ["iris-blue"]);
     assert_eq!(release(&sb, &first, &["rollback"]).status.code(), Some(8));
+
+    // destroy: refused without --yes when there is no TTY to ask on; then everything goes, and
+    // a second run has nothing left to do.
+    assert_eq!(release(&sb, &first, &["destroy"]).status.code(), Some(2));
+    let destroyed = release(&sb, &first, &["destroy", "--yes", "--delete-images"]);
+    assert!(
+        destroyed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&destroyed.stdout)
+    );
+    assert!(deployments(&sb).is_empty());
+    let status = summary(&release(&sb, &first, &["status"]));
+    for stack in ["iris-network", "iris-registry", "iris-cluster", "iris-edge"] {
+        assert_eq!(status["stacks"][stack], "absent", "{status}");
+    }
+    let again = release(&sb, &first, &["destroy", "--yes", "--delete-images"]);
+    assert!(
+        again.status.success(),
+        "a re-run finishes quietly: {}",
+        String::from_utf8_lossy(&again.stdout)
+    );
 }
 
 /// The colour that answers each request through the edge, in order ("error: ..." for a failure).
