@@ -741,6 +741,54 @@ def stack_update(self: Any, *args: Any, **kwargs: Any) -> None:
 cfn_models.Stack.create_resources = create_resources  # type: ignore[method-assign]
 cfn_models.Stack.update = stack_update  # type: ignore[method-assign]
 
+# Deleting a stack deletes its EC2 network resources, as CloudFormation does. moto's EC2 models
+# have no CloudFormation delete for NAT gateways, EIPs, gateway attachments, routes, route tables,
+# subnet associations, internet gateways or subnets, so the VPC's deletion failed with
+# DependencyViolation and left them behind. Each is removed through moto's own EC2 backend; one
+# already gone counts as deleted, so a retried deletion finishes.
+from moto.ec2.models import ec2_backends  # noqa: E402
+
+
+def delete_ec2_resource(kind: str, resource: Any, account_id: str, region: str) -> bool:
+    ec2 = ec2_backends[account_id][region]
+    if kind == "AWS::EC2::NatGateway":
+        ec2.nat_gateways.pop(resource.id, None)
+    elif kind == "AWS::EC2::EIP":
+        ec2.addresses[:] = [a for a in ec2.addresses if a.allocation_id != resource.allocation_id]
+    elif kind == "AWS::EC2::VPCGatewayAttachment":
+        igw = ec2.internet_gateways.get(resource.gateway_id)
+        if igw is not None and igw.vpc is not None and igw.vpc.id == resource.vpc_id:
+            ec2.detach_internet_gateway(resource.gateway_id, resource.vpc_id)
+    elif kind == "AWS::EC2::InternetGateway":
+        ec2.internet_gateways.pop(resource.id, None)
+    elif kind == "AWS::EC2::Route":
+        resource.route_table._routes.pop(resource.id, None)
+    elif kind == "AWS::EC2::SubnetRouteTableAssociation":
+        table = ec2.route_tables.get(resource.route_table_id)
+        if table is not None:
+            for association, subnet in list(table._associations.items()):
+                if subnet == resource.subnet_id:
+                    del table._associations[association]
+    elif kind == "AWS::EC2::RouteTable":
+        ec2.route_tables.pop(resource.id, None)
+    elif kind == "AWS::EC2::Subnet":
+        for subnets in ec2.subnets.values():
+            subnets.pop(resource.id, None)
+    else:
+        return False
+    return True
+
+
+_original_delete_resource = cfn_parsing.ResourceMap._delete_resource
+
+
+def delete_resource(self: Any, parsed_resource: Any, resource_json: dict[str, Any]) -> None:
+    if not delete_ec2_resource(resource_json["Type"], parsed_resource, self._account_id, self._region_name):
+        _original_delete_resource(self, parsed_resource, resource_json)
+
+
+cfn_parsing.ResourceMap._delete_resource = delete_resource  # type: ignore[method-assign]
+
 # Change sets, as CloudFormation has them: creating one that changes nothing succeeds with status
 # FAILED and the "didn't contain changes" reason (moto raises instead); a parameter change lists the
 # resources that use the parameter; executing one updates the stack's template, parameters and

@@ -451,3 +451,30 @@ async fn faults_are_injected_per_service_and_retries_absorb_a_few() {
         .unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test]
+async fn deleting_the_network_stack_removes_its_nat_gateway_routes_and_vpc() {
+    let sb = Sandbox::start(&[]);
+    let cfn = aws_sdk_cloudformation::Client::new(&sb.aws().await);
+    let body = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../cloudformation/network.yaml"),
+    )
+    .unwrap();
+    cfn.create_stack()
+        .stack_name("net")
+        .template_body(body)
+        .parameters(
+            Parameter::builder()
+                .parameter_key("AppName")
+                .parameter_value("net")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    // moto alone fails here with DependencyViolation: the VPC still has its NAT gateway, gateway
+    // attachment and route tables.
+    cfn.delete_stack().stack_name("net").send().await.unwrap();
+    let left = cfn.describe_stacks().stack_name("net").send().await;
+    assert!(left.is_err(), "the stack is gone: {left:?}");
+}
