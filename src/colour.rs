@@ -36,8 +36,9 @@ pub fn name(config: &Config, colour: &str) -> String {
     format!("{}-{colour}", config.app)
 }
 
-/// The rendered manifests of a colour, and a hash of them that ignores the release id (so the same
-/// image with the same settings hashes the same in every release).
+/// The rendered manifests of a colour in a `role` (`candidate`, or `previous` for a rollback's
+/// redeploy), and a hash of them that ignores the release id and the role (so the same image with
+/// the same settings hashes the same in every release).
 pub fn render(
     dir: &Path,
     config: &Config,
@@ -45,6 +46,7 @@ pub fn render(
     image: &str,
     digest: &str,
     release_id: &str,
+    role: &str,
 ) -> std::result::Result<(Vec<Value>, String), String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
@@ -60,8 +62,9 @@ pub fn render(
         env.add_template(t, src).map_err(|e| format!("{t}: {e}"))?;
     }
     let d = &config.deploy;
-    let context = |release_id: &str, hash: &str| {
+    let context = |release_id: &str, hash: &str, role: &str| {
         minijinja::context! {
+            role => role,
             app => config.app, colour => colour, namespace => d.namespace, image => image, digest => digest,
             replicas => d.replicas, service_port => d.service_port, model_name => config.model.name,
             model_version => config.model.version, release_id => release_id, manifest_hash => hash,
@@ -69,26 +72,27 @@ pub fn render(
             pre_stop_seconds => 2, drain_seconds => 3,
         }
     };
-    let render_all = |release_id: &str, hash: &str| -> std::result::Result<Vec<Value>, String> {
-        TEMPLATES
-            .iter()
-            .map(|t| {
-                let text = env
-                    .get_template(t)
-                    .and_then(|tpl| tpl.render(context(release_id, hash)))
-                    .map_err(|e| format!("kube-templates/{t}: {e}"))?;
-                serde_yaml::from_str::<Value>(&text)
-                    .map_err(|e| format!("kube-templates/{t} renders to invalid YAML: {e}"))
-            })
-            .collect()
-    };
-    let neutral = render_all("", "")?;
+    let render_all =
+        |release_id: &str, hash: &str, role: &str| -> std::result::Result<Vec<Value>, String> {
+            TEMPLATES
+                .iter()
+                .map(|t| {
+                    let text = env
+                        .get_template(t)
+                        .and_then(|tpl| tpl.render(context(release_id, hash, role)))
+                        .map_err(|e| format!("kube-templates/{t}: {e}"))?;
+                    serde_yaml::from_str::<Value>(&text)
+                        .map_err(|e| format!("kube-templates/{t} renders to invalid YAML: {e}"))
+                })
+                .collect()
+        };
+    let neutral = render_all("", "", "candidate")?;
     let hash = format!(
         "{:x}",
         Sha256::digest(serde_json::to_vec(&neutral).expect("JSON"))
     )[..16]
         .to_string();
-    Ok((render_all(release_id, &hash)?, hash))
+    Ok((render_all(release_id, &hash, role)?, hash))
 }
 
 fn failure(exit: Exit, step: &str, message: String, hint: &str) -> Failure {
@@ -220,6 +224,55 @@ pub struct Observed {
     pub ready: i32,
     pub replicas: i32,
     pub address: Option<String>,
+    pub model_version: Option<String>,
+    /// When the Deployment was created (Unix seconds).
+    pub created: Option<i64>,
+    /// `promote` or `rollback`: set on the colour a flip is moving traffic to, cleared once the
+    /// flip is verified and the roles are written. Still set on the live colour = a flip died
+    /// between moving traffic and finishing.
+    pub pending: Option<String>,
+}
+
+/// What a colour is, as the edge and the annotations together say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    pub live: Option<&'static str>,
+    /// Per colour that exists: live, candidate, previous, failed.
+    pub roles: BTreeMap<&'static str, String>,
+    /// A flip (`promote` / `rollback`) that moved traffic to the live colour but died before it
+    /// verified the public URL and wrote the roles.
+    pub unfinished: Option<String>,
+}
+
+/// The edge is the truth about which colour is live; the annotations say the rest. A colour
+/// still annotated `live` that the edge no longer serves was left by an unfinished flip: it is
+/// `previous` after a promote, `failed` after a rollback.
+pub fn roles(live: Option<&'static str>, colours: &BTreeMap<&'static str, Observed>) -> Roles {
+    let unfinished = live
+        .and_then(|l| colours.get(l))
+        .and_then(|o| o.pending.clone());
+    let roles = colours
+        .iter()
+        .filter(|(_, o)| o.exists)
+        .map(|(c, o)| {
+            let role = if Some(*c) == live {
+                "live".to_string()
+            } else {
+                match (o.role.as_deref(), unfinished.as_deref()) {
+                    (Some("live"), Some("rollback")) => "failed".into(),
+                    (Some("live"), _) => "previous".into(),
+                    (Some(r), _) => r.to_string(),
+                    (None, _) => "unknown".into(),
+                }
+            };
+            (*c, role)
+        })
+        .collect();
+    Roles {
+        live,
+        roles,
+        unfinished,
+    }
 }
 
 pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Result<Observed> {
@@ -249,6 +302,13 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Re
         ready: status.ready_replicas.unwrap_or(0),
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         address: s.as_ref().and_then(address_of),
+        model_version: ann.get("release/model-version").cloned(),
+        created: d
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.as_second()),
+        pending: ann.get("release/pending").cloned(),
     })
 }
 
@@ -492,6 +552,62 @@ mod tests {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("kube-templates")
     }
 
+    fn seen(role: &str, pending: Option<&str>) -> Observed {
+        Observed {
+            exists: true,
+            role: Some(role.into()),
+            pending: pending.map(str::to_string),
+            ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn the_edge_says_which_colour_is_live_and_an_unfinished_flip_is_recognised() {
+        let both = |blue: Observed, green: Observed| -> BTreeMap<&'static str, Observed> {
+            [("blue", blue), ("green", green)].into_iter().collect()
+        };
+        // After a finished promote.
+        let r = roles(
+            Some("green"),
+            &both(seen("previous", None), seen("live", None)),
+        );
+        assert_eq!(
+            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
+            ("previous", "live")
+        );
+        assert_eq!(r.unfinished, None);
+        // A promote that died after the flip: green serves, blue is still annotated live.
+        let r = roles(
+            Some("green"),
+            &both(seen("live", None), seen("candidate", Some("promote"))),
+        );
+        assert_eq!(
+            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
+            ("previous", "live")
+        );
+        assert_eq!(r.unfinished.as_deref(), Some("promote"));
+        // A rollback that died after the flip: the colour still annotated live is the failed one.
+        let r = roles(
+            Some("blue"),
+            &both(seen("previous", Some("rollback")), seen("live", None)),
+        );
+        assert_eq!(r.roles["green"], "failed");
+        assert_eq!(r.unfinished.as_deref(), Some("rollback"));
+        // A flip marked but never made: the edge still serves blue, nothing is unfinished.
+        let r = roles(
+            Some("blue"),
+            &both(seen("live", None), seen("candidate", Some("promote"))),
+        );
+        assert_eq!(
+            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
+            ("live", "candidate")
+        );
+        assert_eq!(r.unfinished, None);
+        // Colours that do not exist have no role.
+        let r = roles(None, &both(Observed::default(), seen("candidate", None)));
+        assert_eq!(r.roles.len(), 1);
+    }
+
     #[test]
     fn colours_alternate_and_blue_goes_first() {
         assert_eq!(candidate_for(None), "blue");
@@ -511,9 +627,36 @@ mod tests {
     fn rendering_pins_the_digest_labels_the_colour_and_hashes_without_the_release_id() {
         let c = config();
         let image = "1.dkr.ecr.us-east-1.amazonaws.com/iris@sha256:abc";
-        let (m1, h1) = render(&templates(), &c, "green", image, "sha256:abc", "r1").unwrap();
-        let (_, h2) = render(&templates(), &c, "green", image, "sha256:abc", "r2").unwrap();
-        let (_, h3) = render(&templates(), &c, "green", image, "sha256:def", "r1").unwrap();
+        let (m1, h1) = render(
+            &templates(),
+            &c,
+            "green",
+            image,
+            "sha256:abc",
+            "r1",
+            "candidate",
+        )
+        .unwrap();
+        let (_, h2) = render(
+            &templates(),
+            &c,
+            "green",
+            image,
+            "sha256:abc",
+            "r2",
+            "candidate",
+        )
+        .unwrap();
+        let (_, h3) = render(
+            &templates(),
+            &c,
+            "green",
+            image,
+            "sha256:def",
+            "r1",
+            "candidate",
+        )
+        .unwrap();
         assert_eq!(h1, h2, "the release id does not change the hash");
         assert_ne!(h1, h3, "the image does");
         let kinds: Vec<&str> = m1.iter().map(|m| m["kind"].as_str().unwrap()).collect();
@@ -551,7 +694,16 @@ mod tests {
             "ip"
         );
         // Both colours select only their own pods.
-        let (blue, _) = render(&templates(), &c, "blue", image, "sha256:abc", "r1").unwrap();
+        let (blue, _) = render(
+            &templates(),
+            &c,
+            "blue",
+            image,
+            "sha256:abc",
+            "r1",
+            "candidate",
+        )
+        .unwrap();
         assert_eq!(blue[1]["spec"]["selector"]["release/colour"], "blue");
         assert_eq!(
             blue[2]["spec"]["selector"]["matchLabels"]["release/colour"],
@@ -568,6 +720,7 @@ mod tests {
             "i@sha256:abc",
             "sha256:abc",
             "r",
+            "candidate",
         )
         .unwrap();
         let _: Deployment = serde_json::from_value(m[0].clone()).expect("a Deployment");

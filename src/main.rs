@@ -65,6 +65,12 @@ enum Command {
         /// Deploy a candidate even when the live colour runs this image already.
         #[arg(long)]
         force: bool,
+        /// Then promote the tested candidate (`release up` followed by `release promote`).
+        #[arg(long)]
+        promote: bool,
+        /// With --promote: remove the previous colour after the flip.
+        #[arg(long, requires = "promote")]
+        retire_previous: bool,
     },
     /// Put the tested candidate live: re-test it, flip the edge to it, verify through the public
     /// URL (flipping back by itself if that fails); the old live colour becomes previous.
@@ -208,13 +214,30 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Command::Up {
             force_unlock,
             force,
+            promote,
+            retire_previous,
         } => {
             let args = UpArgs {
                 force_unlock: *force_unlock,
                 force: *force,
             };
+            let up_then_promote = async {
+                let mut summary = release::up::up(&ctx, &args).await?;
+                let candidate = summary["candidate"].as_str().map(str::to_string);
+                let waiting =
+                    candidate.is_some_and(|c| summary["live"].as_str().is_some_and(|l| l != c));
+                if *promote && !ctx.dry_run {
+                    if waiting {
+                        summary["promote"] =
+                            release::promote::promote(&ctx, false, *retire_previous).await?;
+                    } else {
+                        ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already)");
+                    }
+                }
+                Ok(summary)
+            };
             tokio::select! {
-                r = release::up::up(&ctx, &args) => r,
+                r = up_then_promote => r,
                 _ = tokio::signal::ctrl_c() => {
                     release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
                     Err(Failure::new(Exit::Interrupted, "up", "interrupted", "re-run release up; it continues from what is really there"))

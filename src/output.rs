@@ -22,7 +22,7 @@ pub struct Reporter {
 }
 
 fn stamp() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
 impl Reporter {

@@ -60,26 +60,6 @@ fn public_url(ctx: &Ctx, edge: &Observed) -> Option<String> {
     })
 }
 
-async fn set_role(client: &kube::Client, ctx: &Ctx, colour: &str, role: &str) -> Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
-    let patch = json!({"metadata": {"annotations": {"release/role": role}}});
-    api.patch(
-        &colour::name(&ctx.config, colour),
-        &PatchParams::default(),
-        &Patch::Merge(patch),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| {
-        Failure::new(
-            Exit::Deploy,
-            "roles",
-            e.to_string(),
-            "re-run; the roles are annotations on the Deployments",
-        )
-    })
-}
-
 /// Point the edge stack at `addr` and wait until CloudFront has deployed it.
 async fn flip(
     ctx: &Ctx,
@@ -177,6 +157,15 @@ pub enum Flip {
     Rollback { keep_failed: bool },
 }
 
+impl Flip {
+    fn action(self) -> &'static str {
+        match self {
+            Flip::Promote { .. } => "promote",
+            Flip::Rollback { .. } => "rollback",
+        }
+    }
+}
+
 pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Result<Value> {
     flip_to(ctx, force_unlock, Flip::Promote { retire_previous }).await
 }
@@ -185,25 +174,57 @@ pub async fn rollback(ctx: &Ctx, force_unlock: bool, keep_failed: bool) -> Resul
     flip_to(ctx, force_unlock, Flip::Rollback { keep_failed }).await
 }
 
-async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
-    let started = Instant::now();
-    let stacks = ctx.stacks();
-    let store = ctx.store();
+/// Annotate a colour: its role, and the flip in flight towards it (`None` clears it).
+async fn annotate(
+    client: &kube::Client,
+    ctx: &Ctx,
+    colour: &str,
+    role: Option<&str>,
+    pending: Option<&str>,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
+    let mut annotations = json!({"release/pending": pending});
+    if let Some(r) = role {
+        annotations["release/role"] = json!(r);
+    }
+    api.patch(
+        &colour::name(&ctx.config, colour),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        Failure::new(
+            Exit::Deploy,
+            "roles",
+            e.to_string(),
+            "re-run the command; the roles are annotations on the Deployments",
+        )
+    })
+}
+
+/// What a flip starts from: where traffic goes, from where, and whether `to` must be redeployed
+/// (a rollback to a retired colour) or the flip already happened (a run that died after it).
+struct FlipPlan {
+    from: &'static str,
+    to: &'static str,
+    /// The ledger's record of `to`'s last go-live, when `to` must be deployed again.
+    redeploy: Option<crate::state::Release>,
+    /// The edge already serves `to`: verify and write the roles only.
+    finishing: bool,
+}
+
+async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
     let c = &ctx.config;
-    let world = observe(ctx, &stacks).await?;
-    let (action, wanted_role, hint) = match kind {
-        Flip::Promote { .. } => (
-            "promote",
-            "candidate",
-            "run `release up` to deploy and test a candidate first",
-        ),
-        Flip::Rollback { .. } => (
-            "rollback",
-            "previous",
-            "there is no previous colour deployed (it was retired, or nothing was promoted yet); release the old image with `release up` instead",
-        ),
-    };
+    let action = kind.action();
     let nothing = |why: String| {
+        let hint = match kind {
+            Flip::Promote { .. } => "run `release up` to deploy and test a candidate first",
+            Flip::Rollback { .. } => {
+                "nothing was live before this colour; release an older image with `release up` instead"
+            }
+        };
         Failure::new(
             Exit::Precondition,
             action,
@@ -216,93 +237,159 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
             "nothing is live yet (the first `release up` puts its colour live)".into(),
         ));
     };
-    let candidate = colour::other(live);
-    let cand = &world.colours[candidate];
-    if !cand.exists || cand.role.as_deref() != Some(wanted_role) {
-        return Err(nothing(format!(
-            "{} is not a {wanted_role} colour ({})",
-            colour::name(c, candidate),
-            cand.role.as_deref().unwrap_or("absent")
-        )));
+    let roles = colour::roles(world.live, &world.colours);
+    let other = colour::other(live);
+    if roles.unfinished.as_deref() == Some(action) {
+        ctx.out.note(&format!(
+            "an earlier {action} moved the edge to {} but did not finish: verifying it and writing the roles",
+            colour::name(c, live)
+        ));
+        return Ok(FlipPlan {
+            from: other,
+            to: live,
+            redeploy: None,
+            finishing: true,
+        });
     }
-    if cand.ready < cand.replicas || cand.replicas == 0 {
-        return Err(nothing(format!(
-            "{} has {}/{} pods ready",
-            colour::name(c, candidate),
-            cand.ready,
-            cand.replicas
-        )));
-    }
-    let Some(cand_addr) = cand.address.clone() else {
-        return Err(nothing(format!(
-            "{} has no load-balancer address",
-            colour::name(c, candidate)
-        )));
+    let role = roles.roles.get(other).map(String::as_str);
+    let redeploy = match (kind, role) {
+        (Flip::Promote { .. }, Some("candidate")) | (Flip::Rollback { .. }, Some("previous")) => {
+            None
+        }
+        (Flip::Promote { .. }, r) => {
+            return Err(nothing(format!(
+                "{} is not a tested candidate ({})",
+                colour::name(c, other),
+                r.unwrap_or("absent")
+            )));
+        }
+        (Flip::Rollback { .. }, _) => {
+            let ledger = ctx.store().ledger().await?;
+            let Some(r) = ledger.previous_live(live) else {
+                return Err(nothing(format!(
+                    "the ledger has no earlier live release than {}",
+                    colour::name(c, live)
+                )));
+            };
+            Some(r.clone())
+        }
     };
-    let live_addr = world.colours[live].address.clone().unwrap_or_default();
+    if redeploy.is_none() {
+        let o = &world.colours[other];
+        if o.ready < o.replicas || o.replicas == 0 || o.address.is_none() {
+            return Err(nothing(format!(
+                "{} has {}/{} pods ready and {} load-balancer address",
+                colour::name(c, other),
+                o.ready,
+                o.replicas,
+                if o.address.is_some() { "a" } else { "no" }
+            )));
+        }
+    }
+    Ok(FlipPlan {
+        from: live,
+        to: other,
+        redeploy,
+        finishing: false,
+    })
+}
+
+async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
+    let started = Instant::now();
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let c = &ctx.config;
+    let world = observe(ctx, &stacks).await?;
+    let action = kind.action();
+    let plan = plan_flip(ctx, &world, kind).await?;
+    let (from, to) = (plan.from, plan.to);
     let Some(public) = public_url(ctx, &world.edge) else {
-        return Err(nothing("the edge stack has no public URL".into()));
+        return Err(Failure::new(
+            Exit::Precondition,
+            action,
+            "the edge stack has no public URL",
+            "run `release up` to finish the edge stack",
+        ));
     };
     let conn = world
         .cluster
         .as_ref()
         .expect("a live colour implies a cluster");
     let client = conn.client().await?;
+    let from_addr = world.colours[from].address.clone();
+    let mut digest = world.colours[to].digest.clone();
+    let mut version = world.colours[to]
+        .model_version
+        .clone()
+        .unwrap_or_else(|| c.model.version.clone());
 
-    let expected_version: &str = if matches!(kind, Flip::Promote { .. }) {
-        &c.model.version
-    } else {
-        ""
-    };
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let result = async {
         let secret = colour::ensure_namespace_and_secret(&client, c).await?;
         let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
             .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
+        let to_addr = match &plan.redeploy {
+            Some(r) => {
+                let d = r.image_digest.clone().unwrap_or_default();
+                version = r.model_version.clone().unwrap_or_default();
+                digest = Some(d.clone());
+                redeploy(ctx, &stacks, &client, &store, &id, to, &d, &version).await?
+            }
+            None => world.colours[to].address.clone().unwrap_or_default(),
+        };
         let target = crate::smoke::Target {
-            base_url: format!("http://{cand_addr}:{}", c.deploy.service_port),
-            colour: candidate,
-            model_version: expected_version,
+            base_url: format!("http://{to_addr}:{}", c.deploy.service_port),
+            colour: to,
+            model_version: &version,
             secret: &secret,
         };
-        let smoke_name = format!("smoke {}", colour::name(c, candidate));
-        step(ctx, &store, &id, &smoke_name, &target.base_url, async {
-            let r = crate::smoke::run(
-                &target,
-                &cases,
-                c.smoke.requests,
-                c.smoke.p95_ms,
-                None,
-                |p| ctx.out.progress(&smoke_name, &p),
-            )
-            .await;
-            if r.ok() {
-                Ok(((), r.summary()))
-            } else {
-                Err(smoke_failure(candidate, &r))
+        if !plan.finishing {
+            let smoke_name = format!("smoke {}", colour::name(c, to));
+            step(ctx, &store, &id, &smoke_name, &target.base_url, async {
+                let r = crate::smoke::run(
+                    &target,
+                    &cases,
+                    c.smoke.requests,
+                    c.smoke.p95_ms,
+                    None,
+                    |p| ctx.out.progress(&smoke_name, &p),
+                )
+                .await;
+                if r.ok() {
+                    Ok(((), r.summary()))
+                } else {
+                    Err(smoke_failure(to, &r))
+                }
+            })
+            .await?;
+            // The colour keeps `redeploy`'s teardown-on-failure no longer: it is tested.
+            if let Some(s) = ctx.session.lock().await.as_mut() {
+                s.candidate = None;
             }
-        })
-        .await?;
-        step(
-            ctx,
-            &store,
-            &id,
-            "flip",
-            &format!("edge origin {live_addr} -> {cand_addr}"),
-            async {
-                flip(ctx, &stacks, &world.edge, &cand_addr, "flip").await?;
-                Ok(((), format!("{live} -> {candidate}")))
-            },
-        )
-        .await?;
+            // Mark the flip before making it, so that a run dying after it is finished, not redone.
+            annotate(&client, ctx, to, None, Some(action)).await?;
+            step(
+                ctx,
+                &store,
+                &id,
+                "flip",
+                &format!(
+                    "edge origin {} -> {to_addr}",
+                    from_addr.as_deref().unwrap_or("-")
+                ),
+                async {
+                    flip(ctx, &stacks, &world.edge, &to_addr, "flip").await?;
+                    Ok(((), format!("{from} -> {to}")))
+                },
+            )
+            .await?;
+        }
         let public_target = crate::smoke::Target {
             base_url: public.trim_end_matches('/').to_string(),
-            colour: candidate,
-            model_version: expected_version,
-            secret: &secret,
+            ..target
         };
         let verified = step(ctx, &store, &id, "verify public URL", &public, async {
-            wait_public(&public_target.base_url, candidate, Duration::from_secs(120))
+            wait_public(&public_target.base_url, to, Duration::from_secs(120))
                 .await
                 .map_err(|e| Failure::new(Exit::Verify, "verify public URL", e, ""))?;
             let r = crate::smoke::run(
@@ -317,54 +404,65 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
             if r.ok() {
                 Ok(((), r.summary()))
             } else {
-                Err(smoke_failure(candidate, &r))
+                Err(smoke_failure(to, &r))
             }
         })
         .await;
         if let Err(e) = verified {
+            let Some(back) = from_addr.clone().filter(|_| world.colours[from].exists) else {
+                return Err(Failure::new(
+                    Exit::Verify,
+                    "verify public URL",
+                    e.message,
+                    format!("{from} is gone, so there is nothing to flip back to; check `release status`"),
+                ));
+            };
             ctx.out
-                .note(&format!("verification failed: flipping back to {live}"));
+                .note(&format!("verification failed: flipping back to {from}"));
             step(
                 ctx,
                 &store,
                 &id,
                 "flip back",
-                &format!("edge origin -> {live_addr}"),
+                &format!("edge origin -> {back}"),
                 async {
-                    flip(ctx, &stacks, &world.edge, &live_addr, "flip back").await?;
-                    Ok(((), format!("{live} is live again")))
+                    flip(ctx, &stacks, &world.edge, &back, "flip back").await?;
+                    Ok(((), format!("{from} is live again")))
                 },
             )
             .await?;
+            annotate(&client, ctx, to, None, None).await?;
             return Err(Failure::new(
                 Exit::Verify,
                 "verify public URL",
                 e.message,
-                format!(
-                    "flipped back: {live} serves again; {candidate} stays deployed for inspection"
-                ),
+                format!("flipped back: {from} serves again; {to} stays deployed for inspection"),
             ));
         }
-        set_role(&client, ctx, candidate, "live").await?;
+        annotate(&client, ctx, to, Some("live"), None).await?;
         let retire = match kind {
             Flip::Promote { retire_previous } => {
-                set_role(&client, ctx, live, "previous").await?;
+                if world.colours[from].exists {
+                    annotate(&client, ctx, from, Some("previous"), None).await?;
+                }
                 retire_previous
             }
             Flip::Rollback { keep_failed } => {
-                set_role(&client, ctx, live, "failed").await?;
+                if world.colours[from].exists {
+                    annotate(&client, ctx, from, Some("failed"), None).await?;
+                }
                 !keep_failed
             }
         };
-        if retire {
+        if retire && world.colours[from].exists {
             step(
                 ctx,
                 &store,
                 &id,
-                &format!("retire {}", colour::name(c, live)),
+                &format!("retire {}", colour::name(c, from)),
                 "",
                 async {
-                    colour::teardown(&client, c, live).await?;
+                    colour::teardown(&client, c, from).await?;
                     Ok(((), "removed".to_string()))
                 },
             )
@@ -373,11 +471,14 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
         Ok(retire)
     }
     .await;
+    let went_live = result.is_ok();
     let _ = store
         .update_ledger(|l| {
             if let Some(r) = l.get_mut(&id) {
-                r.colour = Some(candidate.to_string());
-                r.image_digest = cand.digest.clone();
+                r.colour = Some(to.to_string());
+                r.image_digest = digest.clone();
+                r.model_version = Some(version.clone());
+                r.went_live = went_live;
             }
         })
         .await;
@@ -388,10 +489,11 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
     )
     .await;
     let retired = result?;
-    let old = match (kind, retired) {
-        (_, true) => json!("retired"),
-        (Flip::Promote { .. }, false) => json!(live),
-        (Flip::Rollback { .. }, false) => json!(format!("{live} (failed, kept)")),
+    let old = match (kind, retired, world.colours[from].exists) {
+        (_, _, false) => json!("none"),
+        (_, true, _) => json!("retired"),
+        (Flip::Promote { .. }, false, _) => json!(from),
+        (Flip::Rollback { .. }, false, _) => json!(format!("{from} (failed, kept)")),
     };
     let label = if matches!(kind, Flip::Promote { .. }) {
         "previous"
@@ -399,9 +501,52 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
         "rolled back from"
     };
     Ok(json!({
-        "release": id, "live": candidate, label: old,
+        "release": id, "live": to, label: old, "image_digest": digest, "model_version": version,
         "public url": public, "duration": format!("{:.1} s", started.elapsed().as_secs_f64()),
     }))
+}
+
+/// Deploy `colour` again from an image digest the ledger recorded (a rollback to a retired
+/// colour), as the `previous` colour; torn down again if the run fails before the flip.
+#[allow(clippy::too_many_arguments)]
+async fn redeploy(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    client: &kube::Client,
+    store: &crate::store::StateStore,
+    id: &str,
+    to: &'static str,
+    digest: &str,
+    version: &str,
+) -> Result<String> {
+    let c = &ctx.config;
+    let registry = stacks.observe(&c.stack_name("registry")).await?;
+    let uri = registry.output(&c.stack_name("registry"), "RepositoryUri")?;
+    let image = format!("{uri}@{digest}");
+    let mut then = c.clone();
+    then.model.version = version.to_string();
+    let (manifests, _) = colour::render(
+        &ctx.base.join(&c.deploy.templates),
+        &then,
+        to,
+        &image,
+        digest,
+        id,
+        "previous",
+    )
+    .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+    if let Some(s) = ctx.session.lock().await.as_mut() {
+        s.candidate = Some((client.clone(), to.to_string()));
+    }
+    let name = format!("redeploy {}", colour::name(c, to));
+    step(ctx, store, id, &name, &image, async {
+        let addr = crate::up::roll_out(ctx, client, to, &manifests, &name).await?;
+        Ok((
+            addr.clone(),
+            format!("{digest} (model {version}) ready at {addr}"),
+        ))
+    })
+    .await
 }
 
 /// `release status`: live, candidate and previous colours, the public URL, the stacks, the lock.
@@ -422,16 +567,13 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         .timeout(Duration::from_secs(5))
         .build()
         .expect("an HTTP client");
+    let roles = colour::roles(world.live, &world.colours);
+    let now = crate::store::now() as i64;
     let mut colours = serde_json::Map::new();
     for (col, o) in &world.colours {
         if !o.exists {
             continue;
         }
-        let role = if Some(*col) == world.live {
-            "live".to_string()
-        } else {
-            o.role.clone().unwrap_or_else(|| "unknown".into())
-        };
         let healthy = match &o.address {
             Some(a) => http
                 .get(format!("http://{a}:{}/readyz", c.deploy.service_port))
@@ -442,7 +584,12 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         };
         colours.insert(
             colour::name(c, col),
-            json!({"colour": col, "role": role, "image_digest": o.digest, "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy}),
+            json!({
+                "colour": col, "role": roles.roles.get(col), "image_digest": o.digest,
+                "model_version": o.model_version,
+                "age": o.created.map(|t| humantime::format_duration(Duration::from_secs(now.saturating_sub(t).max(0) as u64)).to_string()),
+                "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy,
+            }),
         );
     }
     let public = public_url(ctx, &world.edge);
@@ -454,10 +601,15 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         None => None,
     };
     let lock = if store.bucket_exists().await? {
-        store
-            .read_lock()
-            .await?
-            .map(|l| l.describe(crate::store::now()))
+        store.read_lock().await?.map(|l| {
+            let gone = l.holder_gone(&crate::up::hostname(), crate::store::process_alive);
+            let d = l.describe(crate::store::now());
+            if gone {
+                format!("{d}; its process is gone: the next command needs --force-unlock")
+            } else {
+                d
+            }
+        })
     } else {
         None
     };
@@ -467,6 +619,10 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         "colours": colours,
         "public url": public,
         "public url answers from": public_colour,
+        "unfinished": roles.unfinished.map(|a| format!(
+            "a {a} moved the edge to {} and died before verifying it: re-run `release {a}` to finish it (or `release rollback`)",
+            world.live.unwrap_or("-")
+        )),
         "stacks": stack_states,
         "lock": lock.unwrap_or_else(|| "free".into()),
     }))

@@ -15,11 +15,20 @@ pub struct Lock {
     /// Unix seconds.
     pub started: u64,
     pub lease_expires: u64,
+    /// The holder's process id on `host`: a lock whose process is gone from this very host is
+    /// dead, and `--force-unlock` breaks it without waiting for the lease.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl Lock {
     pub fn expired(&self, now: u64) -> bool {
         now >= self.lease_expires
+    }
+
+    /// Held by a process on `host` that no longer runs (`alive` answers for a pid on this host).
+    pub fn holder_gone(&self, host: &str, alive: impl Fn(u32) -> bool) -> bool {
+        self.host == host && self.pid.is_some_and(|p| !alive(p))
     }
 
     pub fn describe(&self, now: u64) -> String {
@@ -54,8 +63,16 @@ pub enum LockDecision {
     RefuseLive,
 }
 
-pub fn decide_lock(existing: &Lock, now: u64, force_unlock: bool, yes: bool) -> LockDecision {
-    match (force_unlock, existing.expired(now), yes) {
+/// `holder_gone`: the holder's process is known to be dead (see [`Lock::holder_gone`]); such a
+/// lock counts as expired.
+pub fn decide_lock(
+    existing: &Lock,
+    now: u64,
+    holder_gone: bool,
+    force_unlock: bool,
+    yes: bool,
+) -> LockDecision {
+    match (force_unlock, existing.expired(now) || holder_gone, yes) {
         (false, _, _) => LockDecision::Held,
         (true, true, _) => LockDecision::BreakExpired,
         (true, false, true) => LockDecision::BreakLive,
@@ -98,6 +115,13 @@ pub struct Release {
     pub image_tag: Option<String>,
     #[serde(default)]
     pub image_digest: Option<String>,
+    /// The model version the colour serves.
+    #[serde(default)]
+    pub model_version: Option<String>,
+    /// This run put `colour` live behind the edge and verified it there (a first `up`, a
+    /// promote or a rollback): what `rollback` redeploys from once the colour is retired.
+    #[serde(default)]
+    pub went_live: bool,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
     #[serde(default)]
@@ -131,6 +155,29 @@ impl Ledger {
         self.releases.iter_mut().find(|r| r.id == id)
     }
 
+    /// The release that was live before the one now live (`live`): what `rollback` puts back, and
+    /// redeploys from its recorded image when that colour was retired. Verified go-lives stack up;
+    /// a rollback pops the one it undid, so rolling back twice does not bring the bad one back.
+    pub fn previous_live(&self, live: &str) -> Option<&Release> {
+        let mut stack: Vec<&Release> = Vec::new();
+        for r in self
+            .releases
+            .iter()
+            .filter(|r| r.went_live && r.outcome == Outcome::Succeeded && r.image_digest.is_some())
+        {
+            if r.action == "rollback" {
+                stack.pop();
+                stack.pop();
+            }
+            stack.push(r);
+        }
+        let top = stack.pop()?;
+        if top.colour.as_deref() != Some(live) {
+            return None;
+        }
+        stack.pop().filter(|r| r.colour.as_deref() != Some(live))
+    }
+
     /// Releases still marked in progress whose run is gone (the lock is ours now): a crash.
     pub fn close_abandoned(&mut self, except: &str, now: u64) -> usize {
         let mut n = 0;
@@ -160,32 +207,55 @@ mod tests {
             ci_build_url: Some("https://ci/1".into()),
             started: 100,
             lease_expires: expires,
+            pid: Some(42),
         }
     }
 
     #[test]
     fn a_live_lock_is_only_broken_with_force_and_yes() {
         assert_eq!(
-            decide_lock(&lock(200), 150, false, true),
+            decide_lock(&lock(200), 150, false, false, true),
             LockDecision::Held
         );
         assert_eq!(
-            decide_lock(&lock(200), 150, true, false),
+            decide_lock(&lock(200), 150, false, true, false),
             LockDecision::RefuseLive
         );
         assert_eq!(
-            decide_lock(&lock(200), 150, true, true),
+            decide_lock(&lock(200), 150, false, true, true),
             LockDecision::BreakLive
         );
         assert_eq!(
-            decide_lock(&lock(200), 250, true, false),
+            decide_lock(&lock(200), 250, false, true, false),
             LockDecision::BreakExpired
         );
         assert_eq!(
-            decide_lock(&lock(200), 250, false, false),
+            decide_lock(&lock(200), 250, false, false, false),
             LockDecision::Held,
             "an expired lock still needs --force-unlock"
         );
+    }
+
+    #[test]
+    fn a_lock_whose_process_is_gone_from_this_host_counts_as_expired() {
+        let l = lock(200);
+        assert!(l.holder_gone("h", |_| false));
+        assert!(!l.holder_gone("h", |p| p == 42), "its process still runs");
+        assert!(
+            !l.holder_gone("other", |_| false),
+            "a pid on another host says nothing"
+        );
+        let no_pid = Lock {
+            pid: None,
+            ..l.clone()
+        };
+        assert!(!no_pid.holder_gone("h", |_| false));
+        assert_eq!(
+            decide_lock(&l, 150, true, true, false),
+            LockDecision::BreakExpired,
+            "--force-unlock breaks a dead holder's lock without --yes"
+        );
+        assert_eq!(decide_lock(&l, 150, true, false, false), LockDecision::Held);
     }
 
     #[test]
@@ -218,6 +288,8 @@ mod tests {
             colour: None,
             image_tag: None,
             image_digest: None,
+            model_version: None,
+            went_live: false,
             steps: vec![],
             error: None,
         });
@@ -225,5 +297,62 @@ mod tests {
         assert_eq!(ledger.close_abandoned("other", now + 5), 1);
         assert_eq!(ledger.releases[0].outcome, Outcome::Failed);
         assert_eq!(ledger.close_abandoned("other", now + 6), 0);
+    }
+
+    fn went_live(action: &str, colour: &str, digest: &str, outcome: Outcome) -> Release {
+        Release {
+            id: digest.into(),
+            action: action.into(),
+            actor: "a".into(),
+            ci_build_url: None,
+            started: 1,
+            finished: Some(2),
+            outcome,
+            colour: Some(colour.into()),
+            image_tag: None,
+            image_digest: Some(digest.into()),
+            model_version: Some("1".into()),
+            went_live: true,
+            steps: vec![],
+            error: None,
+        }
+    }
+
+    fn digest_before(ledger: &Ledger, live: &str) -> Option<String> {
+        ledger
+            .previous_live(live)
+            .and_then(|r| r.image_digest.clone())
+    }
+
+    #[test]
+    fn the_previous_live_release_is_the_one_before_the_current_and_rollbacks_undo() {
+        let mut candidate_only = went_live("up", "green", "d9", Outcome::Succeeded);
+        candidate_only.went_live = false;
+        let mut ledger = Ledger {
+            releases: vec![
+                went_live("up", "blue", "d1", Outcome::Succeeded),
+                went_live("promote", "green", "d2", Outcome::Succeeded),
+                went_live("promote", "blue", "d3", Outcome::Succeeded),
+                went_live("promote", "green", "d4", Outcome::Failed),
+                candidate_only,
+            ],
+        };
+        assert_eq!(
+            digest_before(&ledger, "blue").as_deref(),
+            Some("d2"),
+            "not the failed d4, not the untested d9"
+        );
+        assert_eq!(digest_before(&ledger, "green"), None, "green is not live");
+        // Roll back to green d2: the one before it is blue d1, not the blue d3 rolled back from.
+        ledger
+            .releases
+            .push(went_live("rollback", "green", "d2", Outcome::Succeeded));
+        assert_eq!(digest_before(&ledger, "green").as_deref(), Some("d1"));
+        // And again, to blue d1: nothing was live before it.
+        ledger
+            .releases
+            .push(went_live("rollback", "blue", "d1", Outcome::Succeeded));
+        assert_eq!(digest_before(&ledger, "blue"), None);
+        assert!(Ledger::default().previous_live("blue").is_none());
     }
 }

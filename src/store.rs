@@ -12,6 +12,12 @@ use tokio::sync::Mutex;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::state::{Ledger, Lock, LockDecision, decide_lock};
 
+/// Whether process `pid` runs on this host (Linux: /proc; elsewhere assume it does).
+pub fn process_alive(pid: u32) -> bool {
+    !std::path::Path::new("/proc/self").exists()
+        || std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -163,7 +169,21 @@ impl StateStore {
             let Some((existing, etag)) = self.read::<Lock>("lock.json").await? else {
                 continue;
             };
-            match decide_lock(&existing, now, force_unlock, yes) {
+            let gone = existing.holder_gone(&lock.host, process_alive);
+            match decide_lock(&existing, now, gone, force_unlock, yes) {
+                LockDecision::Held if gone => {
+                    return Err(Failure::new(
+                        Exit::Locked,
+                        "lock",
+                        format!(
+                            "{} is locked by a run that died: {} (process {} is gone from this host)",
+                            self.app,
+                            existing.describe(now),
+                            existing.pid.unwrap_or_default()
+                        ),
+                        "re-run with --force-unlock; the command re-plans from what is really there",
+                    ));
+                }
                 LockDecision::Held => {
                     return Err(Failure::new(
                         Exit::Locked,
@@ -173,7 +193,7 @@ impl StateStore {
                             self.app,
                             existing.describe(now)
                         ),
-                        "wait for that run to finish; if it died, run `release up --force-unlock` once its lease has expired",
+                        "wait for that run to finish; if it died, re-run with --force-unlock once its lease has expired (docs/runbook.md)",
                     ));
                 }
                 LockDecision::RefuseLive => {

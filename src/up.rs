@@ -162,7 +162,7 @@ pub fn image_from(
 }
 
 async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Result<()> {
-    store
+    let recorded = store
         .update_ledger(|l| {
             if let Some(r) = l.get_mut(id) {
                 r.steps.push(step.clone());
@@ -173,7 +173,28 @@ async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Re
         .inspect_err(|e| {
             ctx.out
                 .note(&format!("warning: the ledger was not updated: {e}"))
-        })
+        });
+    crash_hook(&step.name);
+    recorded
+}
+
+/// TEST-ONLY HOOK (compiled in on purpose, documented in docs/runbook.md): with
+/// `RELEASE_TEST_CRASH_AFTER_STEP=N`, the process kills itself with SIGKILL right after recording
+/// its Nth step, as `kill -9` or a lost CI runner would, so that the tests can prove every command
+/// converges after a crash at any step. Never set it outside a test.
+fn crash_hook(step: &str) {
+    static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STEPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let wanted = std::env::var("RELEASE_TEST_CRASH_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if wanted == Some(n) {
+        eprintln!("RELEASE_TEST_CRASH_AFTER_STEP: killing this process after step {n} ({step})");
+        // SAFETY: kill(2) on our own pid; nothing runs after it.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
 }
 
 fn step_record(
@@ -339,6 +360,7 @@ pub async fn begin(
         ci_build_url: ci.clone(),
         started: 0,
         lease_expires: 0,
+        pid: Some(std::process::id()),
     };
     ctx.out
         .start("lock", &format!("taking the lock on {}", ctx.config.app));
@@ -372,6 +394,8 @@ pub async fn begin(
                 colour: None,
                 image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
                 image_digest: None,
+                model_version: (action == "up").then(|| ctx.config.model.version.clone()),
+                went_live: false,
                 steps: steps.clone(),
                 error: None,
             });
@@ -692,7 +716,7 @@ async fn deploy(
     );
     let templates = ctx.base.join(&c.deploy.templates);
     if let Some(l) = live {
-        let (_, hash) = colour::render(&templates, c, l, image, digest, id)
+        let (_, hash) = colour::render(&templates, c, l, image, digest, id, "candidate")
             .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
         let o = &observed[l];
         if !force
@@ -706,8 +730,9 @@ async fn deploy(
         }
     }
     let candidate = colour::candidate_for(live);
-    let (manifests, _) = colour::render(&templates, c, candidate, image, digest, id)
-        .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+    let (manifests, _) =
+        colour::render(&templates, c, candidate, image, digest, id, "candidate")
+            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
     let secret = colour::ensure_namespace_and_secret(&client, c).await?;
     *changed = true;
     if let Some(s) = ctx.session.lock().await.as_mut() {
@@ -721,28 +746,19 @@ async fn deploy(
         })
         .await;
     let name = colour::name(c, candidate);
-    let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
-    let deployed = step(
+    let step_name = format!("deploy {name}");
+    let addr = step(
         ctx,
         store,
         id,
-        &format!("deploy {name}"),
+        &step_name,
         &format!("{image} ({} replicas)", c.deploy.replicas),
         async {
-            colour::apply(&client, c, &manifests).await?;
-            colour::wait_rollout(&client, c, candidate, timeout, |p| {
-                ctx.out.progress(&format!("deploy {name}"), &p)
-            })
-            .await?;
-            let addr = colour::wait_address(&client, c, candidate, timeout).await?;
+            let addr = roll_out(ctx, &client, candidate, &manifests, &step_name).await?;
             Ok((addr.clone(), format!("ready at {addr}")))
         },
     )
-    .await;
-    let addr = match deployed {
-        Ok(a) => a,
-        Err(e) => return Err(e),
-    };
+    .await?;
     let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
         .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
     let target = crate::smoke::Target {
@@ -799,6 +815,24 @@ async fn deploy(
         s.candidate = None;
     }
     Ok(())
+}
+
+/// Apply a colour's manifests, wait until it is rolled out, and return its load-balancer address.
+pub async fn roll_out(
+    ctx: &Ctx,
+    client: &kube::Client,
+    colour: &str,
+    manifests: &[Value],
+    step_name: &str,
+) -> Result<String> {
+    let c = &ctx.config;
+    let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
+    crate::colour::apply(client, c, manifests).await?;
+    crate::colour::wait_rollout(client, c, colour, timeout, |p| {
+        ctx.out.progress(step_name, &p)
+    })
+    .await?;
+    crate::colour::wait_address(client, c, colour, timeout).await
 }
 
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
@@ -916,6 +950,13 @@ async fn go_live(
         }
     })
     .await?;
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.went_live = true;
+            }
+        })
+        .await?;
     summary.insert("live".into(), json!(colour));
     summary.insert("public url".into(), json!(public));
     Ok(())

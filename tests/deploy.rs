@@ -8,17 +8,29 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use common::{aws, object, release, release_command, s3, summary};
+use common::{
+    Seen, assert_switch_with_flip, aws, edge_traffic, object, release, release_command, s3, summary,
+};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
 
 fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
+    config_versioned(dir, binary, tag, cases, "1.0.0")
+}
+
+fn config_versioned(
+    dir: &Path,
+    binary: &Path,
+    tag: &str,
+    cases: &Path,
+    model_version: &str,
+) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let root = workspace();
     let text = format!(
-        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nmodel:\n  path: {}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
+        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nmodel:\n  version: {model_version}\n  path: {}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
         binary.display(),
         root.join("model-server/model/iris.onnx").display(),
         root.join("cloudformation").display(),
@@ -60,13 +72,13 @@ fn deployments(sb: &Sandbox) -> Vec<String> {
 
 /// From the colours that answered: how many were blue, and every other answer (a failure while
 /// blue is the only live colour).
-fn blue_and_failures(seen: &[String]) -> (usize, Vec<String>) {
-    let blue = seen.iter().filter(|c| *c == "blue").count();
+fn blue_and_failures(seen: &[Seen]) -> (usize, Vec<String>) {
+    let blue = seen.iter().filter(|s| s.colour == "blue").count();
     (
         blue,
         seen.iter()
-            .filter(|c| *c != "blue")
-            .map(|c| format!("answered by {c}"))
+            .filter(|s| s.colour != "blue")
+            .map(|s| format!("answered by {}", s.colour))
             .collect(),
     )
 }
@@ -120,7 +132,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
 
     // --force: green deployed and smoke-tested as the candidate; every edge request still blue.
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = colour_traffic(edge.clone(), stop.clone());
+    let traffic = edge_traffic(edge.clone(), stop.clone());
     let forced = release(&sb, &first, &["up", "--force"]);
     stop.store(true, Ordering::Relaxed);
     let (blue, failures) = blue_and_failures(&traffic.join().unwrap());
@@ -143,13 +155,19 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     names.sort();
     assert_eq!(names, ["iris-blue", "iris-green"]);
 
-    // promote, under traffic: every request answered, by blue until the flip, then by green.
+    // Zero downtime: under one steady stream of edge requests, promote, roll back, promote again
+    // (as `up --promote` of a new model version, retiring blue), then roll back to the retired
+    // blue, which is redeployed from the ledger. Not one request fails, and each time the colour
+    // changes exactly with the flip.
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = colour_traffic(edge.clone(), stop.clone());
-    let promoted = release(&sb, &first, &["promote"]);
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let seen = traffic.join().unwrap();
+    let traffic = edge_traffic(edge.clone(), stop.clone());
+    let timed = |args: &[&str], config: &Path| {
+        let t0 = SystemTime::now();
+        let out = release(&sb, config, args);
+        std::thread::sleep(Duration::from_millis(300));
+        (out, t0, SystemTime::now())
+    };
+    let (promoted, p0, p1) = timed(&["promote"], &first);
     assert!(
         promoted.status.success(),
         "{}",
@@ -161,34 +179,15 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         (Some("green"), Some("blue")),
         "{s}"
     );
-    assert!(
-        !seen.iter().any(|c| c.starts_with("error")),
-        "no request failed: {seen:?}"
-    );
-    let first_green = seen
-        .iter()
-        .position(|c| c == "green")
-        .expect("green answered after the flip");
-    assert!(
-        seen[first_green..].iter().all(|c| c == "green"),
-        "once green answers, only green does: {seen:?}"
-    );
-    let version: Value = http
-        .get(format!("{edge}/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(version["colour"], "green");
 
     // status tells the truth; history has every run; nothing left to promote.
     let status = summary(&release(&sb, &first, &["status"]));
     assert_eq!(status["live"], "green");
     assert_eq!(status["colours"]["iris-blue"]["role"], "previous");
+    assert_eq!(status["colours"]["iris-green"]["model_version"], "1.0.0");
     assert_eq!(status["public url answers from"], "green");
     assert_eq!(status["lock"], "free");
+    assert_eq!(status["unfinished"], Value::Null);
     let history = summary(&release(&sb, &first, &["history"]));
     let actions: Vec<&str> = history["releases"]
         .as_array()
@@ -200,8 +199,8 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let again = release(&sb, &first, &["promote"]);
     assert_eq!(again.status.code(), Some(8), "nothing to promote");
 
-    // rollback: blue back behind the edge, green retired; then nothing left to roll back to.
-    let rolled = release(&sb, &first, &["rollback"]);
+    // rollback: blue back behind the edge, green retired.
+    let (rolled, r0, r1) = timed(&["rollback"], &first);
     assert!(
         rolled.status.success(),
         "{}",
@@ -213,6 +212,40 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         (Some("blue"), Some("retired")),
         "{s}"
     );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+    // Rolling back again would bring back what was just rolled back from: refused.
+    assert_eq!(release(&sb, &first, &["rollback"]).status.code(), Some(8));
+
+    // up --promote with model 2.0.0 and --retire-previous: green deployed, tested, put live; blue
+    // removed.
+    let second = config_versioned(&dir, &model_server_binary(), "v2", &cases(), "2.0.0");
+    let (upped, u0, u1) = timed(&["up", "--promote", "--retire-previous"], &second);
+    assert!(
+        upped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&upped.stdout)
+    );
+    let s = summary(&upped);
+    assert_eq!(
+        (s["candidate"].as_str(), s["promote"]["previous"].as_str()),
+        (Some("green"), Some("retired")),
+        "{s}"
+    );
+    assert_eq!(deployments(&sb), ["iris-green"]);
+
+    // rollback to the retired blue: redeployed from the digest and model version in the ledger.
+    let (back, b0, b1) = timed(&["rollback", "--keep-failed"], &second);
+    stop.store(true, Ordering::Relaxed);
+    let seen = traffic.join().unwrap();
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stdout)
+    );
+    let s = summary(&back);
+    assert_eq!(s["live"], "blue", "{s}");
+    assert_eq!(s["model_version"], "1.0.0", "{s}");
+    assert_eq!(s["rolled back from"], "green (failed, kept)", "{s}");
     let version: Value = http
         .get(format!("{edge}/version"))
         .send()
@@ -221,9 +254,37 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         .json()
         .await
         .unwrap();
-    assert_eq!(version["colour"], "blue");
-    assert_eq!(deployments(&sb), ["iris-blue"]);
-    assert_eq!(release(&sb, &first, &["rollback"]).status.code(), Some(8));
+    assert_eq!(
+        (
+            version["colour"].as_str(),
+            version["model_version"].as_str()
+        ),
+        (Some("blue"), Some("1.0.0")),
+        "{version}"
+    );
+    let status = summary(&release(&sb, &first, &["status"]));
+    assert_eq!(
+        status["colours"]["iris-green"]["role"], "failed",
+        "{status}"
+    );
+    assert_eq!(status["colours"]["iris-green"]["model_version"], "2.0.0");
+
+    let slack = Duration::from_millis(500);
+    let during = |t0: SystemTime, t1: SystemTime| -> Vec<Seen> {
+        seen.iter()
+            .filter(|s| s.sent >= t0 && s.sent <= t1)
+            .cloned()
+            .collect()
+    };
+    assert!(seen.len() > 100, "{} requests", seen.len());
+    assert!(
+        !seen.iter().any(|s| s.colour.starts_with("error")),
+        "no request failed"
+    );
+    assert_switch_with_flip(&during(p0, p1), &promoted, "flip", "blue", "green", slack);
+    assert_switch_with_flip(&during(r0, r1), &rolled, "flip", "green", "blue", slack);
+    assert_switch_with_flip(&during(u0, u1), &upped, "flip", "blue", "green", slack);
+    assert_switch_with_flip(&during(b0, b1), &back, "flip", "green", "blue", slack);
 
     // destroy: refused without --yes when there is no TTY to ask on; then everything goes, and
     // a second run has nothing left to do.
@@ -245,30 +306,6 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         "a re-run finishes quietly: {}",
         String::from_utf8_lossy(&again.stdout)
     );
-}
-
-/// The colour that answers each request through the edge, in order ("error: ..." for a failure).
-fn colour_traffic(edge: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<String>> {
-    std::thread::spawn(move || {
-        let http = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let mut seen = Vec::new();
-        while !stop.load(Ordering::Relaxed) {
-            match http
-                .get(format!("{edge}/version"))
-                .send()
-                .and_then(|r| r.error_for_status())
-                .and_then(|r| r.json::<Value>())
-            {
-                Ok(v) => seen.push(v["colour"].as_str().unwrap_or("?").to_string()),
-                Err(e) => seen.push(format!("error: {e}")),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        seen
-    })
 }
 
 static N: AtomicUsize = AtomicUsize::new(0);
@@ -299,7 +336,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     );
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let stop = Arc::new(AtomicBool::new(false));
-    let traffic = colour_traffic(edge, stop.clone());
+    let traffic = edge_traffic(edge, stop.clone());
 
     // A model that answers wrong: the golden cases fail; exit 7, green gone.
     let wrong = config(

@@ -81,3 +81,100 @@ pub async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
         .ok()?;
     serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).ok()
 }
+
+/// One request through the edge: when it was sent and answered, and which colour answered it
+/// (`error: ...` for a failed request).
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub sent: std::time::SystemTime,
+    pub answered: std::time::SystemTime,
+    pub colour: String,
+}
+
+/// A steady stream of `/version` requests through the edge until `stop` is set.
+pub fn edge_traffic(
+    edge: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Seen>> {
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let sent = std::time::SystemTime::now();
+            let colour = match http
+                .get(format!("{edge}/version"))
+                .send()
+                .and_then(|r| r.error_for_status())
+                .and_then(|r| r.json::<Value>())
+            {
+                Ok(v) => v["colour"].as_str().unwrap_or("?").to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            let answered = std::time::SystemTime::now();
+            seen.push(Seen {
+                sent,
+                answered,
+                colour,
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        seen
+    })
+}
+
+/// When a step started and finished, from a run's JSON events (millisecond timestamps).
+pub fn step_window(out: &Output, step: &str) -> (std::time::SystemTime, std::time::SystemTime) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let at = |event: &str| {
+        stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["event"] == event && v["step"] == step)
+            .and_then(|v| humantime::parse_rfc3339(v["time"].as_str()?).ok())
+            .unwrap_or_else(|| panic!("no {event} of step {step:?} in:\n{stdout}"))
+    };
+    (at("step_started"), at("step_finished"))
+}
+
+/// Traffic moved from `from` to `to` exactly with the flip step of `out`: nothing failed, no
+/// answer from `to` was sent before the flip started, none from `from` was sent after it finished
+/// (allowing `slack` for a request in flight), and once `to` answered, only `to` did.
+pub fn assert_switch_with_flip(
+    seen: &[Seen],
+    out: &Output,
+    flip_step: &str,
+    from: &str,
+    to: &str,
+    slack: std::time::Duration,
+) {
+    let (start, end) = step_window(out, flip_step);
+    let failed: Vec<_> = seen
+        .iter()
+        .filter(|s| s.colour.starts_with("error"))
+        .collect();
+    assert!(failed.is_empty(), "requests failed: {failed:?}");
+    let first_to = seen
+        .iter()
+        .position(|s| s.colour == to)
+        .unwrap_or_else(|| panic!("{to} never answered: {seen:?}"));
+    assert!(
+        seen[first_to].answered >= start,
+        "{to} answered before the flip started"
+    );
+    assert!(
+        seen[first_to].sent <= end + slack,
+        "{to} first answered {:?} after the flip finished",
+        seen[first_to].sent.duration_since(end).unwrap_or_default()
+    );
+    assert!(
+        seen[first_to..].iter().all(|s| s.colour == to),
+        "once {to} answered, only {to} did"
+    );
+    assert!(
+        seen[..first_to].iter().all(|s| s.colour == from),
+        "before the flip, only {from} answered"
+    );
+}
