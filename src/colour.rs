@@ -115,16 +115,26 @@ pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config)
     let step = "deploy";
     let pp = PatchParams::apply(MANAGER).force();
     let ns = &config.deploy.namespace;
-    Api::<Namespace>::all(client.clone())
-        .patch(
-            ns,
-            &pp,
-            &Patch::Apply(
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-            ),
-        )
+    let namespaces = Api::<Namespace>::all(client.clone());
+    // A namespace release makes is labelled as such, so that `destroy` removes it (and only it).
+    if namespaces
+        .get_opt(ns)
         .await
-        .map_err(kube_err(step))?;
+        .map_err(kube_err(step))?
+        .is_none()
+    {
+        let labels = json!({"app.kubernetes.io/managed-by": MANAGER, "release/app": config.app});
+        namespaces
+            .patch(
+                ns,
+                &pp,
+                &Patch::Apply(
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels}}),
+                ),
+            )
+            .await
+            .map_err(kube_err(step))?;
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let name = format!("{}-origin", config.app);
     if let Some(existing) = secrets.get_opt(&name).await.map_err(kube_err(step))?
@@ -181,6 +191,38 @@ pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) 
 }
 
 /// Remove a colour (Deployment, Service, PDB); absent objects are fine.
+/// What `destroy` removes after both colours: the origin-verify Secret, and the namespace when
+/// release created it for this app.
+pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
+    let ns = &config.deploy.namespace;
+    let dp = DeleteParams::background();
+    match Api::<Secret>::namespaced(client.clone(), ns)
+        .delete(&format!("{}-origin", config.app), &dp)
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        other => {
+            other.map_err(kube_err("destroy"))?;
+        }
+    }
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let ours = namespaces
+        .get_opt(ns)
+        .await
+        .map_err(kube_err("destroy"))?
+        .and_then(|n| n.metadata.labels)
+        .is_some_and(|l| l.get("release/app") == Some(&config.app));
+    if ours {
+        match namespaces.delete(ns, &dp).await {
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            other => {
+                other.map_err(kube_err("destroy"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);

@@ -52,7 +52,7 @@ pub async fn observe(ctx: &Ctx, stacks: &Stacks) -> Result<World> {
     })
 }
 
-fn public_url(ctx: &Ctx, edge: &Observed) -> Option<String> {
+pub fn public_url(ctx: &Ctx, edge: &Observed) -> Option<String> {
     ctx.config.edge.public_url.clone().or_else(|| {
         edge.outputs
             .get("DistributionDomainName")
@@ -122,7 +122,7 @@ async fn flip(
 }
 
 /// Poll the public URL until `/version` reports `colour`.
-async fn wait_public(
+pub async fn wait_public(
     url: &str,
     colour: &str,
     timeout: Duration,
@@ -299,43 +299,81 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
     let stacks = ctx.stacks();
     let store = ctx.store();
     let c = &ctx.config;
-    let world = observe(ctx, &stacks).await?;
     let action = kind.action();
-    let plan = plan_flip(ctx, &world, kind).await?;
-    let (from, to) = (plan.from, plan.to);
-    let Some(public) = public_url(ctx, &world.edge) else {
+    if !store.bucket_exists().await? {
         return Err(Failure::new(
             Exit::Precondition,
             action,
-            "the edge stack has no public URL",
-            "run `release up` to finish the edge stack",
+            format!("nothing to {action}: {} was never released", c.app),
+            "run `release up` first",
         ));
-    };
-    let conn = world
-        .cluster
-        .as_ref()
-        .expect("a live colour implies a cluster");
-    let client = conn.client().await?;
-    let from_addr = world.colours[from].address.clone();
-    let mut digest = world.colours[to].digest.clone();
-    let mut version = world.colours[to]
-        .model_version
-        .clone()
-        .unwrap_or_else(|| c.model.version.clone());
-
+    }
+    // The lock first, so that what is observed cannot change under this run.
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
+    let planned = async {
+        let world = observe(ctx, &stacks).await?;
+        let plan = plan_flip(ctx, &world, kind).await?;
+        let Some(public) = public_url(ctx, &world.edge) else {
+            return Err(Failure::new(
+                Exit::Precondition,
+                action,
+                "the edge stack has no public URL",
+                "run `release up` to finish the edge stack",
+            ));
+        };
+        let client = world
+            .cluster
+            .as_ref()
+            .expect("a live colour implies a cluster")
+            .client()
+            .await?;
+        Ok((world, plan, public, client))
+    }
+    .await;
+    let (world, plan, public, client) = match planned {
+        Ok(p) => p,
+        Err(e) => {
+            // Nothing to do is not a failed release: the ledger says so.
+            let nothing = e.exit == Exit::Precondition;
+            finish_session(ctx, (!nothing).then(|| e.to_string()), Some(!nothing)).await;
+            return Err(e);
+        }
+    };
+    let (from, to) = (plan.from, plan.to);
+    let from_addr = world.colours[from].address.clone();
+    let (digest, version) = match &plan.redeploy {
+        Some(r) => (
+            r.image_digest.clone(),
+            r.model_version.clone().unwrap_or_default(),
+        ),
+        None => (
+            world.colours[to].digest.clone(),
+            world.colours[to]
+                .model_version
+                .clone()
+                .unwrap_or_else(|| c.model.version.clone()),
+        ),
+    };
+    // What this run moves traffic to, in the ledger before anything changes.
+    let _ = store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(&id) {
+                r.colour = Some(to.to_string());
+                r.image_digest = digest.clone();
+                r.model_version = Some(version.clone());
+            }
+        })
+        .await;
+
     let result = async {
         let secret = colour::ensure_namespace_and_secret(&client, c).await?;
         let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
             .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
-        let to_addr = match &plan.redeploy {
-            Some(r) => {
-                let d = r.image_digest.clone().unwrap_or_default();
-                version = r.model_version.clone().unwrap_or_default();
-                digest = Some(d.clone());
-                redeploy(ctx, &stacks, &client, &store, &id, to, &d, &version).await?
+        let to_addr = match &digest {
+            Some(d) if plan.redeploy.is_some() => {
+                redeploy(ctx, &stacks, &client, &store, &id, to, d, &version).await?
             }
-            None => world.colours[to].address.clone().unwrap_or_default(),
+            _ => world.colours[to].address.clone().unwrap_or_default(),
         };
         let target = crate::smoke::Target {
             base_url: format!("http://{to_addr}:{}", c.deploy.service_port),
@@ -401,11 +439,18 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
                 |_| {},
             )
             .await;
-            if r.ok() {
-                Ok(((), r.summary()))
-            } else {
-                Err(smoke_failure(to, &r))
+            if !r.ok() {
+                return Err(smoke_failure(to, &r));
             }
+            // Live and answering: from now on this is the colour a later rollback returns from.
+            store
+                .update_ledger(|l| {
+                    if let Some(r) = l.get_mut(&id) {
+                        r.went_live = true;
+                    }
+                })
+                .await?;
+            Ok(((), r.summary()))
         })
         .await;
         if let Err(e) = verified {
@@ -471,17 +516,6 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
         Ok(retire)
     }
     .await;
-    let went_live = result.is_ok();
-    let _ = store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(&id) {
-                r.colour = Some(to.to_string());
-                r.image_digest = digest.clone();
-                r.model_version = Some(version.clone());
-                r.went_live = went_live;
-            }
-        })
-        .await;
     finish_session(
         ctx,
         result.as_ref().err().map(|e| e.to_string()),
@@ -592,6 +626,21 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
             }),
         );
     }
+    // CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
+    let edge_state = match world.edge.outputs.get("DistributionId") {
+        Some(id) => aws_sdk_cloudfront::Client::new(&ctx.aws)
+            .get_distribution()
+            .id(id)
+            .send()
+            .await
+            .map(|d| {
+                d.distribution()
+                    .map(|d| d.status().to_string())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_else(|e| format!("unknown ({})", sdk(e))),
+        None => "absent".into(),
+    };
     let public = public_url(ctx, &world.edge);
     let public_colour = match &public {
         Some(u) => match http.get(format!("{u}/version")).send().await {
@@ -619,6 +668,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         "colours": colours,
         "public url": public,
         "public url answers from": public_colour,
+        "edge": edge_state,
         "unfinished": roles.unfinished.map(|a| format!(
             "a {a} moved the edge to {} and died before verifying it: re-run `release {a}` to finish it (or `release rollback`)",
             world.live.unwrap_or("-")
@@ -643,7 +693,7 @@ pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
         .map(|r| {
             json!({
                 "id": r.id, "action": r.action, "colour": r.colour, "image": r.image_tag, "digest": r.image_digest,
-                "outcome": r.outcome, "duration_s": r.finished.map(|f| f.saturating_sub(r.started)), "actor": r.actor,
+                "outcome": r.outcome, "went_live": r.went_live, "model_version": r.model_version, "duration_s": r.finished.map(|f| f.saturating_sub(r.started)), "actor": r.actor,
                 "ci_build_url": r.ci_build_url, "error": r.error,
             })
         })
@@ -702,6 +752,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
             for col in COLOURS {
                 colour::teardown(&client, c, col).await?;
             }
+            colour::remove_app(&client, c).await?;
             summary.insert("colours".into(), json!("removed"));
         }
         for t in ["edge", "cluster", "network"] {

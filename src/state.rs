@@ -160,13 +160,18 @@ impl Ledger {
     /// a rollback pops the one it undid, so rolling back twice does not bring the bad one back.
     pub fn previous_live(&self, live: &str) -> Option<&Release> {
         let mut stack: Vec<&Release> = Vec::new();
+        // `went_live` is written once the public URL answered from the colour, so it counts even
+        // when the run died before closing its ledger entry.
         for r in self
             .releases
             .iter()
-            .filter(|r| r.went_live && r.outcome == Outcome::Succeeded && r.image_digest.is_some())
+            .filter(|r| r.went_live && r.image_digest.is_some())
         {
             if r.action == "rollback" {
                 stack.pop();
+            }
+            // The same colour going live again replaces its entry.
+            if stack.last().is_some_and(|top| top.colour == r.colour) {
                 stack.pop();
             }
             stack.push(r);
@@ -175,7 +180,7 @@ impl Ledger {
         if top.colour.as_deref() != Some(live) {
             return None;
         }
-        stack.pop().filter(|r| r.colour.as_deref() != Some(live))
+        stack.pop()
     }
 
     /// Releases still marked in progress whose run is gone (the lock is ours now): a crash.
@@ -338,11 +343,19 @@ mod tests {
             ],
         };
         assert_eq!(
-            digest_before(&ledger, "blue").as_deref(),
-            Some("d2"),
-            "not the failed d4, not the untested d9"
+            digest_before(&ledger, "green").as_deref(),
+            Some("d3"),
+            "a run that died after going live still counts (d4); an untested candidate does not (d9)"
         );
+        ledger.releases.pop();
+        ledger.releases.pop();
+        assert_eq!(digest_before(&ledger, "blue").as_deref(), Some("d2"));
         assert_eq!(digest_before(&ledger, "green"), None, "green is not live");
+        // A no-op `up` that confirms blue live again changes nothing.
+        ledger
+            .releases
+            .push(went_live("up", "blue", "d3", Outcome::NothingToDo));
+        assert_eq!(digest_before(&ledger, "blue").as_deref(), Some("d2"));
         // Roll back to green d2: the one before it is blue d1, not the blue d3 rolled back from.
         ledger
             .releases

@@ -724,6 +724,29 @@ async fn deploy(
             && o.manifest_hash.as_deref() == Some(hash.as_str())
         {
             ctx.out.note(&format!("{l} is live with this image ({digest}) and these manifests: nothing to release (--force deploys a candidate anyway)"));
+            // Still confirm that it answers through the edge: this also finishes a first release
+            // that died while the edge was being deployed.
+            if let Some(public) = crate::promote::public_url(ctx, &edge) {
+                step(ctx, store, id, "verify public URL", &public, async {
+                    crate::promote::wait_public(
+                        public.trim_end_matches('/'),
+                        l,
+                        std::time::Duration::from_secs(120),
+                    )
+                    .await
+                    .map_err(|e| {
+                        Failure::new(
+                            Exit::Verify,
+                            "verify public URL",
+                            e,
+                            "the live colour does not answer through the edge: check `release status` and the distribution",
+                        )
+                    })?;
+                    mark_live(store, id, l).await?;
+                    Ok(((), format!("{l} answers")))
+                })
+                .await?;
+            }
             summary.insert("live".into(), json!(l));
             summary.insert("candidate".into(), json!("none: nothing to release"));
             return Ok(());
@@ -871,6 +894,21 @@ pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -
     }
 }
 
+/// Record in the ledger that this run's colour answers through the public URL (what rollback
+/// finds the previous live release by). Written inside the verifying step, so a run that dies
+/// right after it still counts.
+async fn mark_live(store: &StateStore, id: &str, colour: &str) -> Result<()> {
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.colour = Some(colour.to_string());
+                r.went_live = true;
+            }
+        })
+        .await
+        .map(|_| ())
+}
+
 /// The first release: the edge stack with this colour as origin, then the public URL checked.
 #[allow(clippy::too_many_arguments)]
 async fn go_live(
@@ -943,20 +981,13 @@ async fn go_live(
             |p| ctx.out.progress(smoke_name, &p),
         )
         .await;
-        if report.ok() {
-            Ok(((), report.summary()))
-        } else {
-            Err(smoke_failure(colour, &report))
+        if !report.ok() {
+            return Err(smoke_failure(colour, &report));
         }
+        mark_live(store, id, colour).await?;
+        Ok(((), report.summary()))
     })
     .await?;
-    store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(id) {
-                r.went_live = true;
-            }
-        })
-        .await?;
     summary.insert("live".into(), json!(colour));
     summary.insert("public url".into(), json!(public));
     Ok(())

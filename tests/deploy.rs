@@ -5,70 +5,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use common::{
-    Seen, assert_switch_with_flip, aws, edge_traffic, object, release, release_command, s3, summary,
+    Seen, assert_switch_with_flip, aws, cases, config, config_versioned, deployments, edge_traffic,
+    kubectl, object, release, release_command, s3, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
-
-fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
-    config_versioned(dir, binary, tag, cases, "1.0.0")
-}
-
-fn config_versioned(
-    dir: &Path,
-    binary: &Path,
-    tag: &str,
-    cases: &Path,
-    model_version: &str,
-) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let root = workspace();
-    let text = format!(
-        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nmodel:\n  version: {model_version}\n  path: {}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n",
-        binary.display(),
-        root.join("model-server/model/iris.onnx").display(),
-        root.join("cloudformation").display(),
-        root.join("kube-templates").display(),
-        cases.display()
-    );
-    let path = dir.join(format!("release-{tag}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn cases() -> PathBuf {
-    workspace().join("model-server/smoke/cases.yaml")
-}
-
-fn kubectl(sb: &Sandbox, args: &[&str]) -> String {
-    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
-        .arg("--kubeconfig")
-        .arg(sb.dir.join("kubeconfig"))
-        .args(args)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn deployments(sb: &Sandbox) -> Vec<String> {
-    let v: Value = serde_json::from_str(&kubectl(
-        sb,
-        &["get", "deployments", "-n", "models", "-o", "json"],
-    ))
-    .unwrap_or(json!({"items": []}));
-    v["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
-        .collect()
-}
 
 /// From the colours that answered: how many were blue, and every other answer (a failure while
 /// blue is the only live colour).
@@ -296,6 +242,12 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         String::from_utf8_lossy(&destroyed.stdout)
     );
     assert!(deployments(&sb).is_empty());
+    assert!(
+        kubectl(&sb, &["get", "secrets,namespaces", "-A", "-o", "name"])
+            .lines()
+            .all(|l| !l.contains("iris-origin") && l != "namespace/models"),
+        "the origin Secret and the namespace release made are gone"
+    );
     let status = summary(&release(&sb, &first, &["status"]));
     for stack in ["iris-network", "iris-registry", "iris-cluster", "iris-edge"] {
         assert_eq!(status["stacks"][stack], "absent", "{status}");

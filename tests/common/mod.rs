@@ -4,11 +4,11 @@
 // Each test file uses some of these helpers, not all.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sandbox::harness::Sandbox;
-use serde_json::Value;
+use sandbox::harness::{Sandbox, workspace};
+use serde_json::{Value, json};
 
 /// `release --config <config> --output json <args>` with nothing in its environment but PATH, a
 /// HOME of its own, GIT_SHA and the sandbox's variables.
@@ -177,4 +177,60 @@ pub fn assert_switch_with_flip(
         seen[..first_to].iter().all(|s| s.colour == from),
         "before the flip, only {from} answered"
     );
+}
+
+/// A release.yaml for app `iris` on the sandbox: this binary and the bundled model as the image,
+/// the repository's templates, the edge's public URL from the sandbox.
+pub fn config(dir: &Path, binary: &Path, tag: &str, cases: &Path) -> PathBuf {
+    config_versioned(dir, binary, tag, cases, "1.0.0")
+}
+
+pub fn config_versioned(
+    dir: &Path,
+    binary: &Path,
+    tag: &str,
+    cases: &Path,
+    model_version: &str,
+) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = workspace();
+    let text = format!(
+        "app: iris\nimage:\n  binary: {}\n  tag: {tag}\nmodel:\n  version: {model_version}\n  path: {}\nstacks:\n  templates: {}\ndeploy:\n  templates: {}\n  rollout_timeout_seconds: 60\nedge:\n  public_url: ${{SANDBOX_EDGE_URL}}\nsmoke:\n  cases: {}\n  requests: 30\n  p95_ms: 2000\n",
+        binary.display(),
+        root.join("model-server/model/iris.onnx").display(),
+        root.join("cloudformation").display(),
+        root.join("kube-templates").display(),
+        cases.display()
+    );
+    let path = dir.join(format!("release-{tag}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn cases() -> PathBuf {
+    workspace().join("model-server/smoke/cases.yaml")
+}
+
+pub fn kubectl(sb: &Sandbox, args: &[&str]) -> String {
+    let out = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .arg("--kubeconfig")
+        .arg(sb.dir.join("kubeconfig"))
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+pub fn deployments(sb: &Sandbox) -> Vec<String> {
+    let v: Value = serde_json::from_str(&kubectl(
+        sb,
+        &["get", "deployments", "-n", "models", "-o", "json"],
+    ))
+    .unwrap_or(json!({"items": []}));
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
+        .collect()
 }
