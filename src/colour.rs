@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -18,7 +19,12 @@ use crate::error::{Exit, Failure, Result};
 
 pub const COLOURS: [&str; 2] = ["blue", "green"];
 pub const MANAGER: &str = "release";
-const TEMPLATES: [&str; 3] = ["deployment.yaml", "service.yaml", "pdb.yaml"];
+const TEMPLATES: [&str; 4] = [
+    "deployment.yaml",
+    "service.yaml",
+    "pdb.yaml",
+    "networkpolicy.yaml",
+];
 
 pub fn other(colour: &str) -> &'static str {
     if colour == "blue" { "green" } else { "blue" }
@@ -176,12 +182,16 @@ pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) 
                     .await
                     .map(|_| ())
             }
+            Some("NetworkPolicy") => Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                .patch(name, &pp, &Patch::Apply(m))
+                .await
+                .map(|_| ()),
             other => {
                 return Err(failure(
                     Exit::Internal,
                     step,
                     format!("kube-templates renders an unexpected kind {other:?}"),
-                    "only Deployment, Service and PodDisruptionBudget are applied",
+                    "only Deployment, Service, PodDisruptionBudget and NetworkPolicy are applied",
                 ));
             }
         };
@@ -195,16 +205,11 @@ pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) 
 /// release created it for this app.
 pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
     let ns = &config.deploy.namespace;
-    let dp = DeleteParams::background();
-    match Api::<Secret>::namespaced(client.clone(), ns)
-        .delete(&format!("{}-origin", config.app), &dp)
-        .await
-    {
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        other => {
-            other.map_err(kube_err("destroy"))?;
-        }
-    }
+    delete_if_present(
+        Api::<Secret>::namespaced(client.clone(), ns),
+        &format!("{}-origin", config.app),
+    )
+    .await?;
     let namespaces = Api::<Namespace>::all(client.clone());
     let ours = namespaces
         .get_opt(ns)
@@ -213,12 +218,7 @@ pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
         .and_then(|n| n.metadata.labels)
         .is_some_and(|l| l.get("release/app") == Some(&config.app));
     if ours {
-        match namespaces.delete(ns, &dp).await {
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            other => {
-                other.map_err(kube_err("destroy"))?;
-            }
-        }
+        delete_if_present(namespaces, ns).await?;
     }
     Ok(())
 }
@@ -226,33 +226,26 @@ pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
 pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
-    let dp = DeleteParams::background();
-    let ignore_missing = |r: std::result::Result<(), kube::Error>| match r {
+    delete_if_present(Api::<Deployment>::namespaced(client.clone(), ns), &n).await?;
+    delete_if_present(Api::<Service>::namespaced(client.clone(), ns), &n).await?;
+    delete_if_present(
+        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns),
+        &n,
+    )
+    .await?;
+    delete_if_present(Api::<NetworkPolicy>::namespaced(client.clone(), ns), &n).await
+}
+
+/// Delete an object; one already gone is fine.
+async fn delete_if_present<K>(api: Api<K>, name: &str) -> Result<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        other => other,
-    };
-    ignore_missing(
-        Api::<Deployment>::namespaced(client.clone(), ns)
-            .delete(&n, &dp)
-            .await
-            .map(|_| ()),
-    )
-    .map_err(kube_err("teardown"))?;
-    ignore_missing(
-        Api::<Service>::namespaced(client.clone(), ns)
-            .delete(&n, &dp)
-            .await
-            .map(|_| ()),
-    )
-    .map_err(kube_err("teardown"))?;
-    ignore_missing(
-        Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-            .delete(&n, &dp)
-            .await
-            .map(|_| ()),
-    )
-    .map_err(kube_err("teardown"))?;
-    Ok(())
+        Err(e) => Err(kube_err("teardown")(e)),
+    }
 }
 
 /// What is deployed of a colour, from its objects' annotations and status.
@@ -702,7 +695,15 @@ mod tests {
         assert_eq!(h1, h2, "the release id does not change the hash");
         assert_ne!(h1, h3, "the image does");
         let kinds: Vec<&str> = m1.iter().map(|m| m["kind"].as_str().unwrap()).collect();
-        assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"]);
+        assert_eq!(
+            kinds,
+            [
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget",
+                "NetworkPolicy"
+            ]
+        );
         let d = &m1[0];
         assert_eq!(d["metadata"]["name"], "iris-green");
         assert_eq!(d["metadata"]["namespace"], "ml");

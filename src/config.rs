@@ -67,6 +67,10 @@ pub struct StacksConfig {
     /// Minutes to wait for one stack operation.
     #[serde(default = "default_stack_timeout")]
     pub timeout_minutes: u64,
+    /// A CloudFormation service role the stacks are created and updated with, so that the role
+    /// running `release` needs no rights on the resources themselves (least privilege; CI).
+    #[serde(default)]
+    pub role_arn: Option<String>,
 }
 
 impl Default for StacksConfig {
@@ -76,6 +80,7 @@ impl Default for StacksConfig {
             vpc_cidr: default_vpc_cidr(),
             kubernetes_version: default_k8s_version(),
             timeout_minutes: default_stack_timeout(),
+            role_arn: None,
         }
     }
 }

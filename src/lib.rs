@@ -1,7 +1,9 @@
-//! The `release` library: what the CLI (src/main.rs) is made of. See ../shared/DESIGN.md.
-//! Pure core: `config`, `state`, `plan`. Adapters: `store` (S3), `stacks` (CloudFormation),
-//! `image` (OCI images, ECR). Commands: `up`. Output: `output`.
+//! The `release` library: what the CLI (src/main.rs) is made of (docs/architecture.md).
+//! Pure core: `config`, `state`, `plan`, `colour::roles`. Adapters: `store` (S3), `stacks`
+//! (CloudFormation), `image` (OCI images, ECR), `eks`, `colour` (Kubernetes), `smoke`. Commands:
+//! `up`, `promote` (promote, rollback, destroy, status, history). The command line: `cli`.
 
+pub mod cli;
 pub mod colour;
 pub mod config;
 pub mod eks;

@@ -6,129 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, Parser};
+use release::cli::{Cli, Command, Global, ImageCommand};
 use release::error::{Exit, Failure};
 use release::output::{Format, Reporter};
 use release::up::{Ctx, UpArgs};
-
-#[derive(Parser)]
-#[command(
-    name = "release",
-    version,
-    about = "Blue/green releases of an ML model server to EKS (Fargate) behind CloudFront",
-    propagate_version = true
-)]
-struct Cli {
-    #[command(flatten)]
-    global: Global,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Args)]
-struct Global {
-    /// The configuration file.
-    #[arg(
-        long,
-        global = true,
-        env = "RELEASE_CONFIG",
-        default_value = "release.yaml"
-    )]
-    config: PathBuf,
-    /// AWS region (else release.yaml's `region`, then the AWS configuration chain).
-    #[arg(long, global = true, env = "RELEASE_REGION")]
-    region: Option<String>,
-    /// AWS profile from ~/.aws/config.
-    #[arg(long, global = true, env = "RELEASE_PROFILE")]
-    profile: Option<String>,
-    /// `human` (progress on a TTY, timestamped lines otherwise) or `json` (one object per event).
-    #[arg(long, global = true, env = "RELEASE_OUTPUT", value_enum, default_value_t = Format::Human)]
-    output: Format,
-    /// Print the plan and change nothing.
-    #[arg(long, global = true, env = "RELEASE_DRY_RUN")]
-    dry_run: bool,
-    /// Answer yes to confirmations (needed without a TTY for destructive commands).
-    #[arg(long, short = 'y', global = true, env = "RELEASE_YES")]
-    yes: bool,
-    /// More logs (-v: info, -vv: debug), on stderr.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Provision the stacks, push the image (and, next, deploy and smoke-test the idle colour).
-    Up {
-        /// Break the app's lock if its lease has expired (with --yes, even a live one).
-        #[arg(long)]
-        force_unlock: bool,
-        /// Deploy a candidate even when the live colour runs this image already.
-        #[arg(long)]
-        force: bool,
-        /// Then promote the tested candidate (`release up` followed by `release promote`).
-        #[arg(long)]
-        promote: bool,
-        /// With --promote: remove the previous colour after the flip.
-        #[arg(long, requires = "promote")]
-        retire_previous: bool,
-    },
-    /// Put the tested candidate live: re-test it, flip the edge to it, verify through the public
-    /// URL (flipping back by itself if that fails); the old live colour becomes previous.
-    Promote {
-        #[arg(long)]
-        force_unlock: bool,
-        /// Remove the previous colour after a successful flip.
-        #[arg(long)]
-        retire_previous: bool,
-    },
-    /// Put the previous colour back behind the edge (verified through the public URL) and retire
-    /// the bad one.
-    Rollback {
-        #[arg(long)]
-        force_unlock: bool,
-        /// Keep the bad colour deployed for forensics.
-        #[arg(long)]
-        keep_failed: bool,
-    },
-    /// Remove everything release made for the app: colours, then the edge, cluster and network
-    /// stacks; with --delete-images the images, the registry and the state bucket too. Re-runnable.
-    Destroy {
-        #[arg(long)]
-        force_unlock: bool,
-        /// Delete the images, the registry stack and the state bucket as well.
-        #[arg(long)]
-        delete_images: bool,
-    },
-    /// The live, candidate and previous colours, the public URL, the stacks, the lock holder.
-    Status,
-    /// The ledger: every release with its result and actor.
-    History {
-        /// Show the last N entries.
-        #[arg(long, default_value_t = 20)]
-        limit: usize,
-    },
-    /// Container images without Docker.
-    Image {
-        #[command(subcommand)]
-        command: ImageCommand,
-    },
-}
-
-#[derive(Subcommand)]
-enum ImageCommand {
-    /// Build the model-server image from a static binary into an OCI image layout directory.
-    Build {
-        /// The static model-server binary (else release.yaml's image.binary).
-        #[arg(long)]
-        binary: Option<PathBuf>,
-        /// The tag recorded in the layout (else release.yaml's image.tag).
-        #[arg(long)]
-        tag: Option<String>,
-        /// Where to write the OCI image layout.
-        #[arg(long, default_value = "target/image")]
-        out: PathBuf,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -178,6 +60,19 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
     {
         return image_build(g, binary.clone(), tag.clone(), dir, out);
     }
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "release",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man { out: dir } => return man(dir.as_deref(), out),
+        _ => {}
+    }
     let (config, base) = match release::config::load(&g.config, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
@@ -192,6 +87,21 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             );
         }
     };
+    if let Command::Render {
+        colour,
+        image,
+        out: dir,
+    } = &cli.command
+    {
+        return render(
+            &config,
+            &base,
+            colour,
+            image.as_deref(),
+            dir.as_deref(),
+            out,
+        );
+    }
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8));
     if let Some(region) = g.region.clone().or_else(|| config.region.clone()) {
@@ -298,7 +208,10 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 }
             }
         }),
-        Command::Image { .. } => unreachable!("handled above"),
+        Command::Image { .. }
+        | Command::Render { .. }
+        | Command::Completions { .. }
+        | Command::Man { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(summary)
@@ -365,6 +278,83 @@ fn image_build(
             out.summary(&serde_json::json!({"layout": dir.display().to_string(), "tag": tag, "digest": digest}));
             ExitCode::SUCCESS
         }
+        Err(e) => fail(out, &e),
+    }
+}
+
+/// `release man`: the man page of release, or with --out one page per command.
+fn man(dir: Option<&std::path::Path>, out: &Reporter) -> ExitCode {
+    let cmd = Cli::command();
+    let written = match dir {
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
+        Some(d) => std::fs::create_dir_all(d).and_then(|_| clap_mangen::generate_to(cmd, d)),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(
+            out,
+            &Failure::new(
+                Exit::Internal,
+                "man",
+                e.to_string(),
+                "check the output directory",
+            ),
+        ),
+    }
+}
+
+/// `release render`: a colour's manifests as `release up` would apply them.
+fn render(
+    config: &release::config::Config,
+    base: &std::path::Path,
+    colour: &str,
+    image: Option<&str>,
+    dir: Option<&std::path::Path>,
+    out: &Reporter,
+) -> ExitCode {
+    let placeholder = format!("sha256:{}", "0".repeat(64));
+    let image = image
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}@{placeholder}", config.app));
+    let digest = image
+        .split_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or(placeholder);
+    let rendered = release::colour::render(
+        &base.join(&config.deploy.templates),
+        config,
+        colour,
+        &image,
+        &digest,
+        "render",
+        "candidate",
+    )
+    .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))
+    .and_then(|(manifests, _)| {
+        let docs: Vec<String> = manifests
+            .iter()
+            .map(|m| serde_yaml::to_string(m).expect("YAML"))
+            .collect();
+        let text = docs.join("---\n");
+        match dir {
+            None => {
+                print!("{text}");
+                Ok(())
+            }
+            Some(d) => std::fs::create_dir_all(d)
+                .and_then(|_| std::fs::write(d.join(format!("{colour}.yaml")), text))
+                .map_err(|e| {
+                    Failure::new(
+                        Exit::Internal,
+                        "render",
+                        format!("{}: {e}", d.display()),
+                        "check the output directory",
+                    )
+                }),
+        }
+    });
+    match rendered {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(out, &e),
     }
 }

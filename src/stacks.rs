@@ -113,6 +113,7 @@ pub struct Stacks {
     cfn: aws_sdk_cloudformation::Client,
     timeout: Duration,
     poll: Duration,
+    role_arn: Option<String>,
 }
 
 fn params(p: &[(String, String)]) -> Vec<Parameter> {
@@ -146,13 +147,22 @@ fn resources_of(template: &str) -> Vec<String> {
 }
 
 impl Stacks {
-    pub fn new(cfn: aws_sdk_cloudformation::Client, timeout: Duration) -> Self {
+    pub fn new(
+        cfn: aws_sdk_cloudformation::Client,
+        timeout: Duration,
+        role_arn: Option<String>,
+    ) -> Self {
         let poll = if std::env::var_os("AWS_ENDPOINT_URL").is_some() {
             Duration::from_millis(200)
         } else {
             Duration::from_secs(5)
         };
-        Stacks { cfn, timeout, poll }
+        Stacks {
+            cfn,
+            timeout,
+            poll,
+            role_arn,
+        }
     }
 
     pub async fn observe(&self, name: &str) -> Result<Observed> {
@@ -261,6 +271,7 @@ impl Stacks {
             .template_body(template)
             .set_parameters(Some(params(parameters)))
             .capabilities(Capability::CapabilityNamedIam)
+            .set_role_arn(self.role_arn.clone())
             .send()
             .await;
         let id = match created {
@@ -430,6 +441,7 @@ impl Stacks {
         self.cfn
             .delete_stack()
             .stack_name(name)
+            .set_role_arn(self.role_arn.clone())
             .send()
             .await
             .map_err(|e| self.fail(name, format!("deleting: {}", sdk(e))))?;

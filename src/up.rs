@@ -49,6 +49,7 @@ impl Ctx {
         Stacks::new(
             aws_sdk_cloudformation::Client::new(&self.aws),
             std::time::Duration::from_secs(self.config.stacks.timeout_minutes * 60),
+            self.config.stacks.role_arn.clone(),
         )
     }
 

@@ -242,11 +242,20 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         String::from_utf8_lossy(&destroyed.stdout)
     );
     assert!(deployments(&sb).is_empty());
-    assert!(
+    // The origin Secret and the namespace release made go too (a namespace terminates
+    // asynchronously, as in Kubernetes).
+    let gone = || {
         kubectl(&sb, &["get", "secrets,namespaces", "-A", "-o", "name"])
             .lines()
-            .all(|l| !l.contains("iris-origin") && l != "namespace/models"),
-        "the origin Secret and the namespace release made are gone"
+            .all(|l| !l.contains("iris-origin") && l != "namespace/models")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !gone() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        gone(),
+        "the origin Secret and the models namespace are gone"
     );
     let status = summary(&release(&sb, &first, &["status"]));
     for stack in ["iris-network", "iris-registry", "iris-cluster", "iris-edge"] {

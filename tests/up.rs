@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::{object, release, s3, summary};
+use common::{aws, object, release, s3, summary};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
@@ -33,7 +33,8 @@ fn config_with(dir: &Path, stacks: &str, extra: &str) -> PathBuf {
 #[tokio::test]
 async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_nothing() {
     let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), "");
+    let role = "arn:aws:iam::123456789012:role/iris-cloudformation";
+    let cfg = config_with(&sb.dir.join("cfg"), &format!("  role_arn: {role}\n"), "");
 
     let dry = release(&sb, &cfg, &["up", "--dry-run"]);
     assert!(
@@ -73,6 +74,15 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
             .contains("bytes uploaded"),
         "{s1}"
     );
+    // stacks.role_arn: CloudFormation acts with the service role, not the caller's rights.
+    let cfn = aws_sdk_cloudformation::Client::new(&aws(&sb).await);
+    let network = cfn
+        .describe_stacks()
+        .stack_name("iris-network")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(network.stacks()[0].role_arn(), Some(role));
 
     let second = release(&sb, &cfg, &["up"]);
     assert!(

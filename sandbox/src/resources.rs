@@ -106,6 +106,16 @@ pub static RESOURCES: &[Resource] = &[
         &["pdb"],
         true,
     ),
+    // Stored, not enforced (the sandbox has no network-policy engine; neither has Fargate).
+    r(
+        "networking.k8s.io",
+        "NetworkPolicy",
+        "networkpolicies",
+        "networkpolicy",
+        true,
+        &["netpol"],
+        false,
+    ),
 ];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
