@@ -90,6 +90,10 @@ pub enum Command {
         /// Remove the previous colour after a successful flip.
         #[arg(long)]
         retire_previous: bool,
+        /// Promote only if the candidate runs this image digest (exit 8 otherwise): what CI's
+        /// `release up` deployed, so that an approval cannot promote another pipeline's candidate.
+        #[arg(long, env = "RELEASE_EXPECT_DIGEST", value_name = "sha256:...")]
+        expect_digest: Option<String>,
     },
     /// Put the previous colour back behind the edge.
     ///

@@ -71,6 +71,10 @@ pub struct StacksConfig {
     /// running `release` needs no rights on the resources themselves (least privilege; CI).
     #[serde(default)]
     pub role_arn: Option<String>,
+    /// The role CI runs `release` with, given access to the cluster's Kubernetes API by the
+    /// cluster stack (an EKS access entry).
+    #[serde(default)]
+    pub deployer_role_arn: Option<String>,
 }
 
 impl Default for StacksConfig {
@@ -81,6 +85,7 @@ impl Default for StacksConfig {
             kubernetes_version: default_k8s_version(),
             timeout_minutes: default_stack_timeout(),
             role_arn: None,
+            deployer_role_arn: None,
         }
     }
 }

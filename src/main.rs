@@ -139,7 +139,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 if *promote && !ctx.dry_run {
                     if waiting {
                         summary["promote"] =
-                            release::promote::promote(&ctx, false, *retire_previous).await?;
+                            release::promote::promote(&ctx, false, *retire_previous, None).await?;
                     } else {
                         ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already)");
                     }
@@ -157,9 +157,10 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Command::Promote {
             force_unlock,
             retire_previous,
+            expect_digest,
         } => {
             tokio::select! {
-                r = release::promote::promote(&ctx, *force_unlock, *retire_previous) => r,
+                r = release::promote::promote(&ctx, *force_unlock, *retire_previous, expect_digest.as_deref()) => r,
                 _ = tokio::signal::ctrl_c() => {
                     release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
                     Err(Failure::new(Exit::Interrupted, "promote", "interrupted", "check `release status`, then re-run release promote"))

@@ -43,6 +43,10 @@ pub fn stack_parameters(
             ),
             p("SubnetIds", out("network", "PrivateSubnetIds")?),
             p("Namespace", config.deploy.namespace.clone()),
+            p(
+                "DeployerRoleArn",
+                config.stacks.deployer_role_arn.clone().unwrap_or_default(),
+            ),
         ],
         other => return Err(format!("no parameters known for template {other}")),
     })

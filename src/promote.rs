@@ -166,12 +166,25 @@ impl Flip {
     }
 }
 
-pub async fn promote(ctx: &Ctx, force_unlock: bool, retire_previous: bool) -> Result<Value> {
-    flip_to(ctx, force_unlock, Flip::Promote { retire_previous }).await
+/// `expect_digest`: promote only if the candidate runs this image (CI passes the digest its own
+/// `release up` deployed, so that an approval never promotes another pipeline's candidate).
+pub async fn promote(
+    ctx: &Ctx,
+    force_unlock: bool,
+    retire_previous: bool,
+    expect_digest: Option<&str>,
+) -> Result<Value> {
+    flip_to(
+        ctx,
+        force_unlock,
+        Flip::Promote { retire_previous },
+        expect_digest,
+    )
+    .await
 }
 
 pub async fn rollback(ctx: &Ctx, force_unlock: bool, keep_failed: bool) -> Result<Value> {
-    flip_to(ctx, force_unlock, Flip::Rollback { keep_failed }).await
+    flip_to(ctx, force_unlock, Flip::Rollback { keep_failed }, None).await
 }
 
 /// Annotate a colour: its role, and the flip in flight towards it (`None` clears it).
@@ -294,7 +307,12 @@ async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
     })
 }
 
-async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
+async fn flip_to(
+    ctx: &Ctx,
+    force_unlock: bool,
+    kind: Flip,
+    expect_digest: Option<&str>,
+) -> Result<Value> {
     let started = Instant::now();
     let stacks = ctx.stacks();
     let store = ctx.store();
@@ -313,6 +331,20 @@ async fn flip_to(ctx: &Ctx, force_unlock: bool, kind: Flip) -> Result<Value> {
     let planned = async {
         let world = observe(ctx, &stacks).await?;
         let plan = plan_flip(ctx, &world, kind).await?;
+        if let Some(want) = expect_digest {
+            let got = world.colours[plan.to].digest.as_deref().unwrap_or("none");
+            if got != want {
+                return Err(Failure::new(
+                    Exit::Precondition,
+                    action,
+                    format!(
+                        "nothing to {action}: {} runs {got}, not the expected {want}",
+                        colour::name(c, plan.to)
+                    ),
+                    "another release replaced the candidate; run `release up` for this build again",
+                ));
+            }
+        }
         let Some(public) = public_url(ctx, &world.edge) else {
             return Err(Failure::new(
                 Exit::Precondition,

@@ -16,7 +16,13 @@ pub const PARAMETERS: &[(&str, &[&str])] = &[
     ("registry", &["AppName", "StateBucketName"]),
     (
         "cluster",
-        &["AppName", "KubernetesVersion", "SubnetIds", "Namespace"],
+        &[
+            "AppName",
+            "KubernetesVersion",
+            "SubnetIds",
+            "Namespace",
+            "DeployerRoleArn",
+        ],
     ),
     (
         "edge",

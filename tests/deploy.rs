@@ -100,6 +100,13 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let mut names = deployments(&sb);
     names.sort();
     assert_eq!(names, ["iris-blue", "iris-green"]);
+    let forced_digest = s["image"]
+        .as_str()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
 
     // Zero downtime: under one steady stream of edge requests, promote, roll back, promote again
     // (as `up --promote` of a new model version, retiring blue), then roll back to the retired
@@ -113,7 +120,17 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
         std::thread::sleep(Duration::from_millis(300));
         (out, t0, SystemTime::now())
     };
-    let (promoted, p0, p1) = timed(&["promote"], &first);
+    // --expect-digest: CI promotes only the candidate its own `up` tested.
+    let candidate_digest = forced_digest.clone();
+    let other = format!("sha256:{}", "0".repeat(64));
+    let refused = release(&sb, &first, &["promote", "--expect-digest", &other]);
+    assert_eq!(
+        refused.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let (promoted, p0, p1) = timed(&["promote", "--expect-digest", &candidate_digest], &first);
     assert!(
         promoted.status.success(),
         "{}",
