@@ -756,7 +756,28 @@ mod tests {
 
     #[test]
     fn rendered_manifests_are_valid_kubernetes_objects() {
-        let (m, _) = render(
+        // The schema check: each manifest goes through Kubernetes' own types (k8s-openapi) and
+        // back; a field the types do not know is lost on the way, which `unknown` reports. So a
+        // misspelt or misplaced key fails here, not in the cluster.
+        for colour in COLOURS {
+            let (m, _) = render(
+                &templates(),
+                &config(),
+                colour,
+                "i@sha256:abc",
+                "sha256:abc",
+                "r",
+                "candidate",
+            )
+            .unwrap();
+            for manifest in &m {
+                let typed = through_types(manifest);
+                let lost = unknown(manifest, &typed, "");
+                assert!(lost.is_empty(), "{colour}: unknown fields {lost:?}");
+            }
+        }
+        // And the check catches one.
+        let mut bad = render(
             &templates(),
             &config(),
             "blue",
@@ -765,10 +786,55 @@ mod tests {
             "r",
             "candidate",
         )
-        .unwrap();
-        let _: Deployment = serde_json::from_value(m[0].clone()).expect("a Deployment");
-        let _: Service = serde_json::from_value(m[1].clone()).expect("a Service");
-        let _: PodDisruptionBudget =
-            serde_json::from_value(m[2].clone()).expect("a PodDisruptionBudget");
+        .unwrap()
+        .0
+        .remove(0);
+        bad["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = json!({});
+        assert_eq!(
+            unknown(&bad, &through_types(&bad), ""),
+            ["spec.template.spec.containers.0.readinesProbe"]
+        );
+    }
+
+    /// A manifest deserialised into its k8s-openapi type and serialised back.
+    fn through_types(m: &Value) -> Value {
+        fn round<T: serde::de::DeserializeOwned + serde::Serialize>(m: &Value) -> Value {
+            serde_json::to_value(serde_json::from_value::<T>(m.clone()).expect("a valid object"))
+                .unwrap()
+        }
+        match m["kind"].as_str() {
+            Some("Deployment") => round::<Deployment>(m),
+            Some("Service") => round::<Service>(m),
+            Some("PodDisruptionBudget") => round::<PodDisruptionBudget>(m),
+            Some("NetworkPolicy") => round::<NetworkPolicy>(m),
+            other => panic!("a kind with no type here: {other:?}"),
+        }
+    }
+
+    /// Paths present in `original` but not in `typed`.
+    fn unknown(original: &Value, typed: &Value, path: &str) -> Vec<String> {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        match (original, typed) {
+            (Value::Object(o), Value::Object(t)) => o
+                .iter()
+                .flat_map(|(k, v)| match t.get(k) {
+                    Some(tv) => unknown(v, tv, &join(k)),
+                    None => vec![join(k)],
+                })
+                .collect(),
+            (Value::Array(o), Value::Array(t)) => o
+                .iter()
+                .zip(t)
+                .enumerate()
+                .flat_map(|(i, (a, b))| unknown(a, b, &join(&i.to_string())))
+                .collect(),
+            _ => vec![],
+        }
     }
 }

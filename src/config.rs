@@ -261,6 +261,11 @@ pub fn interpolate(
 ) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     for (n, line) in text.split_inclusive('\n').enumerate() {
+        // A comment line is copied as it is: `${X}` there documents, it does not require X.
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
         let mut rest = line;
         while let Some(i) = rest.find('$') {
             out.push_str(&rest[..i]);
@@ -557,6 +562,11 @@ mod tests {
         assert!(e.to_string().contains("MISSING is not set"), "{e}");
         assert!(interpolate("x: ${bad-name}", "f", env).is_err());
         assert!(interpolate("x: ${OPEN", "f", env).is_err());
+        assert_eq!(
+            interpolate("  # from ${CI_VAR}\ntag: ${GIT_SHA}\n", "f", env).unwrap(),
+            "  # from ${CI_VAR}\ntag: abc123\n",
+            "comment lines are left alone"
+        );
     }
 
     #[test]

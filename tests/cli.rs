@@ -1,0 +1,441 @@
+//! The command line and the pipeline that drives it: `--help` is complete for every command,
+//! completions and man pages are generated from the same definition, and `.circleci/config.yml`
+//! cannot drift from the CLI (every `release ...` line in it parses with the CLI's own clap
+//! definition), from the repository (every file it names exists), or from itself (every job is
+//! reachable from a workflow, every requirement and command is defined).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use clap::{CommandFactory, Parser};
+use release::cli::Cli;
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_release"))
+}
+
+#[test]
+fn every_command_and_every_flag_has_its_help() {
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        let path = format!("{path} {}", cmd.get_name());
+        if cmd.get_about().is_none() {
+            missing.push(format!("{path}: no about"));
+        }
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() && !arg.is_positional() {
+                missing.push(format!("{path} --{id}: no help"));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() != "help" {
+                walk(sub, &path, missing);
+            }
+        }
+    }
+    let cmd = Cli::command();
+    cmd.clone().debug_assert();
+    let mut missing = Vec::new();
+    walk(&cmd, "", &mut missing);
+    assert!(missing.is_empty(), "{missing:#?}");
+    let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    for wanted in [
+        "up",
+        "promote",
+        "rollback",
+        "destroy",
+        "status",
+        "history",
+        "render",
+        "image",
+        "completions",
+        "man",
+    ] {
+        assert!(names.contains(&wanted), "{wanted} in {names:?}");
+    }
+}
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let out = bin().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success());
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in [
+        "promote",
+        "rollback",
+        "destroy",
+        "--retire-previous",
+        "--expect-digest",
+    ] {
+        assert!(script.contains(word), "bash completion lacks {word}");
+    }
+    let zsh = bin().args(["completions", "zsh"]).output().unwrap();
+    assert!(
+        zsh.status.success() && String::from_utf8_lossy(&zsh.stdout).contains("#compdef release")
+    );
+
+    let dir = tempdir("man");
+    let out = bin().args(["man", "--out"]).arg(&dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for page in [
+        "release.1",
+        "release-up.1",
+        "release-promote.1",
+        "release-rollback.1",
+        "release-destroy.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(
+            text.starts_with(".ie") || text.contains(".TH"),
+            "{page} is a man page"
+        );
+    }
+    let promote = std::fs::read_to_string(dir.join("release-promote.1")).unwrap();
+    assert!(
+        promote.contains("flips back by itself"),
+        "the long help is in the page"
+    );
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("release-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn render_writes_both_colours_as_up_would_apply_them() {
+    let dir = tempdir("render");
+    for colour in ["blue", "green"] {
+        let out = bin()
+            .arg("--config")
+            .arg(root().join("examples/sandbox/release.yaml"))
+            .args(["render", "--colour", colour, "--out"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = std::fs::read_to_string(dir.join(format!("{colour}.yaml"))).unwrap();
+        let kinds: Vec<String> = serde_yaml::Deserializer::from_str(&text)
+            .map(|d| {
+                Value::deserialize(d).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget",
+                "NetworkPolicy"
+            ]
+        );
+        assert!(text.contains(&format!("name: iris-{colour}")));
+    }
+    let bad = bin()
+        .arg("--config")
+        .arg(root().join("examples/sandbox/release.yaml"))
+        .args(["render", "--colour", "red"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        bad.status.code(),
+        Some(2),
+        "an unknown colour is a usage error"
+    );
+}
+
+use serde::Deserialize;
+
+/// `<< parameters.x >>` / `<< pipeline.x >>` replaced by a word, as CircleCI would before the shell.
+fn pipeline_values(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("<<") {
+        let Some(j) = rest[i..].find(">>") else { break };
+        out.push_str(&rest[..i]);
+        out.push_str("VALUE");
+        rest = &rest[i + j + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The shell words of every `run` command in the config (jobs and reusable commands), one
+/// `Vec` per shell command: lines joined at `\`, split at `|`, `&&`, `||`, `;`, redirections
+/// dropped with their targets.
+fn shell_commands(config: &Value) -> Vec<Vec<String>> {
+    let mut scripts = Vec::new();
+    let mut visit_steps = |steps: &Value| {
+        for step in steps.as_sequence().into_iter().flatten() {
+            let Some(run) = step.get("run") else { continue };
+            let text = run
+                .as_str()
+                .or_else(|| run.get("command").and_then(Value::as_str))
+                .unwrap_or_default();
+            scripts.push(pipeline_values(&text.replace("\\\n", " ")));
+        }
+    };
+    for section in ["jobs", "commands"] {
+        for (_, def) in config[section].as_mapping().into_iter().flatten() {
+            visit_steps(&def["steps"]);
+        }
+    }
+    let mut commands = Vec::new();
+    for script in scripts {
+        for line in script.lines() {
+            let Ok(words) = shell_words::split(line) else {
+                panic!("not a shell line: {line}");
+            };
+            let mut current = Vec::new();
+            let mut skip_next = false;
+            for w in words {
+                if skip_next {
+                    skip_next = false;
+                    continue;
+                }
+                match w.as_str() {
+                    "|" | "&&" | "||" | ";" => commands.push(std::mem::take(&mut current)),
+                    ">" | ">>" | "2>" | "<" => skip_next = true,
+                    _ => current.push(w),
+                }
+            }
+            commands.push(current);
+        }
+    }
+    commands.retain(|c| !c.is_empty());
+    commands
+}
+
+fn circleci() -> Value {
+    let text = std::fs::read_to_string(root().join(".circleci/config.yml")).unwrap();
+    serde_yaml::from_str(&text).expect(".circleci/config.yml parses")
+}
+
+#[test]
+fn every_release_line_in_the_pipeline_parses_with_the_cli() {
+    let config = circleci();
+    let mut seen = BTreeSet::new();
+    let mut failures = Vec::new();
+    for words in shell_commands(&config) {
+        // Skip leading VAR=value assignments; then is the program release (on PATH or a path)?
+        let start = words
+            .iter()
+            .position(|w| !w.contains('=') || w.starts_with('-'));
+        let Some(start) = start else { continue };
+        if Path::new(&words[start])
+            .file_name()
+            .and_then(|n| n.to_str())
+            != Some("release")
+        {
+            continue;
+        }
+        let argv = &words[start..];
+        match Cli::try_parse_from(argv) {
+            Ok(_) => {
+                let name = Cli::command()
+                    .try_get_matches_from(argv)
+                    .unwrap()
+                    .subcommand_name()
+                    .unwrap()
+                    .to_string();
+                seen.insert(name);
+            }
+            Err(e) => failures.push(format!("{}: {e}", argv.join(" "))),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "lines the CLI refuses:\n{}",
+        failures.join("\n")
+    );
+    for wanted in ["up", "promote", "rollback", "status", "image", "render"] {
+        assert!(
+            seen.contains(wanted),
+            "the pipeline runs `release {wanted}`: {seen:?}"
+        );
+    }
+}
+
+#[test]
+fn a_line_the_cli_would_refuse_is_caught() {
+    // The check above is only as good as its parsing: a misspelt flag must fail it.
+    let config: Value = serde_yaml::from_str(
+        "jobs:\n  x:\n    steps:\n      - run: release --output json promote --retire-prev | tee out\n",
+    )
+    .unwrap();
+    let commands = shell_commands(&config);
+    assert_eq!(commands.len(), 2);
+    assert!(Cli::try_parse_from(&commands[0]).is_err());
+    assert!(Cli::try_parse_from(["release", "promote", "--retire-previous"]).is_ok());
+}
+
+#[test]
+fn every_job_is_reachable_and_every_requirement_and_command_is_defined() {
+    let config = circleci();
+    assert_eq!(config["version"], Value::from(2.1));
+    let jobs: BTreeSet<String> = config["jobs"]
+        .as_mapping()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    let commands: BTreeSet<String> = config["commands"]
+        .as_mapping()
+        .into_iter()
+        .flatten()
+        .map(|(k, _)| k.as_str().unwrap().to_string())
+        .collect();
+    let mut reached = BTreeSet::new();
+    for (_, workflow) in config["workflows"].as_mapping().unwrap() {
+        let mut names = BTreeSet::new();
+        let entries = workflow["jobs"].as_sequence().unwrap();
+        for entry in entries {
+            let (name, params) = match entry {
+                Value::String(s) => (s.clone(), Value::Null),
+                Value::Mapping(m) => {
+                    let (k, v) = m.iter().next().unwrap();
+                    (k.as_str().unwrap().to_string(), v.clone())
+                }
+                other => panic!("a workflow job entry {other:?}"),
+            };
+            let approval = params["type"] == "approval";
+            assert!(
+                approval || jobs.contains(&name),
+                "workflow job {name} is not defined"
+            );
+            names.insert(name.clone());
+            reached.insert(name);
+        }
+        for entry in entries {
+            let Value::Mapping(m) = entry else { continue };
+            let (_, params) = m.iter().next().unwrap();
+            for r in params["requires"].as_sequence().into_iter().flatten() {
+                let required = match r {
+                    Value::String(s) => s.clone(),
+                    Value::Mapping(m) => m.keys().next().unwrap().as_str().unwrap().to_string(),
+                    other => panic!("requires {other:?}"),
+                };
+                assert!(
+                    names.contains(&required),
+                    "requires {required}, not in the workflow"
+                );
+            }
+        }
+    }
+    let unreached: Vec<_> = jobs.difference(&reached).collect();
+    assert!(unreached.is_empty(), "jobs no workflow runs: {unreached:?}");
+
+    const BUILT_IN: [&str; 8] = [
+        "checkout",
+        "run",
+        "restore_cache",
+        "save_cache",
+        "store_artifacts",
+        "persist_to_workspace",
+        "attach_workspace",
+        "setup_remote_docker",
+    ];
+    for section in ["jobs", "commands"] {
+        for (name, def) in config[section].as_mapping().into_iter().flatten() {
+            for step in def["steps"].as_sequence().unwrap() {
+                let used = match step {
+                    Value::String(s) => s.clone(),
+                    Value::Mapping(m) => m.keys().next().unwrap().as_str().unwrap().to_string(),
+                    other => panic!("a step {other:?}"),
+                };
+                assert!(
+                    BUILT_IN.contains(&used.as_str()) || commands.contains(&used),
+                    "{name:?} uses an undefined step {used}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_file_the_pipeline_names_exists_and_its_release_config_loads() {
+    let config = circleci();
+    let prefixes = [
+        "scripts/",
+        "cloudformation/",
+        "kube-templates/",
+        "model-server/",
+        "examples/",
+        ".ci/",
+        "docs/",
+    ];
+    let mut named = BTreeSet::new();
+    for words in shell_commands(&config) {
+        for w in words {
+            for part in w.split(['=', ' ']) {
+                if prefixes.iter().any(|p| part.starts_with(p)) {
+                    named.insert(part.trim_end_matches([',', ';', ')']).to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        named.contains("scripts/test") && named.contains("examples/aws/release.yaml"),
+        "{named:?}"
+    );
+    for path in &named {
+        assert!(
+            root().join(path).exists(),
+            ".circleci/config.yml names {path}, which does not exist"
+        );
+    }
+    // The configuration the release jobs use loads with what the CircleCI context provides.
+    let env = |k: &str| match k {
+        "GIT_SHA" => Some("0123abc".to_string()),
+        "RELEASE_ROLE_ARN" => Some("arn:aws:iam::123456789012:role/iris-release-ci".to_string()),
+        "RELEASE_STACKS_ROLE_ARN" => {
+            Some("arn:aws:iam::123456789012:role/iris-release-stacks".to_string())
+        }
+        _ => None,
+    };
+    let file = root().join("examples/aws/release.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let text = release::config::interpolate(&text, "examples/aws/release.yaml", env).unwrap();
+    let loaded = release::config::parse(&text, "examples/aws/release.yaml").unwrap();
+    assert_eq!(
+        loaded.stacks.role_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:role/iris-release-stacks")
+    );
+    // Its paths exist, but for the binary the `build` job makes.
+    let base = file.parent().unwrap();
+    for p in [
+        loaded.stacks.templates.clone(),
+        loaded.deploy.templates.clone(),
+        loaded.smoke.cases.clone(),
+        loaded.model.path.clone().unwrap(),
+    ] {
+        assert!(
+            base.join(&p).exists(),
+            "examples/aws/release.yaml: {}",
+            p.display()
+        );
+    }
+}
