@@ -454,8 +454,10 @@ async fn flip_to(
             )
             .await?;
         }
+        // No origin header through the public URL: the edge must add it.
         let public_target = crate::smoke::Target {
             base_url: public.trim_end_matches('/').to_string(),
+            secret: "",
             ..target
         };
         let verified = step(ctx, &store, &id, "verify public URL", &public, async {
