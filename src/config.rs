@@ -231,7 +231,7 @@ fn default_p95() -> u64 {
     250
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EdgeConfig {
     /// The public URL; default `https://<distribution domain name>`. The sandbox sets its edge URL.
@@ -240,6 +240,24 @@ pub struct EdgeConfig {
     /// Invalidate `/*` after each flip.
     #[serde(default)]
     pub invalidate: bool,
+    /// How long, after CloudFront reports `Deployed`, the public URL may take to answer from the
+    /// new colour before the flip is undone.
+    #[serde(default = "default_verify_timeout")]
+    pub verify_timeout_seconds: u64,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            public_url: None,
+            invalidate: false,
+            verify_timeout_seconds: default_verify_timeout(),
+        }
+    }
+}
+
+fn default_verify_timeout() -> u64 {
+    120
 }
 
 /// A configuration error: where, and what was expected.
@@ -472,6 +490,13 @@ impl Config {
                 file,
                 "smoke.compare_live",
                 "a fraction between 0 and 1",
+            ));
+        }
+        if self.edge.verify_timeout_seconds == 0 {
+            return Err(err(
+                file,
+                "edge.verify_timeout_seconds",
+                "must be at least 1",
             ));
         }
         if let Some(u) = &self.edge.public_url

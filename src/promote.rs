@@ -461,7 +461,11 @@ async fn flip_to(
             ..target
         };
         let verified = step(ctx, &store, &id, "verify public URL", &public, async {
-            wait_public(&public_target.base_url, to, Duration::from_secs(120))
+            wait_public(
+                &public_target.base_url,
+                to,
+                Duration::from_secs(c.edge.verify_timeout_seconds),
+            )
                 .await
                 .map_err(|e| Failure::new(Exit::Verify, "verify public URL", e, ""))?;
             let r = crate::smoke::run(

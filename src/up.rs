@@ -732,7 +732,7 @@ async fn deploy(
                     crate::promote::wait_public(
                         public.trim_end_matches('/'),
                         l,
-                        std::time::Duration::from_secs(120),
+                        std::time::Duration::from_secs(c.edge.verify_timeout_seconds),
                     )
                     .await
                     .map_err(|e| {

@@ -424,6 +424,85 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         blue > 20 && failures.is_empty(),
         "blue served throughout: {blue} answers; failures: {failures:?}"
     );
+
+    // A flip whose verification through the public URL fails (CloudFront cannot reach green):
+    // flipped back by itself, exit 9, green kept as the candidate. With edge.invalidate, each
+    // flip invalidates the cache.
+    let text = std::fs::read_to_string(&good).unwrap().replace(
+        "edge:\n",
+        "edge:\n  verify_timeout_seconds: 3\n  invalidate: true\n",
+    );
+    let strict = dir.join("release-verify.yaml");
+    std::fs::write(&strict, text).unwrap();
+    let candidate = release(&sb, &strict, &["up", "--force"]);
+    assert!(candidate.status.success());
+    let status = summary(&release(&sb, &strict, &["status"]));
+    let green = status["colours"]["iris-green"]["address"].as_str().unwrap();
+    let http = reqwest::Client::new();
+    http.put(sb.control("edge"))
+        .body(format!(r#"{{"unreachable": ["{green}"]}}"#))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let out = release(&sb, &strict, &["promote"]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let s = summary(&out);
+    assert!(
+        s["what_to_do"].as_str().unwrap().contains("flipped back"),
+        "{s}"
+    );
+    let edge = sb.var("SANDBOX_EDGE_URL");
+    let version: Value = http
+        .get(format!("{edge}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(version["colour"], "blue", "blue serves again");
+    let status = summary(&release(&sb, &strict, &["status"]));
+    assert_eq!(status["live"], "blue");
+    assert_eq!(
+        status["colours"]["iris-green"]["role"], "candidate",
+        "{status}"
+    );
+    assert_eq!(status["unfinished"], Value::Null);
+    let cf = aws_sdk_cloudfront::Client::new(&aws);
+    let dist = cf.list_distributions().send().await.unwrap();
+    let id = dist.distribution_list().unwrap().items()[0]
+        .id()
+        .to_string();
+    let invalidations = cf
+        .list_invalidations()
+        .distribution_id(&id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        invalidations.invalidation_list().unwrap().quantity(),
+        2,
+        "the flip and the flip back"
+    );
+    // Once CloudFront can reach green, the same candidate promotes.
+    http.put(sb.control("edge"))
+        .body(r#"{"unreachable": []}"#)
+        .send()
+        .await
+        .unwrap();
+    let promoted = release(&sb, &strict, &["promote"]);
+    assert!(
+        promoted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&promoted.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -505,6 +505,11 @@ cfn_parsing.get_model_map.cache_clear()
 cfn_parsing.get_name_type_map.cache_clear()
 
 
+# Origins the edge cannot reach (PUT $SANDBOX_CONTROL_URL/edge {"unreachable": [...]}): a fault to
+# make a flip's verification through the public URL fail.
+UNREACHABLE_ORIGINS: set[str] = set()
+
+
 class EdgeHandler(BaseHTTPRequestHandler):
     """Plays the distribution's public URL: forwards to the deployed origin with its custom headers."""
 
@@ -544,6 +549,10 @@ class EdgeHandler(BaseHTTPRequestHandler):
             self.reply(503, json.dumps({"error": "edge_not_configured", "detail": why}).encode())
             return
         origin = snapshot["origin"]
+        if origin["domain"] in UNREACHABLE_ORIGINS:
+            # As CloudFront does when a security group or NACL keeps it from the origin.
+            self.reply(502, json.dumps({"error": "origin_unreachable", "detail": "blocked by the sandbox's control"}).encode())
+            return
         headers = {k: v for k, v in self.headers.items() if k.lower() not in self.hop_by_hop}
         headers["Host"] = origin["domain"]
         headers["Via"] = "1.1 sandbox-edge (CloudFront)"
@@ -956,6 +965,16 @@ class SandboxApp:
             with FAULTS.lock:
                 return "200 OK", as_json, json.dumps({"rates": FAULTS.rates, "injected": FAULTS.injected}).encode()
         if route == "edge":
+            if environ["REQUEST_METHOD"] == "PUT":
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+                try:
+                    wanted = json.loads(environ["wsgi.input"].read(length) or b"{}").get("unreachable", [])
+                    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+                        raise ValueError("unreachable: a list of origin domains")
+                except (ValueError, AttributeError) as e:
+                    return "400 Bad Request", as_json, json.dumps({"error": str(e)}).encode()
+                UNREACHABLE_ORIGINS.clear()
+                UNREACHABLE_ORIGINS.update(wanted)
             out = []
             for d in all_distributions():
                 snap = deployed_snapshot(d)
