@@ -439,3 +439,52 @@ fn every_file_the_pipeline_names_exists_and_its_release_config_loads() {
         );
     }
 }
+
+#[test]
+fn image_build_writes_an_oci_layout_that_reads_back_to_the_same_digest() {
+    let dir = tempdir("image");
+    let binary = dir.join("model-server");
+    std::fs::write(&binary, b"#!/bin/sh\necho a stand-in server\n").unwrap();
+    let layout = dir.join("layout");
+    let out = bin()
+        .args(["--output", "json", "image", "build", "--binary"])
+        .arg(&binary)
+        .args(["--tag", "build-7", "--out"])
+        .arg(&layout)
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap()["summary"]
+        .clone();
+    let digest = summary["digest"].as_str().unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], digest);
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "build-7"
+    );
+    let image = release::image::read_archive(&layout).unwrap();
+    assert_eq!(
+        image.digest(),
+        digest,
+        "the layout reads back to the same image"
+    );
+    // Without a binary and without a release.yaml to name one: a usage error.
+    let none = bin()
+        .args(["image", "build", "--tag", "t"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(2));
+}
