@@ -739,6 +739,29 @@ pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
     Ok(json!({"releases": rows}))
 }
 
+/// Delete one stack as a reported step; one already gone is "absent".
+async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static str> {
+    if !stacks.observe(name).await?.exists() {
+        return Ok("absent");
+    }
+    let step = format!("delete {name}");
+    ctx.out.start(&step, "");
+    let start = Instant::now();
+    match stacks
+        .delete(name, &mut |p| ctx.out.progress(&step, p))
+        .await
+    {
+        Ok(()) => {
+            ctx.out.finish(&step, true, "deleted", start.elapsed());
+            Ok("deleted")
+        }
+        Err(e) => {
+            ctx.out.finish(&step, false, &e.message, start.elapsed());
+            Err(e)
+        }
+    }
+}
+
 /// `release destroy`: everything `release` made for the app, in dependency order, each step
 /// skipping what is already gone, so a re-run after a crash finishes the job. Images (and with
 /// them the registry stack and the state bucket) go only with `--delete-images`.
@@ -795,21 +818,8 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
         }
         for t in ["edge", "cluster", "network"] {
             let name = c.stack_name(t);
-            let observed = stacks.observe(&name).await?;
-            if observed.exists() {
-                ctx.out.start(&format!("delete {name}"), "");
-                let start = Instant::now();
-                stacks
-                    .delete(&name, &mut |p| {
-                        ctx.out.progress(&format!("delete {name}"), p)
-                    })
-                    .await?;
-                ctx.out
-                    .finish(&format!("delete {name}"), true, "deleted", start.elapsed());
-                summary.insert(name, json!("deleted"));
-            } else {
-                summary.insert(name, json!("absent"));
-            }
+            let done = delete_stack(ctx, &stacks, &name).await?;
+            summary.insert(name, json!(done));
         }
         Ok::<(), Failure>(())
     }
@@ -852,11 +862,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
                 .map_err(|e| fail("delete images", sdk(e)))?;
         }
     }
-    if stacks.observe(&registry).await?.exists() {
-        stacks
-            .delete(&registry, &mut |p| ctx.out.progress("delete registry", p))
-            .await?;
-    }
+    delete_stack(ctx, &stacks, &registry).await?;
     summary.insert(registry, json!("deleted, with its images"));
     let bucket = c.state_bucket();
     if store.bucket_exists().await? {
@@ -866,42 +872,56 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
                 .force_path_style(path_style)
                 .build(),
         );
-        let versions = s3
-            .list_object_versions()
-            .bucket(&bucket)
-            .send()
-            .await
-            .map_err(|e| fail("state bucket", sdk(e)))?;
-        let mut objects = Vec::new();
-        for v in versions.versions() {
-            objects.push(
-                aws_sdk_s3::types::ObjectIdentifier::builder()
-                    .key(v.key().unwrap_or_default())
-                    .set_version_id(v.version_id().map(str::to_string))
-                    .build()
-                    .map_err(|e| fail("state bucket", e.to_string()))?,
-            );
-        }
-        for m in versions.delete_markers() {
-            objects.push(
-                aws_sdk_s3::types::ObjectIdentifier::builder()
-                    .key(m.key().unwrap_or_default())
-                    .set_version_id(m.version_id().map(str::to_string))
-                    .build()
-                    .map_err(|e| fail("state bucket", e.to_string()))?,
-            );
-        }
-        if !objects.is_empty() {
+        // Every version of every object (the ledger has one per write), a page at a time: each
+        // page deleted is gone from the next listing.
+        loop {
+            let page = s3
+                .list_object_versions()
+                .bucket(&bucket)
+                .send()
+                .await
+                .map_err(|e| fail("state bucket", sdk(e)))?;
+            let ids = page
+                .versions()
+                .iter()
+                .map(|v| (v.key(), v.version_id()))
+                .chain(
+                    page.delete_markers()
+                        .iter()
+                        .map(|m| (m.key(), m.version_id())),
+                )
+                .map(|(key, version)| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(key.unwrap_or_default())
+                        .set_version_id(version.map(str::to_string))
+                        .build()
+                        .map_err(|e| fail("state bucket", e.to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if ids.is_empty() {
+                break;
+            }
             let delete = aws_sdk_s3::types::Delete::builder()
-                .set_objects(Some(objects))
+                .set_objects(Some(ids))
                 .build()
                 .map_err(|e| fail("state bucket", e.to_string()))?;
-            s3.delete_objects()
+            let deleted = s3
+                .delete_objects()
                 .bucket(&bucket)
                 .delete(delete)
                 .send()
                 .await
                 .map_err(|e| fail("state bucket", sdk(e)))?;
+            if let Some(e) = deleted.errors().first() {
+                return Err(fail(
+                    "state bucket",
+                    format!(
+                        "{} could not be deleted: {}",
+                        e.key().unwrap_or_default(),
+                        e.message().unwrap_or_default()
+                    ),
+                ));
+            }
         }
         s3.delete_bucket()
             .bucket(&bucket)
