@@ -442,8 +442,7 @@ impl Config {
                     "give exactly one of image.binary (a static model-server to build the image from) or image.archive (an OCI layout, OCI archive or docker save tar)",
                 ));
             }
-            (Some(p), None) => exists(file, "image.binary", &base.join(p))?,
-            (None, Some(p)) => exists(file, "image.archive", &base.join(p))?,
+            _ => {}
         }
         let dir = base.join(&self.stacks.templates);
         for t in TEMPLATES {
@@ -520,6 +519,18 @@ impl Config {
 
     pub fn stack_name(&self, template: &str) -> String {
         format!("{}-{template}", self.app)
+    }
+}
+
+impl Config {
+    /// The image's source exists: checked only by the commands that build or push the image
+    /// (`up`, `image build`), so that status, promote, rollback or destroy run where no build is.
+    pub fn check_image(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        match (&self.image.binary, &self.image.archive) {
+            (Some(p), _) => exists(file, "image.binary", &base.join(p)),
+            (None, Some(p)) => exists(file, "image.archive", &base.join(p)),
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -638,10 +649,6 @@ mod tests {
         let cases = [
             ("app: Iris\nimage: {binary: ms, tag: abc}\n", "app"),
             ("app: iris\nimage: {tag: abc}\n", "image"),
-            (
-                "app: iris\nimage: {binary: nope, tag: abc}\n",
-                "image.binary",
-            ),
             ("app: iris\nimage: {binary: ms, tag: 'a b'}\n", "image.tag"),
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nstacks: {templates: elsewhere}\n",
@@ -664,6 +671,14 @@ mod tests {
             let e = parse(text, "f").unwrap().validate("f", &dir).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
         }
+        // The image's binary is checked by the commands that build it, not by every command.
+        let missing = parse("app: iris\nimage: {binary: nope, tag: abc}\n", "f").unwrap();
+        missing.validate("f", &dir).unwrap();
+        assert_eq!(
+            missing.check_image("f", &dir).unwrap_err().field,
+            "image.binary"
+        );
+        good.check_image("f", &dir).unwrap();
         assert_eq!(good.state_bucket(), "iris-release-state");
         assert_eq!(good.stack_name("edge"), "iris-edge");
         std::fs::remove_dir_all(&dir).unwrap();

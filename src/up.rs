@@ -256,6 +256,16 @@ async fn stack_step(
 
 pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
     let started = Instant::now();
+    ctx.config
+        .check_image("the configuration", &ctx.base)
+        .map_err(|e| {
+            Failure::new(
+                Exit::Config,
+                "configuration",
+                e.to_string(),
+                "build the model server first, or fix image.binary / image.archive",
+            )
+        })?;
     let stacks = ctx.stacks();
     let store = ctx.store();
     if ctx.dry_run {

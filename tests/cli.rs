@@ -488,3 +488,57 @@ fn image_build_writes_an_oci_layout_that_reads_back_to_the_same_digest() {
         .unwrap();
     assert_eq!(none.status.code(), Some(2));
 }
+
+#[test]
+fn only_the_commands_that_build_the_image_need_its_binary() {
+    let dir = tempdir("nobinary");
+    let text = std::fs::read_to_string(root().join("examples/sandbox/release.yaml"))
+        .unwrap()
+        .replace(
+            "../../target/debug/model-server.stripped",
+            "../../target/debug/no-such-binary",
+        );
+    let cfg = root().join("examples/sandbox/release-nobinary.yaml");
+    let _cleanup = Remove(cfg.clone());
+    std::fs::write(&cfg, text).unwrap();
+    // render needs no binary ...
+    let render = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["render", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        render.status.success(),
+        "{}",
+        String::from_utf8_lossy(&render.stderr)
+    );
+    // ... up does, and says so before touching AWS (exit 3).
+    let up = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--output", "json", "up"])
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert_eq!(
+        up.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&up.stdout)
+    );
+    assert!(String::from_utf8_lossy(&up.stdout).contains("image.binary"));
+}
+
+/// Removes a file when dropped.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
