@@ -97,6 +97,22 @@ async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Re
         .ok_or_else(|| format!("no prediction in {body}"))
 }
 
+/// What `compare_live` sends to both colours for one golden case: the case itself and four
+/// deterministic neighbours (each feature scaled by ±5 % and ±10 %, alternating by position).
+pub fn comparison_inputs(features: &[f64]) -> Vec<Vec<f64>> {
+    let mut out = vec![features.to_vec()];
+    for d in [0.05, -0.05, 0.10, -0.10] {
+        out.push(
+            features
+                .iter()
+                .enumerate()
+                .map(|(i, f)| f * (1.0 + if i % 2 == 0 { d } else { -d }))
+                .collect(),
+        );
+    }
+    out
+}
+
 /// Run the smoke test. `progress` gets "cases x/y" as it goes.
 pub async fn run(
     t: &Target<'_>,
@@ -174,21 +190,29 @@ pub async fn run(
         ));
     }
     if let Some((live, min)) = live {
+        // The golden inputs and nearby ones: on golden inputs a passing candidate agrees with a
+        // correct live colour by construction, so the comparison looks around them too.
+        let inputs: Vec<Vec<f64>> = cases
+            .cases
+            .iter()
+            .flat_map(|c| comparison_inputs(&c.features))
+            .collect();
         let mut agree = 0;
-        for case in &cases.cases {
+        for features in &inputs {
             if let (Ok(a), Ok(b)) = (
-                predict(&http, t, &case.features).await,
-                predict(&http, live, &case.features).await,
+                predict(&http, t, features).await,
+                predict(&http, live, features).await,
             ) {
                 agree += usize::from(a == b);
             }
         }
-        let fraction = agree as f64 / cases.cases.len().max(1) as f64;
+        let fraction = agree as f64 / inputs.len().max(1) as f64;
         r.agreement = Some(fraction);
         if fraction < min {
             r.failures.push(format!(
-                "agrees with the live colour on {:.0}% of inputs, below {:.0}%",
+                "agrees with the live colour on {:.0}% of {} inputs, below {:.0}%",
                 fraction * 100.0,
+                inputs.len(),
                 min * 100.0
             ));
         }
@@ -199,6 +223,114 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A one-thread HTTP stand-in for a colour on 127.0.0.1: `/healthz`, `/readyz`, `/version`,
+    /// and `/predict` answered by `classify`.
+    fn stub(colour: &'static str, classify: fn(&[f64]) -> i64) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    continue;
+                }
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0; length];
+                let _ = reader.read_exact(&mut body);
+                let answer = if first.starts_with("POST /predict") {
+                    let v: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let features: Vec<f64> = v["features"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                        .unwrap_or_default();
+                    json!({"prediction": classify(&features)})
+                } else if first.starts_with("GET /version") {
+                    json!({"colour": colour, "model_version": "1"})
+                } else {
+                    json!({"ok": true})
+                };
+                let text = answer.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn compare_live_fails_a_candidate_that_disagrees_near_the_golden_cases() {
+        // Both colours answer every golden case right; the candidate's boundary sits elsewhere.
+        let live = stub("blue", |f| i64::from(f[0] > 5.0));
+        let candidate = stub("green", |f| i64::from(f[0] > 5.3));
+        let cases = Cases {
+            model: "m".into(),
+            cases: [(4.0, 0), (6.0, 1), (5.5, 1), (4.8, 0)]
+                .iter()
+                .map(|(x, k)| Case {
+                    name: format!("x={x}"),
+                    features: vec![*x, 1.0],
+                    expect: *k,
+                    row: None,
+                })
+                .collect(),
+        };
+        let target = |base_url: String, colour| Target {
+            base_url,
+            colour,
+            model_version: "1",
+            secret: "",
+        };
+        let (t, l) = (target(candidate, "green"), target(live, "blue"));
+        let report = run(&t, &cases, 5, 5_000, Some((&l, 1.0)), |_| {}).await;
+        assert_eq!(report.cases_passed, 4, "{:?}", report.failures);
+        let agreement = report.agreement.unwrap();
+        assert!(
+            agreement < 1.0,
+            "the neighbours of 5.5 and 4.8 disagree: {agreement}"
+        );
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.contains("agrees with the live colour")),
+            "{:?}",
+            report.failures
+        );
+        // A lower bar passes the same pair; no comparison, no agreement figure.
+        let lenient = run(&t, &cases, 5, 5_000, Some((&l, agreement)), |_| {}).await;
+        assert!(lenient.ok(), "{:?}", lenient.failures);
+        assert!(
+            run(&t, &cases, 5, 5_000, None, |_| {})
+                .await
+                .agreement
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn comparison_inputs_are_the_case_and_four_neighbours() {
+        let n = comparison_inputs(&[10.0, 2.0]);
+        assert_eq!(n.len(), 5);
+        assert_eq!(n[0], [10.0, 2.0]);
+        assert!((n[1][0] - 10.5).abs() < 1e-9 && (n[1][1] - 1.9).abs() < 1e-9);
+        assert!((n[4][0] - 9.0).abs() < 1e-9 && (n[4][1] - 2.2).abs() < 1e-9);
+    }
 
     #[test]
     fn p95_is_the_nearest_rank() {
