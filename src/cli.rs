@@ -106,6 +106,10 @@ pub enum Command {
         /// Keep the bad colour deployed (role `failed`) for forensics.
         #[arg(long)]
         keep_failed: bool,
+        /// Roll back only if the live colour runs this image digest (exit 8 otherwise): CI's
+        /// rollback job passes what it promoted, so it never undoes a release it did not make.
+        #[arg(long, value_name = "sha256:...")]
+        expect_digest: Option<String>,
     },
     /// Remove everything release made for the app.
     ///

@@ -170,9 +170,10 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Command::Rollback {
             force_unlock,
             keep_failed,
+            expect_digest,
         } => {
             tokio::select! {
-                r = release::promote::rollback(&ctx, *force_unlock, *keep_failed) => r,
+                r = release::promote::rollback(&ctx, *force_unlock, *keep_failed, expect_digest.as_deref()) => r,
                 _ = tokio::signal::ctrl_c() => {
                     release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
                     Err(Failure::new(Exit::Interrupted, "rollback", "interrupted", "check `release status`, then re-run release rollback"))

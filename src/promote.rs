@@ -183,8 +183,20 @@ pub async fn promote(
     .await
 }
 
-pub async fn rollback(ctx: &Ctx, force_unlock: bool, keep_failed: bool) -> Result<Value> {
-    flip_to(ctx, force_unlock, Flip::Rollback { keep_failed }, None).await
+/// `expect_digest`: roll back only if the live colour runs this image (what CI promoted).
+pub async fn rollback(
+    ctx: &Ctx,
+    force_unlock: bool,
+    keep_failed: bool,
+    expect_digest: Option<&str>,
+) -> Result<Value> {
+    flip_to(
+        ctx,
+        force_unlock,
+        Flip::Rollback { keep_failed },
+        expect_digest,
+    )
+    .await
 }
 
 /// Annotate a colour: its role, and the flip in flight towards it (`None` clears it).
@@ -331,17 +343,29 @@ async fn flip_to(
     let planned = async {
         let world = observe(ctx, &stacks).await?;
         let plan = plan_flip(ctx, &world, kind).await?;
+        // Promote: the candidate must run the expected image; rollback: the colour being rolled
+        // back from must (so CI never rolls back a release it did not make).
         if let Some(want) = expect_digest {
-            let got = world.colours[plan.to].digest.as_deref().unwrap_or("none");
+            let (checked, hint) = match kind {
+                Flip::Promote { .. } => (
+                    plan.to,
+                    "another release replaced the candidate; run `release up` for this build again",
+                ),
+                Flip::Rollback { .. } => (
+                    plan.from,
+                    "that image is not live (a failed promote flips back by itself); check `release status`",
+                ),
+            };
+            let got = world.colours[checked].digest.as_deref().unwrap_or("none");
             if got != want {
                 return Err(Failure::new(
                     Exit::Precondition,
                     action,
                     format!(
                         "nothing to {action}: {} runs {got}, not the expected {want}",
-                        colour::name(c, plan.to)
+                        colour::name(c, checked)
                     ),
-                    "another release replaced the candidate; run `release up` for this build again",
+                    hint,
                 ));
             }
         }

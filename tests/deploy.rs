@@ -197,6 +197,14 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     assert_eq!(deployments(&sb), ["iris-green"]);
 
     // rollback to the retired blue: redeployed from the digest and model version in the ledger.
+    // CI's rollback job passes the digest it promoted: another live image is left alone.
+    let not_live = release(&sb, &second, &["rollback", "--expect-digest", &other]);
+    assert_eq!(
+        not_live.status.code(),
+        Some(8),
+        "{}",
+        String::from_utf8_lossy(&not_live.stdout)
+    );
     let (back, b0, b1) = timed(&["rollback", "--keep-failed"], &second);
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.join().unwrap();
