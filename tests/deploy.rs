@@ -152,13 +152,28 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     assert_eq!(status["lock"], "free");
     assert_eq!(status["unfinished"], Value::Null);
     let history = summary(&release(&sb, &first, &["history"]));
-    let actions: Vec<&str> = history["releases"]
+    let runs: Vec<(&str, &str)> = history["releases"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| r["action"].as_str().unwrap())
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap(),
+                r["outcome"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(actions, ["up", "up", "up", "promote"]);
+    assert_eq!(
+        runs,
+        [
+            ("up", "succeeded"),
+            ("up", "nothing_to_do"),
+            ("up", "succeeded"),
+            ("promote", "nothing_to_do"),
+            ("promote", "succeeded")
+        ],
+        "the refused --expect-digest promote is recorded as nothing to do, not a failure"
+    );
     let again = release(&sb, &first, &["promote"]);
     assert_eq!(again.status.code(), Some(8), "nothing to promote");
 
