@@ -369,9 +369,25 @@ const BAD_WAITING: [&str; 6] = [
     "CreateContainerError",
 ];
 
+/// How long a pod may keep failing to pull its image before the rollout is given up: the kubelet
+/// retries pulls with a backoff, and a throttled or briefly failing registry call must not fail a
+/// release (a missing image or a pull permission problem persists well past this).
+const PULL_GRACE: Duration = Duration::from_secs(20);
+
+/// Whether a pod in this waiting state means the rollout cannot succeed: a crash loop (after a
+/// restart), a bad image name or container config at once, a failing pull once it has persisted
+/// for `PULL_GRACE` (`failing_for`: since this run first saw the pod failing to pull).
+pub fn hopeless(reason: &str, restarts: i32, failing_for: Duration) -> bool {
+    match reason {
+        "CrashLoopBackOff" => restarts >= 1,
+        "ErrImagePull" | "ImagePullBackOff" => failing_for >= PULL_GRACE,
+        other => BAD_WAITING.contains(&other),
+    }
+}
+
 /// Wait until every replica of the colour's Deployment is updated, ready and available. Fails
-/// fast on a crash loop, an image that cannot be pulled, or an exceeded progress deadline, naming
-/// the pod, the reason and its recent events.
+/// fast on a crash loop, an image that cannot be pulled (for `PULL_GRACE`), or an exceeded
+/// progress deadline, naming the pod, the reason and its recent events.
 pub async fn wait_rollout(
     client: &kube::Client,
     config: &Config,
@@ -390,6 +406,7 @@ pub async fn wait_rollout(
     );
     let start = Instant::now();
     let mut last = String::new();
+    let mut pulling_since: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let d = deployments.get(&n).await.map_err(kube_err(step))?;
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
@@ -427,11 +444,22 @@ pub async fn wait_rollout(
                 .unwrap_or_default()
             {
                 let waiting = cs.state.as_ref().and_then(|s| s.waiting.clone());
-                let Some(w) = waiting else { continue };
+                let key = format!("{pod_name}/{}", cs.name);
+                let Some(w) = waiting else {
+                    pulling_since.remove(&key);
+                    continue;
+                };
                 let reason = w.reason.clone().unwrap_or_default();
-                if BAD_WAITING.contains(&reason.as_str())
-                    && (reason != "CrashLoopBackOff" || cs.restart_count >= 1)
-                {
+                let failing_for = if reason.contains("Pull") {
+                    pulling_since
+                        .entry(key)
+                        .or_insert_with(Instant::now)
+                        .elapsed()
+                } else {
+                    pulling_since.remove(&key);
+                    Duration::ZERO
+                };
+                if hopeless(&reason, cs.restart_count, failing_for) {
                     let mut events = recent_events(client, ns, &pod_name).await;
                     if reason == "CrashLoopBackOff" {
                         let lp = kube::api::LogParams {
@@ -641,6 +669,25 @@ mod tests {
         // Colours that do not exist have no role.
         let r = roles(None, &both(Observed::default(), seen("candidate", None)));
         assert_eq!(r.roles.len(), 1);
+    }
+
+    #[test]
+    fn a_failing_pull_is_given_time_a_crash_loop_or_bad_config_is_not() {
+        let now = Duration::ZERO;
+        assert!(
+            !hopeless("ErrImagePull", 0, now),
+            "a throttled pull is retried"
+        );
+        assert!(!hopeless("ImagePullBackOff", 0, Duration::from_secs(5)));
+        assert!(hopeless("ImagePullBackOff", 0, PULL_GRACE));
+        assert!(
+            !hopeless("CrashLoopBackOff", 0, now),
+            "not before a restart"
+        );
+        assert!(hopeless("CrashLoopBackOff", 1, now));
+        assert!(hopeless("InvalidImageName", 0, now));
+        assert!(hopeless("CreateContainerConfigError", 0, now));
+        assert!(!hopeless("ContainerCreating", 0, Duration::from_secs(600)));
     }
 
     #[test]
