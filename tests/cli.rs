@@ -4,11 +4,14 @@
 //! definition), from the repository (every file it names exists), or from itself (every job is
 //! reachable from a workflow, every requirement and command is defined).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
 use clap::{CommandFactory, Parser};
+use common::{exits_with, succeeded};
 use release::cli::Cli;
 use serde_yaml::Value;
 
@@ -454,11 +457,7 @@ fn image_build_writes_an_oci_layout_that_reads_back_to_the_same_digest() {
         .current_dir(&dir)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    succeeded(&out, "image build");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: serde_json::Value = stdout
         .lines()
@@ -525,12 +524,7 @@ fn only_the_commands_that_build_the_image_need_its_binary() {
         .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
-    assert_eq!(
-        up.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&up.stdout)
-    );
+    exits_with(&up, 3);
     assert!(String::from_utf8_lossy(&up.stdout).contains("image.binary"));
 }
 

@@ -9,12 +9,14 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{cases, config, deployments, edge_traffic, release, release_command, summary};
+use common::{
+    cases, config, deployments, edge_traffic, release, release_command, succeeded, summary,
+};
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::Value;
 
@@ -30,22 +32,31 @@ fn killed(out: &Output) -> bool {
     out.status.signal() == Some(9)
 }
 
-fn ok(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what}: {:?}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// A sandbox of its own and a release.yaml for it.
+fn sandbox() -> (Sandbox, PathBuf) {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    (sb, cfg)
+}
+
+/// The same, with a first release done: blue live behind the edge.
+fn sandbox_with_blue_live() -> (Sandbox, PathBuf) {
+    let (sb, cfg) = sandbox();
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    (sb, cfg)
+}
+
+/// What the edge's `/version` answers (null when nothing answers).
+fn edge_answer(sb: &Sandbox) -> Value {
+    reqwest::blocking::get(format!("{}/version", sb.var("SANDBOX_EDGE_URL")))
+        .and_then(|r| r.json())
+        .unwrap_or_default()
 }
 
 /// What `status` says right after a crash, checked against the world.
 fn status_tells_the_truth(sb: &Sandbox, config: &Path, what: &str) -> Value {
     let status = summary(&release(sb, config, &["status"]));
-    let answer: Value = reqwest::blocking::get(format!("{}/version", sb.var("SANDBOX_EDGE_URL")))
-        .and_then(|r| r.json())
-        .unwrap_or_default();
+    let answer = edge_answer(sb);
     assert_eq!(
         status["public url answers from"], answer["colour"],
         "{what}: status says who answers through the edge: {status}"
@@ -128,7 +139,7 @@ fn every_step(
         let what = format!("`release {}` killed after step {n}", args.join(" "));
         let out = crash_after(sb, cfg, args, n);
         if !killed(&out) {
-            ok(
+            succeeded(
                 &out,
                 &format!("`release {}` with fewer than {n} steps", args.join(" ")),
             );
@@ -168,8 +179,7 @@ fn every_step(
 
 #[test]
 fn a_first_release_killed_after_any_step_is_finished_by_the_next_run() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let (sb, cfg) = sandbox();
     let mut first = true;
     let (steps, codes) = every_step(
         &sb,
@@ -179,7 +189,7 @@ fn a_first_release_killed_after_any_step_is_finished_by_the_next_run() {
         || {
             // Each attempt starts from nothing.
             if !std::mem::take(&mut first) {
-                ok(
+                succeeded(
                     &release(&sb, &cfg, &["destroy", "--yes", "--delete-images"]),
                     "destroy",
                 );
@@ -199,9 +209,7 @@ fn a_first_release_killed_after_any_step_is_finished_by_the_next_run() {
 }
 
 fn status_live(sb: &Sandbox, cfg: &Path, colour: &str, what: &str) {
-    let answer: Value = reqwest::blocking::get(format!("{}/version", sb.var("SANDBOX_EDGE_URL")))
-        .and_then(|r| r.json())
-        .unwrap_or_default();
+    let answer = edge_answer(sb);
     assert_eq!(answer["colour"], colour, "{what}");
     assert_eq!(
         summary(&release(sb, cfg, &["status"]))["live"],
@@ -231,9 +239,7 @@ fn under_traffic<T>(sb: &Sandbox, f: impl FnOnce() -> T) -> T {
 
 #[test]
 fn a_candidate_release_killed_after_any_step_is_finished_and_blue_never_stops_serving() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    ok(&release(&sb, &cfg, &["up"]), "first release");
+    let (sb, cfg) = sandbox_with_blue_live();
     let (steps, codes) = under_traffic(&sb, || {
         every_step(
             &sb,
@@ -263,9 +269,7 @@ fn a_candidate_release_killed_after_any_step_is_finished_and_blue_never_stops_se
 
 #[test]
 fn a_promote_killed_after_any_step_is_finished_by_the_next_promote() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    ok(&release(&sb, &cfg, &["up"]), "first release");
+    let (sb, cfg) = sandbox_with_blue_live();
     let mut first = true;
     let (steps, codes) = under_traffic(&sb, || {
         every_step(
@@ -276,9 +280,9 @@ fn a_promote_killed_after_any_step_is_finished_by_the_next_promote() {
             || {
                 // blue live, green a tested candidate.
                 if !std::mem::take(&mut first) {
-                    ok(&release(&sb, &cfg, &["rollback"]), "back to blue");
+                    succeeded(&release(&sb, &cfg, &["rollback"]), "back to blue");
                 }
-                ok(&release(&sb, &cfg, &["up", "--force"]), "candidate");
+                succeeded(&release(&sb, &cfg, &["up", "--force"]), "candidate");
             },
             |what| {
                 assert_eq!(deployments(&sb), ["iris-green"], "{what}");
@@ -294,9 +298,7 @@ fn a_promote_killed_after_any_step_is_finished_by_the_next_promote() {
 
 #[test]
 fn a_rollback_to_a_retired_colour_killed_after_any_step_is_finished_by_the_next_rollback() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    ok(&release(&sb, &cfg, &["up"]), "first release");
+    let (sb, cfg) = sandbox_with_blue_live();
     let (steps, codes) = under_traffic(&sb, || {
         every_step(
             &sb,
@@ -305,7 +307,7 @@ fn a_rollback_to_a_retired_colour_killed_after_any_step_is_finished_by_the_next_
             &["rollback"],
             || {
                 // green live, blue retired: the rollback must redeploy blue from the ledger.
-                ok(
+                succeeded(
                     &release(
                         &sb,
                         &cfg,

@@ -11,10 +11,21 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Seen, assert_switch_with_flip, aws, cases, config, config_versioned, deployments, edge_traffic,
-    kubectl, object, release, release_command, s3, summary,
+    exits_with, kubectl, object, release, release_command, s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
+
+/// What the edge's `/version` says (which colour, which model).
+async fn edge_version(http: &reqwest::Client, edge: &str) -> Value {
+    http.get(format!("{edge}/version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
 
 /// From the colours that answered: how many were blue, and every other answer (a failure while
 /// blue is the only live colour).
@@ -35,11 +46,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let dir = sb.dir.join("cfg");
     let first = config(&dir, &model_server_binary(), "v1", &cases());
     let out = release(&sb, &first, &["up"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    succeeded(&out, "first release");
     let s = summary(&out);
     assert_eq!(
         (s["live"].as_str(), s["candidate"].as_str()),
@@ -50,14 +57,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     // The public URL answers, from blue, with the secret added by the edge.
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
-    let version: Value = http
-        .get(format!("{edge}/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version = edge_version(&http, &edge).await;
     assert_eq!(version["colour"], "blue");
     let answer: Value = http
         .post(format!("{edge}/predict"))
@@ -82,11 +82,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let forced = release(&sb, &first, &["up", "--force"]);
     stop.store(true, Ordering::Relaxed);
     let (blue, failures) = blue_and_failures(&traffic.join().unwrap());
-    assert!(
-        forced.status.success(),
-        "{}",
-        String::from_utf8_lossy(&forced.stdout)
-    );
+    succeeded(&forced, "up --force");
     let s = summary(&forced);
     assert_eq!(
         (s["live"].as_str(), s["candidate"].as_str()),
@@ -124,18 +120,9 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     let candidate_digest = forced_digest.clone();
     let other = format!("sha256:{}", "0".repeat(64));
     let refused = release(&sb, &first, &["promote", "--expect-digest", &other]);
-    assert_eq!(
-        refused.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&refused.stdout)
-    );
+    exits_with(&refused, 8);
     let (promoted, p0, p1) = timed(&["promote", "--expect-digest", &candidate_digest], &first);
-    assert!(
-        promoted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&promoted.stdout)
-    );
+    succeeded(&promoted, "promote");
     let s = summary(&promoted);
     assert_eq!(
         (s["live"].as_str(), s["previous"].as_str()),
@@ -179,11 +166,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
 
     // rollback: blue back behind the edge, green retired.
     let (rolled, r0, r1) = timed(&["rollback"], &first);
-    assert!(
-        rolled.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rolled.stdout)
-    );
+    succeeded(&rolled, "rollback");
     let s = summary(&rolled);
     assert_eq!(
         (s["live"].as_str(), s["rolled back from"].as_str()),
@@ -198,11 +181,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     // removed.
     let second = config_versioned(&dir, &model_server_binary(), "v2", &cases(), "2.0.0");
     let (upped, u0, u1) = timed(&["up", "--promote", "--retire-previous"], &second);
-    assert!(
-        upped.status.success(),
-        "{}",
-        String::from_utf8_lossy(&upped.stdout)
-    );
+    succeeded(&upped, "up --promote");
     let s = summary(&upped);
     assert_eq!(
         (s["candidate"].as_str(), s["promote"]["previous"].as_str()),
@@ -214,32 +193,16 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     // rollback to the retired blue: redeployed from the digest and model version in the ledger.
     // CI's rollback job passes the digest it promoted: another live image is left alone.
     let not_live = release(&sb, &second, &["rollback", "--expect-digest", &other]);
-    assert_eq!(
-        not_live.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&not_live.stdout)
-    );
+    exits_with(&not_live, 8);
     let (back, b0, b1) = timed(&["rollback", "--keep-failed"], &second);
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.join().unwrap();
-    assert!(
-        back.status.success(),
-        "{}",
-        String::from_utf8_lossy(&back.stdout)
-    );
+    succeeded(&back, "rollback to the retired blue");
     let s = summary(&back);
     assert_eq!(s["live"], "blue", "{s}");
     assert_eq!(s["model_version"], "1.0.0", "{s}");
     assert_eq!(s["rolled back from"], "green (failed, kept)", "{s}");
-    let version: Value = http
-        .get(format!("{edge}/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version = edge_version(&http, &edge).await;
     assert_eq!(
         (
             version["colour"].as_str(),
@@ -276,11 +239,7 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     // a second run has nothing left to do.
     assert_eq!(release(&sb, &first, &["destroy"]).status.code(), Some(2));
     let destroyed = release(&sb, &first, &["destroy", "--yes", "--delete-images"]);
-    assert!(
-        destroyed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&destroyed.stdout)
-    );
+    succeeded(&destroyed, "destroy");
     assert!(deployments(&sb).is_empty());
     // The origin Secret and the namespace release made go too (a namespace terminates
     // asynchronously, as in Kubernetes).
@@ -330,11 +289,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     let dir = sb.dir.join("cfg");
     let good = config(&dir, &model_server_binary(), "v1", &cases());
     let first = release(&sb, &good, &["up"]);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stdout)
-    );
+    succeeded(&first, "first release");
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = edge_traffic(edge, stop.clone());
@@ -347,12 +302,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         &wrong_cases(&dir),
     );
     let out = release(&sb, &wrong, &["up", "--force"]);
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 7);
     let s = summary(&out);
     assert!(
         s["error"].as_str().unwrap().contains("predicted"),
@@ -374,12 +324,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     .unwrap();
     let crash = config(&dir.join("crash-cfg"), &crash_bin, "crash1", &cases());
     let out = release(&sb, &crash, &["up"]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 6);
     let s = summary(&out);
     assert!(
         s["error"].as_str().unwrap().contains("CrashLoopBackOff")
@@ -428,12 +373,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     }
     let lost = config(&dir.join("lost-cfg"), &lost_bin, "lost1", &cases());
     let out = release(&sb, &lost, &["up"]);
-    assert_eq!(
-        out.status.code(),
-        Some(6),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 6);
     let s = summary(&out);
     assert!(
         s["error"].as_str().unwrap().contains("ImagePullBackOff")
@@ -470,26 +410,14 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         .error_for_status()
         .unwrap();
     let out = release(&sb, &strict, &["promote"]);
-    assert_eq!(
-        out.status.code(),
-        Some(9),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 9);
     let s = summary(&out);
     assert!(
         s["what_to_do"].as_str().unwrap().contains("flipped back"),
         "{s}"
     );
     let edge = sb.var("SANDBOX_EDGE_URL");
-    let version: Value = http
-        .get(format!("{edge}/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let version = edge_version(&http, edge).await;
     assert_eq!(version["colour"], "blue", "blue serves again");
     let status = summary(&release(&sb, &strict, &["status"]));
     assert_eq!(status["live"], "blue");
@@ -521,11 +449,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         .await
         .unwrap();
     let promoted = release(&sb, &strict, &["promote"]);
-    assert!(
-        promoted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&promoted.stdout)
-    );
+    succeeded(&promoted, "promote once green is reachable");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -582,10 +506,6 @@ async fn ctrl_c_during_the_deployment_tears_the_candidate_down_and_releases_the_
     );
     // The next run finishes the job.
     let again = release(&sb, &cfg, &["up"]);
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stdout)
-    );
+    succeeded(&again, "the run after the interrupt");
     assert_eq!(summary(&again)["live"], "blue");
 }

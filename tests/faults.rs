@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{cases, config, deployments, release, summary};
+use common::{cases, config, deployments, release, succeeded, summary};
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::Value;
 
@@ -18,13 +18,7 @@ fn the_lifecycle_succeeds_with_throttling_and_server_errors_injected() {
     let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
     let run = |args: &[&str]| {
         let out = release(&sb, &cfg, args);
-        assert!(
-            out.status.success(),
-            "release {}: {:?}\n{}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
-        );
+        succeeded(&out, &format!("release {}", args.join(" ")));
         summary(&out)
     };
     assert_eq!(run(&["up"])["live"], "blue");

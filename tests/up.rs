@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::{aws, object, release, s3, summary};
+use common::{aws, exits_with, object, release, s3, succeeded, summary};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
@@ -55,11 +55,7 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
     );
 
     let first = release(&sb, &cfg, &["up"]);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stdout)
-    );
+    succeeded(&first, "first up");
     let s1 = summary(&first);
     for stack in ["iris-network", "iris-registry", "iris-cluster"] {
         assert!(
@@ -85,11 +81,7 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
     assert_eq!(network.stacks()[0].role_arn(), Some(role));
 
     let second = release(&sb, &cfg, &["up"]);
-    assert!(
-        second.status.success(),
-        "{}",
-        String::from_utf8_lossy(&second.stdout)
-    );
+    succeeded(&second, "second up");
     let s2 = summary(&second);
     for stack in ["iris-network", "iris-registry", "iris-cluster"] {
         assert_eq!(s2[stack], "no changes", "{s2}");
@@ -175,11 +167,7 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
         "an expired lock still needs --force-unlock"
     );
     let broken = release(&sb, &cfg, &["up", "--force-unlock"]);
-    assert!(
-        broken.status.success(),
-        "{}",
-        String::from_utf8_lossy(&broken.stdout)
-    );
+    succeeded(&broken, "up with --force-unlock");
     assert!(object(&s3, "apps/iris/lock.json").await.is_none());
 
     // ECR tags are immutable: another build under the same tag is refused, clearly.
@@ -194,12 +182,7 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
     let retagged = sb.dir.join("cfg/retagged.yaml");
     std::fs::write(&retagged, text).unwrap();
     let out = release(&sb, &retagged, &["up"]);
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 5);
     let s = summary(&out);
     assert!(
         s["error"].as_str().unwrap().contains("already names")
@@ -242,12 +225,7 @@ async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
     // and the next run (fixed) deletes the failed stack and creates it again.
     let bad = config_with(&dir, "  vpc_cidr: 10.400.0.0/16\n", "");
     let out = release(&sb, &bad, &["up"]);
-    assert_eq!(
-        out.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    exits_with(&out, 5);
     let s = summary(&out);
     assert!(
         s["step"] == "stack iris-network"
@@ -260,11 +238,7 @@ async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
     );
     let good = config(&dir, "");
     let out = release(&sb, &good, &["up"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    succeeded(&out, "up after the stack failure");
     assert!(
         summary(&out)["iris-network"]
             .as_str()

@@ -32,6 +32,28 @@ pub fn release(sb: &Sandbox, config: &Path, args: &[&str]) -> Output {
     release_command(sb, config, args).output().unwrap()
 }
 
+/// The run succeeded; otherwise fail showing `what`, its status and its output.
+pub fn succeeded(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: {:?}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The run exited with `code`; otherwise fail showing its output.
+pub fn exits_with(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The final `summary` object of a run's JSON output.
 pub fn summary(out: &Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
