@@ -557,10 +557,7 @@ pub async fn wait_address(
     let step = "load balancer";
     let services: Api<Service> = Api::namespaced(client.clone(), &config.deploy.namespace);
     let n = name(config, colour);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client");
+    let http = crate::smoke::http_client(Duration::from_secs(5));
     let start = Instant::now();
     loop {
         let s = services.get(&n).await.map_err(kube_err(step))?;

@@ -479,6 +479,9 @@ impl Config {
             return Err(err(file, "deploy.replicas", "must be at least 1"));
         }
         exists(file, "smoke.cases", &base.join(&self.smoke.cases))?;
+        // Parsed here, so that a broken or empty case file stops every command before it starts.
+        crate::smoke::load_cases(&base.join(&self.smoke.cases))
+            .map_err(|e| err(file, "smoke.cases", e))?;
         if let Some(m) = &self.model.path {
             exists(file, "model.path", &base.join(m))?;
         }
@@ -638,7 +641,8 @@ mod tests {
         for t in TEMPLATES {
             std::fs::write(dir.join(format!("cloudformation/{t}.yaml")), "").unwrap();
         }
-        std::fs::write(dir.join("model-server/smoke/cases.yaml"), "").unwrap();
+        let one_case = "model: iris\ncases: [{name: a, features: [1, 2, 3, 4], expect: 0}]\n";
+        std::fs::write(dir.join("model-server/smoke/cases.yaml"), one_case).unwrap();
         std::fs::write(dir.join("ms"), "").unwrap();
         let good = parse("app: iris\nimage: {binary: ms, tag: abc}\n", "f").unwrap();
         good.validate("f", &dir).unwrap();
@@ -671,6 +675,13 @@ mod tests {
             let e = parse(text, "f").unwrap().validate("f", &dir).unwrap_err();
             assert_eq!(e.field, field, "{text}: {e}");
         }
+        // A case file with no case (or none at all) is refused: the smoke test would check nothing.
+        for text in ["model: iris\ncases: []\n", ""] {
+            std::fs::write(dir.join("model-server/smoke/cases.yaml"), text).unwrap();
+            let e = good.validate("f", &dir).unwrap_err();
+            assert_eq!(e.field, "smoke.cases", "{text:?}: {e}");
+        }
+        std::fs::write(dir.join("model-server/smoke/cases.yaml"), one_case).unwrap();
         // The image's binary is checked by the commands that build it, not by every command.
         let missing = parse("app: iris\nimage: {binary: nope, tag: abc}\n", "f").unwrap();
         missing.validate("f", &dir).unwrap();

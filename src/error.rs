@@ -23,8 +23,13 @@ pub enum Exit {
     Precondition = 8,
     /// After the flip, the public URL did not answer correctly; the flip was reverted.
     Verify = 9,
-    /// Interrupted (Ctrl-C); what was started was compensated.
+    /// Its terminal hung up (SIGHUP); what was started was compensated, the lock released.
+    HangUp = 129,
+    /// Interrupted (Ctrl-C); what was started was compensated, the lock released.
     Interrupted = 130,
+    /// Terminated (SIGTERM: a cancelled CI job); what was started was compensated, the lock
+    /// released.
+    Terminated = 143,
 }
 
 #[derive(Debug)]
@@ -67,5 +72,9 @@ pub type Result<T> = std::result::Result<T, Failure>;
 
 /// An AWS SDK error with its code and message (DisplayErrorContext walks the source chain).
 pub fn sdk<E: std::error::Error + 'static>(e: E) -> String {
+    // An endpoint nobody answers at: say that, not the SDK's dispatch-failure chain.
+    if let Some(u) = crate::endpoint::unreachable_in(&e) {
+        return u.to_string();
+    }
     aws_sdk_s3::error::DisplayErrorContext(e).to_string()
 }

@@ -1,5 +1,5 @@
 //! The `release` library: what the CLI (src/main.rs) is made of (docs/architecture.md).
-//! Pure core: `config`, `state`, `plan`, `colour::roles`. Adapters: `store` (S3), `stacks`
+//! Pure core: `config`, `state`, `plan`, `colour::roles`. Adapters: `endpoint` (the AWS clients), `store` (S3), `stacks`
 //! (CloudFormation), `image` (OCI images, ECR), `eks`, `colour` (Kubernetes), `smoke`. Commands:
 //! `up`, `promote` (promote, rollback, destroy, status, history). The command line: `cli`.
 
@@ -7,6 +7,7 @@ pub mod cli;
 pub mod colour;
 pub mod config;
 pub mod eks;
+pub mod endpoint;
 pub mod error;
 pub mod image;
 pub mod output;

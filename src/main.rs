@@ -132,58 +132,77 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 force: *force,
             };
             let up_then_promote = async {
-                let mut summary = release::up::up(&ctx, &args).await?;
-                let candidate = summary["candidate"].as_str().map(str::to_string);
-                let waiting =
-                    candidate.is_some_and(|c| summary["live"].as_str().is_some_and(|l| l != c));
+                let up = release::up::up(&ctx, &args).await?;
+                let mut summary = up.summary;
+                if *promote && ctx.dry_run {
+                    ctx.out.note("plan: promote: once up has a tested candidate waiting, promote it as `release promote` would");
+                }
                 if *promote && !ctx.dry_run {
-                    if waiting {
+                    if up.candidate_waits {
                         summary["promote"] =
                             release::promote::promote(&ctx, false, *retire_previous, None).await?;
                     } else {
-                        ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already)");
+                        ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already): nothing to promote");
                     }
                 }
                 Ok(summary)
             };
-            tokio::select! {
-                r = up_then_promote => r,
-                _ = tokio::signal::ctrl_c() => {
-                    release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
-                    Err(Failure::new(Exit::Interrupted, "up", "interrupted", "re-run release up; it continues from what is really there"))
-                }
-            }
+            interruptible(
+                &ctx,
+                "up",
+                "re-run release up; it continues from what is really there",
+                up_then_promote,
+            )
+            .await
         }
         Command::Promote {
             force_unlock,
             retire_previous,
             expect_digest,
         } => {
-            tokio::select! {
-                r = release::promote::promote(&ctx, *force_unlock, *retire_previous, expect_digest.as_deref()) => r,
-                _ = tokio::signal::ctrl_c() => {
-                    release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
-                    Err(Failure::new(Exit::Interrupted, "promote", "interrupted", "check `release status`, then re-run release promote"))
-                }
-            }
+            interruptible(
+                &ctx,
+                "promote",
+                "check `release status`, then re-run release promote",
+                release::promote::promote(
+                    &ctx,
+                    *force_unlock,
+                    *retire_previous,
+                    expect_digest.as_deref(),
+                ),
+            )
+            .await
         }
         Command::Rollback {
             force_unlock,
             keep_failed,
             expect_digest,
         } => {
-            tokio::select! {
-                r = release::promote::rollback(&ctx, *force_unlock, *keep_failed, expect_digest.as_deref()) => r,
-                _ = tokio::signal::ctrl_c() => {
-                    release::up::finish_session(&ctx, Some("interrupted (Ctrl-C)".into()), None).await;
-                    Err(Failure::new(Exit::Interrupted, "rollback", "interrupted", "check `release status`, then re-run release rollback"))
-                }
-            }
+            interruptible(
+                &ctx,
+                "rollback",
+                "check `release status`, then re-run release rollback",
+                release::promote::rollback(
+                    &ctx,
+                    *force_unlock,
+                    *keep_failed,
+                    expect_digest.as_deref(),
+                ),
+            )
+            .await
         }
         Command::Destroy {
             force_unlock,
             delete_images,
-        } => release::promote::destroy(&ctx, *force_unlock, *delete_images).await,
+        } => {
+            interruptible(
+                &ctx,
+                "destroy",
+                "re-run release destroy; it continues with what is left",
+                release::promote::destroy(&ctx, *force_unlock, *delete_images),
+            )
+            .await
+        }
         Command::Status => release::promote::status(&ctx).await,
         Command::History { limit } => release::promote::history(&ctx, *limit).await.inspect(|h| {
             if ctx.out.format() == Format::Human {
@@ -282,6 +301,49 @@ fn image_build(
         }
         Err(e) => fail(out, &e),
     }
+}
+
+/// Run a command that holds the app's lock. On Ctrl-C, SIGTERM (a cancelled CI job), SIGHUP (a
+/// closed terminal) or a panic, stop it, close its ledger entry and release its lock (tearing down
+/// a candidate being deployed), and fail with 130, 143, 129 or 1 and `hint`.
+async fn interruptible(
+    ctx: &Ctx,
+    command: &str,
+    hint: &str,
+    work: impl std::future::Future<Output = release::error::Result<serde_json::Value>>,
+) -> release::error::Result<serde_json::Value> {
+    use futures_util::FutureExt;
+    use tokio::signal::unix::{SignalKind, signal};
+    // Registered before the work starts, so that no signal finds the default action (death with
+    // the lock held).
+    let handlers =
+        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::hangup())?)));
+    let (mut term, mut hup) = handlers.map_err(|e| {
+        Failure::new(
+            Exit::Internal,
+            command,
+            format!("cannot handle signals: {e}"),
+            "",
+        )
+    })?;
+    let (exit, why, hint) = tokio::select! {
+        r = std::panic::AssertUnwindSafe(work).catch_unwind() => match r {
+            Ok(r) => return r,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                (Exit::Internal, format!("internal error (a bug): {what}"), format!("{hint}; please report this with the output above"))
+            }
+        },
+        _ = tokio::signal::ctrl_c() => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
+        _ = term.recv() => (Exit::Terminated, "terminated (SIGTERM)".to_string(), hint.to_string()),
+        _ = hup.recv() => (Exit::HangUp, "hung up (SIGHUP)".to_string(), hint.to_string()),
+    };
+    release::up::finish_session(ctx, Some(why.clone()), None).await;
+    Err(Failure::new(exit, command, why, hint))
 }
 
 /// `release man`: the man page of release, or with --out one page per command.

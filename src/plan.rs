@@ -62,9 +62,377 @@ pub fn actor(env: impl Fn(&str) -> Option<String>) -> (String, Option<String>) {
     (format!("{user}@{host}"), ci)
 }
 
+/// One step a command would take, and what it would do: `--dry-run` prints these and changes
+/// nothing; the real run takes the same steps in the same order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PlannedStep {
+    pub step: String,
+    pub what: String,
+}
+
+pub fn planned(step: impl Into<String>, what: impl Into<String>) -> PlannedStep {
+    PlannedStep {
+        step: step.into(),
+        what: what.into(),
+    }
+}
+
+/// What a promote or rollback starts from, as observed: the facts [`flip_steps`] decides on.
+#[derive(Debug, Clone)]
+pub struct FlipFacts {
+    pub action: &'static str,
+    /// Full names (`<app>-blue`) of the colour traffic leaves and the one it goes to.
+    pub from: String,
+    pub to: String,
+    pub from_exists: bool,
+    pub from_addr: Option<String>,
+    /// `to`'s load-balancer address, or `None` when it must be redeployed first.
+    pub to_addr: Option<String>,
+    /// `Some(image)` when `to` was retired and is deployed again from the ledger's digest.
+    pub redeploy: Option<String>,
+    pub model_version: String,
+    /// The edge already serves `to` (an earlier run died after its flip).
+    pub finishing: bool,
+    pub cases: usize,
+    pub requests: u32,
+    pub public_url: String,
+    pub invalidate: bool,
+    /// Remove `from` at the end (promote --retire-previous, or rollback without --keep-failed).
+    pub retire: bool,
+}
+
+/// The steps of a promote or rollback, in the order `flip_to` takes them.
+pub fn flip_steps(f: &FlipFacts) -> Vec<PlannedStep> {
+    let mut steps = vec![planned(
+        "lock",
+        "take the app's lock and open a ledger entry",
+    )];
+    if let Some(image) = &f.redeploy {
+        steps.push(planned(
+            format!("redeploy {}", f.to),
+            format!(
+                "{} was retired: deploy it again from the ledger's image {image} (model {})",
+                f.to, f.model_version
+            ),
+        ));
+    }
+    let to_addr = f
+        .to_addr
+        .clone()
+        .unwrap_or_else(|| "its new load balancer".into());
+    if f.finishing {
+        steps.push(planned(
+            "flip",
+            format!(
+                "none: the edge already serves {} (an earlier {} died after its flip)",
+                f.to, f.action
+            ),
+        ));
+    } else {
+        steps.push(planned(
+            format!("smoke {}", f.to),
+            format!(
+                "{} golden cases and {} requests against {to_addr}",
+                f.cases, f.requests
+            ),
+        ));
+        let invalidate = if f.invalidate {
+            ", then invalidate /*"
+        } else {
+            ""
+        };
+        steps.push(planned(
+            "flip",
+            format!(
+                "edge stack parameter OriginDomain: {} -> {to_addr} ({} -> {}); wait until CloudFront is Deployed{invalidate}",
+                f.from_addr.as_deref().unwrap_or("-"),
+                f.from,
+                f.to
+            ),
+        ));
+    }
+    let back = if f.from_exists && f.from_addr.is_some() {
+        format!("on failure flip back to {}", f.from)
+    } else {
+        format!("{} is gone: nothing to flip back to on failure", f.from)
+    };
+    steps.push(planned(
+        "verify public URL",
+        format!(
+            "{} answers from {} ({} requests); {back}",
+            f.public_url,
+            f.to,
+            f.requests.min(20)
+        ),
+    ));
+    let (old_role, kept) = match f.action {
+        "rollback" => ("failed", "kept for inspection (--keep-failed)"),
+        _ => ("previous", "kept for an instant rollback"),
+    };
+    let mut roles = format!("{} live", f.to);
+    if f.from_exists {
+        roles.push_str(&format!(", {} {old_role}", f.from));
+    }
+    steps.push(planned("roles", roles));
+    if f.from_exists {
+        steps.push(if f.retire {
+            planned(
+                format!("retire {}", f.from),
+                "delete its Deployment and Service",
+            )
+        } else {
+            planned(format!("keep {}", f.from), kept)
+        });
+    }
+    steps
+}
+
+/// What `release destroy` finds, as observed.
+#[derive(Debug, Clone, Default)]
+pub struct DestroyFacts {
+    /// The colours (full names) whose objects exist.
+    pub colours: Vec<String>,
+    /// The cluster is reachable: its app objects (origin Secret, namespace) go too.
+    pub cluster: bool,
+    pub namespace: String,
+    pub app: String,
+    /// Each stack release made, with its status (`None`: absent), in deletion order: edge,
+    /// cluster, network, then registry.
+    pub stacks: Vec<(String, Option<String>)>,
+    pub delete_images: bool,
+    /// Images in the repository (`None`: no repository).
+    pub images: Option<usize>,
+    /// The state bucket, if it exists.
+    pub bucket: Option<String>,
+}
+
+/// Every resource `release destroy` would delete, in its order, then what it keeps.
+pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
+    let mut steps = Vec::new();
+    if f.bucket.is_some() {
+        steps.push(planned(
+            "lock",
+            "take the app's lock and open a ledger entry",
+        ));
+    }
+    for c in &f.colours {
+        steps.push(planned(
+            format!("delete {c}"),
+            "its Deployment, Service, PodDisruptionBudget and NetworkPolicy",
+        ));
+    }
+    if f.cluster {
+        steps.push(planned(
+            "delete app objects",
+            format!(
+                "Secret {}-origin, and namespace {} if release made it",
+                f.app, f.namespace
+            ),
+        ));
+    }
+    let (registry, others) = f
+        .stacks
+        .split_last()
+        .map_or((None, &f.stacks[..]), |(r, o)| (Some(r), o));
+    for (name, status) in others {
+        steps.push(match status {
+            Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
+            None => planned(format!("delete {name}"), "none: absent"),
+        });
+    }
+    if let Some((name, status)) = registry {
+        if f.delete_images {
+            if let Some(n) = f.images {
+                steps.push(planned(
+                    "delete images",
+                    format!("{n} images in repository {}", f.app),
+                ));
+            }
+            steps.push(match status {
+                Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
+                None => planned(format!("delete {name}"), "none: absent"),
+            });
+            if let Some(b) = &f.bucket {
+                steps.push(planned(
+                    format!("delete {b}"),
+                    "every version of the ledger and the lock, then the bucket",
+                ));
+            }
+        } else if status.is_some() {
+            steps.push(planned(
+                format!("keep {name}"),
+                "it holds the images and the state bucket (--delete-images removes them)",
+            ));
+        }
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn promote_facts() -> FlipFacts {
+        FlipFacts {
+            action: "promote",
+            from: "iris-blue".into(),
+            to: "iris-green".into(),
+            from_exists: true,
+            from_addr: Some("blue.lb".into()),
+            to_addr: Some("green.lb".into()),
+            redeploy: None,
+            model_version: "v2".into(),
+            finishing: false,
+            cases: 6,
+            requests: 50,
+            public_url: "https://d1.cloudfront.net".into(),
+            invalidate: false,
+            retire: false,
+        }
+    }
+
+    fn names(steps: &[PlannedStep]) -> Vec<&str> {
+        steps.iter().map(|s| s.step.as_str()).collect()
+    }
+
+    #[test]
+    fn a_promote_plan_smoke_tests_flips_the_origin_verifies_and_keeps_the_previous_colour() {
+        let steps = flip_steps(&promote_facts());
+        assert_eq!(
+            names(&steps),
+            [
+                "lock",
+                "smoke iris-green",
+                "flip",
+                "verify public URL",
+                "roles",
+                "keep iris-blue"
+            ]
+        );
+        assert!(
+            steps[1]
+                .what
+                .contains("6 golden cases and 50 requests against green.lb")
+        );
+        assert!(
+            steps[2]
+                .what
+                .contains("OriginDomain: blue.lb -> green.lb (iris-blue -> iris-green)"),
+            "{}",
+            steps[2].what
+        );
+        assert!(!steps[2].what.contains("invalidate"));
+        assert!(steps[3].what.contains("on failure flip back to iris-blue"));
+        assert_eq!(steps[4].what, "iris-green live, iris-blue previous");
+        let retiring = flip_steps(&FlipFacts {
+            retire: true,
+            invalidate: true,
+            ..promote_facts()
+        });
+        assert_eq!(retiring.last().unwrap().step, "retire iris-blue");
+        assert!(retiring[2].what.ends_with("then invalidate /*"));
+    }
+
+    #[test]
+    fn a_rollback_to_a_retired_colour_redeploys_it_from_the_ledger_first() {
+        let steps = flip_steps(&FlipFacts {
+            action: "rollback",
+            from: "iris-green".into(),
+            to: "iris-blue".into(),
+            from_addr: Some("green.lb".into()),
+            to_addr: None,
+            redeploy: Some("repo@sha256:abc".into()),
+            model_version: "v1".into(),
+            retire: true,
+            ..promote_facts()
+        });
+        assert_eq!(
+            names(&steps),
+            [
+                "lock",
+                "redeploy iris-blue",
+                "smoke iris-blue",
+                "flip",
+                "verify public URL",
+                "roles",
+                "retire iris-green"
+            ]
+        );
+        assert!(steps[1].what.contains("repo@sha256:abc (model v1)"));
+        assert!(steps[3].what.contains("green.lb -> its new load balancer"));
+        assert_eq!(steps[5].what, "iris-blue live, iris-green failed");
+    }
+
+    #[test]
+    fn finishing_an_earlier_flip_neither_smoke_tests_nor_flips_again() {
+        let steps = flip_steps(&FlipFacts {
+            finishing: true,
+            ..promote_facts()
+        });
+        assert_eq!(
+            names(&steps),
+            [
+                "lock",
+                "flip",
+                "verify public URL",
+                "roles",
+                "keep iris-blue"
+            ]
+        );
+        assert!(
+            steps[1]
+                .what
+                .starts_with("none: the edge already serves iris-green")
+        );
+    }
+
+    #[test]
+    fn destroy_lists_every_resource_in_order_and_keeps_the_registry_without_delete_images() {
+        let facts = DestroyFacts {
+            colours: vec!["iris-blue".into(), "iris-green".into()],
+            cluster: true,
+            namespace: "ml".into(),
+            app: "iris".into(),
+            stacks: vec![
+                ("iris-edge".into(), Some("CREATE_COMPLETE".into())),
+                ("iris-cluster".into(), Some("UPDATE_COMPLETE".into())),
+                ("iris-network".into(), None),
+                ("iris-registry".into(), Some("CREATE_COMPLETE".into())),
+            ],
+            delete_images: false,
+            images: None,
+            bucket: Some("iris-release-state".into()),
+        };
+        let steps = destroy_steps(&facts);
+        assert_eq!(
+            names(&steps),
+            [
+                "lock",
+                "delete iris-blue",
+                "delete iris-green",
+                "delete app objects",
+                "delete iris-edge",
+                "delete iris-cluster",
+                "delete iris-network",
+                "keep iris-registry"
+            ]
+        );
+        assert_eq!(steps[6].what, "none: absent");
+        let all = destroy_steps(&DestroyFacts {
+            delete_images: true,
+            images: Some(3),
+            ..facts
+        });
+        assert_eq!(
+            names(&all)[7..],
+            [
+                "delete images",
+                "delete iris-registry",
+                "delete iris-release-state"
+            ]
+        );
+        assert_eq!(all[7].what, "3 images in repository iris");
+    }
 
     fn config() -> Config {
         crate::config::parse(

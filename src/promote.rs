@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::colour::{self, COLOURS};
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::stacks::{Observed, Stacks};
-use crate::up::{Ctx, begin, finish_session, smoke_failure, step, wait_deployed};
+use crate::up::{Ctx, begin, finish_session, mark_live, smoke_test, step, wait_deployed};
 
 /// The world as `promote` and `status` need it.
 pub struct World {
@@ -103,7 +103,7 @@ async fn flip(
             .caller_reference(format!("release-{}", crate::store::now()))
             .build()
             .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
-        aws_sdk_cloudfront::Client::new(&ctx.aws)
+        crate::endpoint::cloudfront(&ctx.aws)
             .create_invalidation()
             .distribution_id(&dist)
             .invalidation_batch(batch)
@@ -127,10 +127,7 @@ pub async fn wait_public(
     colour: &str,
     timeout: Duration,
 ) -> std::result::Result<(), String> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client");
+    let http = crate::smoke::http_client(Duration::from_secs(5));
     let start = Instant::now();
     loop {
         let last = match http.get(format!("{url}/version")).send().await {
@@ -319,6 +316,154 @@ async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
     })
 }
 
+/// Observe and decide a flip, and check what the caller asked for: the part of a promote or
+/// rollback that changes nothing, shared by the real run and `--dry-run`. Returns the world, the
+/// plan and the public URL.
+async fn prepare(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    kind: Flip,
+    expect_digest: Option<&str>,
+) -> Result<(World, FlipPlan, String)> {
+    let c = &ctx.config;
+    let action = kind.action();
+    let world = observe(ctx, stacks).await?;
+    let plan = plan_flip(ctx, &world, kind).await?;
+    // Promote: the candidate must run the expected image; rollback: the colour being rolled
+    // back from must (so CI never rolls back a release it did not make).
+    if let Some(want) = expect_digest {
+        let (checked, hint) = match kind {
+            Flip::Promote { .. } => (
+                plan.to,
+                "another release replaced the candidate; run `release up` for this build again",
+            ),
+            Flip::Rollback { .. } => (
+                plan.from,
+                "that image is not live (a failed promote flips back by itself); check `release status`",
+            ),
+        };
+        let got = world.colours[checked].digest.as_deref().unwrap_or("none");
+        if got != want {
+            return Err(Failure::new(
+                Exit::Precondition,
+                action,
+                format!(
+                    "nothing to {action}: {} runs {got}, not the expected {want}",
+                    colour::name(c, checked)
+                ),
+                hint,
+            ));
+        }
+    }
+    let Some(public) = public_url(ctx, &world.edge) else {
+        return Err(Failure::new(
+            Exit::Precondition,
+            action,
+            "the edge stack has no public URL",
+            "run `release up` to finish the edge stack",
+        ));
+    };
+    Ok((world, plan, public))
+}
+
+/// The image digest and model version traffic goes to: the ledger's when `to` is redeployed,
+/// else what `to` runs.
+fn target_image(
+    c: &crate::config::Config,
+    world: &World,
+    plan: &FlipPlan,
+) -> (Option<String>, String) {
+    match &plan.redeploy {
+        Some(r) => (
+            r.image_digest.clone(),
+            r.model_version.clone().unwrap_or_default(),
+        ),
+        None => (
+            world.colours[plan.to].digest.clone(),
+            world.colours[plan.to]
+                .model_version
+                .clone()
+                .unwrap_or_else(|| c.model.version.clone()),
+        ),
+    }
+}
+
+/// The retirement a flip of `kind` ends with.
+fn retires(kind: Flip) -> bool {
+    match kind {
+        Flip::Promote { retire_previous } => retire_previous,
+        Flip::Rollback { keep_failed } => !keep_failed,
+    }
+}
+
+/// `--dry-run` of promote and rollback: the same checks and decisions as the real run (and its
+/// exit codes), printed as a plan; nothing is written, not even the lock.
+async fn dry_run_flip(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &crate::store::StateStore,
+    force_unlock: bool,
+    kind: Flip,
+    expect_digest: Option<&str>,
+) -> Result<Value> {
+    let c = &ctx.config;
+    store
+        .check_lock(&crate::up::hostname(), force_unlock, ctx.yes)
+        .await?;
+    let (world, plan, public) = prepare(ctx, stacks, kind, expect_digest).await?;
+    let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+        .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
+    let (digest, version) = target_image(c, &world, &plan);
+    let redeploy = match (&plan.redeploy, &digest) {
+        (Some(_), Some(d)) => {
+            let registry = stacks.observe(&c.stack_name("registry")).await?;
+            let uri = registry.output(&c.stack_name("registry"), "RepositoryUri")?;
+            Some(format!("{uri}@{d}"))
+        }
+        _ => None,
+    };
+    let facts = crate::plan::FlipFacts {
+        action: kind.action(),
+        from: colour::name(c, plan.from),
+        to: colour::name(c, plan.to),
+        from_exists: world.colours[plan.from].exists,
+        from_addr: world.colours[plan.from].address.clone(),
+        to_addr: redeploy
+            .is_none()
+            .then(|| world.colours[plan.to].address.clone())
+            .flatten(),
+        redeploy,
+        model_version: version.clone(),
+        finishing: plan.finishing,
+        cases: cases.cases.len(),
+        requests: c.smoke.requests,
+        public_url: public.clone(),
+        invalidate: c.edge.invalidate,
+        retire: retires(kind),
+    };
+    let steps = crate::plan::flip_steps(&facts);
+    Ok(print_plan(
+        ctx,
+        &steps,
+        json!({"live": plan.from, "to": plan.to, "image_digest": digest, "model_version": version, "public url": public}),
+    ))
+}
+
+/// Print a dry run's steps (`plan: <step>: <what>`) and return them as the command's summary,
+/// with `extra`'s fields.
+pub fn print_plan(ctx: &Ctx, steps: &[crate::plan::PlannedStep], extra: Value) -> Value {
+    for s in steps {
+        ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
+    }
+    let mut summary = match extra {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    summary.insert("plan".into(), json!(steps));
+    summary.insert("dry run".into(), json!("nothing was changed"));
+    Value::Object(summary)
+}
+
 async fn flip_to(
     ctx: &Ctx,
     force_unlock: bool,
@@ -338,52 +483,20 @@ async fn flip_to(
             "run `release up` first",
         ));
     }
+    if ctx.dry_run {
+        return dry_run_flip(ctx, &stacks, &store, force_unlock, kind, expect_digest).await;
+    }
     // The lock first, so that what is observed cannot change under this run.
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let planned = async {
-        let world = observe(ctx, &stacks).await?;
-        let plan = plan_flip(ctx, &world, kind).await?;
-        // Promote: the candidate must run the expected image; rollback: the colour being rolled
-        // back from must (so CI never rolls back a release it did not make).
-        if let Some(want) = expect_digest {
-            let (checked, hint) = match kind {
-                Flip::Promote { .. } => (
-                    plan.to,
-                    "another release replaced the candidate; run `release up` for this build again",
-                ),
-                Flip::Rollback { .. } => (
-                    plan.from,
-                    "that image is not live (a failed promote flips back by itself); check `release status`",
-                ),
-            };
-            let got = world.colours[checked].digest.as_deref().unwrap_or("none");
-            if got != want {
-                return Err(Failure::new(
-                    Exit::Precondition,
-                    action,
-                    format!(
-                        "nothing to {action}: {} runs {got}, not the expected {want}",
-                        colour::name(c, checked)
-                    ),
-                    hint,
-                ));
-            }
-        }
-        let Some(public) = public_url(ctx, &world.edge) else {
-            return Err(Failure::new(
-                Exit::Precondition,
-                action,
-                "the edge stack has no public URL",
-                "run `release up` to finish the edge stack",
-            ));
-        };
+        let (world, plan, public) = prepare(ctx, &stacks, kind, expect_digest).await?;
         let client = world
             .cluster
             .as_ref()
             .expect("a live colour implies a cluster")
             .client()
             .await?;
-        Ok((world, plan, public, client))
+        Ok::<_, Failure>((world, plan, public, client))
     }
     .await;
     let (world, plan, public, client) = match planned {
@@ -397,19 +510,7 @@ async fn flip_to(
     };
     let (from, to) = (plan.from, plan.to);
     let from_addr = world.colours[from].address.clone();
-    let (digest, version) = match &plan.redeploy {
-        Some(r) => (
-            r.image_digest.clone(),
-            r.model_version.clone().unwrap_or_default(),
-        ),
-        None => (
-            world.colours[to].digest.clone(),
-            world.colours[to]
-                .model_version
-                .clone()
-                .unwrap_or_else(|| c.model.version.clone()),
-        ),
-    };
+    let (digest, version) = target_image(c, &world, &plan);
     // What this run moves traffic to, in the ledger before anything changes.
     let _ = store
         .update_ledger(|l| {
@@ -440,20 +541,10 @@ async fn flip_to(
         if !plan.finishing {
             let smoke_name = format!("smoke {}", colour::name(c, to));
             step(ctx, &store, &id, &smoke_name, &target.base_url, async {
-                let r = crate::smoke::run(
-                    &target,
-                    &cases,
-                    c.smoke.requests,
-                    c.smoke.p95_ms,
-                    None,
-                    |p| ctx.out.progress(&smoke_name, &p),
-                )
-                .await;
-                if r.ok() {
-                    Ok(((), r.summary()))
-                } else {
-                    Err(smoke_failure(to, &r))
-                }
+                let summary =
+                    smoke_test(ctx, &target, &cases, c.smoke.requests, None, Some(&smoke_name))
+                        .await?;
+                Ok(((), summary))
             })
             .await?;
             // The colour keeps `redeploy`'s teardown-on-failure no longer: it is tested.
@@ -492,27 +583,18 @@ async fn flip_to(
             )
                 .await
                 .map_err(|e| Failure::new(Exit::Verify, "verify public URL", e, ""))?;
-            let r = crate::smoke::run(
+            let summary = smoke_test(
+                ctx,
                 &public_target,
                 &cases,
                 c.smoke.requests.min(20),
-                c.smoke.p95_ms,
                 None,
-                |_| {},
+                None,
             )
-            .await;
-            if !r.ok() {
-                return Err(smoke_failure(to, &r));
-            }
+            .await?;
             // Live and answering: from now on this is the colour a later rollback returns from.
-            store
-                .update_ledger(|l| {
-                    if let Some(r) = l.get_mut(&id) {
-                        r.went_live = true;
-                    }
-                })
-                .await?;
-            Ok(((), r.summary()))
+            mark_live(&store, &id, to).await?;
+            Ok(((), summary))
         })
         .await;
         if let Err(e) = verified {
@@ -547,20 +629,14 @@ async fn flip_to(
             ));
         }
         annotate(&client, ctx, to, Some("live"), None).await?;
-        let retire = match kind {
-            Flip::Promote { retire_previous } => {
-                if world.colours[from].exists {
-                    annotate(&client, ctx, from, Some("previous"), None).await?;
-                }
-                retire_previous
-            }
-            Flip::Rollback { keep_failed } => {
-                if world.colours[from].exists {
-                    annotate(&client, ctx, from, Some("failed"), None).await?;
-                }
-                !keep_failed
-            }
-        };
+        if world.colours[from].exists {
+            let role = match kind {
+                Flip::Promote { .. } => "previous",
+                Flip::Rollback { .. } => "failed",
+            };
+            annotate(&client, ctx, from, Some(role), None).await?;
+        }
+        let retire = retires(kind);
         if retire && world.colours[from].exists {
             step(
                 ctx,
@@ -659,10 +735,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         );
     }
     let world = observe(ctx, &stacks).await?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("an HTTP client");
+    let http = crate::smoke::http_client(Duration::from_secs(5));
     let roles = colour::roles(world.live, &world.colours);
     let now = crate::store::now() as i64;
     let mut colours = serde_json::Map::new();
@@ -690,7 +763,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     }
     // CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
     let edge_state = match world.edge.outputs.get("DistributionId") {
-        Some(id) => aws_sdk_cloudfront::Client::new(&ctx.aws)
+        Some(id) => crate::endpoint::cloudfront(&ctx.aws)
             .get_distribution()
             .id(id)
             .send()
@@ -786,12 +859,67 @@ async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static
     }
 }
 
+/// `--dry-run` of destroy: what it would delete, in its order, and what it would keep.
+async fn dry_run_destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
+    let c = &ctx.config;
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let bucket = store.bucket_exists().await?;
+    store
+        .check_lock(&crate::up::hostname(), force_unlock, ctx.yes)
+        .await?;
+    let mut facts = crate::plan::DestroyFacts {
+        namespace: c.deploy.namespace.clone(),
+        app: c.app.clone(),
+        delete_images,
+        bucket: bucket.then(|| c.state_bucket()),
+        ..Default::default()
+    };
+    for t in ["edge", "cluster", "network", "registry"] {
+        let name = c.stack_name(t);
+        let observed = stacks.observe(&name).await?;
+        if t == "cluster"
+            && let Some(cluster) = observed.outputs.get("ClusterName")
+        {
+            let client = crate::eks::Cluster::connect(&ctx.aws, cluster)
+                .await?
+                .client()
+                .await?;
+            for col in COLOURS {
+                if colour::observe(&client, c, col).await?.exists {
+                    facts.colours.push(colour::name(c, col));
+                }
+            }
+            facts.cluster = true;
+        }
+        facts.stacks.push((name, observed.status));
+    }
+    if delete_images {
+        facts.images = crate::endpoint::ecr(&ctx.aws)
+            .list_images()
+            .repository_name(&c.app)
+            .send()
+            .await
+            .ok()
+            .map(|i| i.image_ids().len());
+    }
+    Ok(print_plan(
+        ctx,
+        &crate::plan::destroy_steps(&facts),
+        json!({}),
+    ))
+}
+
 /// `release destroy`: everything `release` made for the app, in dependency order, each step
 /// skipping what is already gone, so a re-run after a crash finishes the job. Images (and with
 /// them the registry stack and the state bucket) go only with `--delete-images`.
 pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
     use std::io::IsTerminal;
     let c = &ctx.config;
+    // A dry run deletes nothing, so there is nothing to confirm.
+    if ctx.dry_run {
+        return dry_run_destroy(ctx, force_unlock, delete_images).await;
+    }
     if !ctx.yes {
         if !std::io::stdin().is_terminal() {
             return Err(Failure::new(
@@ -866,7 +994,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
     if id.is_some() {
         finish_session(ctx, None, Some(true)).await;
     }
-    let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+    let ecr = crate::endpoint::ecr(&ctx.aws);
     let fail = |step: &str, e: String| {
         Failure::new(
             Exit::Aws,
@@ -890,12 +1018,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
     summary.insert(registry, json!("deleted, with its images"));
     let bucket = c.state_bucket();
     if store.bucket_exists().await? {
-        let path_style = ctx.aws.endpoint_url().is_some();
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&ctx.aws)
-                .force_path_style(path_style)
-                .build(),
-        );
+        let s3 = crate::endpoint::s3(&ctx.aws);
         // Every version of every object (the ledger has one per write), a page at a time: each
         // page deleted is gone from the next listing.
         loop {

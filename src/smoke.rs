@@ -25,7 +25,16 @@ pub struct Case {
 
 pub fn load_cases(path: &Path) -> Result<Cases, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let cases: Cases =
+        serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A smoke test with no golden case would check no answer at all: refuse it.
+    if cases.cases.is_empty() {
+        return Err(format!(
+            "{}: no golden cases (a smoke test needs at least one)",
+            path.display()
+        ));
+    }
+    Ok(cases)
 }
 
 pub struct Target<'a> {
@@ -97,6 +106,15 @@ async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Re
         .ok_or_else(|| format!("no prediction in {body}"))
 }
 
+/// A plain HTTP client whose every request gives up after `timeout` (smoke tests, address and
+/// public-URL checks).
+pub fn http_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .expect("an HTTP client")
+}
+
 /// What `compare_live` sends to both colours for one golden case: the case itself and four
 /// deterministic neighbours (each feature scaled by ±5 % and ±10 %, alternating by position).
 pub fn comparison_inputs(features: &[f64]) -> Vec<Vec<f64>> {
@@ -122,10 +140,7 @@ pub async fn run(
     live: Option<(&Target<'_>, f64)>,
     mut progress: impl FnMut(String),
 ) -> Report {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("an HTTP client");
+    let http = http_client(Duration::from_secs(10));
     let mut r = Report {
         cases: cases.cases.len(),
         ..Report::default()

@@ -147,6 +147,60 @@ impl StateStore {
         Ok(self.read::<Lock>("lock.json").await?.map(|(l, _)| l))
     }
 
+    /// What `acquire` would do about `existing`: break it, or the failure that says who holds it.
+    fn decide(
+        &self,
+        existing: &Lock,
+        now: u64,
+        gone: bool,
+        force_unlock: bool,
+        yes: bool,
+    ) -> Result<LockDecision> {
+        match decide_lock(existing, now, gone, force_unlock, yes) {
+            LockDecision::Held if gone => Err(Failure::new(
+                Exit::Locked,
+                "lock",
+                format!(
+                    "{} is locked by a run that died: {} (process {} is gone from this host)",
+                    self.app,
+                    existing.describe(now),
+                    existing.pid.unwrap_or_default()
+                ),
+                "re-run with --force-unlock; the command re-plans from what is really there",
+            )),
+            LockDecision::Held => Err(Failure::new(
+                Exit::Locked,
+                "lock",
+                format!(
+                    "another release holds {}: {}",
+                    self.app,
+                    existing.describe(now)
+                ),
+                "wait for that run to finish; if it died, re-run with --force-unlock once its lease has expired (docs/runbook.md)",
+            )),
+            LockDecision::RefuseLive => Err(Failure::new(
+                Exit::Locked,
+                "lock",
+                format!("refusing to break a live lock: {}", existing.describe(now)),
+                "make sure that run is really gone, then add --yes to break it anyway",
+            )),
+            d => Ok(d),
+        }
+    }
+
+    /// `--dry-run`'s lock check: fail as `acquire` would (exit 4 when another run holds the
+    /// lock), write nothing.
+    pub async fn check_lock(&self, host: &str, force_unlock: bool, yes: bool) -> Result<()> {
+        if !self.bucket_exists().await? {
+            return Ok(());
+        }
+        if let Some((existing, _)) = self.read::<Lock>("lock.json").await? {
+            let gone = existing.holder_gone(host, process_alive);
+            self.decide(&existing, now(), gone, force_unlock, yes)?;
+        }
+        Ok(())
+    }
+
     /// Take the app's lock, or fail with who holds it.
     pub async fn acquire(
         &self,
@@ -170,49 +224,14 @@ impl StateStore {
                 continue;
             };
             let gone = existing.holder_gone(&lock.host, process_alive);
-            match decide_lock(&existing, now, gone, force_unlock, yes) {
-                LockDecision::Held if gone => {
-                    return Err(Failure::new(
-                        Exit::Locked,
-                        "lock",
-                        format!(
-                            "{} is locked by a run that died: {} (process {} is gone from this host)",
-                            self.app,
-                            existing.describe(now),
-                            existing.pid.unwrap_or_default()
-                        ),
-                        "re-run with --force-unlock; the command re-plans from what is really there",
-                    ));
-                }
-                LockDecision::Held => {
-                    return Err(Failure::new(
-                        Exit::Locked,
-                        "lock",
-                        format!(
-                            "another release holds {}: {}",
-                            self.app,
-                            existing.describe(now)
-                        ),
-                        "wait for that run to finish; if it died, re-run with --force-unlock once its lease has expired (docs/runbook.md)",
-                    ));
-                }
-                LockDecision::RefuseLive => {
-                    return Err(Failure::new(
-                        Exit::Locked,
-                        "lock",
-                        format!("refusing to break a live lock: {}", existing.describe(now)),
-                        "make sure that run is really gone, then add --yes to break it anyway",
-                    ));
-                }
-                LockDecision::BreakExpired | LockDecision::BreakLive => {
-                    if let Some(new_etag) = self.write("lock.json", &lock, Some(&etag)).await? {
-                        return Ok(HeldLock {
-                            etag: Arc::new(Mutex::new(new_etag)),
-                            lock,
-                            lease,
-                        });
-                    }
-                }
+            // Ok only when the lock may be broken (an expired lease, or --force-unlock --yes).
+            self.decide(&existing, now, gone, force_unlock, yes)?;
+            if let Some(new_etag) = self.write("lock.json", &lock, Some(&etag)).await? {
+                return Ok(HeldLock {
+                    etag: Arc::new(Mutex::new(new_etag)),
+                    lock,
+                    lease,
+                });
             }
         }
         Err(Failure::new(

@@ -47,20 +47,14 @@ pub struct UpArgs {
 impl Ctx {
     pub fn stacks(&self) -> Stacks {
         Stacks::new(
-            aws_sdk_cloudformation::Client::new(&self.aws),
+            crate::endpoint::cloudformation(&self.aws),
             std::time::Duration::from_secs(self.config.stacks.timeout_minutes * 60),
             self.config.stacks.role_arn.clone(),
         )
     }
 
     pub fn store(&self) -> StateStore {
-        // A custom endpoint (the sandbox, a local S3) has no per-bucket host names: path-style URLs.
-        let path_style = self.aws.endpoint_url().is_some();
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&self.aws)
-                .force_path_style(path_style)
-                .build(),
-        );
+        let s3 = crate::endpoint::s3(&self.aws);
         StateStore::new(s3, self.config.state_bucket(), self.config.app.clone())
     }
 
@@ -182,7 +176,9 @@ async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Re
 /// TEST-ONLY HOOK (compiled in on purpose, documented in docs/runbook.md): with
 /// `RELEASE_TEST_CRASH_AFTER_STEP=N`, the process kills itself with SIGKILL right after recording
 /// its Nth step, as `kill -9` or a lost CI runner would, so that the tests can prove every command
-/// converges after a crash at any step. Never set it outside a test.
+/// converges after a crash at any step. `RELEASE_TEST_PANIC_AFTER_STEP=N` panics there instead (a
+/// bug), so that the tests can prove a panic still closes the ledger and releases the lock. Never
+/// set either outside a test.
 fn crash_hook(step: &str) {
     static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = STEPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
@@ -195,6 +191,12 @@ fn crash_hook(step: &str) {
         unsafe {
             libc::kill(libc::getpid(), libc::SIGKILL);
         }
+    }
+    let panic_at = std::env::var("RELEASE_TEST_PANIC_AFTER_STEP")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
+    if panic_at == Some(n) {
+        panic!("RELEASE_TEST_PANIC_AFTER_STEP: panicking after step {n} ({step})");
     }
 }
 
@@ -254,7 +256,14 @@ async fn stack_step(
     }
 }
 
-pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
+/// What `release up` did: its summary, and whether a tested candidate now waits for
+/// `release promote` (false when nothing was released, or when this first release went live).
+pub struct Up {
+    pub summary: Value,
+    pub candidate_waits: bool,
+}
+
+pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     let started = Instant::now();
     ctx.config
         .check_image("the configuration", &ctx.base)
@@ -269,7 +278,10 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
     let stacks = ctx.stacks();
     let store = ctx.store();
     if ctx.dry_run {
-        return dry_run(ctx, &stacks, &store).await;
+        return Ok(Up {
+            summary: dry_run(ctx, &stacks, &store, args.force).await?,
+            candidate_waits: false,
+        });
     }
 
     let mut outputs = Outputs::new();
@@ -322,12 +334,15 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Value> {
         Some(changed),
     )
     .await;
-    result?;
+    let candidate_waits = result?;
     summary.insert(
         "duration".into(),
         json!(format!("{:.1} s", started.elapsed().as_secs_f64())),
     );
-    Ok(Value::Object(summary))
+    Ok(Up {
+        summary: Value::Object(summary),
+        candidate_waits,
+    })
 }
 
 /// This machine's name, for the lock and the ledger.
@@ -475,7 +490,7 @@ async fn provision(
     summary: &mut serde_json::Map<String, Value>,
     changed: &mut bool,
     force: bool,
-) -> Result<()> {
+) -> Result<bool> {
     for wave in UP_WAVES {
         let before: &Outputs = outputs;
         let runs = wave
@@ -547,7 +562,7 @@ async fn provision(
         .start(step, &format!("{repository}:{}", ctx.config.image.tag));
     let image = ctx.build_image()?;
     let total: u64 = image.blobs().map(|b| b.bytes.len() as u64).sum();
-    let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+    let ecr = crate::endpoint::ecr(&ctx.aws);
     let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
         ctx.out.bytes(step, done, total)
     })
@@ -682,6 +697,36 @@ pub fn smoke_failure(colour: &str, report: &crate::smoke::Report) -> Failure {
     )
 }
 
+/// Smoke-test `target` and make the report a step's result: its summary, or a failure naming
+/// every failed check. `progress_step`: the step whose progress line it updates, if any.
+pub async fn smoke_test(
+    ctx: &Ctx,
+    target: &crate::smoke::Target<'_>,
+    cases: &crate::smoke::Cases,
+    requests: u32,
+    compare: Option<(&crate::smoke::Target<'_>, f64)>,
+    progress_step: Option<&str>,
+) -> Result<String> {
+    let report = crate::smoke::run(
+        target,
+        cases,
+        requests,
+        ctx.config.smoke.p95_ms,
+        compare,
+        |p| {
+            if let Some(step) = progress_step {
+                ctx.out.progress(step, &p)
+            }
+        },
+    )
+    .await;
+    if report.ok() {
+        Ok(report.summary())
+    } else {
+        Err(smoke_failure(target.colour, &report))
+    }
+}
+
 /// Deploy the idle colour, smoke-test it, and put it live when nothing is live yet.
 #[allow(clippy::too_many_arguments)]
 async fn deploy(
@@ -695,7 +740,7 @@ async fn deploy(
     summary: &mut serde_json::Map<String, Value>,
     changed: &mut bool,
     force: bool,
-) -> Result<()> {
+) -> Result<bool> {
     use crate::colour;
     let c = &ctx.config;
     let cluster_name = outputs
@@ -760,7 +805,7 @@ async fn deploy(
             }
             summary.insert("live".into(), json!(l));
             summary.insert("candidate".into(), json!("none: nothing to release"));
-            return Ok(());
+            return Ok(false);
         }
     }
     let candidate = colour::candidate_for(live);
@@ -814,26 +859,23 @@ async fn deploy(
     };
     let smoke_name = format!("smoke {name}");
     step(ctx, store, id, &smoke_name, &target.base_url, async {
-        let report = crate::smoke::run(
+        let summary = smoke_test(
+            ctx,
             &target,
             &cases,
             c.smoke.requests,
-            c.smoke.p95_ms,
             compare,
-            |p| ctx.out.progress(&smoke_name, &p),
+            Some(&smoke_name),
         )
-        .await;
-        if report.ok() {
-            Ok(((), report.summary()))
-        } else {
-            Err(smoke_failure(candidate, &report))
-        }
+        .await?;
+        Ok(((), summary))
     })
     .await?;
     summary.insert("candidate".into(), json!(candidate));
     summary.insert("candidate address".into(), json!(addr));
 
-    if live.is_none() {
+    let waits = live.is_some();
+    if !waits {
         go_live(
             ctx, stacks, store, id, outputs, candidate, &addr, &secret, &cases, summary,
         )
@@ -848,7 +890,7 @@ async fn deploy(
     if let Some(s) = ctx.session.lock().await.as_mut() {
         s.candidate = None;
     }
-    Ok(())
+    Ok(waits)
 }
 
 /// Apply a colour's manifests, wait until it is rolled out, and return its load-balancer address.
@@ -872,7 +914,7 @@ pub async fn roll_out(
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
 /// current configuration), for at most the stack timeout.
 pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -> Result<()> {
-    let cf = aws_sdk_cloudfront::Client::new(&ctx.aws);
+    let cf = crate::endpoint::cloudfront(&ctx.aws);
     // The sandbox deploys in about a second; CloudFront takes minutes.
     let poll = if ctx.aws.endpoint_url().is_some() {
         std::time::Duration::from_millis(200)
@@ -908,7 +950,7 @@ pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -
 /// Record in the ledger that this run's colour answers through the public URL (what rollback
 /// finds the previous live release by). Written inside the verifying step, so a run that dies
 /// right after it still counts.
-async fn mark_live(store: &StateStore, id: &str, colour: &str) -> Result<()> {
+pub async fn mark_live(store: &StateStore, id: &str, colour: &str) -> Result<()> {
     store
         .update_ledger(|l| {
             if let Some(r) = l.get_mut(id) {
@@ -984,20 +1026,17 @@ async fn go_live(
     };
     let smoke_name = "smoke public URL";
     step(ctx, store, id, smoke_name, &public, async {
-        let report = crate::smoke::run(
+        let summary = smoke_test(
+            ctx,
             &target,
             cases,
             c.smoke.requests.min(20),
-            c.smoke.p95_ms,
             None,
-            |p| ctx.out.progress(smoke_name, &p),
+            Some(smoke_name),
         )
-        .await;
-        if !report.ok() {
-            return Err(smoke_failure(colour, &report));
-        }
+        .await?;
         mark_live(store, id, colour).await?;
-        Ok(((), report.summary()))
+        Ok(((), summary))
     })
     .await?;
     summary.insert("live".into(), json!(colour));
@@ -1006,7 +1045,7 @@ async fn go_live(
 }
 
 /// `--dry-run`: what `up` would do, changing nothing.
-async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore) -> Result<Value> {
+async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, force: bool) -> Result<Value> {
     let mut plan = serde_json::Map::new();
     let mut outputs = Outputs::new();
     for wave in UP_WAVES {
@@ -1043,7 +1082,7 @@ async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore) -> Result<Value
         .and_then(|o| o.get("RepositoryName"))
     {
         Some(repo) => {
-            let ecr = aws_sdk_ecr::Client::new(&ctx.aws);
+            let ecr = crate::endpoint::ecr(&ctx.aws);
             let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
             let check = ecr
                 .batch_check_layer_availability()
@@ -1081,6 +1120,67 @@ async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore) -> Result<Value
     };
     ctx.out.note(&format!("plan: image: {what}"));
     plan.insert("image".into(), json!(what));
+    let what = dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
+    ctx.out.note(&format!("plan: colour: {what}"));
+    plan.insert("colour".into(), json!(what));
     plan.insert("dry run".into(), json!("nothing was changed"));
     Ok(Value::Object(plan))
+}
+
+/// The colour decision of a dry run, as `deploy` would make it: nothing to release, or which
+/// colour is deployed and smoke-tested, and whether it goes live at once (the first release).
+async fn dry_run_colour(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    outputs: &Outputs,
+    digest: &str,
+    force: bool,
+) -> Result<String> {
+    use crate::colour;
+    let c = &ctx.config;
+    let smoke = format!(
+        "smoke-test it ({} requests and the golden cases)",
+        c.smoke.requests
+    );
+    let Some(uri) = outputs.get("registry").and_then(|o| o.get("RepositoryUri")) else {
+        return Ok(format!(
+            "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
+            colour::name(c, colour::candidate_for(None))
+        ));
+    };
+    let world = crate::promote::observe(ctx, stacks).await?;
+    if world.cluster.is_none() {
+        return Ok(format!(
+            "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
+            colour::name(c, colour::candidate_for(None))
+        ));
+    }
+    let image = format!("{uri}@{digest}");
+    let templates = ctx.base.join(&c.deploy.templates);
+    if let Some(l) = world.live {
+        let (_, hash) = colour::render(&templates, c, l, &image, digest, "dry-run", "candidate")
+            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+        let o = &world.colours[l];
+        if !force
+            && o.digest.as_deref() == Some(digest)
+            && o.manifest_hash.as_deref() == Some(hash.as_str())
+        {
+            return Ok(format!(
+                "nothing to release: {} is live with this image and these manifests (--force deploys a candidate anyway); verify it through the public URL",
+                colour::name(c, l)
+            ));
+        }
+    }
+    let candidate = colour::name(c, colour::candidate_for(world.live));
+    Ok(match world.live {
+        None => format!(
+            "deploy {candidate} ({image}, {} replicas), {smoke}, put it live through the edge",
+            c.deploy.replicas
+        ),
+        Some(l) => format!(
+            "deploy {candidate} ({image}, {} replicas) as the candidate while {} serves, {smoke}; `release promote` puts it live",
+            c.deploy.replicas,
+            colour::name(c, l)
+        ),
+    })
 }
