@@ -536,3 +536,73 @@ impl Drop for Remove {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// `release --output json <args>` with the sandbox example's config and an endpoint of `endpoint`.
+fn against(endpoint: &str, cfg: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .arg("--config")
+        .arg(cfg)
+        .args(["--output", "json"])
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
+    // A loopback port nobody listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let cfg = root().join("examples/sandbox/release.yaml");
+    // status reads the stacks first; a dry-run promote reads the state bucket first.
+    for (args, service) in [
+        (&["status"][..], "CloudFormation"),
+        (&["--dry-run", "promote"][..], "S3"),
+    ] {
+        let out = against(&endpoint, &cfg, args);
+        exits_with(&out, 5);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("cannot reach {service} at {endpoint}")),
+            "{args:?}: {stdout}"
+        );
+        assert!(stdout.contains("AWS_ENDPOINT_URL"), "{args:?}: {stdout}");
+        assert!(
+            !stdout.contains("DispatchFailure"),
+            "{args:?}: no raw SDK error: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn a_smoke_case_file_without_cases_is_a_configuration_error_before_anything_runs() {
+    let dir = tempdir("nocases");
+    let empty = dir.join("cases.yaml");
+    std::fs::write(&empty, "model: iris\ncases: []\n").unwrap();
+    let text = std::fs::read_to_string(root().join("examples/sandbox/release.yaml"))
+        .unwrap()
+        .replace(
+            "../../model-server/smoke/cases.yaml",
+            &empty.display().to_string(),
+        );
+    let cfg = root().join("examples/sandbox/release-nocases.yaml");
+    let _cleanup = Remove(cfg.clone());
+    std::fs::write(&cfg, text).unwrap();
+    for args in [&["up"][..], &["promote"][..]] {
+        let out = against("http://127.0.0.1:9", &cfg, args);
+        exits_with(&out, 3);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("smoke.cases") && stdout.contains("no golden cases"),
+            "{args:?}: {stdout}"
+        );
+    }
+}

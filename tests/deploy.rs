@@ -453,57 +453,62 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn ctrl_c_during_the_deployment_tears_the_candidate_down_and_releases_the_lock() {
+async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_and_release_the_lock()
+ {
+    use nix::sys::signal::Signal;
     use std::io::BufRead;
     let sb = Sandbox::start(&[]);
     let dir = sb.dir.join("cfg");
     let cfg = config(&dir, &model_server_binary(), "v1", &cases());
-    let mut child = release_command(&sb, &cfg, &["up"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    // Interrupt as soon as the colour's deployment has started.
-    for line in lines.by_ref() {
-        let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
-        if v["event"] == "step_started" && v["step"] == "deploy iris-blue" {
-            break;
-        }
-    }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{rest:?}");
-    assert!(
-        deployments(&sb).is_empty(),
-        "the candidate is gone: {:?}",
-        deployments(&sb)
-    );
     let s3 = s3(&sb).await;
-    assert!(
-        object(&s3, "apps/iris/lock.json").await.is_none(),
-        "the lock is released"
-    );
-    let ledger = object(&s3, "apps/iris/ledger.json")
-        .await
-        .expect("a ledger");
-    let last = ledger["releases"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(last["outcome"], "failed");
-    assert!(
-        last["error"].as_str().unwrap().contains("interrupted"),
-        "{last}"
-    );
+    // A closed terminal, a cancelled CI job and Ctrl-C: each with its own exit code.
+    for (signal, code, word) in [
+        (Signal::SIGTERM, 143, "terminated (SIGTERM)"),
+        (Signal::SIGHUP, 129, "hung up (SIGHUP)"),
+        (Signal::SIGINT, 130, "interrupted (Ctrl-C)"),
+    ] {
+        let mut child = release_command(&sb, &cfg, &["up"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // Signal as soon as the colour's deployment has started.
+        for line in lines.by_ref() {
+            let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
+            if v["event"] == "step_started" && v["step"] == "deploy iris-blue" {
+                break;
+            }
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(code), "{signal}: {rest:?}");
+        assert!(
+            deployments(&sb).is_empty(),
+            "{signal}: the candidate is gone: {:?}",
+            deployments(&sb)
+        );
+        assert!(
+            object(&s3, "apps/iris/lock.json").await.is_none(),
+            "{signal}: the lock is released"
+        );
+        let ledger = object(&s3, "apps/iris/ledger.json")
+            .await
+            .expect("a ledger");
+        let last = ledger["releases"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(last["outcome"], "failed", "{signal}");
+        assert!(
+            last["error"].as_str().unwrap().contains(word),
+            "{signal}: {last}"
+        );
+    }
     // The next run finishes the job.
     let again = release(&sb, &cfg, &["up"]);
     succeeded(&again, "the run after the interrupt");

@@ -1,0 +1,357 @@
+//! `--dry-run` changes nothing, on any command: every stack (status, parameters, last update),
+//! every Kubernetes object release makes (labels, annotations, spec), every object version in the
+//! state bucket (the ledger and the lock), every image in ECR and the colour answering through the
+//! edge are the same before and after, while the printed plan names the steps the real command
+//! would take, and the exit codes are the real command's decision. Also: `up --promote` with
+//! nothing to release succeeds, and a panic closes the ledger and releases the lock.
+
+mod common;
+
+use std::path::Path;
+
+use common::{
+    aws, cases, config, exits_with, object, release, release_command, s3, succeeded, summary,
+};
+use sandbox::harness::{Sandbox, model_server_binary};
+use serde_json::{Value, json};
+
+/// Everything a dry run could change, as observed from outside `release`.
+async fn world(sb: &Sandbox) -> Value {
+    let conf = aws(sb).await;
+    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    let mut stacks = json!({});
+    for s in cfn.describe_stacks().send().await.unwrap().stacks() {
+        let params: Vec<(String, String)> = s
+            .parameters()
+            .iter()
+            .map(|p| {
+                (
+                    p.parameter_key().unwrap_or_default().to_string(),
+                    p.parameter_value().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        stacks[s.stack_name().unwrap()] = json!({
+            "status": s.stack_status().map(|x| x.as_str().to_string()),
+            "updated": s.last_updated_time().map(|t| t.to_string()),
+            "parameters": params,
+        });
+    }
+    let kube: Value = serde_json::from_str(&common::kubectl(
+        sb,
+        &[
+            "get",
+            "deployments,services,secrets,namespaces",
+            "-A",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    let objects: Vec<Value> = kube["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            json!({
+                "kind": o["kind"], "namespace": o["metadata"]["namespace"], "name": o["metadata"]["name"],
+                "labels": o["metadata"]["labels"], "annotations": o["metadata"]["annotations"],
+                "spec": o["spec"], "data": o["data"],
+            })
+        })
+        .collect();
+    let s3 = s3(sb).await;
+    let versions = s3
+        .list_object_versions()
+        .bucket("iris-release-state")
+        .send()
+        .await
+        .unwrap();
+    let versions: Vec<(String, String)> = versions
+        .versions()
+        .iter()
+        .map(|v| {
+            (
+                v.key().unwrap_or_default().to_string(),
+                v.version_id().unwrap_or_default().to_string(),
+            )
+        })
+        .chain(versions.delete_markers().iter().map(|m| {
+            (
+                m.key().unwrap_or_default().to_string(),
+                format!("deleted {}", m.version_id().unwrap_or_default()),
+            )
+        }))
+        .collect();
+    let images: Vec<String> = aws_sdk_ecr::Client::new(&conf)
+        .list_images()
+        .repository_name("iris")
+        .send()
+        .await
+        .unwrap()
+        .image_ids()
+        .iter()
+        .map(|i| format!("{:?}", i.image_digest()))
+        .collect();
+    let answer: Value = reqwest::get(format!("{}/version", sb.var("SANDBOX_EDGE_URL")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default();
+    json!({"stacks": stacks, "kubernetes": objects, "state bucket": versions, "images": images,
+           "edge answers from": answer["colour"]})
+}
+
+/// `release --dry-run <args>`: the world is the same afterwards; returns the run.
+async fn dry_run(sb: &Sandbox, cfg: &Path, args: &[&str]) -> std::process::Output {
+    let before = world(sb).await;
+    let mut all = vec!["--dry-run"];
+    all.extend_from_slice(args);
+    let out = release(sb, cfg, &all);
+    let after = world(sb).await;
+    assert_eq!(
+        before, after,
+        "release --dry-run {args:?} changed the world"
+    );
+    out
+}
+
+/// The step names of a dry run's plan, and the step named `name`'s description.
+fn plan(out: &std::process::Output) -> Vec<(String, String)> {
+    summary(out)["plan"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a plan: {}", summary(out)))
+        .iter()
+        .map(|s| {
+            (
+                s["step"].as_str().unwrap().to_string(),
+                s["what"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn names(plan: &[(String, String)]) -> Vec<&str> {
+    plan.iter().map(|(s, _)| s.as_str()).collect()
+}
+
+fn what<'a>(plan: &'a [(String, String)], step: &str) -> &'a str {
+    &plan
+        .iter()
+        .find(|(s, _)| s == step)
+        .unwrap_or_else(|| panic!("no step {step} in {plan:?}"))
+        .1
+}
+
+fn last_release(ledger: &Value) -> Value {
+    ledger["releases"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+
+    // promote: from blue to the tested green, the origin change spelled out.
+    let out = dry_run(&sb, &cfg, &["promote"]).await;
+    succeeded(&out, "dry-run promote");
+    let p = plan(&out);
+    assert_eq!(
+        names(&p),
+        [
+            "lock",
+            "smoke iris-green",
+            "flip",
+            "verify public URL",
+            "roles",
+            "keep iris-blue"
+        ]
+    );
+    assert!(
+        what(&p, "flip").contains("(iris-blue -> iris-green)"),
+        "{p:?}"
+    );
+    assert!(
+        what(&p, "smoke iris-green").contains("30 requests"),
+        "{p:?}"
+    );
+    assert_eq!(summary(&out)["dry run"], "nothing was changed");
+    let out = dry_run(&sb, &cfg, &["promote", "--retire-previous"]).await;
+    assert_eq!(names(&plan(&out)).last(), Some(&"retire iris-blue"));
+    // A digest the candidate does not run: refused as the real promote refuses it.
+    exits_with(
+        &dry_run(&sb, &cfg, &["promote", "--expect-digest", "sha256:0000"]).await,
+        8,
+    );
+
+    // rollback: nothing was live before blue; exit 8 as the real rollback.
+    let out = dry_run(&sb, &cfg, &["rollback"]).await;
+    exits_with(&out, 8);
+    assert!(
+        summary(&out)["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing to rollback")
+    );
+
+    // destroy: no confirmation needed to change nothing; every resource in order.
+    let out = dry_run(&sb, &cfg, &["destroy"]).await;
+    succeeded(&out, "dry-run destroy without --yes");
+    assert_eq!(
+        names(&plan(&out)),
+        [
+            "lock",
+            "delete iris-blue",
+            "delete iris-green",
+            "delete app objects",
+            "delete iris-edge",
+            "delete iris-cluster",
+            "delete iris-network",
+            "keep iris-registry"
+        ]
+    );
+    let out = dry_run(&sb, &cfg, &["--yes", "destroy", "--delete-images"]).await;
+    let p = plan(&out);
+    assert_eq!(
+        names(&p)[7..],
+        [
+            "delete images",
+            "delete iris-registry",
+            "delete iris-release-state"
+        ]
+    );
+    assert_eq!(what(&p, "delete images"), "1 images in repository iris");
+
+    // up: the same image is live on blue, so nothing to release; --force would replace green.
+    let out = dry_run(&sb, &cfg, &["up"]).await;
+    succeeded(&out, "dry-run up");
+    let colour = summary(&out)["colour"].as_str().unwrap().to_string();
+    assert!(
+        colour.starts_with("nothing to release: iris-blue"),
+        "{colour}"
+    );
+    let out = dry_run(&sb, &cfg, &["up", "--force", "--promote"]).await;
+    let colour = summary(&out)["colour"].as_str().unwrap().to_string();
+    assert!(colour.starts_with("deploy iris-green"), "{colour}");
+
+    // The real promote; then `up --promote` on the same build has nothing to release: exit 0.
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    let again = release(&sb, &cfg, &["up", "--promote"]);
+    succeeded(&again, "up --promote with nothing to release");
+    let s = summary(&again);
+    assert_eq!(s["candidate"], "none: nothing to release");
+    assert_eq!(s["live"], "green");
+    assert!(s.get("promote").is_none(), "no promote was attempted: {s}");
+
+    // rollback to blue: retire green unless --keep-failed.
+    let out = dry_run(&sb, &cfg, &["rollback"]).await;
+    succeeded(&out, "dry-run rollback");
+    let p = plan(&out);
+    assert_eq!(
+        names(&p),
+        [
+            "lock",
+            "smoke iris-blue",
+            "flip",
+            "verify public URL",
+            "roles",
+            "retire iris-green"
+        ]
+    );
+    assert_eq!(what(&p, "roles"), "iris-blue live, iris-green failed");
+    let out = dry_run(&sb, &cfg, &["rollback", "--keep-failed"]).await;
+    assert_eq!(names(&plan(&out)).last(), Some(&"keep iris-green"));
+
+    // A lock held by a live run elsewhere: every dry run says so with exit 4, as the real run.
+    let s3 = s3(&sb).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let lock = json!({"owner": "someone", "host": "elsewhere", "command": "promote",
+                      "ci_build_url": null, "started": now, "lease_expires": now + 600, "pid": 1});
+    s3.put_object()
+        .bucket("iris-release-state")
+        .key("apps/iris/lock.json")
+        .body(serde_json::to_vec(&lock).unwrap().into())
+        .send()
+        .await
+        .unwrap();
+    for args in [
+        &["rollback"][..],
+        &["promote"][..],
+        &["--yes", "destroy"][..],
+    ] {
+        let out = dry_run(&sb, &cfg, args).await;
+        exits_with(&out, 4);
+        assert!(
+            summary(&out)["error"]
+                .as_str()
+                .unwrap()
+                .contains("someone on elsewhere"),
+            "{args:?}: {}",
+            summary(&out)
+        );
+    }
+    assert_eq!(object(&s3, "apps/iris/lock.json").await, Some(lock));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_closes_the_ledger_and_releases_the_lock() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    // Which step deploys the candidate: the same in the next `up --force`, which replaces it.
+    let s3 = s3(&sb).await;
+    let steps = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap())["steps"].clone();
+    let deploy = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|s| s["name"] == "deploy iris-green")
+        .unwrap_or_else(|| panic!("a deploy step in {steps}"));
+    // The test-only hook panics right after the candidate's deployment is recorded.
+    let out = release_command(&sb, &cfg, &["up", "--force"])
+        .env("RELEASE_TEST_PANIC_AFTER_STEP", (deploy + 1).to_string())
+        .output()
+        .unwrap();
+    exits_with(&out, 1);
+    let s = summary(&out);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("internal error (a bug)"),
+        "{s}"
+    );
+    assert_eq!(
+        object(&s3, "apps/iris/lock.json").await,
+        None,
+        "the lock is released"
+    );
+    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
+    assert_eq!(last["outcome"], "failed", "{last}");
+    assert!(
+        last["error"].as_str().unwrap().contains("internal error"),
+        "{last}"
+    );
+    assert_eq!(
+        common::deployments(&sb),
+        ["iris-blue"],
+        "the candidate being deployed is torn down"
+    );
+    // And the next run needs no --force-unlock.
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "the run after the panic",
+    );
+}
