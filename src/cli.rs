@@ -41,7 +41,9 @@ pub struct Global {
     /// `human` (progress on a TTY, timestamped lines otherwise) or `json` (one object per event).
     #[arg(long, global = true, env = "RELEASE_OUTPUT", value_enum, default_value_t = Format::Human)]
     pub output: Format,
-    /// Print the plan and change nothing.
+    /// Print the plan and change nothing, on every command: no stack, Kubernetes object, ledger
+    /// entry, lock or image; the exit code is the real command's decision (8: nothing to do, 4:
+    /// locked).
     #[arg(long, global = true, env = "RELEASE_DRY_RUN")]
     pub dry_run: bool,
     /// Answer yes to confirmations (needed without a TTY for destructive commands).
