@@ -339,8 +339,8 @@ async fn interruptible(
             }
         },
         _ = tokio::signal::ctrl_c() => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
-        _ = term.recv() => (Exit::Terminated, "terminated (SIGTERM)".to_string(), hint.to_string()),
-        _ = hup.recv() => (Exit::HangUp, "hung up (SIGHUP)".to_string(), hint.to_string()),
+        _ = term.recv() => (Exit::Terminated, "interrupted (SIGTERM)".to_string(), hint.to_string()),
+        _ = hup.recv() => (Exit::HangUp, "interrupted (SIGHUP)".to_string(), hint.to_string()),
     };
     release::up::finish_session(ctx, Some(why.clone()), None).await;
     Err(Failure::new(exit, command, why, hint))

@@ -456,32 +456,17 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
 async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_and_release_the_lock()
  {
     use nix::sys::signal::Signal;
-    use std::io::BufRead;
     let sb = Sandbox::start(&[]);
     let dir = sb.dir.join("cfg");
     let cfg = config(&dir, &model_server_binary(), "v1", &cases());
     let s3 = s3(&sb).await;
     // A closed terminal, a cancelled CI job and Ctrl-C: each with its own exit code.
     for (signal, code, word) in [
-        (Signal::SIGTERM, 143, "terminated (SIGTERM)"),
-        (Signal::SIGHUP, 129, "hung up (SIGHUP)"),
+        (Signal::SIGTERM, 143, "interrupted (SIGTERM)"),
+        (Signal::SIGHUP, 129, "interrupted (SIGHUP)"),
         (Signal::SIGINT, 130, "interrupted (Ctrl-C)"),
     ] {
-        let mut child = release_command(&sb, &cfg, &["up"])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = std::io::BufReader::new(stdout).lines();
-        // Signal as soon as the colour's deployment has started.
-        for line in lines.by_ref() {
-            let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
-            if v["event"] == "step_started" && v["step"] == "deploy iris-blue" {
-                break;
-            }
-        }
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let (mut child, lines) = signal_at_step(&sb, &cfg, &["up"], "deploy iris-blue", signal);
         let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "{signal}: {rest:?}");
@@ -513,4 +498,70 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
     let again = release(&sb, &cfg, &["up"]);
     succeeded(&again, "the run after the interrupt");
     assert_eq!(summary(&again)["live"], "blue");
+
+    // destroy, terminated while it deletes the edge stack: the lock is released, and the re-run
+    // finishes the job.
+    let (mut child, lines) = signal_at_step(
+        &sb,
+        &cfg,
+        &["--yes", "destroy"],
+        "delete iris-edge",
+        Signal::SIGTERM,
+    );
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{rest:?}");
+    assert!(
+        object(&s3, "apps/iris/lock.json").await.is_none(),
+        "destroy released the lock"
+    );
+    let ledger = object(&s3, "apps/iris/ledger.json").await.unwrap();
+    let last = ledger["releases"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["action"], "destroy", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("interrupted (SIGTERM)"),
+        "{last}"
+    );
+    succeeded(
+        &release(&sb, &cfg, &["--yes", "destroy"]),
+        "destroy after the interrupt",
+    );
+    assert!(deployments(&sb).is_empty());
+}
+
+/// Start `release <args>` and send it `signal` as soon as it starts `step`; returns the child and
+/// the rest of its output.
+fn signal_at_step(
+    sb: &Sandbox,
+    cfg: &Path,
+    args: &[&str],
+    step: &str,
+    signal: nix::sys::signal::Signal,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = release_command(sb, cfg, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for line in lines.by_ref() {
+        let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
+        if v["event"] == "step_started" && v["step"] == step {
+            break;
+        }
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+    (child, lines)
 }
