@@ -70,19 +70,11 @@ async fn flip(
 ) -> Result<()> {
     let c = &ctx.config;
     let name = c.stack_name("edge");
-    let mut params: Vec<(String, String)> = edge
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    for p in params.iter_mut() {
-        if p.0 == "OriginDomain" {
-            p.1 = addr.to_string();
-        }
-    }
+    // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
+    let params = crate::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
     let body = ctx.template("edge")?;
     let (_, after) = stacks
-        .deploy(&name, &body, &params, |p| ctx.out.progress(step_name, p))
+        .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
         .await?;
     let dist = after.output(&name, "DistributionId")?;
     wait_deployed(

@@ -122,6 +122,26 @@ pub struct Stacks {
     role_arn: Option<String>,
 }
 
+/// `set`'s values, and every other parameter the stack has kept as it is (`UsePreviousValue`). A
+/// stack's parameters cannot be copied back from DescribeStacks: it returns a `NoEcho` value (the
+/// edge's `OriginSecret`) masked as `****` (CloudFormation User Guide, "Parameters", NoEcho; API
+/// reference, `Parameter.UsePreviousValue`), and sending the mask back fails the parameter's
+/// MinLength, or worse, makes the mask the new secret.
+pub fn keeping(existing: &Observed, set: &[(String, String)]) -> Vec<Parameter> {
+    let mut out = params(set);
+    for key in existing.parameters.keys() {
+        if !set.iter().any(|(k, _)| k == key) {
+            out.push(
+                Parameter::builder()
+                    .parameter_key(key)
+                    .use_previous_value(true)
+                    .build(),
+            );
+        }
+    }
+    out
+}
+
 fn params(p: &[(String, String)]) -> Vec<Parameter> {
     p.iter()
         .map(|(k, v)| {
@@ -213,7 +233,7 @@ impl Stacks {
             _ => {}
         }
         let (id, status, reason) = self
-            .change_set(name, template, parameters, ChangeSetType::Update)
+            .change_set(name, template, params(parameters), ChangeSetType::Update)
             .await?;
         let described = self
             .cfn
@@ -264,7 +284,7 @@ impl Stacks {
         &self,
         name: &str,
         template: &str,
-        parameters: &[(String, String)],
+        parameters: Vec<Parameter>,
         kind: ChangeSetType,
     ) -> Result<(String, ChangeSetStatus, String)> {
         let cs_name = format!("release-{}", crate::store::now());
@@ -275,7 +295,7 @@ impl Stacks {
             .change_set_name(&cs_name)
             .change_set_type(kind)
             .template_body(template)
-            .set_parameters(Some(params(parameters)))
+            .set_parameters(Some(parameters))
             .capabilities(Capability::CapabilityNamedIam)
             .set_role_arn(self.role_arn.clone())
             .send()
@@ -325,6 +345,18 @@ impl Stacks {
         name: &str,
         template: &str,
         parameters: &[(String, String)],
+        progress: impl FnMut(&str),
+    ) -> Result<(Change, Observed)> {
+        self.deploy_with(name, template, params(parameters), progress)
+            .await
+    }
+
+    /// [`Stacks::deploy`] with parameters as CloudFormation takes them (see [`keeping`]).
+    pub async fn deploy_with(
+        &self,
+        name: &str,
+        template: &str,
+        parameters: Vec<Parameter>,
         mut progress: impl FnMut(&str),
     ) -> Result<(Change, Observed)> {
         let mut observed = self.observe(name).await?;
@@ -496,6 +528,34 @@ impl Stacks {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_keeps_every_parameter_it_does_not_set_without_sending_its_masked_value() {
+        let edge = Observed {
+            status: Some("UPDATE_COMPLETE".into()),
+            parameters: [
+                ("AppName", "iris"),
+                ("OriginDomain", "blue.lb"),
+                ("OriginSecret", "****"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            ..Observed::default()
+        };
+        let sent = keeping(&edge, &[("OriginDomain".into(), "green.lb".into())]);
+        let by_key = |k: &str| sent.iter().find(|p| p.parameter_key() == Some(k)).unwrap();
+        assert_eq!(sent.len(), 3);
+        assert_eq!(by_key("OriginDomain").parameter_value(), Some("green.lb"));
+        for k in ["AppName", "OriginSecret"] {
+            assert_eq!(by_key(k).use_previous_value(), Some(true), "{k}");
+            assert_eq!(
+                by_key(k).parameter_value(),
+                None,
+                "{k}: no value, masked or not"
+            );
+        }
+    }
 
     fn template(name: &str) -> serde_yaml::Value {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -46,6 +46,7 @@ from moto.core.exceptions import ServiceException
 from moto.cloudformation import models as cfn_models
 from moto.cloudformation import parsing as cfn_parsing
 from moto.cloudformation.exceptions import UnformattedGetAttTemplateException
+from moto.cloudformation.exceptions import ValidationError as CfnValidationError
 from moto.cloudfront import models as cf_models
 from moto.cloudfront.models import cloudfront_backends
 from moto.ecr import models as ecr_models
@@ -733,8 +734,69 @@ _original_create_resources = cfn_models.Stack.create_resources
 _original_stack_update = cfn_models.Stack.update
 
 
+def references(value: Any) -> set[str]:
+    """The logical ids a resource's properties point at (Ref, Fn::GetAtt, ${X} in Fn::Sub)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Ref" and isinstance(v, str):
+                found.add(v)
+            elif k == "Fn::GetAtt":
+                found.add((v[0] if isinstance(v, list) else str(v).split(".")[0]))
+            elif k == "Fn::Sub":
+                text = v[0] if isinstance(v, list) else v
+                found.update(m.split(".")[0] for m in re.findall(r"\$\{([^}!]+)\}", str(text)))
+                if isinstance(v, list) and len(v) > 1:
+                    found.update(references(v[1]))
+            else:
+                found.update(references(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.update(references(v))
+    return found
+
+
+def check_fargate_profile_order(template: dict[str, Any]) -> None:
+    """EKS creates (and deletes) one Fargate profile of a cluster at a time: a second
+    CreateFargateProfile while one is CREATING fails with ResourceInUseException (seen in
+    hashicorp/terraform-provider-aws#13372, aws/aws-cdk#6084, eksctl-io/eksctl#1628). CloudFormation
+    creates resources that do not depend on each other in parallel, so two profiles of one cluster
+    must be ordered (DependsOn, or a reference); the sandbox creates resources one by one, so it
+    refuses unordered profiles instead, as the second would fail on AWS."""
+    resources = template.get("Resources", {}) or {}
+    deps: dict[str, set[str]] = {}
+    for name, r in resources.items():
+        depends = r.get("DependsOn", [])
+        deps[name] = (set([depends] if isinstance(depends, str) else depends) | references(r.get("Properties", {}))) & set(resources)
+
+    def reaches(a: str, b: str) -> bool:
+        seen, todo = set(), [a]
+        while todo:
+            n = todo.pop()
+            if n == b:
+                return True
+            if n not in seen:
+                seen.add(n)
+                todo.extend(deps.get(n, ()))
+        return False
+
+    profiles = [(n, r) for n, r in resources.items() if r.get("Type") == "AWS::EKS::FargateProfile"]
+    for i, (a, ra) in enumerate(profiles):
+        for b, rb in profiles[i + 1:]:
+            cluster = json.dumps(ra.get("Properties", {}).get("ClusterName"), sort_keys=True)
+            if cluster != json.dumps(rb.get("Properties", {}).get("ClusterName"), sort_keys=True):
+                continue
+            if not (reaches(a, b) or reaches(b, a)):
+                raise ResourceFailed(
+                    b,
+                    "AWS::EKS::FargateProfile",
+                    f"Resource handler returned message: \"Cannot create Fargate Profile {b} because cluster currently has Fargate profile {a} in status CREATING (Service: Eks, Status Code: 409)\" (ResourceInUseException)",
+                )
+
+
 def create_resources(self: Any) -> None:
     try:
+        check_fargate_profile_order(self.template_dict)
         _original_create_resources(self)
     except ResourceFailed as failure:
         fail_stack(self, failure, creating=True)
@@ -742,6 +804,9 @@ def create_resources(self: Any) -> None:
 
 def stack_update(self: Any, *args: Any, **kwargs: Any) -> None:
     try:
+        template = args[0] if args else kwargs.get("template")
+        if isinstance(template, str):
+            check_fargate_profile_order(cfn_models.Stack.parse_template(template))
         _original_stack_update(self, *args, **kwargs)
     except ResourceFailed as failure:
         fail_stack(self, failure, creating=False)
@@ -814,12 +879,64 @@ def validate_different_update(self: Any, *args: Any, **kwargs: Any) -> None:
     _original_validate_update(self, *args, **kwargs)
 
 
+def check_parameter_constraints(self: Any) -> None:
+    """CreateChangeSet checks every parameter against its constraints (MinLength, MaxLength,
+    AllowedPattern, AllowedValues) and fails with a ValidationError, as AWS does
+    (docs: AWS CloudFormation User Guide, "Parameters" section, "Parameter properties"); moto
+    checks none. A `UsePreviousValue` parameter is checked with the stack's real, unmasked value."""
+    body = self._get_param("TemplateBody")
+    if not body:
+        return
+    slots = cfn_models.Stack.parse_template(body).get("Parameters", {}) or {}
+    stack_name = self._get_param("StackName")
+    stack = next(
+        (s for s in self.cloudformation_backend.stacks.values() if s.name == stack_name and s.status != "DELETE_COMPLETE"),
+        None,
+    )
+    previous = stack.stack_parameters if stack is not None else {}
+    for param in self._get_param("Parameters", []):
+        key = param.get("ParameterKey")
+        slot = slots.get(key)
+        if slot is None or slot.get("Type", "String") != "String":
+            continue
+        if param.get("UsePreviousValue"):
+            if key not in previous:
+                raise CfnValidationError(message=f"Parameter {key} has no previous value to use")
+            value = str(previous[key])
+        else:
+            value = str(param.get("ParameterValue", ""))
+        if "MinLength" in slot and len(value) < int(slot["MinLength"]):
+            raise CfnValidationError(message=f"Parameter '{key}' must contain at least {slot['MinLength']} characters")
+        if "MaxLength" in slot and len(value) > int(slot["MaxLength"]):
+            raise CfnValidationError(message=f"Parameter '{key}' must contain at most {slot['MaxLength']} characters")
+        if "AllowedPattern" in slot and not re.fullmatch(slot["AllowedPattern"], value):
+            raise CfnValidationError(message=f"Parameter '{key}' must match pattern {slot['AllowedPattern']}")
+        if "AllowedValues" in slot and value not in [str(v) for v in slot["AllowedValues"]]:
+            raise CfnValidationError(message=f"Parameter '{key}' must be one of AllowedValues")
+
+
 def create_change_set_response(self: Any) -> Any:
+    check_parameter_constraints(self)
     self._sandbox_in_change_set = True
     try:
         return _original_create_change_set(self)
     finally:
         self._sandbox_in_change_set = False
+
+
+def masked_parameter_list(self: Any) -> list[dict[str, Any]]:
+    """DescribeStacks returns a NoEcho parameter's value as asterisks (AWS CloudFormation User
+    Guide, "Parameters": NoEcho "masks the parameter value as asterisks (*****) for any calls that
+    describe the stack"). moto compares the value, not the key, with its NoEcho keys, so it never
+    masks."""
+    no_echo = set(self.resource_map.no_echo_parameter_keys)
+    return [
+        {"ParameterKey": k, "ParameterValue": "****" if k in no_echo else v}
+        for k, v in self.resource_map.resolved_parameters.items()
+    ]
+
+
+cfn_models.Stack.parameter_list = property(masked_parameter_list)  # type: ignore[assignment,method-assign]
 
 
 cfn_responses.CloudFormationResponse._validate_different_update = validate_different_update  # type: ignore[method-assign]
@@ -848,6 +965,8 @@ def execute_change_set(self: Any, change_set_name: str, stack_name: str | None =
         (cs for cs in self.change_sets.values() if cs.change_set_name == change_set_name), None
     )
     try:
+        if change_set is not None:
+            check_fargate_profile_order(change_set.template_dict)
         _original_execute_change_set(self, change_set_name, stack_name)
         if change_set is not None:
             stack = self.stacks[change_set.stack_id]

@@ -478,3 +478,198 @@ async fn deleting_the_network_stack_removes_its_nat_gateway_routes_and_vpc() {
     let left = cfn.describe_stacks().stack_name("net").send().await;
     assert!(left.is_err(), "the stack is gone: {left:?}");
 }
+
+/// As AWS does: DescribeStacks masks a NoEcho parameter as `****`, a change set whose parameter
+/// breaks its constraint (MinLength here) is refused, and `UsePreviousValue` keeps the real value.
+#[tokio::test]
+async fn no_echo_parameters_are_masked_constraints_checked_and_previous_values_kept() {
+    let sb = Sandbox::start(&[]);
+    let cfn = aws_sdk_cloudformation::Client::new(&sb.aws().await);
+    let template = json!({
+        "Parameters": {
+            "Secret": {"Type": "String", "NoEcho": true, "MinLength": 16},
+            "Name": {"Type": "String", "AllowedPattern": "[a-z]+"}
+        },
+        "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        // Outputs are not masked (AWS warns about exactly this): how the test sees the real value.
+        "Outputs": {"Name": {"Value": {"Ref": "Name"}}, "Secret": {"Value": {"Ref": "Secret"}}}
+    })
+    .to_string();
+    let value = |k: &str, v: &str| {
+        Parameter::builder()
+            .parameter_key(k)
+            .parameter_value(v)
+            .build()
+    };
+    let previous = |k: &str| {
+        Parameter::builder()
+            .parameter_key(k)
+            .use_previous_value(true)
+            .build()
+    };
+    let change = |name: &'static str, kind: &'static str, parameters: Vec<Parameter>| {
+        cfn.create_change_set()
+            .stack_name("secrets")
+            .change_set_name(name)
+            .change_set_type(kind.into())
+            .template_body(&template)
+            .set_parameters(Some(parameters))
+            .send()
+    };
+    let refused = change(
+        "short",
+        "CREATE",
+        vec![value("Secret", "short"), value("Name", "a")],
+    )
+    .await
+    .expect_err("a secret under MinLength is refused");
+    assert!(
+        aws_sdk_cloudformation::error::DisplayErrorContext(&refused)
+            .to_string()
+            .contains("at least 16 characters"),
+        "{refused:?}"
+    );
+    let pattern = change(
+        "upper",
+        "CREATE",
+        vec![value("Secret", "0123456789abcdef"), value("Name", "A1")],
+    )
+    .await
+    .expect_err("a name outside its AllowedPattern is refused");
+    assert!(
+        format!("{pattern:?}").contains("must match pattern"),
+        "{pattern:?}"
+    );
+    let created = change(
+        "create",
+        "CREATE",
+        vec![value("Secret", "0123456789abcdef"), value("Name", "a")],
+    )
+    .await
+    .unwrap();
+    cfn.execute_change_set()
+        .change_set_name(created.id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let described = |cfn: aws_sdk_cloudformation::Client| async move {
+        let out = cfn
+            .describe_stacks()
+            .stack_name("secrets")
+            .send()
+            .await
+            .unwrap();
+        let stack = out.stacks()[0].clone();
+        stack
+            .parameters()
+            .iter()
+            .map(|p| {
+                (
+                    p.parameter_key().unwrap().to_string(),
+                    p.parameter_value().unwrap().to_string(),
+                )
+            })
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let seen = described(cfn.clone()).await;
+    assert_eq!(seen["Secret"], "****", "the NoEcho value is masked");
+    assert_eq!(seen["Name"], "a");
+    // Copying the described values back sends the mask: refused.
+    let copied = change(
+        "copy",
+        "UPDATE",
+        vec![value("Secret", &seen["Secret"]), value("Name", "b")],
+    )
+    .await
+    .expect_err("the masked value fails MinLength");
+    assert!(
+        format!("{copied:?}").contains("at least 16 characters"),
+        "{copied:?}"
+    );
+    // UsePreviousValue keeps the real secret and passes its constraint.
+    let kept = change(
+        "keep",
+        "UPDATE",
+        vec![previous("Secret"), value("Name", "b")],
+    )
+    .await
+    .unwrap();
+    cfn.execute_change_set()
+        .change_set_name(kept.id().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(described(cfn.clone()).await["Name"], "b");
+    let out = cfn
+        .describe_stacks()
+        .stack_name("secrets")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        outputs(&out.stacks()[0])["Secret"],
+        "0123456789abcdef",
+        "the real secret was kept"
+    );
+}
+
+/// As EKS does: two Fargate profiles of one cluster that CloudFormation would create at once fail
+/// (ResourceInUseException); ordered by DependsOn, they are created one after the other.
+#[tokio::test]
+async fn fargate_profiles_of_one_cluster_must_be_created_one_at_a_time() {
+    let sb = Sandbox::start(&[]);
+    let cfn = aws_sdk_cloudformation::Client::new(&sb.aws().await);
+    let template = |ordered: bool| {
+        let profile = |name: &str| {
+            json!({"Type": "AWS::EKS::FargateProfile", "Properties": {"ClusterName": {"Ref": "Cluster"}, "FargateProfileName": name,
+                "PodExecutionRoleArn": "arn:aws:iam::123456789012:role/pods", "Subnets": ["subnet-a"], "Selectors": [{"Namespace": name}]}})
+        };
+        let mut system = profile("system");
+        if ordered {
+            system["DependsOn"] = json!("App");
+        }
+        json!({"Resources": {
+            "Cluster": {"Type": "AWS::EKS::Cluster", "Properties": {"Name": if ordered { "ordered" } else { "unordered" }, "Version": "1.33",
+                "RoleArn": "arn:aws:iam::123456789012:role/cluster", "ResourcesVpcConfig": {"SubnetIds": ["subnet-a", "subnet-b"]}}},
+            "App": profile("app"),
+            "System": system
+        }})
+        .to_string()
+    };
+    for (stack, ordered, want) in [
+        ("unordered", false, StackStatus::RollbackComplete),
+        ("ordered", true, StackStatus::CreateComplete),
+    ] {
+        cfn.create_stack()
+            .stack_name(stack)
+            .template_body(template(ordered))
+            .send()
+            .await
+            .unwrap();
+        let out = cfn
+            .describe_stacks()
+            .stack_name(stack)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(out.stacks()[0].stack_status(), Some(&want), "{stack}");
+    }
+    let events = cfn
+        .describe_stack_events()
+        .stack_name("unordered")
+        .send()
+        .await
+        .unwrap();
+    let failed = events
+        .stack_events()
+        .iter()
+        .find(|e| e.resource_status().map(|s| s.as_str()) == Some("CREATE_FAILED"))
+        .expect("a CREATE_FAILED event");
+    assert!(
+        failed
+            .resource_status_reason()
+            .unwrap()
+            .contains("ResourceInUseException"),
+        "{failed:?}"
+    );
+}
