@@ -277,6 +277,16 @@ pub fn interpolate(
     file: &str,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<String, ConfigError> {
+    interpolate_with(text, file, env, None)
+}
+
+/// [`interpolate`]; `unset`: what an unset variable without a default becomes, instead of an error.
+fn interpolate_with(
+    text: &str,
+    file: &str,
+    env: impl Fn(&str) -> Option<String>,
+    unset: Option<&str>,
+) -> Result<String, ConfigError> {
     let mut out = String::with_capacity(text.len());
     for (n, line) in text.split_inclusive('\n').enumerate() {
         // A comment line is copied as it is: `${X}` there documents, it does not require X.
@@ -314,6 +324,7 @@ pub fn interpolate(
                 match env(name)
                     .filter(|v| !v.is_empty())
                     .or(default.map(str::to_string))
+                    .or(unset.map(str::to_string))
                 {
                     Some(v) => out.push_str(&v),
                     None => {
@@ -569,6 +580,44 @@ pub fn load(
         PathBuf::from(".")
     } else {
         base
+    };
+    config.validate(&file, &base)?;
+    Ok((config, base))
+}
+
+/// The configuration for `release image build`, which reads only the `image` and `model`
+/// sections: a variable that only other sections use may be unset (CI's build job has no deploy
+/// settings such as the stacks role). The file is interpolated with two different stand-ins for
+/// unset variables; if `image` and `model` come out the same, they depend on none of them, and the
+/// rest is never read. Otherwise the strict error names the variable that is missing.
+pub fn load_for_image(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, PathBuf), ConfigError> {
+    let strict = match load(path, &env) {
+        Err(e) if e.message.contains("is not set") => e,
+        other => return other,
+    };
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| err(&file, "(file)", e.to_string()))?;
+    let section = |stand_in: &str| -> Result<(String, serde_yaml::Value), ConfigError> {
+        let t = interpolate_with(&text, &file, &env, Some(stand_in))?;
+        let v: serde_yaml::Value =
+            serde_yaml::from_str(&t).map_err(|e| err(&file, "(file)", e.to_string()))?;
+        Ok((
+            t,
+            serde_yaml::Value::Sequence(vec![v["image"].clone(), v["model"].clone()]),
+        ))
+    };
+    let (text_a, a) = section("")?;
+    let (_, b) = section("release-unset-variable")?;
+    if a != b {
+        return Err(strict);
+    }
+    let config = parse(&text_a, &file)?;
+    let base = match path.parent().map(Path::to_path_buf) {
+        Some(b) if !b.as_os_str().is_empty() => b,
+        _ => PathBuf::from("."),
     };
     config.validate(&file, &base)?;
     Ok((config, base))

@@ -257,7 +257,27 @@ fn image_build(
     dir: &std::path::Path,
     out: &Reporter,
 ) -> ExitCode {
-    let loaded = release::config::load(&g.config, |k| std::env::var(k).ok()).ok();
+    // Only image and model are read: settings that only deploying uses may be unset (CI's build
+    // job). A configuration that is there but broken is an error, never silently skipped (the
+    // image would be built without its model).
+    let loaded = if g.config.exists() {
+        match release::config::load_for_image(&g.config, |k| std::env::var(k).ok()) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                return fail(
+                    out,
+                    &Failure::new(
+                        Exit::Config,
+                        "configuration",
+                        e.to_string(),
+                        "fix the file, or set the variable (image build reads only image and model)",
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
     let binary = binary.or_else(|| {
         loaded
             .as_ref()

@@ -606,3 +606,61 @@ fn a_smoke_case_file_without_cases_is_a_configuration_error_before_anything_runs
         );
     }
 }
+
+#[test]
+fn the_build_jobs_image_build_line_runs_without_the_deploy_context() {
+    // The exact `release ... image build` line of the build job, run as that job runs it: in the
+    // repository, with CircleCI's own variables and none of the deploy context's.
+    let line = shell_commands(&circleci())
+        .into_iter()
+        .find(|w| w.iter().any(|x| x == "image") && w.iter().any(|x| x == "build"))
+        .expect("the build job builds the image");
+    let sha = "0123456789abcdef0123456789abcdef01234567";
+    let mut cmd = bin();
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CIRCLE_SHA1", sha)
+        .env("CIRCLECI", "true")
+        .current_dir(root());
+    let mut words = line.iter();
+    for w in words.by_ref() {
+        // Leading assignments (`GIT_SHA="$CIRCLE_SHA1"`), then the program.
+        match w.split_once('=') {
+            Some((k, v)) => {
+                cmd.env(k, v.replace("$CIRCLE_SHA1", sha));
+            }
+            None => break,
+        }
+    }
+    let dir = tempdir("buildjob");
+    let mut args: Vec<String> = words.cloned().collect();
+    if let Some(i) = args.iter().position(|a| a == "--out") {
+        args[i + 1] = dir.display().to_string();
+    }
+    // The musl binary the job builds first; a stand-in when this machine has not built it.
+    let binary = root().join("target/x86_64-unknown-linux-musl/release/model-server");
+    let _stand_in = (!binary.exists()).then(|| {
+        std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
+        std::fs::write(&binary, b"a stand-in for the musl build").unwrap();
+        Remove(binary.clone())
+    });
+    let out = cmd.args(&args).args(["--output", "json"]).output().unwrap();
+    succeeded(&out, &format!("the build job's line {line:?}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("\"tag\":\"{sha}\"")), "{stdout}");
+    // And a variable the image does need is still required.
+    let no_sha = bin()
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(root())
+        .args(&args)
+        .args(["--output", "json"])
+        .output()
+        .unwrap();
+    exits_with(&no_sha, 3);
+    assert!(
+        String::from_utf8_lossy(&no_sha.stdout).contains("GIT_SHA"),
+        "{}",
+        String::from_utf8_lossy(&no_sha.stdout)
+    );
+}
