@@ -27,8 +27,8 @@ echo "training the reference estimator (the same one exported to ONNX)" >&2
 
 echo "building a static model-server" >&2
 target=x86_64-unknown-linux-gnu
-(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked -p model-server --target "$target")
-binary="$root/target/$target/release/model-server"
+(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile server --locked -p model-server --target "$target")
+binary="$root/target/$target/server/model-server"
 
 echo
 echo "model-server binary: $(stat -c %s "$binary") bytes ($(( $(stat -c %s "$binary") / 1024 )) KiB), stripped, $(file -b "$binary" | grep -o 'static[a-z -]*linked' || echo 'dynamically linked')"

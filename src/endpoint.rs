@@ -1,5 +1,5 @@
 //! The AWS clients, each with one interceptor: an endpoint that cannot be reached at all (refused,
-//! no route, no such host) stops being retried after a few attempts and fails with what it was and
+//! no route, no such host, no answer to connect) stops being retried after a few attempts and fails with what it was and
 //! where, instead of minutes of backoff ending in the SDK's raw `DispatchFailure`.
 //!
 //! Why an interceptor: the standard retry strategy classifies every I/O connector error as
@@ -68,24 +68,34 @@ pub fn unreachable_in<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'
 }
 
 /// Why a connector error means "nobody there", or `None` for any other failure (a reset, a
-/// timeout mid-call: those stay retryable).
+/// read timeout mid-call: those stay retryable). "Nobody there" is: refused, no route, no such
+/// host, or no answer to the connection at all (the connect timeout, 3.1 s by default in
+/// aws-config's `TimeoutConfig`: an address that drops packets). A local address that cannot be
+/// assigned (`AddrNotAvailable`, ports exhausted) says nothing about the endpoint, so it is not
+/// one of these.
 fn not_there(e: &ConnectorError) -> Option<String> {
     use std::io::ErrorKind::*;
-    if !e.is_io() {
+    if !e.is_io() && !e.is_timeout() {
         return None;
     }
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
+        if e.is_io()
+            && let Some(io) = err.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
-                ConnectionRefused | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+                ConnectionRefused | HostUnreachable | NetworkUnreachable
             )
         {
             return Some(io.to_string());
         }
         let text = err.to_string();
-        if text.contains("dns error") || text.contains("failed to lookup address") {
+        // aws-smithy-http-client's HttpTimeoutError: "HTTP connect timeout occurred after 3.1s"
+        // (a read timeout is "HTTP read timeout", and stays retryable).
+        if text.contains("dns error")
+            || text.contains("failed to lookup address")
+            || (e.is_timeout() && text.contains("HTTP connect timeout"))
+        {
             return Some(text);
         }
         next = err.source();
@@ -213,7 +223,32 @@ mod tests {
         let timeout = ConnectorError::timeout(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused,
         )));
-        assert_eq!(not_there(&timeout), None, "only I/O errors count");
+        assert_eq!(
+            not_there(&timeout),
+            None,
+            "a timeout counts only as the connect timeout"
+        );
+        let no_local_address = ConnectorError::io(Box::new(std::io::Error::from(
+            std::io::ErrorKind::AddrNotAvailable,
+        )));
+        assert_eq!(not_there(&no_local_address), None);
+    }
+
+    #[derive(Debug)]
+    struct Timeout(&'static str);
+    impl fmt::Display for Timeout {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "HTTP {} timeout occurred after 3.1s", self.0)
+        }
+    }
+    impl std::error::Error for Timeout {}
+
+    #[test]
+    fn a_connect_timeout_is_not_there_and_a_read_timeout_is_not() {
+        let connect = ConnectorError::timeout(Box::new(Timeout("connect")));
+        assert!(not_there(&connect).is_some_and(|c| c.contains("connect timeout")));
+        let read = ConnectorError::timeout(Box::new(Timeout("read")));
+        assert_eq!(not_there(&read), None);
     }
 
     #[test]

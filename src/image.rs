@@ -325,7 +325,7 @@ pub async fn push(
         .set_layer_digests(Some(digests))
         .send()
         .await
-        .map_err(|e| api("BatchCheckLayerAvailability")(ctx(e)))?;
+        .map_err(|e| api("BatchCheckLayerAvailability")(crate::error::sdk(e)))?;
     let present: Vec<String> = availability
         .layers()
         .iter()
@@ -347,7 +347,7 @@ pub async fn push(
             .repository_name(repository)
             .send()
             .await
-            .map_err(|e| api("InitiateLayerUpload")(ctx(e)))?;
+            .map_err(|e| api("InitiateLayerUpload")(crate::error::sdk(e)))?;
         let id = upload.upload_id().unwrap_or_default().to_string();
         for (i, chunk) in b.bytes.chunks(PART_SIZE).enumerate() {
             let first = (i * PART_SIZE) as i64;
@@ -359,7 +359,7 @@ pub async fn push(
                 .layer_part_blob(Blob::new(chunk.to_vec()))
                 .send()
                 .await
-                .map_err(|e| api("UploadLayerPart")(ctx(e)))?;
+                .map_err(|e| api("UploadLayerPart")(crate::error::sdk(e)))?;
             uploaded += chunk.len() as u64;
             progress(uploaded);
         }
@@ -370,7 +370,7 @@ pub async fn push(
             .layer_digests(&b.digest)
             .send()
             .await
-            .map_err(|e| api("CompleteLayerUpload")(ctx(e)))?;
+            .map_err(|e| api("CompleteLayerUpload")(crate::error::sdk(e)))?;
         let got = done.layer_digest().unwrap_or_default();
         if got != b.digest {
             return Err(PushError::DigestMismatch {
@@ -407,7 +407,7 @@ pub async fn push(
                 s.is_image_already_exists_exception() || s.is_image_tag_already_exists_exception()
             });
             if !already {
-                return Err(api("PutImage")(ctx(e)));
+                return Err(api("PutImage")(crate::error::sdk(e)));
             }
             let existing = ecr
                 .batch_get_image()
@@ -415,7 +415,7 @@ pub async fn push(
                 .image_ids(ImageIdentifier::builder().image_tag(tag).build())
                 .send()
                 .await
-                .map_err(|e| api("BatchGetImage")(ctx(e)))?;
+                .map_err(|e| api("BatchGetImage")(crate::error::sdk(e)))?;
             let existing = existing
                 .images()
                 .first()
@@ -438,10 +438,6 @@ pub async fn push(
         uploaded_bytes: uploaded,
         skipped_blobs: skipped,
     })
-}
-
-fn ctx<E: std::error::Error + 'static>(e: E) -> String {
-    aws_sdk_ecr::error::DisplayErrorContext(e).to_string()
 }
 
 #[cfg(test)]

@@ -1,6 +1,11 @@
 //! `release`: blue/green releases of an ML model server to EKS (Fargate) behind CloudFront.
 //! Exit codes are listed in the README and in `release::error::Exit`.
 
+// An interrupted or panicking command closes its ledger entry and releases its lock
+// (`interruptible`), which needs panics to unwind: refuse to build `release` otherwise.
+#[cfg(not(panic = "unwind"))]
+compile_error!("release needs panic = \"unwind\" (see [profile.release] in Cargo.toml)");
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -333,12 +338,25 @@ async fn interruptible(
     work: impl std::future::Future<Output = release::error::Result<serde_json::Value>>,
 ) -> release::error::Result<serde_json::Value> {
     use futures_util::FutureExt;
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
     // Registered before the work starts, so that no signal finds the default action (death with
-    // the lock held).
-    let handlers =
-        signal(SignalKind::terminate()).and_then(|t| Ok((t, signal(SignalKind::hangup())?)));
-    let (mut term, mut hup) = handlers.map_err(|e| {
+    // the lock held). A signal this process was started ignoring stays ignored, as POSIX
+    // utilities leave it: `nohup release up` ignores SIGHUP, a script's `release up &` SIGINT.
+    let handle = |kind: SignalKind, number: libc::c_int| -> std::io::Result<Option<Signal>> {
+        if inherited_ignore(number) {
+            Ok(None)
+        } else {
+            signal(kind).map(Some)
+        }
+    };
+    let handlers = handle(SignalKind::interrupt(), libc::SIGINT).and_then(|i| {
+        Ok((
+            i,
+            handle(SignalKind::terminate(), libc::SIGTERM)?,
+            handle(SignalKind::hangup(), libc::SIGHUP)?,
+        ))
+    });
+    let (mut int, mut term, mut hup) = handlers.map_err(|e| {
         Failure::new(
             Exit::Internal,
             command,
@@ -346,6 +364,14 @@ async fn interruptible(
             "",
         )
     })?;
+    async fn received(s: &mut Option<Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
     let (exit, why, hint) = tokio::select! {
         r = std::panic::AssertUnwindSafe(work).catch_unwind() => match r {
             Ok(r) => return r,
@@ -358,12 +384,23 @@ async fn interruptible(
                 (Exit::Internal, format!("internal error (a bug): {what}"), format!("{hint}; please report this with the output above"))
             }
         },
-        _ = tokio::signal::ctrl_c() => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
-        _ = term.recv() => (Exit::Terminated, "interrupted (SIGTERM)".to_string(), hint.to_string()),
-        _ = hup.recv() => (Exit::HangUp, "interrupted (SIGHUP)".to_string(), hint.to_string()),
+        _ = received(&mut int) => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
+        _ = received(&mut term) => (Exit::Terminated, "interrupted (SIGTERM)".to_string(), hint.to_string()),
+        _ = received(&mut hup) => (Exit::HangUp, "interrupted (SIGHUP)".to_string(), hint.to_string()),
     };
     release::up::finish_session(ctx, Some(why.clone()), None).await;
     Err(Failure::new(exit, command, why, hint))
+}
+
+/// Whether `signal` was ignored when this process started (before any handler of ours).
+fn inherited_ignore(signal: libc::c_int) -> bool {
+    // SAFETY: sigaction(2) with no new action only reads the signal's current disposition into
+    // `old`, a zeroed plain C struct.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(signal, std::ptr::null(), &mut old) == 0
+            && old.sa_sigaction == libc::SIG_IGN
+    }
 }
 
 /// `release man`: the man page of release, or with --out one page per command.

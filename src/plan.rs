@@ -268,6 +268,67 @@ pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
     steps
 }
 
+/// What updating a stack would change, worked out from its current template and parameters
+/// (GetTemplate, DescribeStacks) and the new ones alone, so that a dry run needs no change set
+/// (creating one is a write, needs write rights and can be left behind). Per resource of the
+/// templates' `Resources`: `Add`, `Remove` or `Modify` with its type and logical id; then each
+/// parameter whose value changes, and each the stack has that is not sent (it goes back to its
+/// default). A changed parameter changes the resources that use it, which the change set would
+/// name and this does not: the parameter line says so. Empty: nothing changes.
+pub fn stack_changes(
+    old_template: &str,
+    new_template: &str,
+    old_parameters: &BTreeMap<String, String>,
+    new_parameters: &[(String, String)],
+) -> Result<Vec<String>, String> {
+    fn resources(template: &str, which: &str) -> Result<serde_yaml::Mapping, String> {
+        let doc: serde_yaml::Value = serde_yaml::from_str(template)
+            .map_err(|e| format!("the {which} template is not YAML or JSON: {e}"))?;
+        Ok(doc
+            .get("Resources")
+            .and_then(|r| r.as_mapping())
+            .cloned()
+            .unwrap_or_default())
+    }
+    let kind = |r: &serde_yaml::Value| {
+        r.get("Type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("?")
+            .to_string()
+    };
+    let name = |k: &serde_yaml::Value| k.as_str().unwrap_or("?").to_string();
+    let old = resources(old_template, "stack's current")?;
+    let new = resources(new_template, "new")?;
+    let mut changes = Vec::new();
+    for (k, r) in &new {
+        match old.get(k) {
+            None => changes.push(format!("Add {} {}", kind(r), name(k))),
+            Some(o) if o != r => changes.push(format!("Modify {} {}", kind(r), name(k))),
+            Some(_) => {}
+        }
+    }
+    for (k, r) in &old {
+        if !new.contains_key(k) {
+            changes.push(format!("Remove {} {}", kind(r), name(k)));
+        }
+    }
+    for (k, v) in new_parameters {
+        match old_parameters.get(k) {
+            Some(o) if o == v => {}
+            Some(o) => changes.push(format!("parameter {k}: {o} -> {v} (and what uses it)")),
+            None => changes.push(format!("parameter {k}: set to {v} (and what uses it)")),
+        }
+    }
+    for k in old_parameters.keys() {
+        if !new_parameters.iter().any(|(n, _)| n == k) {
+            changes.push(format!(
+                "parameter {k}: back to its default (and what uses it)"
+            ));
+        }
+    }
+    Ok(changes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -493,5 +554,42 @@ mod tests {
             _ => None,
         };
         assert_eq!(actor(local), ("ana@laptop".into(), None));
+    }
+
+    #[test]
+    fn stack_changes_names_each_resource_and_parameter_that_differs() {
+        let old = "Resources:\n  Vpc:\n    Type: AWS::EC2::VPC\n    Properties: {CidrBlock: !Ref VpcCidr}\n  Gone:\n    Type: AWS::S3::Bucket\n  Same:\n    Type: AWS::SNS::Topic\n";
+        let new = "Resources:\n  Vpc:\n    Type: AWS::EC2::VPC\n    Properties: {CidrBlock: !Sub '${VpcCidr}'}\n  Same:\n    Type: AWS::SNS::Topic\n  Added:\n    Type: AWS::EC2::Subnet\n";
+        let was: BTreeMap<String, String> = [
+            ("AppName", "iris"),
+            ("VpcCidr", "10.0.0.0/16"),
+            ("Old", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let sent = vec![
+            ("AppName".to_string(), "iris".to_string()),
+            ("VpcCidr".to_string(), "10.1.0.0/16".to_string()),
+        ];
+        assert_eq!(
+            stack_changes(old, new, &was, &sent).unwrap(),
+            [
+                "Modify AWS::EC2::VPC Vpc",
+                "Add AWS::EC2::Subnet Added",
+                "Remove AWS::S3::Bucket Gone",
+                "parameter VpcCidr: 10.0.0.0/16 -> 10.1.0.0/16 (and what uses it)",
+                "parameter Old: back to its default (and what uses it)",
+            ]
+        );
+        // The same template (as JSON, as GetTemplate may return it) and parameters: nothing.
+        let json = r#"{"Resources": {"Same": {"Type": "AWS::SNS::Topic"}}}"#;
+        let same = "Resources:\n  Same:\n    Type: AWS::SNS::Topic\n";
+        assert!(
+            stack_changes(json, same, &BTreeMap::new(), &[])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(stack_changes("{not: [yaml", same, &BTreeMap::new(), &[]).is_err());
     }
 }

@@ -835,6 +835,7 @@ async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static
     }
     let step = format!("delete {name}");
     ctx.out.start(&step, "");
+    crate::up::hold_hook(&step).await;
     let start = Instant::now();
     match stacks
         .delete(name, &mut |p| ctx.out.progress(&step, p))
@@ -908,18 +909,29 @@ async fn dry_run_destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> 
 pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
     use std::io::IsTerminal;
     let c = &ctx.config;
-    // A dry run deletes nothing, so there is nothing to confirm.
+    let unconfirmable = !ctx.yes && !std::io::stdin().is_terminal();
+    let refusal = |hint: &str| {
+        Failure::new(
+            Exit::Usage,
+            "destroy",
+            "refusing to destroy without confirmation",
+            hint,
+        )
+    };
+    // A dry run deletes nothing and asks nothing, but exits as the real command would decide:
+    // refused (2) where it could not ask.
     if ctx.dry_run {
-        return dry_run_destroy(ctx, force_unlock, delete_images).await;
+        let plan = dry_run_destroy(ctx, force_unlock, delete_images).await?;
+        if unconfirmable {
+            return Err(refusal(
+                "add --yes (no TTY to ask on); the plan above is what destroy would do",
+            ));
+        }
+        return Ok(plan);
     }
     if !ctx.yes {
-        if !std::io::stdin().is_terminal() {
-            return Err(Failure::new(
-                Exit::Usage,
-                "destroy",
-                "refusing to destroy without confirmation",
-                "add --yes (no TTY to ask on)",
-            ));
+        if unconfirmable {
+            return Err(refusal("add --yes (no TTY to ask on)"));
         }
         eprint!(
             "destroy everything release made for {}? type the app name to confirm: ",

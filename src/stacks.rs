@@ -210,8 +210,9 @@ impl Stacks {
         }
     }
 
-    /// The dry run: what `deploy` would do, changing nothing (a change set on an existing stack is
-    /// made, read and deleted).
+    /// The dry run: what `deploy` would do, changing nothing and writing nothing: read-only calls
+    /// (DescribeStacks, GetTemplate with `TemplateStage=Original`, CloudFormation API reference)
+    /// and [`crate::plan::stack_changes`], no change set.
     pub async fn plan(
         &self,
         name: &str,
@@ -232,43 +233,26 @@ impl Stacks {
             }
             _ => {}
         }
-        let (id, status, reason) = self
-            .change_set(name, template, params(parameters), ChangeSetType::Update)
-            .await?;
-        let described = self
+        let current = self
             .cfn
-            .describe_change_set()
-            .change_set_name(&id)
+            .get_template()
+            .stack_name(name)
+            .template_stage(aws_sdk_cloudformation::types::TemplateStage::Original)
             .send()
             .await
             .map_err(|e| self.fail(name, sdk(e)))?;
-        let _ = self
-            .cfn
-            .delete_change_set()
-            .change_set_name(&id)
-            .send()
-            .await;
-        if status == ChangeSetStatus::Failed {
-            return if no_changes(&reason) {
-                Ok(Change::Nothing)
-            } else {
-                Err(self.fail(name, format!("the change set failed: {reason}")))
-            };
-        }
-        let changes = described
-            .changes()
-            .iter()
-            .filter_map(|c| c.resource_change())
-            .map(|r| {
-                format!(
-                    "{} {} {}",
-                    r.action().map(|a| a.as_str()).unwrap_or("?"),
-                    r.resource_type().unwrap_or("?"),
-                    r.logical_resource_id().unwrap_or("?")
-                )
-            })
-            .collect();
-        Ok(Change::Update { changes })
+        let changes = crate::plan::stack_changes(
+            current.template_body().unwrap_or_default(),
+            template,
+            &observed.parameters,
+            parameters,
+        )
+        .map_err(|e| self.fail(name, e))?;
+        Ok(if changes.is_empty() {
+            Change::Nothing
+        } else {
+            Change::Update { changes }
+        })
     }
 
     fn fail(&self, name: &str, message: String) -> Failure {

@@ -32,10 +32,14 @@ pub struct Ctx {
 pub struct Session {
     pub store: StateStore,
     pub held: HeldLock,
+    /// The open ledger entry; empty before it is opened and once it is closed.
     pub release_id: String,
     pub renewal: tokio::task::JoinHandle<()>,
     /// A candidate colour being deployed: torn down if the run is interrupted.
     pub candidate: Option<(kube::Client, String)>,
+    /// The error the session is being closed with, kept for a second `finish_session` when an
+    /// interrupt cut the first one short (the first reason is the one that matters).
+    pub closing: Option<String>,
 }
 
 pub struct UpArgs {
@@ -173,6 +177,19 @@ async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Re
     recorded
 }
 
+/// TEST-ONLY HOOK (docs/runbook.md): with `RELEASE_TEST_HOLD_AT=<point>` the first run through
+/// `point` (a step name such as `delete iris-edge`, or `teardown iris-blue`) waits there until the
+/// process is signalled, so that the tests can interrupt a command at an exact place.
+pub async fn hold_hook(point: &str) {
+    static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("RELEASE_TEST_HOLD_AT").is_ok_and(|p| p == point)
+        && !HELD.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        eprintln!("RELEASE_TEST_HOLD_AT: holding at {point}");
+        std::future::pending::<()>().await;
+    }
+}
+
 /// TEST-ONLY HOOK (compiled in on purpose, documented in docs/runbook.md): with
 /// `RELEASE_TEST_CRASH_AFTER_STEP=N`, the process kills itself with SIGKILL right after recording
 /// its Nth step, as `kill -9` or a lost CI runner would, so that the tests can prove every command
@@ -279,7 +296,7 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     let store = ctx.store();
     if ctx.dry_run {
         return Ok(Up {
-            summary: dry_run(ctx, &stacks, &store, args.force).await?,
+            summary: dry_run(ctx, &stacks, &store, args).await?,
             candidate_waits: false,
         });
     }
@@ -402,7 +419,17 @@ pub async fn begin(
         }
     };
     ctx.out.finish("lock", true, "held", t.elapsed());
+    // Kept in `ctx` at once, before any other await: an interrupt from here on finds the lock to
+    // release (the entry is not open yet: `release_id` stays empty until it is).
     let renewal = store.keep_renewed(&held);
+    *ctx.session.lock().await = Some(Session {
+        store: store.clone(),
+        held,
+        release_id: String::new(),
+        renewal,
+        candidate: None,
+        closing: None,
+    });
     let mut release_id = String::new();
     let now_s = now();
     let ledger = store
@@ -427,57 +454,72 @@ pub async fn begin(
             });
         })
         .await;
-    if let Err(e) = ledger {
-        renewal.abort();
-        let _ = store.release(&held).await;
-        return Err(e);
+    match ledger {
+        Ok(_) => {
+            if let Some(s) = ctx.session.lock().await.as_mut() {
+                s.release_id = release_id.clone();
+            }
+            Ok(release_id)
+        }
+        Err(e) => {
+            finish_session(ctx, Some(e.to_string()), None).await;
+            Err(e)
+        }
     }
-    *ctx.session.lock().await = Some(Session {
-        store: store.clone(),
-        held,
-        release_id: release_id.clone(),
-        renewal,
-        candidate: None,
-    });
-    Ok(release_id)
 }
 
 /// Close the ledger entry and release the lock: on success, on failure, on interrupt.
+///
+/// The session stays in `ctx` until the lock is released, and each part done is marked in it
+/// before the next starts, so that an interrupt arriving in the middle (this runs inside the
+/// command's work, which a signal drops at its next await) leaves the rest to the second call that
+/// `interruptible` makes: nothing is skipped and nothing done twice but the part cut short.
 pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bool>) {
-    let Some(session) = ctx.session.lock().await.take() else {
+    let mut held = ctx.session.lock().await;
+    let Some(session) = held.as_mut() else {
         return;
     };
     session.renewal.abort();
-    if let (Some(_), Some((client, colour))) = (&error, &session.candidate) {
-        ctx.out.note(&format!(
-            "tearing down the candidate {}",
-            crate::colour::name(&ctx.config, colour)
-        ));
-        if let Err(e) = crate::colour::teardown(client, &ctx.config, colour).await {
+    let error = match (session.closing.take(), error) {
+        (Some(first), Some(now)) => Some(format!("{first}; then {now} while finishing")),
+        (first, now) => first.or(now),
+    };
+    session.closing = error.clone();
+    if let (Some(_), Some((client, colour))) = (&error, session.candidate.clone()) {
+        let name = crate::colour::name(&ctx.config, &colour);
+        ctx.out.note(&format!("tearing down the candidate {name}"));
+        hold_hook(&format!("teardown {name}")).await;
+        if let Err(e) = crate::colour::teardown(&client, &ctx.config, &colour).await {
             ctx.out.note(&format!(
                 "warning: the candidate was not torn down ({e}); the next release up replaces it"
             ));
         }
     }
-    let finished = now();
-    let outcome = match (&error, changed) {
-        (Some(_), _) => Outcome::Failed,
-        (None, Some(false)) => Outcome::NothingToDo,
-        (None, _) => Outcome::Succeeded,
-    };
-    let _ = session
-        .store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(&session.release_id) {
-                r.outcome = outcome;
-                r.finished = Some(finished);
-                r.error = error.clone();
-            }
-        })
-        .await;
+    session.candidate = None;
+    if !session.release_id.is_empty() {
+        let finished = now();
+        let outcome = match (&error, changed) {
+            (Some(_), _) => Outcome::Failed,
+            (None, Some(false)) => Outcome::NothingToDo,
+            (None, _) => Outcome::Succeeded,
+        };
+        let id = session.release_id.clone();
+        let _ = session
+            .store
+            .update_ledger(|l| {
+                if let Some(r) = l.get_mut(&id) {
+                    r.outcome = outcome;
+                    r.finished = Some(finished);
+                    r.error = error.clone();
+                }
+            })
+            .await;
+        session.release_id.clear();
+    }
     if let Err(e) = session.store.release(&session.held).await {
         ctx.out.note(&format!("warning: the lock was not released ({e}); it expires with its lease, or use --force-unlock"));
     }
+    *held = None;
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1045,7 +1087,12 @@ async fn go_live(
 }
 
 /// `--dry-run`: what `up` would do, changing nothing.
-async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, force: bool) -> Result<Value> {
+async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, args: &UpArgs) -> Result<Value> {
+    // First, as the real run: a lock held by someone else is exit 4, not a plan.
+    store
+        .check_lock(&hostname(), args.force_unlock, ctx.yes)
+        .await?;
+    let force = args.force;
     let mut plan = serde_json::Map::new();
     let mut outputs = Outputs::new();
     for wave in UP_WAVES {
@@ -1065,16 +1112,6 @@ async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, force: bool) ->
             ctx.out.note(&format!("plan: stack {name}: {what}"));
             plan.insert(name, json!(what));
         }
-    }
-    if let Some(lock) = store
-        .bucket_exists()
-        .await
-        .ok()
-        .filter(|b| *b)
-        .and(store.read_lock().await.ok().flatten())
-    {
-        ctx.out
-            .note(&format!("plan: the lock is held: {}", lock.describe(now())));
     }
     let image = ctx.build_image()?;
     let what = match outputs

@@ -537,9 +537,14 @@ impl Drop for Remove {
     }
 }
 
-/// `release --output json <args>` with the sandbox example's config and an endpoint of `endpoint`.
+/// `release --output json <args>` with the sandbox example's config and an endpoint of `endpoint`,
+/// in an environment of its own (no AWS profile, proxy or region of this machine's).
 fn against(endpoint: &str, cfg: &Path, args: &[&str]) -> std::process::Output {
+    let home = tempdir("against-home");
     bin()
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
         .arg("--config")
         .arg(cfg)
         .args(["--output", "json"])
@@ -638,7 +643,7 @@ fn the_build_jobs_image_build_line_runs_without_the_deploy_context() {
         args[i + 1] = dir.display().to_string();
     }
     // The musl binary the job builds first; a stand-in when this machine has not built it.
-    let binary = root().join("target/x86_64-unknown-linux-musl/release/model-server");
+    let binary = root().join("target/x86_64-unknown-linux-musl/server/model-server");
     let _stand_in = (!binary.exists()).then(|| {
         std::fs::create_dir_all(binary.parent().unwrap()).unwrap();
         std::fs::write(&binary, b"a stand-in for the musl build").unwrap();

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Seen, assert_switch_with_flip, aws, cases, config, config_versioned, deployments, edge_traffic,
-    exits_with, kubectl, object, release, release_command, s3, succeeded, summary,
+    exits_with, kubectl, last_release, object, release, release_command, s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
@@ -466,7 +466,14 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
         (Signal::SIGHUP, 129, "interrupted (SIGHUP)"),
         (Signal::SIGINT, 130, "interrupted (Ctrl-C)"),
     ] {
-        let (mut child, lines) = signal_at_step(&sb, &cfg, &["up"], "deploy iris-blue", signal);
+        let (mut child, lines) = signal_at(
+            &sb,
+            &cfg,
+            &["up"],
+            None,
+            |v| v["event"] == "step_started" && v["step"] == "deploy iris-blue",
+            signal,
+        );
         let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
         let status = child.wait().unwrap();
         assert_eq!(status.code(), Some(code), "{signal}: {rest:?}");
@@ -479,15 +486,11 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
             object(&s3, "apps/iris/lock.json").await.is_none(),
             "{signal}: the lock is released"
         );
-        let ledger = object(&s3, "apps/iris/ledger.json")
-            .await
-            .expect("a ledger");
-        let last = ledger["releases"]
-            .as_array()
-            .unwrap()
-            .last()
-            .unwrap()
-            .clone();
+        let last = last_release(
+            &object(&s3, "apps/iris/ledger.json")
+                .await
+                .expect("a ledger"),
+        );
         assert_eq!(last["outcome"], "failed", "{signal}");
         assert!(
             last["error"].as_str().unwrap().contains(word),
@@ -499,13 +502,58 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
     succeeded(&again, "the run after the interrupt");
     assert_eq!(summary(&again)["live"], "blue");
 
+    // A failed candidate terminated while it is being torn down: the teardown still finishes,
+    // the lock is released, and the ledger keeps the first reason. Started as `nohup` starts it
+    // (SIGHUP ignored): a SIGHUP is left ignored, and only the SIGTERM interrupts.
+    let wrong = config(
+        &dir.join("wrong"),
+        &model_server_binary(),
+        "v2",
+        &wrong_cases(&dir),
+    );
+    let mut nohup = release_command(&sb, &wrong, &["up", "--force"]);
+    // SAFETY: between fork and exec, signal(2) only sets this child's disposition.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        nohup.pre_exec(|| {
+            nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigIgn)
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let (mut child, lines) = started_until(nohup, Some("teardown iris-green"), |v| {
+        v["event"] == "note"
+            && v["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("tearing down"))
+    });
+    nix::sys::signal::kill(pid(&child), Signal::SIGHUP).unwrap();
+    // Time for a run that handled the SIGHUP to finish with 129 (it would not be held twice).
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = nix::sys::signal::kill(pid(&child), Signal::SIGTERM);
+    let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
+    assert_eq!(child.wait().unwrap().code(), Some(143), "{rest:?}");
+    assert_eq!(deployments(&sb), ["iris-blue"], "green is torn down");
+    assert!(
+        object(&s3, "apps/iris/lock.json").await.is_none(),
+        "the lock is released"
+    );
+    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
+    assert_eq!(last["outcome"], "failed", "{last}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains("predicted") && error.contains("then interrupted (SIGTERM)"),
+        "{last}"
+    );
+
     // destroy, terminated while it deletes the edge stack: the lock is released, and the re-run
     // finishes the job.
-    let (mut child, lines) = signal_at_step(
+    let (mut child, lines) = signal_at(
         &sb,
         &cfg,
         &["--yes", "destroy"],
-        "delete iris-edge",
+        Some("delete iris-edge"),
+        |v| v["event"] == "step_started" && v["step"] == "delete iris-edge",
         Signal::SIGTERM,
     );
     let rest: Vec<String> = lines.map_while(|l| l.ok()).collect();
@@ -514,13 +562,7 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
         object(&s3, "apps/iris/lock.json").await.is_none(),
         "destroy released the lock"
     );
-    let ledger = object(&s3, "apps/iris/ledger.json").await.unwrap();
-    let last = ledger["releases"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
+    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
     assert_eq!(last["action"], "destroy", "{last}");
     assert!(
         last["error"]
@@ -536,20 +578,41 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
     assert!(deployments(&sb).is_empty());
 }
 
-/// Start `release <args>` and send it `signal` as soon as it starts `step`; returns the child and
-/// the rest of its output.
-fn signal_at_step(
+/// Start `release <args>`, holding at `hold` if given (`RELEASE_TEST_HOLD_AT`), and send it
+/// `signal` once it prints an event for which `there` holds; returns the child and the rest of
+/// its output.
+fn signal_at(
     sb: &Sandbox,
     cfg: &Path,
     args: &[&str],
-    step: &str,
+    hold: Option<&str>,
+    there: impl Fn(&Value) -> bool,
     signal: nix::sys::signal::Signal,
 ) -> (
     std::process::Child,
     std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
 ) {
+    let (child, lines) = started_until(release_command(sb, cfg, args), hold, there);
+    nix::sys::signal::kill(pid(&child), signal).unwrap();
+    (child, lines)
+}
+
+fn pid(child: &std::process::Child) -> nix::unistd::Pid {
+    nix::unistd::Pid::from_raw(child.id() as i32)
+}
+
+/// Spawn `cmd` (holding at `hold` if given) and read its events until `there` holds for one.
+fn started_until(
+    mut cmd: std::process::Command,
+    hold: Option<&str>,
+    there: impl Fn(&Value) -> bool,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
     use std::io::BufRead;
-    let mut child = release_command(sb, cfg, args)
+    let mut child = cmd
+        .envs(hold.map(|h| ("RELEASE_TEST_HOLD_AT", h)))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -558,10 +621,9 @@ fn signal_at_step(
     let mut lines = std::io::BufReader::new(stdout).lines();
     for line in lines.by_ref() {
         let v: Value = serde_json::from_str(&line.unwrap()).unwrap_or(json!({}));
-        if v["event"] == "step_started" && v["step"] == step {
+        if there(&v) {
             break;
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
     (child, lines)
 }

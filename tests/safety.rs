@@ -10,7 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    aws, cases, config, exits_with, object, release, release_command, s3, succeeded, summary,
+    aws, cases, config, exits_with, last_release, object, release, release_command, s3, succeeded,
+    summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::{Value, json};
@@ -31,17 +32,49 @@ async fn world(sb: &Sandbox) -> Value {
                 )
             })
             .collect();
+        // A change set is a write too (and a dry run must not need the rights to make one).
+        let change_sets: Vec<String> = cfn
+            .list_change_sets()
+            .stack_name(s.stack_name().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .summaries()
+            .iter()
+            .map(|c| format!("{:?}", c.change_set_name()))
+            .collect();
         stacks[s.stack_name().unwrap()] = json!({
             "status": s.stack_status().map(|x| x.as_str().to_string()),
             "updated": s.last_updated_time().map(|t| t.to_string()),
             "parameters": params,
+            "change sets": change_sets,
         });
+    }
+    let cf = aws_sdk_cloudfront::Client::new(&conf);
+    let mut invalidations = Vec::new();
+    let dists = cf.list_distributions().send().await.unwrap();
+    for d in dists
+        .distribution_list()
+        .map(|l| l.items())
+        .unwrap_or_default()
+    {
+        let list = cf
+            .list_invalidations()
+            .distribution_id(d.id())
+            .send()
+            .await
+            .unwrap();
+        invalidations.push(json!({
+            "distribution": d.id(),
+            "origins": format!("{:?}", d.origins()),
+            "invalidations": list.invalidation_list().map(|l| l.quantity()),
+        }));
     }
     let kube: Value = serde_json::from_str(&common::kubectl(
         sb,
         &[
             "get",
-            "deployments,services,secrets,namespaces",
+            "deployments,services,secrets,namespaces,poddisruptionbudgets,networkpolicies",
             "-A",
             "-o",
             "json",
@@ -99,7 +132,7 @@ async fn world(sb: &Sandbox) -> Value {
         .json()
         .await
         .unwrap_or_default();
-    json!({"stacks": stacks, "kubernetes": objects, "state bucket": versions, "images": images,
+    json!({"stacks": stacks, "cloudfront": invalidations, "kubernetes": objects, "state bucket": versions, "images": images,
            "edge answers from": answer["colour"]})
 }
 
@@ -142,15 +175,6 @@ fn what<'a>(plan: &'a [(String, String)], step: &str) -> &'a str {
         .find(|(s, _)| s == step)
         .unwrap_or_else(|| panic!("no step {step} in {plan:?}"))
         .1
-}
-
-fn last_release(ledger: &Value) -> Value {
-    ledger["releases"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -202,9 +226,18 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
             .contains("nothing to rollback")
     );
 
-    // destroy: no confirmation needed to change nothing; every resource in order.
+    // destroy without --yes and no TTY to ask on: the plan is printed, and the exit is the real
+    // command's refusal.
     let out = dry_run(&sb, &cfg, &["destroy"]).await;
-    succeeded(&out, "dry-run destroy without --yes");
+    exits_with(&out, 2);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("plan: delete iris-edge") && stdout.contains("add --yes"),
+        "{stdout}"
+    );
+    // With --yes: every resource in order.
+    let out = dry_run(&sb, &cfg, &["--yes", "destroy"]).await;
+    succeeded(&out, "dry-run destroy --yes");
     assert_eq!(
         names(&plan(&out)),
         [
@@ -286,6 +319,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
         .await
         .unwrap();
     for args in [
+        &["up"][..],
         &["rollback"][..],
         &["promote"][..],
         &["--yes", "destroy"][..],

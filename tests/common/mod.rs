@@ -104,6 +104,16 @@ pub async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
     serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).ok()
 }
 
+/// The newest entry of a ledger.
+pub fn last_release(ledger: &Value) -> Value {
+    ledger["releases"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone()
+}
+
 /// One request through the edge: when it was sent and answered, and which colour answered it
 /// (`error: ...` for a failed request).
 #[derive(Debug, Clone)]
