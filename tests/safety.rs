@@ -266,11 +266,30 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     // up: the same image is live on blue, so nothing to release; --force would replace green.
     let out = dry_run(&sb, &cfg, &["up"]).await;
     succeeded(&out, "dry-run up");
+    for stack in ["iris-network", "iris-registry", "iris-cluster"] {
+        assert_eq!(summary(&out)[stack], "no changes", "{}", summary(&out));
+    }
     let colour = summary(&out)["colour"].as_str().unwrap().to_string();
     assert!(
         colour.starts_with("nothing to release: iris-blue"),
         "{colour}"
     );
+    // A changed stack setting: read from the stack's template and parameters, no change set.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let wider = cfg.with_file_name("release-wider.yaml");
+    std::fs::write(
+        &wider,
+        text.replace("stacks:\n", "stacks:\n  vpc_cidr: 10.9.0.0/16\n"),
+    )
+    .unwrap();
+    let out = dry_run(&sb, &wider, &["up"]).await;
+    succeeded(&out, "dry-run up with another VPC range");
+    let network = summary(&out)["iris-network"].as_str().unwrap().to_string();
+    assert!(
+        network.starts_with("update: parameter VpcCidr: ") && network.contains("-> 10.9.0.0/16"),
+        "{network}"
+    );
+    assert_eq!(summary(&out)["iris-registry"], "no changes");
     let out = dry_run(&sb, &cfg, &["up", "--force", "--promote"]).await;
     let colour = summary(&out)["colour"].as_str().unwrap().to_string();
     assert!(colour.starts_with("deploy iris-green"), "{colour}");

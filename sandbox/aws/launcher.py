@@ -928,10 +928,18 @@ def masked_parameter_list(self: Any) -> list[dict[str, Any]]:
     """DescribeStacks returns a NoEcho parameter's value as asterisks (AWS CloudFormation User
     Guide, "Parameters": NoEcho "masks the parameter value as asterisks (*****) for any calls that
     describe the stack"). moto compares the value, not the key, with its NoEcho keys, so it never
-    masks."""
+    masks. A list parameter (`List<AWS::EC2::Subnet::Id>`, `CommaDelimitedList`) comes back as the
+    comma-delimited string it was given (API reference: `Parameter.ParameterValue` is a String);
+    moto keeps the list it split and prints Python's repr of it (`['subnet-a', 'subnet-b']`)."""
     no_echo = set(self.resource_map.no_echo_parameter_keys)
+
+    def shown(k: str, v: Any) -> Any:
+        if k in no_echo:
+            return "****"
+        return ",".join(str(x) for x in v) if isinstance(v, list) else v
+
     return [
-        {"ParameterKey": k, "ParameterValue": "****" if k in no_echo else v}
+        {"ParameterKey": k, "ParameterValue": shown(k, v)}
         for k, v in self.resource_map.resolved_parameters.items()
     ]
 

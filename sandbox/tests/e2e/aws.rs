@@ -479,7 +479,8 @@ async fn deleting_the_network_stack_removes_its_nat_gateway_routes_and_vpc() {
     assert!(left.is_err(), "the stack is gone: {left:?}");
 }
 
-/// As AWS does: DescribeStacks masks a NoEcho parameter as `****`, a change set whose parameter
+/// As AWS does: DescribeStacks masks a NoEcho parameter as `****` and shows a list parameter as
+/// its comma-delimited string, a change set whose parameter
 /// breaks its constraint (MinLength here) is refused, and `UsePreviousValue` keeps the real value.
 #[tokio::test]
 async fn no_echo_parameters_are_masked_constraints_checked_and_previous_values_kept() {
@@ -488,7 +489,8 @@ async fn no_echo_parameters_are_masked_constraints_checked_and_previous_values_k
     let template = json!({
         "Parameters": {
             "Secret": {"Type": "String", "NoEcho": true, "MinLength": 16},
-            "Name": {"Type": "String", "AllowedPattern": "[a-z]+"}
+            "Name": {"Type": "String", "AllowedPattern": "[a-z]+"},
+            "Zones": {"Type": "CommaDelimitedList", "Default": "x"}
         },
         "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
         // Outputs are not masked (AWS warns about exactly this): how the test sees the real value.
@@ -543,7 +545,11 @@ async fn no_echo_parameters_are_masked_constraints_checked_and_previous_values_k
     let created = change(
         "create",
         "CREATE",
-        vec![value("Secret", "0123456789abcdef"), value("Name", "a")],
+        vec![
+            value("Secret", "0123456789abcdef"),
+            value("Name", "a"),
+            value("Zones", "a,b"),
+        ],
     )
     .await
     .unwrap();
@@ -574,6 +580,7 @@ async fn no_echo_parameters_are_masked_constraints_checked_and_previous_values_k
     let seen = described(cfn.clone()).await;
     assert_eq!(seen["Secret"], "****", "the NoEcho value is masked");
     assert_eq!(seen["Name"], "a");
+    assert_eq!(seen["Zones"], "a,b", "a list parameter as it was given");
     // Copying the described values back sends the mask: refused.
     let copied = change(
         "copy",
