@@ -234,11 +234,12 @@ pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
         .stacks
         .split_last()
         .map_or((None, &f.stacks[..]), |(r, o)| (Some(r), o));
+    let delete_stack = |name: &str, status: &Option<String>| match status {
+        Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
+        None => planned(format!("delete {name}"), "none: absent"),
+    };
     for (name, status) in others {
-        steps.push(match status {
-            Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
-            None => planned(format!("delete {name}"), "none: absent"),
-        });
+        steps.push(delete_stack(name, status));
     }
     if let Some((name, status)) = registry {
         if f.delete_images {
@@ -248,10 +249,7 @@ pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
                     format!("{n} images in repository {}", f.app),
                 ));
             }
-            steps.push(match status {
-                Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
-                None => planned(format!("delete {name}"), "none: absent"),
-            });
+            steps.push(delete_stack(name, status));
             if let Some(b) = &f.bucket {
                 steps.push(planned(
                     format!("delete {b}"),
