@@ -1,8 +1,17 @@
 //! Connect to the EKS cluster as `aws eks get-token` does, with no kubeconfig: endpoint and CA from
 //! `DescribeCluster`, and a bearer token that is `k8s-aws-v1.` + base64url of a SigV4-presigned STS
-//! `GetCallerIdentity` URL signing the `x-k8s-aws-id` header. Tokens last 15 minutes; the client is
-//! remade with a fresh one after 10.
+//! `GetCallerIdentity` URL signing the `x-k8s-aws-id` header.
+//!
+//! EKS accepts a token for 15 minutes (EKS User Guide, "Grant IAM users access to Kubernetes":
+//! "the token is valid for 15 minutes"; aws-iam-authenticator checks X-Amz-Date), while one
+//! client serves a whole command (a promote waits minutes for CloudFront between two Kubernetes
+//! calls). So the token is not part of the client: [`Authorize`], a layer in front of kube's
+//! service stack, puts a token on every request, makes a new one when it is ten minutes old, and
+//! on a 401 makes a new one and sends the request once more (a token the server no longer takes,
+//! whatever the clocks say).
 
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_credential_types::provider::ProvideCredentials;
@@ -21,8 +30,15 @@ pub struct Cluster {
     pub name: String,
     endpoint: String,
     ca_der: Vec<u8>,
+    tokens: Arc<Tokens>,
+    client: Mutex<Option<kube::Client>>,
+}
+
+/// The cluster's bearer token, made on demand and shared by every clone of its client.
+struct Tokens {
+    cluster: String,
     aws: aws_config::SdkConfig,
-    client: Mutex<Option<(kube::Client, Instant)>>,
+    current: Mutex<Option<(http::HeaderValue, Instant)>>,
 }
 
 fn failure(message: String) -> Failure {
@@ -116,11 +132,44 @@ impl Cluster {
             name: name.into(),
             endpoint,
             ca_der,
-            aws: aws.clone(),
+            tokens: Arc::new(Tokens {
+                cluster: name.into(),
+                aws: aws.clone(),
+                current: Mutex::new(None),
+            }),
             client: Mutex::new(None),
         })
     }
 
+    /// The cluster's kube client; its requests carry a token kept fresh by [`Authorize`].
+    pub async fn client(&self) -> Result<kube::Client> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        // Credentials that cannot sign fail here, as a cluster step, not inside a request.
+        self.tokens.header(false).await?;
+        let uri = self
+            .endpoint
+            .parse()
+            .map_err(|e| failure(format!("the cluster endpoint {}: {e}", self.endpoint)))?;
+        let mut config = kube::Config::new(uri);
+        config.root_cert = Some(vec![self.ca_der.clone()]);
+        config.read_timeout = Some(Duration::from_secs(60));
+        let client = kube::client::ClientBuilder::try_from(config)
+            .map_err(|e| failure(format!("a Kubernetes client for {}: {e}", self.endpoint)))?
+            // A cloneable stack under the layer, which sends a request a second time after a 401.
+            .with_layer(&tower::buffer::BufferLayer::<
+                http::Request<kube::client::Body>,
+            >::new(64))
+            .with_layer(&AuthorizeLayer(self.tokens.clone()))
+            .build();
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+impl Tokens {
     async fn token(&self) -> Result<String> {
         let provider = self
             .aws
@@ -140,31 +189,107 @@ impl Cluster {
             .endpoint_url()
             .map(str::to_string)
             .unwrap_or_else(|| format!("https://sts.{region}.amazonaws.com"));
-        let url = presign_get_caller_identity(&creds, &region, &sts, &self.name, SystemTime::now())
-            .map_err(|e| failure(format!("presigning the EKS token: {e}")))?;
+        let url =
+            presign_get_caller_identity(&creds, &region, &sts, &self.cluster, SystemTime::now())
+                .map_err(|e| failure(format!("presigning the EKS token: {e}")))?;
         Ok(token_from_url(&url))
     }
 
-    /// A kube client with a token younger than ten minutes.
-    pub async fn client(&self) -> Result<kube::Client> {
-        let mut slot = self.client.lock().await;
-        if let Some((c, made)) = slot.as_ref()
+    /// `Bearer <token>`: the current one while it is younger than [`TOKEN_REFRESH`], else (or
+    /// when `renew`, after a 401) a new one.
+    async fn header(&self, renew: bool) -> Result<http::HeaderValue> {
+        let mut current = self.current.lock().await;
+        if !renew
+            && let Some((h, made)) = current.as_ref()
             && made.elapsed() < TOKEN_REFRESH
         {
-            return Ok(c.clone());
+            return Ok(h.clone());
         }
-        let uri = self
-            .endpoint
-            .parse()
-            .map_err(|e| failure(format!("the cluster endpoint {}: {e}", self.endpoint)))?;
-        let mut config = kube::Config::new(uri);
-        config.root_cert = Some(vec![self.ca_der.clone()]);
-        config.auth_info.token = Some(self.token().await?.into());
-        config.read_timeout = Some(Duration::from_secs(60));
-        let client = kube::Client::try_from(config)
-            .map_err(|e| failure(format!("a Kubernetes client for {}: {e}", self.endpoint)))?;
-        *slot = Some((client.clone(), Instant::now()));
-        Ok(client)
+        let mut h = http::HeaderValue::from_str(&format!("Bearer {}", self.token().await?))
+            .map_err(|e| failure(format!("the EKS token is not a header value: {e}")))?;
+        h.set_sensitive(true);
+        *current = Some((h.clone(), Instant::now()));
+        Ok(h)
+    }
+}
+
+struct AuthorizeLayer(Arc<Tokens>);
+
+impl<S> tower::Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+    fn layer(&self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            tokens: self.0.clone(),
+        }
+    }
+}
+
+/// Puts the cluster's token on each request; on a 401, a new token and one more try.
+#[derive(Clone)]
+struct Authorize<S> {
+    inner: S,
+    tokens: Arc<Tokens>,
+}
+
+type Request = http::Request<kube::client::Body>;
+
+impl<S, B> tower::Service<Request> for Authorize<S>
+where
+    S: tower::Service<Request, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<tower::BoxError>,
+    B: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = tower::BoxError;
+    type Future = futures_util::future::BoxFuture<
+        'static,
+        std::result::Result<http::Response<B>, tower::BoxError>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        use tower::ServiceExt;
+        // The service that was made ready is the one to call (tower's clone-and-swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let tokens = self.tokens.clone();
+        Box::pin(async move {
+            let again = request.body().try_clone().map(|body| {
+                let mut r = http::Request::new(body);
+                *r.method_mut() = request.method().clone();
+                *r.uri_mut() = request.uri().clone();
+                *r.version_mut() = request.version();
+                *r.headers_mut() = request.headers().clone();
+                r
+            });
+            let header = tokens.header(false).await.map_err(Box::new)?;
+            request
+                .headers_mut()
+                .insert(http::header::AUTHORIZATION, header);
+            let response = inner.call(request).await.map_err(Into::into)?;
+            match again {
+                Some(mut retry) if response.status() == http::StatusCode::UNAUTHORIZED => {
+                    tracing::debug!("the cluster refused its token (401): a new one, once more");
+                    let header = tokens.header(true).await.map_err(Box::new)?;
+                    retry
+                        .headers_mut()
+                        .insert(http::header::AUTHORIZATION, header);
+                    inner
+                        .ready()
+                        .await
+                        .map_err(Into::into)?
+                        .call(retry)
+                        .await
+                        .map_err(Into::into)
+                }
+                _ => Ok(response),
+            }
+        })
     }
 }
 

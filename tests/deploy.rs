@@ -627,3 +627,24 @@ fn started_until(
     }
     (child, lines)
 }
+
+/// EKS accepts a token for 15 minutes, and a promote waits for CloudFront between Kubernetes
+/// calls; here the token lives 3 s and a distribution change takes 6: every Kubernetes call after
+/// the wait carries a token the cluster no longer takes, and the client makes a new one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_whose_cloudfront_deployment_outlasts_the_eks_token_succeeds() {
+    let sb = Sandbox::start(&["--edge-delay", "6", "--token-ttl-seconds", "3"]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    let promoted = release(&sb, &cfg, &["promote"]);
+    succeeded(&promoted, "promote across a 6 s CloudFront deployment");
+    assert_eq!(
+        summary(&promoted)["live"],
+        "green",
+        "{}",
+        summary(&promoted)
+    );
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert_eq!(status["live"], "green", "{status}");
+}

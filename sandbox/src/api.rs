@@ -26,12 +26,14 @@ pub struct ApiState {
     pub store: Arc<Store>,
     /// Where the kubelet writes each container's output (`kubectl logs`).
     pub logs_dir: PathBuf,
+    /// How long a token is accepted from its X-Amz-Date (EKS: 15 minutes).
+    pub token_lifetime: Duration,
 }
 
 pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .fallback(handle)
-        .layer(middleware::from_fn(authenticate))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 
@@ -53,9 +55,8 @@ fn error_response(e: &ApiError) -> Response {
 // Authentication: only EKS tokens (`k8s-aws-v1.` + base64url of a presigned STS
 // GetCallerIdentity URL that signs the x-k8s-aws-id header), as `aws eks get-token` makes them.
 
-use crate::TOKEN_LIFETIME;
-
-pub fn validate_token(token: &str) -> Result<(), String> {
+/// Whether `token` is an EKS token of the right shape no older than `lifetime`.
+pub fn validate_token(token: &str, lifetime: Duration) -> Result<(), String> {
     let encoded = token
         .strip_prefix("k8s-aws-v1.")
         .ok_or("the token does not start with k8s-aws-v1.")?;
@@ -110,7 +111,7 @@ pub fn validate_token(token: &str) -> Result<(), String> {
     let now = SystemTime::now();
     if now
         .duration_since(signed_at)
-        .is_ok_and(|age| age > TOKEN_LIFETIME)
+        .is_ok_and(|age| age > lifetime)
     {
         return Err("the token has expired".into());
     }
@@ -123,7 +124,7 @@ pub fn validate_token(token: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn authenticate(req: Request, next: Next) -> Response {
+async fn authenticate(State(state): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
     let public = matches!(
         req.uri().path(),
         "/version" | "/healthz" | "/livez" | "/readyz"
@@ -136,7 +137,7 @@ async fn authenticate(req: Request, next: Next) -> Response {
             .and_then(|v| v.strip_prefix("Bearer "));
         let verdict = token
             .ok_or_else(|| "no bearer token".to_string())
-            .and_then(validate_token);
+            .and_then(|t| validate_token(t, state.token_lifetime));
         if let Err(why) = verdict {
             tracing::info!(path = %req.uri().path(), %why, "unauthorized");
             return error_response(&ApiError::new(

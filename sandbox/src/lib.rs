@@ -50,5 +50,6 @@ pub fn sandbox_token(cluster: &str, at: SystemTime) -> String {
     )
 }
 
-/// How long a token stays valid, from its X-Amz-Date.
+/// How long EKS accepts a token, from its X-Amz-Date (`SANDBOX_TOKEN_TTL_SECONDS` sets the
+/// sandbox's own, for tests that outlive a short one).
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);

@@ -25,7 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start everything and run until SIGTERM or SIGINT.
+    /// Start everything and run until SIGTERM or SIGINT. A setting given twice takes the last
+    /// (the test harness's defaults come first, a test's own after).
+    #[command(args_override_self = true)]
     Serve {
         /// Directory for all state (certificates, image layers, unpacked images, logs, env).
         #[arg(long, env = "SANDBOX_STATE")]
@@ -39,6 +41,9 @@ enum Cmd {
         /// Milliseconds before a LoadBalancer Service gets its address.
         #[arg(long, env = "SANDBOX_LB_DELAY_MS", default_value_t = 300)]
         lb_delay_ms: u64,
+        /// Seconds an EKS token is accepted from its X-Amz-Date: 900 as on EKS, lower in tests.
+        #[arg(long, env = "SANDBOX_TOKEN_TTL_SECONDS", default_value_t = 900)]
+        token_ttl_seconds: u64,
         /// AWS fault injection, JSON: {"s3": {"throttle": 0.05, "error": 0.02}, "*": {...}}.
         #[arg(long, env = "SANDBOX_FAULTS", default_value = "{}")]
         faults: String,
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             python,
             edge_delay,
             lb_delay_ms,
+            token_ttl_seconds,
             faults,
         } => {
             tracing_subscriber::fmt()
@@ -87,6 +93,7 @@ fn main() -> ExitCode {
                 &python,
                 edge_delay,
                 Duration::from_millis(lb_delay_ms),
+                Duration::from_secs(token_ttl_seconds),
                 &faults,
             ));
             runtime.shutdown_timeout(Duration::from_secs(1));
@@ -108,6 +115,7 @@ async fn serve(
     python: &Path,
     edge_delay: f64,
     lb_delay: Duration,
+    token_lifetime: Duration,
     faults: &str,
 ) -> Result<(), Error> {
     std::fs::create_dir_all(state)?;
@@ -173,6 +181,7 @@ async fn serve(
     let router = api::router(Arc::new(api::ApiState {
         store: store.clone(),
         logs_dir,
+        token_lifetime,
     }));
     tokio::spawn(tls::serve(listener, tls.acceptor.clone(), router));
     tokio::spawn(deployments::Controller::new(store.clone()).run());

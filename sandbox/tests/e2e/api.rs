@@ -19,6 +19,7 @@ pub fn in_process(store: Arc<Store>) -> kube::Client {
     let app = router(Arc::new(ApiState {
         store,
         logs_dir: std::env::temp_dir(),
+        token_lifetime: sandbox::TOKEN_LIFETIME,
     }));
     let token = format!(
         "Bearer {}",
@@ -439,6 +440,7 @@ async fn only_eks_tokens_are_accepted() {
     let app = router(Arc::new(ApiState {
         store: Arc::new(Store::new()),
         logs_dir: std::env::temp_dir(),
+        token_lifetime: sandbox::TOKEN_LIFETIME,
     }));
     let call = |auth: Option<String>, path: &str| {
         let mut req = http::Request::get(path);
