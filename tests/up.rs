@@ -246,3 +246,50 @@ async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
             .starts_with("delete the stack left by a failed create")
     );
 }
+
+/// A first create of the registry stack that fails (here: a repository of that name is already
+/// there) rolls back; once the cause is gone, the next `up` creates the stack again. With the
+/// state bucket on `DeletionPolicy: Retain` the rollback kept the bucket, and every later create
+/// failed on "already exists" (the sandbox keeps Retain resources across a rollback, as AWS does).
+#[tokio::test]
+async fn a_failed_first_create_of_the_registry_can_be_retried() {
+    let sb = Sandbox::start(&[]);
+    let ecr = aws_sdk_ecr::Client::new(&aws(&sb).await);
+    ecr.create_repository()
+        .repository_name("iris")
+        .send()
+        .await
+        .unwrap();
+    let cfg = config(&sb.dir.join("cfg"), "");
+    let out = release(&sb, &cfg, &["up"]);
+    exits_with(&out, 5);
+    let s = summary(&out);
+    assert!(
+        s["step"] == "stack iris-registry"
+            && s["error"].as_str().unwrap().contains("ROLLBACK_COMPLETE"),
+        "{s}"
+    );
+    let kept = s3(&sb)
+        .await
+        .head_bucket()
+        .bucket("iris-release-state")
+        .send()
+        .await;
+    assert!(kept.is_err(), "the rollback deleted the state bucket");
+    ecr.delete_repository()
+        .repository_name("iris")
+        .force(true)
+        .send()
+        .await
+        .unwrap();
+    let out = release(&sb, &cfg, &["up"]);
+    succeeded(&out, "up once the repository is gone");
+    assert!(
+        summary(&out)["iris-registry"]
+            .as_str()
+            .unwrap()
+            .starts_with("delete the stack left by a failed create"),
+        "{}",
+        summary(&out)
+    );
+}

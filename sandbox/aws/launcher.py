@@ -713,12 +713,35 @@ def resource_event(stack: Any, failure: ResourceFailed, status: str) -> None:
     )
 
 
-def fail_stack(stack: Any, failure: ResourceFailed, creating: bool) -> None:
+_original_resource_map_delete = cfn_parsing.ResourceMap.delete
+
+
+def resource_map_delete(self: Any, rolling_back_create: bool = False) -> None:
+    """DeletionPolicy as AWS applies it (CloudFormation User Guide, "DeletionPolicy attribute"):
+    `Retain` keeps the resource when the stack is deleted and when a failed create rolls back;
+    `RetainExceptOnCreate` keeps it when the stack is deleted, but a failed create's rollback
+    deletes it. moto knows only `Retain`, and deletes a `RetainExceptOnCreate` resource always."""
+    saved = {}
+    for key, value in list(self._resource_json_map.items()):
+        if isinstance(value, dict) and value.get("DeletionPolicy") == "RetainExceptOnCreate":
+            saved[key] = value
+            self._resource_json_map[key] = {**value, "DeletionPolicy": "Delete" if rolling_back_create else "Retain"}
+    try:
+        _original_resource_map_delete(self)
+    finally:
+        self._resource_json_map.update(saved)
+
+
+cfn_parsing.ResourceMap.delete = resource_map_delete  # type: ignore[method-assign]
+
+
+def fail_stack(stack: Any, failure: ResourceFailed, creating: bool, template: dict[str, Any] | None = None) -> None:
     if creating:
+        create_independent_resources(stack, template if template is not None else stack.template_dict, failure.logical_id)
         resource_event(stack, failure, "CREATE_FAILED")
         stack._add_stack_event("ROLLBACK_IN_PROGRESS", resource_status_reason=f"The following resource(s) failed to create: [{failure.logical_id}]. Rollback requested by user.")
         try:
-            stack.resource_map.delete()
+            stack.resource_map.delete(rolling_back_create=True)
         except Exception:  # noqa: BLE001 - a rollback that leaves something behind is still a failed create
             pass
         stack._add_stack_event("ROLLBACK_COMPLETE")
@@ -792,6 +815,37 @@ def check_fargate_profile_order(template: dict[str, Any]) -> None:
                     "AWS::EKS::FargateProfile",
                     f"Resource handler returned message: \"Cannot create Fargate Profile {b} because cluster currently has Fargate profile {a} in status CREATING (Service: Eks, Status Code: 409)\" (ResourceInUseException)",
                 )
+
+
+def create_independent_resources(stack: Any, template: dict[str, Any], failed: str) -> None:
+    """CloudFormation creates resources that do not depend on each other in parallel, so by the
+    time one fails, others are created or being created, and the rollback finds them (and keeps
+    a `Retain` one). moto creates them one by one in template order and stops at the failure. As
+    AWS at worst: first create every resource that depends neither on the failed one nor on one
+    that does, then roll back."""
+    resources = template.get("Resources", {}) or {}
+
+    def depends_on(body: Any) -> set[str]:
+        listed = body.get("DependsOn", []) if isinstance(body, dict) else []
+        listed = [listed] if isinstance(listed, str) else list(listed)
+        return references(body.get("Properties", {}) if isinstance(body, dict) else {}) | set(listed)
+
+    needs = {k: depends_on(v) for k, v in resources.items()}
+    blocked = {failed}
+    grew = True
+    while grew:
+        grew = False
+        for k in resources:
+            if k not in blocked and needs[k] & blocked:
+                blocked.add(k)
+                grew = True
+    for k in resources:
+        if k in blocked or k in stack.resource_map._parsed_resources:
+            continue
+        try:
+            stack.resource_map[k]
+        except Exception:  # noqa: BLE001 - a second failure changes nothing: the stack rolls back
+            pass
 
 
 def create_resources(self: Any) -> None:
@@ -984,7 +1038,7 @@ def execute_change_set(self: Any, change_set_name: str, stack_name: str | None =
             stack.output_map = stack._create_output_map()
     except ResourceFailed as failure:
         stack = self.stacks[change_set.stack_id]
-        fail_stack(stack, failure, creating=change_set.change_set_type == "CREATE")
+        fail_stack(stack, failure, creating=change_set.change_set_type == "CREATE", template=change_set.template_dict)
         change_set.execution_status = "EXECUTE_FAILED"
 
 

@@ -680,3 +680,81 @@ async fn fargate_profiles_of_one_cluster_must_be_created_one_at_a_time() {
         "{failed:?}"
     );
 }
+
+/// As CloudFormation applies DeletionPolicy: a failed create's rollback keeps a `Retain` bucket
+/// and deletes a `RetainExceptOnCreate` one; deleting the stack keeps both. Resources that do not
+/// depend on the failed one are created first, as AWS's parallel creation would have.
+#[tokio::test]
+async fn deletion_policies_hold_across_a_rollback_and_a_stack_deletion() {
+    let sb = Sandbox::start(&[]);
+    let conf = sb.aws().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&conf)
+            .force_path_style(true)
+            .build(),
+    );
+    let exists = |name: &'static str| {
+        let s3 = s3.clone();
+        async move { s3.head_bucket().bucket(name).send().await.is_ok() }
+    };
+    let bucket = |name: &str, policy: &str| json!({"Type": "AWS::S3::Bucket", "DeletionPolicy": policy, "Properties": {"BucketName": name}});
+    // The failing resource comes first: moto alone would stop there, before either bucket.
+    let failing = json!({"Resources": {
+        "Profile": {"Type": "AWS::EKS::FargateProfile", "Properties": {"ClusterName": "missing",
+            "FargateProfileName": "p", "PodExecutionRoleArn": "arn:aws:iam::123456789012:role/pods",
+            "Selectors": [{"Namespace": "app"}]}},
+        "Kept": bucket("kept-on-rollback", "Retain"),
+        "Gone": bucket("gone-on-rollback", "RetainExceptOnCreate"),
+    }});
+    cfn.create_stack()
+        .stack_name("policies")
+        .template_body(failing.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = cfn
+        .describe_stacks()
+        .stack_name("policies")
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .stack_status()
+        .cloned();
+    assert_eq!(status, Some(StackStatus::RollbackComplete));
+    assert!(
+        exists("kept-on-rollback").await,
+        "Retain survives the rollback"
+    );
+    assert!(
+        !exists("gone-on-rollback").await,
+        "RetainExceptOnCreate is rolled back"
+    );
+    // A stack that was created: deleting it keeps a RetainExceptOnCreate bucket.
+    let good = json!({"Resources": {"Kept": bucket("kept-on-delete", "RetainExceptOnCreate")}});
+    cfn.create_stack()
+        .stack_name("kept")
+        .template_body(good.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(exists("kept-on-delete").await);
+    cfn.delete_stack().stack_name("kept").send().await.unwrap();
+    eventually("the stack is deleted", Duration::from_secs(20), || async {
+        let out = cfn.describe_stacks().stack_name("kept").send().await;
+        out.ok()
+            .filter(|o| {
+                o.stacks()
+                    .first()
+                    .is_some_and(|s| s.stack_status() != Some(&StackStatus::DeleteComplete))
+            })
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        exists("kept-on-delete").await,
+        "kept when the stack is deleted"
+    );
+}
