@@ -577,7 +577,7 @@ pub async fn wait_address(
                 Exit::Deploy,
                 step,
                 format!("{n} has no load-balancer address that answers after {timeout:?}"),
-                "check the AWS Load Balancer Controller and the public subnets' tags; the candidate was torn down",
+                "check the AWS Load Balancer Controller and the public subnets' tags, or raise deploy.address_timeout_seconds; the candidate was torn down",
             ));
         }
         tokio::time::sleep(Duration::from_millis(300)).await;

@@ -163,6 +163,12 @@ pub struct DeployConfig {
     /// Seconds to wait for a rollout before giving up.
     #[serde(default = "default_rollout_timeout")]
     pub rollout_timeout_seconds: u64,
+    /// Seconds to wait, after the rollout, for the colour's load balancer to have an address that
+    /// answers: an NLB takes minutes to provision and its ip targets minutes more to register
+    /// and pass health checks (AWS Load Balancer Controller docs, "NLB"; ELB docs, "Target
+    /// groups for your Network Load Balancers": registration takes "a few minutes").
+    #[serde(default = "default_address_timeout")]
+    pub address_timeout_seconds: u64,
 }
 
 impl Default for DeployConfig {
@@ -173,6 +179,7 @@ impl Default for DeployConfig {
             replicas: default_replicas(),
             service_port: default_service_port(),
             rollout_timeout_seconds: default_rollout_timeout(),
+            address_timeout_seconds: default_address_timeout(),
         }
     }
 }
@@ -191,6 +198,9 @@ fn default_service_port() -> u16 {
 }
 fn default_rollout_timeout() -> u64 {
     300
+}
+fn default_address_timeout() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

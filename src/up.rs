@@ -950,7 +950,8 @@ pub async fn roll_out(
         ctx.out.progress(step_name, &p)
     })
     .await?;
-    crate::colour::wait_address(client, c, colour, timeout).await
+    let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
+    crate::colour::wait_address(client, c, colour, address).await
 }
 
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the

@@ -293,3 +293,22 @@ async fn a_failed_first_create_of_the_registry_can_be_retried() {
         summary(&out)
     );
 }
+
+/// The load balancer's address has its own wait (NLB provisioning and target registration take
+/// minutes on AWS): here it comes 15 s after the Service, longer than the 10 s rollout timeout
+/// that used to bound both waits.
+#[tokio::test]
+async fn a_slow_load_balancer_gets_its_own_wait() {
+    let sb = Sandbox::start(&["--lb-delay-ms", "15000"]);
+    let dir = sb.dir.join("cfg");
+    let cfg = config(&dir, "");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("deploy:\n", "deploy:\n  rollout_timeout_seconds: 10\n");
+    std::fs::write(&cfg, text).unwrap();
+    let out = release(&sb, &cfg, &["up"]);
+    succeeded(
+        &out,
+        "up with a load balancer slower than the rollout timeout",
+    );
+}
