@@ -223,6 +223,64 @@ pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// Wait until both colours' Services are gone (and the namespace, when `release` made it). The
+/// AWS Load Balancer Controller holds each Service with a finalizer until it has deleted the NLB,
+/// its target groups and security groups (its docs, "Service annotations": deletion; the
+/// `service.k8s.aws/resources` finalizer); a cluster deleted before that leaves the NLB and its
+/// network interfaces behind, and the network stack's deletion then fails with
+/// DependencyViolation. Returns what it waited for.
+pub async fn wait_load_balancers_gone(
+    client: &kube::Client,
+    config: &Config,
+    timeout: Duration,
+    mut progress: impl FnMut(String),
+) -> Result<String> {
+    let ns = &config.deploy.namespace;
+    let services = Api::<Service>::namespaced(client.clone(), ns);
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let start = Instant::now();
+    loop {
+        let mut left: Vec<String> = Vec::new();
+        for c in COLOURS {
+            let n = name(config, c);
+            if services
+                .get_opt(&n)
+                .await
+                .map_err(kube_err("load balancers"))?
+                .is_some()
+            {
+                left.push(format!("Service {n}"));
+            }
+        }
+        let namespace = namespaces
+            .get_opt(ns)
+            .await
+            .map_err(kube_err("load balancers"))?;
+        if namespace
+            .as_ref()
+            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+        {
+            left.push(format!("namespace {ns} (terminating)"));
+        }
+        if left.is_empty() {
+            return Ok(format!("gone after {:.0} s", start.elapsed().as_secs_f64()));
+        }
+        if start.elapsed() > timeout {
+            return Err(failure(
+                Exit::Aws,
+                "load balancers",
+                format!(
+                    "still there after {timeout:?}: {} (the AWS Load Balancer Controller removes each NLB before it lets its Service go)",
+                    left.join(", ")
+                ),
+                "check the controller's logs (kubectl -n kube-system logs deploy/aws-load-balancer-controller) and the load balancers in the EC2 console, then re-run release destroy; it continues",
+            ));
+        }
+        progress(format!("waiting for {}", left.join(", ")));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);

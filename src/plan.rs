@@ -229,6 +229,10 @@ pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
                 f.app, f.namespace
             ),
         ));
+        steps.push(planned(
+            "load balancers",
+            "wait until the Services and their NLBs are gone, while the cluster's controller can still delete them",
+        ));
     }
     let (registry, others) = f
         .stacks
@@ -470,6 +474,7 @@ mod tests {
                 "delete iris-blue",
                 "delete iris-green",
                 "delete app objects",
+                "load balancers",
                 "delete iris-edge",
                 "delete iris-cluster",
                 "delete iris-network",

@@ -971,6 +971,26 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
             }
             colour::remove_app(&client, c).await?;
             summary.insert("colours".into(), json!("removed"));
+            // Before the cluster goes: the controller deletes each NLB while it still runs.
+            let step = "load balancers";
+            ctx.out
+                .start(step, "waiting for the Services' NLBs to be deleted");
+            let start = Instant::now();
+            let timeout = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
+            match colour::wait_load_balancers_gone(&client, c, timeout, |p| {
+                ctx.out.progress(step, &p)
+            })
+            .await
+            {
+                Ok(done) => {
+                    ctx.out.finish(step, true, &done, start.elapsed());
+                    summary.insert(step.into(), json!(done));
+                }
+                Err(e) => {
+                    ctx.out.finish(step, false, &e.message, start.elapsed());
+                    return Err(e);
+                }
+            }
         }
         for t in ["edge", "cluster", "network"] {
             let name = c.stack_name(t);

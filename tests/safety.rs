@@ -245,6 +245,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
             "delete iris-blue",
             "delete iris-green",
             "delete app objects",
+            "load balancers",
             "delete iris-edge",
             "delete iris-cluster",
             "delete iris-network",
@@ -254,7 +255,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let out = dry_run(&sb, &cfg, &["--yes", "destroy", "--delete-images"]).await;
     let p = plan(&out);
     assert_eq!(
-        names(&p)[7..],
+        names(&p)[8..],
         [
             "delete images",
             "delete iris-registry",

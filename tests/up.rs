@@ -312,3 +312,23 @@ async fn a_slow_load_balancer_gets_its_own_wait() {
         "up with a load balancer slower than the rollout timeout",
     );
 }
+
+/// The load balancers go before the cluster: each Service is held by the controller's finalizer
+/// until its NLB is deleted (3 s here), and a cluster deleted sooner leaves the NLB's network
+/// interfaces in the VPC, so the network stack's deletion fails (DependencyViolation).
+#[tokio::test]
+async fn destroy_waits_for_the_load_balancers_before_the_cluster_goes() {
+    let sb = Sandbox::start(&["--lb-delay-ms", "3000"]);
+    let cfg = config(&sb.dir.join("cfg"), "");
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    let out = release(&sb, &cfg, &["--yes", "destroy"]);
+    succeeded(&out, "destroy");
+    let s = summary(&out);
+    assert!(
+        s["load balancers"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("gone after")),
+        "{s}"
+    );
+    assert_eq!(s["iris-network"], "deleted", "{s}");
+}

@@ -877,6 +877,76 @@ cfn_models.Stack.update = stack_update  # type: ignore[method-assign]
 from moto.ec2.models import ec2_backends  # noqa: E402
 
 
+class DependencyViolation(Exception):
+    """EC2's DependencyViolation, as the reason of a failed stack deletion."""
+
+
+# The network interfaces of the cluster's load balancers, by Service uid (set by the cluster's
+# load-balancer controller through /_sandbox/load-balancers/<uid>).
+LOAD_BALANCER_ENIS: dict[str, tuple[str, str, str]] = {}
+
+
+def load_balancer_eni(uid: str, present: bool) -> bool:
+    """Make (or delete) a load balancer's network interface in a subnet of the EKS cluster's VPC;
+    False when there is no cluster to put it in."""
+
+    if not present:
+        held = LOAD_BALANCER_ENIS.pop(uid, None)
+        if held is not None:
+            account, region, eni = held
+            ec2_backends[account][region].enis.pop(eni, None)
+        return True
+    if uid in LOAD_BALANCER_ENIS:
+        return True
+    for account, regions in list(eks_backends.items()):
+        for region, backend in list(regions.items()):
+            for cluster in list(backend.clusters.values()):
+                vpc = cluster.resources_vpc_config or {}
+                subnets = vpc.get("subnetIds") or vpc.get("SubnetIds") or []
+                if not subnets:
+                    continue
+                ec2 = ec2_backends[account][region]
+                try:
+                    subnet = ec2.get_subnet(subnets[0])
+                except Exception:  # noqa: BLE001 - a cluster whose subnets are gone holds nothing
+                    continue
+                eni = ec2.create_network_interface(subnet, None, description=f"ELB net/k8s-{uid[:8]}")
+                LOAD_BALANCER_ENIS[uid] = (account, region, eni.id)
+                return True
+    return False
+
+
+_original_stack_delete = cfn_models.Stack.delete
+
+
+def stack_delete(self: Any) -> None:
+    """A deletion that cannot finish ends in DELETE_FAILED with its reason, as in AWS; moto let the
+    exception out of DeleteStack."""
+    try:
+        _original_stack_delete(self)
+    except Exception as e:  # noqa: BLE001 - every failure becomes a stack failure, as in AWS
+        self._add_stack_event("DELETE_FAILED", resource_status_reason=str(e) or type(e).__name__)
+        self.status = "DELETE_FAILED"
+
+
+cfn_models.Stack.delete = stack_delete  # type: ignore[method-assign]
+
+_original_backend_delete_stack = cfn_models.CloudFormationBackend.delete_stack
+
+
+def backend_delete_stack(self: Any, name_or_stack_id: str) -> None:
+    """A stack whose deletion failed stays, in DELETE_FAILED, to be described and deleted again;
+    moto moved it to its deleted stacks whatever happened."""
+    _original_backend_delete_stack(self, name_or_stack_id)
+    for stack_id, stack in list(self.deleted_stacks.items()):
+        if stack.status == "DELETE_FAILED":
+            del self.deleted_stacks[stack_id]
+            self.stacks[stack_id] = stack
+
+
+cfn_models.CloudFormationBackend.delete_stack = backend_delete_stack  # type: ignore[method-assign]
+
+
 def delete_ec2_resource(kind: str, resource: Any, account_id: str, region: str) -> bool:
     ec2 = ec2_backends[account_id][region]
     if kind == "AWS::EC2::NatGateway":
@@ -900,6 +970,14 @@ def delete_ec2_resource(kind: str, resource: Any, account_id: str, region: str) 
     elif kind == "AWS::EC2::RouteTable":
         ec2.route_tables.pop(resource.id, None)
     elif kind == "AWS::EC2::Subnet":
+        # A subnet that still has network interfaces (an NLB's, left by a cluster deleted before
+        # its Services) cannot be deleted (EC2 API reference, DeleteSubnet: "You must terminate
+        # all running instances in the subnet before you can delete the subnet"; ELB leaves its
+        # ENIs until the load balancer is gone). moto deleted it anyway.
+        held = [eni for (_, _, eni) in LOAD_BALANCER_ENIS.values() if eni in ec2.enis]
+        in_use = [e for e in held if getattr(ec2.enis[e].subnet, "id", None) == resource.id]
+        if in_use:
+            raise DependencyViolation(f"The subnet '{resource.id}' has dependencies and cannot be deleted: network interfaces {', '.join(in_use)} (a load balancer's)")
         for subnets in ec2.subnets.values():
             subnets.pop(resource.id, None)
     else:
@@ -1161,6 +1239,10 @@ class SandboxApp:
                 snap = deployed_snapshot(d)
                 out.append({"id": d.distribution_id, "domain_name": d.domain_name, "status": d.status, "deployed": snap})
             return "200 OK", as_json, json.dumps(out).encode()
+        m = re.fullmatch(r"load-balancers/([0-9a-f-]+)", route)
+        if m:
+            made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE")
+            return ("200 OK" if made else "404 Not Found"), as_json, json.dumps({"held": made}).encode()
         m = re.fullmatch(r"ecr/layers/(sha256:[0-9a-f]{64})", route)
         if m:
             path = os.path.join(CONFIG["layer_dir"], m.group(1).replace(":", "-"))

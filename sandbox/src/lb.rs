@@ -2,6 +2,12 @@
 //! delay, its own loopback address in `status.loadBalancer.ingress`, listening on the Service's own
 //! ports and forwarding each TCP connection (as an NLB does) to a ready, non-terminating pod the
 //! Service selects.
+//!
+//! As the AWS Load Balancer Controller, it holds each Service it provisioned with its finalizer
+//! (`service.k8s.aws/resources`) and the NLB's network interface in the cluster's VPC (the AWS
+//! side's `/_sandbox/load-balancers/<uid>`), and lets go of both only a provisioning delay after the
+//! Service is deleted: until then the namespace stays Terminating and the VPC cannot be deleted
+//! (DependencyViolation), as on AWS.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,9 +23,14 @@ use crate::merge::labels_match;
 use crate::resources;
 use crate::store::{Part, Store, meta};
 
+/// The AWS Load Balancer Controller's finalizer on the Services it serves.
+pub const FINALIZER: &str = "service.k8s.aws/resources";
+
 struct Balancer {
     ip: String,
     created: Instant,
+    /// Its finalizer is on the Service and its network interface is in the VPC.
+    held: bool,
     /// The ports the listeners were bound for; a change rebinds them.
     bound: Option<Value>,
     listeners: Vec<JoinHandle<()>>,
@@ -37,14 +48,90 @@ pub struct Controller {
     store: Arc<Store>,
     delay: Duration,
     balancers: HashMap<String, Balancer>,
+    /// Services being deleted that still carry the finalizer, and since when.
+    releasing: HashMap<String, Instant>,
+    aws_url: String,
+    http: reqwest::Client,
 }
 
 impl Controller {
-    pub fn new(store: Arc<Store>, delay: Duration) -> Self {
+    pub fn new(store: Arc<Store>, delay: Duration, aws_url: String) -> Self {
         Controller {
             store,
             delay,
             balancers: HashMap::new(),
+            releasing: HashMap::new(),
+            aws_url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The NLB's network interface in the VPC: made (`present`) or deleted. The AWS side may
+    /// have no cluster to put it in (tests of the cluster alone): nothing to hold, then.
+    async fn network_interface(&self, uid: &str, present: bool) {
+        let url = format!("{}/_sandbox/load-balancers/{uid}", self.aws_url);
+        let call = if present {
+            self.http.put(&url)
+        } else {
+            self.http.delete(&url)
+        };
+        if let Err(e) = call.send().await {
+            tracing::warn!(%uid, error = %e, "the load balancer's network interface");
+        }
+    }
+
+    /// Add (`hold`) or remove this controller's finalizer on a Service.
+    fn finalizer(&self, svc: &Value, hold: bool) {
+        let services = resources::by_kind("Service").expect("served");
+        let _ = self.store.modify(
+            services,
+            meta(svc, "namespace").unwrap_or(""),
+            meta(svc, "name").unwrap_or(""),
+            Part::Main,
+            |cur| {
+                let mut next = cur.clone();
+                let mut list: Vec<Value> = cur["metadata"]["finalizers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                list.retain(|f| f != FINALIZER);
+                if hold {
+                    list.push(json!(FINALIZER));
+                }
+                next["metadata"]["finalizers"] = json!(list);
+                Ok(next)
+            },
+        );
+    }
+
+    /// Deleted Services this controller still holds: their NLB goes (traffic stops at once), and
+    /// after the provisioning delay its network interface and the finalizer go too.
+    async fn release_deleted(&mut self, all: &[Value]) {
+        let deleting: Vec<&Value> = all
+            .iter()
+            .filter(|s| {
+                s["metadata"].get("deletionTimestamp").is_some()
+                    && s["metadata"]["finalizers"]
+                        .as_array()
+                        .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+            })
+            .collect();
+        let uids: Vec<String> = deleting
+            .iter()
+            .filter_map(|s| meta(s, "uid").map(str::to_string))
+            .collect();
+        self.releasing.retain(|uid, _| uids.contains(uid));
+        for svc in deleting {
+            let uid = meta(svc, "uid").unwrap_or_default().to_string();
+            let since = *self
+                .releasing
+                .entry(uid.clone())
+                .or_insert_with(Instant::now);
+            if since.elapsed() >= self.delay {
+                self.network_interface(&uid, false).await;
+                self.finalizer(svc, false);
+                self.releasing.remove(&uid);
+            }
         }
     }
 
@@ -62,6 +149,7 @@ impl Controller {
     async fn sync(&mut self) {
         let services = resources::by_kind("Service").expect("served");
         let (all, _) = self.store.list(services, None);
+        self.release_deleted(&all).await;
         let wanted: Vec<&Value> = all
             .iter()
             .filter(|s| {
@@ -74,16 +162,21 @@ impl Controller {
             .filter_map(|s| meta(s, "uid").map(str::to_string))
             .collect();
         self.balancers.retain(|uid, _| keep.contains(uid));
+        let mut to_hold = Vec::new();
         for svc in wanted {
             let uid = meta(svc, "uid").unwrap_or_default().to_string();
             let ports = svc["spec"]["ports"].clone();
             let store = &self.store;
-            let balancer = self.balancers.entry(uid).or_insert_with(|| Balancer {
-                ip: store.allocate_ip(20),
-                created: Instant::now(),
-                bound: None,
-                listeners: Vec::new(),
-            });
+            let balancer = self
+                .balancers
+                .entry(uid.clone())
+                .or_insert_with(|| Balancer {
+                    ip: store.allocate_ip(20),
+                    created: Instant::now(),
+                    held: false,
+                    bound: None,
+                    listeners: Vec::new(),
+                });
             if balancer.bound.as_ref() != Some(&ports) {
                 // A real load balancer takes a while to provision.
                 if balancer.created.elapsed() < self.delay {
@@ -139,6 +232,14 @@ impl Controller {
                     },
                 );
             }
+            if !balancer.held {
+                balancer.held = true;
+                to_hold.push((uid, svc.clone()));
+            }
+        }
+        for (uid, svc) in to_hold {
+            self.finalizer(&svc, true);
+            self.network_interface(&uid, true).await;
         }
     }
 }

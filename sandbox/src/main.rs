@@ -186,7 +186,7 @@ async fn serve(
     tokio::spawn(tls::serve(listener, tls.acceptor.clone(), router));
     tokio::spawn(deployments::Controller::new(store.clone()).run());
     tokio::spawn(kubelet::Kubelet::new(store.clone(), state.clone(), aws_url.clone()).run());
-    tokio::spawn(lb::Controller::new(store.clone(), lb_delay).run());
+    tokio::spawn(lb::Controller::new(store.clone(), lb_delay, aws_url.clone()).run());
 
     let exe = std::env::current_exe()?;
     let kubeconfig = format!(

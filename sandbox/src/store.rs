@@ -506,8 +506,18 @@ impl Store {
         }
         inner.rv += 1;
         new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        inner.objects.insert(key, new.clone());
+        inner.objects.insert(key.clone(), new.clone());
         self.record(inner, res, "MODIFIED", new.clone());
+        // The last finalizer of an object being deleted is gone: so is the object.
+        if new["metadata"].get("deletionTimestamp").is_some()
+            && res.kind != "Pod"
+            && res.kind != "Namespace"
+            && new["metadata"]["finalizers"]
+                .as_array()
+                .is_none_or(|f| f.is_empty())
+        {
+            self.remove_locked(inner, res, &key);
+        }
         Ok(new)
     }
 
@@ -629,6 +639,23 @@ impl Store {
             inner.objects.insert(key, pod.clone());
             self.record(inner, res, "MODIFIED", pod.clone());
             return pod;
+        }
+        // Finalizers: the object stays, marked for deletion, until its controllers have removed
+        // theirs (the AWS Load Balancer Controller holds a Service until its NLB is gone).
+        if obj["metadata"]["finalizers"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty())
+        {
+            if obj["metadata"].get("deletionTimestamp").is_some() {
+                return obj;
+            }
+            let mut held = obj;
+            inner.rv += 1;
+            held["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            held["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+            inner.objects.insert(key, held.clone());
+            self.record(inner, res, "MODIFIED", held.clone());
+            return held;
         }
         self.remove_locked(inner, res, &key);
         let uid = meta(&obj, "uid").unwrap_or_default().to_string();
