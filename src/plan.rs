@@ -481,21 +481,21 @@ mod tests {
                 "keep iris-registry"
             ]
         );
-        assert_eq!(steps[6].what, "none: absent");
+        assert_eq!(steps[7].what, "none: absent");
         let all = destroy_steps(&DestroyFacts {
             delete_images: true,
             images: Some(3),
             ..facts
         });
         assert_eq!(
-            names(&all)[7..],
+            names(&all)[8..],
             [
                 "delete images",
                 "delete iris-registry",
                 "delete iris-release-state"
             ]
         );
-        assert_eq!(all[7].what, "3 images in repository iris");
+        assert_eq!(all[8].what, "3 images in repository iris");
     }
 
     fn config() -> Config {

@@ -317,12 +317,21 @@ async fn a_slow_load_balancer_gets_its_own_wait() {
 /// until its NLB is deleted (3 s here), and a cluster deleted sooner leaves the NLB's network
 /// interfaces in the VPC, so the network stack's deletion fails (DependencyViolation).
 #[tokio::test]
-async fn destroy_waits_for_the_load_balancers_before_the_cluster_goes() {
+async fn destroy_waits_for_the_load_balancers_and_leaves_no_log_group() {
     let sb = Sandbox::start(&["--lb-delay-ms", "3000"]);
     let cfg = config(&sb.dir.join("cfg"), "");
     succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    // The control-plane log group is the cluster stack's, with a retention.
+    let groups = eks_log_groups(&sb).await;
+    assert_eq!(groups.len(), 1, "{groups:?}");
+    assert_eq!(groups[0]["logGroupName"], "/aws/eks/iris/cluster");
+    assert_eq!(groups[0]["retentionInDays"], 30, "{groups:?}");
     let out = release(&sb, &cfg, &["--yes", "destroy"]);
     succeeded(&out, "destroy");
+    assert!(
+        eks_log_groups(&sb).await.is_empty(),
+        "the log group went with the cluster stack (EKS would have made one that outlives it)"
+    );
     let s = summary(&out);
     assert!(
         s["load balancers"]
@@ -331,4 +340,25 @@ async fn destroy_waits_for_the_load_balancers_before_the_cluster_goes() {
         "{s}"
     );
     assert_eq!(s["iris-network"], "deleted", "{s}");
+}
+
+/// CloudWatch Logs' groups under /aws/eks/iris/, read with the service's JSON protocol (the tests
+/// have no Logs SDK; the sandbox, as moto, reads the service from the credential scope).
+async fn eks_log_groups(sb: &Sandbox) -> Vec<serde_json::Value> {
+    let out: serde_json::Value = reqwest::Client::new()
+        .post(sb.var("AWS_ENDPOINT_URL"))
+        .header("X-Amz-Target", "Logs_20140328.DescribeLogGroups")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=sandbox/20260101/us-east-1/logs/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(r#"{"logGroupNamePrefix": "/aws/eks/iris/"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    out["logGroups"].as_array().cloned().unwrap_or_default()
 }

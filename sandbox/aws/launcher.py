@@ -161,6 +161,20 @@ eks_models.EKSBackend.create_cluster = create_cluster  # type: ignore[method-ass
 EKS_CLUSTER_REPLACE = ("Name", "RoleArn", "EncryptionConfig", "KubernetesNetworkConfig")
 
 
+def control_plane_log_group(account_id: str, region: str, cluster: str, logging: Any) -> None:
+    """A cluster with control-plane logging writes to /aws/eks/<cluster>/cluster, and EKS makes
+    that group itself when it is missing (no retention, in no stack: it outlives the cluster); an
+    existing group is used as it is (EKS User Guide, "Send control plane logs to CloudWatch Logs")."""
+    from moto.logs.models import logs_backends
+
+    if not (logging or {}).get("ClusterLogging", {}).get("EnabledTypes"):
+        return
+    logs = logs_backends[account_id][region]
+    name = f"/aws/eks/{cluster}/cluster"
+    if name not in logs.groups:
+        logs.create_log_group(name, tags={})
+
+
 class EksCluster(CloudFormationModel):
     # moto files models by the service named in the module path.
     __module__ = "moto.eks.sandbox"
@@ -225,6 +239,7 @@ class EksCluster(CloudFormationModel):
             tags=cfn_tags_to_dict(p.get("Tags")),
             encryption_config=camel_keys(p.get("EncryptionConfig")),
         )
+        control_plane_log_group(account_id, region_name, resource_name, p.get("Logging"))
         return cls(resource_name, account_id, region_name)
 
     @classmethod
