@@ -36,6 +36,16 @@ impl Image {
         sha256(self.manifest.as_bytes())
     }
 
+    /// The manifest's own media type, which PutImage must declare (ECR API reference, PutImage:
+    /// `imageManifestMediaType`, required when the manifest has no `mediaType`): a Docker v2
+    /// manifest from a `docker save` layout is not an OCI one. An OCI manifest may omit the field.
+    pub fn media_type(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.manifest)
+            .ok()
+            .and_then(|m| m["mediaType"].as_str().map(str::to_string))
+            .unwrap_or_else(|| MANIFEST_MEDIA_TYPE.to_string())
+    }
+
     /// Every blob the manifest refers to, config first.
     pub fn blobs(&self) -> impl Iterator<Item = &ImageBlob> {
         std::iter::once(&self.config).chain(self.layers.iter())
@@ -194,13 +204,24 @@ pub fn read_archive(path: &Path) -> std::io::Result<Image> {
             .ok_or_else(|| bad(format!("blob {digest} is missing")))
     };
     if let Some(index) = files.get("index.json") {
-        let index: serde_json::Value =
+        let mut index: serde_json::Value =
             serde_json::from_slice(index).map_err(|e| bad(format!("index.json: {e}")))?;
-        let digest = index["manifests"][0]["digest"]
-            .as_str()
-            .ok_or_else(|| bad("index.json lists no manifest".into()))?;
-        let manifest = String::from_utf8(blob_of(digest)?)
-            .map_err(|_| bad("the manifest is not UTF-8".into()))?;
+        // index.json may point at an image index (Docker 25+'s `docker save`, buildx): follow it
+        // to the linux/amd64 image, which is what Fargate runs here.
+        let mut manifest = None;
+        for _ in 0..4 {
+            let d = linux_amd64(&index).map_err(bad)?;
+            let bytes = blob_of(&d.digest)?;
+            if !d.is_index {
+                manifest = Some(bytes);
+                break;
+            }
+            index = serde_json::from_slice(&bytes)
+                .map_err(|e| bad(format!("image index {}: {e}", d.digest)))?;
+        }
+        let manifest = manifest.ok_or_else(|| bad("image indexes nested too deep".into()))?;
+        let manifest =
+            String::from_utf8(manifest).map_err(|_| bad("the manifest is not UTF-8".into()))?;
         let m: serde_json::Value =
             serde_json::from_str(&manifest).map_err(|e| bad(format!("manifest: {e}")))?;
         let config_digest = m["config"]["digest"]
@@ -272,6 +293,63 @@ pub fn read_archive(path: &Path) -> std::io::Result<Image> {
         layers,
         manifest: manifest.to_string(),
     })
+}
+
+const INDEX_MEDIA_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
+
+/// An image index's entry to follow: its digest, and whether it is itself an index.
+struct Entry {
+    digest: String,
+    is_index: bool,
+}
+
+/// The entry of an index for linux/amd64 (or its only image), leaving out attestations (BuildKit
+/// lists them with platform unknown/unknown and `vnd.docker.reference.type`).
+fn linux_amd64(index: &serde_json::Value) -> Result<Entry, String> {
+    let all: Vec<&serde_json::Value> = index["manifests"]
+        .as_array()
+        .map(|m| m.iter().collect())
+        .unwrap_or_default();
+    let images: Vec<&serde_json::Value> = all
+        .iter()
+        .copied()
+        .filter(|m| {
+            m["annotations"]["vnd.docker.reference.type"] != "attestation-manifest"
+                && m["platform"]["os"] != "unknown"
+        })
+        .collect();
+    let platform = |m: &serde_json::Value| {
+        format!(
+            "{}/{}",
+            m["platform"]["os"].as_str().unwrap_or("?"),
+            m["platform"]["architecture"].as_str().unwrap_or("?")
+        )
+    };
+    let chosen = match images.as_slice() {
+        [] => return Err("the image index lists no image".into()),
+        [only] if only.get("platform").is_none() => *only,
+        _ => images
+            .iter()
+            .copied()
+            .find(|m| platform(m) == "linux/amd64")
+            .ok_or_else(|| {
+                format!(
+                    "the image index has no linux/amd64 image (it has {}); build for linux/amd64, which the Fargate profile runs",
+                    images.iter().map(|m| platform(m)).collect::<Vec<_>>().join(", ")
+                )
+            })?,
+    };
+    let digest = chosen["digest"]
+        .as_str()
+        .ok_or("an index entry without a digest")?
+        .to_string();
+    let is_index = chosen["mediaType"]
+        .as_str()
+        .is_some_and(|t| INDEX_MEDIA_TYPES.contains(&t));
+    Ok(Entry { digest, is_index })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -384,7 +462,7 @@ pub async fn push(
         .put_image()
         .repository_name(repository)
         .image_manifest(&image.manifest)
-        .image_manifest_media_type(MANIFEST_MEDIA_TYPE)
+        .image_manifest_media_type(image.media_type())
         .image_tag(tag)
         .send()
         .await;
@@ -490,6 +568,79 @@ mod tests {
         let err = read_archive(&missing).err().expect("not an image");
         assert!(err.to_string().contains("neither an OCI layout"), "{err}");
         std::fs::remove_file(&missing).unwrap();
+    }
+
+    #[test]
+    fn an_oci_layout_whose_index_points_at_an_image_index_gives_its_linux_amd64_image() {
+        // As Docker 25+'s `docker save` or buildx write it: index.json -> an image index listing
+        // an arm64 image, the amd64 one (a Docker v2 manifest) and an attestation.
+        let spec = ImageSpec {
+            path_in_image: "/model-server",
+            env: &[],
+            user: "65532:65532",
+            exposed_port: 8080,
+            labels: &[],
+            model: None,
+        };
+        let dir = std::env::temp_dir().join(format!("release-index-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("bin"), b"#!/bin/true\n").unwrap();
+        let image = from_binary(&dir.join("bin"), &spec).unwrap();
+        let put = |bytes: &[u8]| {
+            let d = sha256(bytes);
+            std::fs::write(
+                dir.join("blobs/sha256")
+                    .join(d.trim_start_matches("sha256:")),
+                bytes,
+            )
+            .unwrap();
+            d
+        };
+        for b in image.blobs() {
+            put(&b.bytes);
+        }
+        let mut docker: serde_json::Value = serde_json::from_str(&image.manifest).unwrap();
+        docker["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
+        let docker = docker.to_string();
+        let amd64 = put(docker.as_bytes());
+        let entry = |digest: &str, os: &str, arch: &str, kind: &str| {
+            json!({"mediaType": kind, "digest": digest, "size": 1,
+                   "platform": {"os": os, "architecture": arch}})
+        };
+        let manifest = "application/vnd.docker.distribution.manifest.v2+json";
+        let index = json!({"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPES[0], "manifests": [
+            entry(&sha256(b"arm"), "linux", "arm64", manifest),
+            {"mediaType": MANIFEST_MEDIA_TYPE, "digest": sha256(b"att"), "size": 1,
+             "platform": {"os": "unknown", "architecture": "unknown"},
+             "annotations": {"vnd.docker.reference.type": "attestation-manifest"}},
+            entry(&amd64, "linux", "amd64", manifest),
+        ]})
+        .to_string();
+        let index_digest = put(index.as_bytes());
+        let top = json!({"schemaVersion": 2, "manifests": [
+            {"mediaType": INDEX_MEDIA_TYPES[0], "digest": index_digest, "size": index.len()}]});
+        std::fs::write(dir.join("index.json"), top.to_string()).unwrap();
+        let read = read_archive(&dir).unwrap();
+        assert_eq!(read.manifest, docker);
+        assert_eq!(read.digest(), amd64);
+        assert_eq!(
+            read.media_type(),
+            manifest,
+            "PutImage declares the manifest's own type"
+        );
+        // An index with no linux/amd64 image is refused with what it has.
+        let arm_only = json!({"schemaVersion": 2, "manifests": [
+            entry(&sha256(b"arm"), "linux", "arm64", manifest)]});
+        std::fs::write(dir.join("index.json"), arm_only.to_string()).unwrap();
+        let err = read_archive(&dir).err().expect("no amd64 image");
+        assert!(
+            err.to_string()
+                .contains("no linux/amd64 image (it has linux/arm64)"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(image.media_type(), MANIFEST_MEDIA_TYPE);
     }
 
     #[test]
