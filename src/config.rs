@@ -33,7 +33,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Bucket for the ledger and the lock; default `<app>-release-state` (the registry stack makes it).
+    /// Bucket for the ledger and the lock; default `<app>-release-<account>-<region>` (S3 bucket
+    /// names are global: `<app>-release-state` is likely someone else's). The registry stack
+    /// makes it.
     #[serde(default)]
     pub bucket: Option<String>,
     /// Seconds a lock stays valid without renewal.
@@ -407,6 +409,12 @@ pub fn is_dns_label(s: &str, max: usize) -> bool {
 
 pub const TEMPLATES: [&str; 4] = ["network", "cluster", "registry", "edge"];
 
+/// `<app>-release-<account>-<region>`: unique to the account and region, as S3 bucket names must be
+/// across all of AWS (S3 User Guide, "Bucket naming rules").
+pub fn default_state_bucket(app: &str, account: &str, region: &str) -> String {
+    format!("{app}-release-{account}-{region}")
+}
+
 impl Config {
     /// Checks that need no AWS: names, values, and the files the config points at (relative
     /// paths are relative to `base`, the config file's directory).
@@ -534,11 +542,30 @@ impl Config {
         Ok(())
     }
 
+    /// Set `state.bucket` to [`default_state_bucket`] for `account` and `region` when the file
+    /// leaves it out; a default longer than S3 allows is an error that says to set it.
+    pub fn resolve_state_bucket(&mut self, account: &str, region: &str) -> Result<(), String> {
+        if self.state.bucket.is_some() {
+            return Ok(());
+        }
+        let name = default_state_bucket(&self.app, account, region);
+        if name.len() > 63 {
+            return Err(format!(
+                "the default state bucket name {name} is longer than S3's 63 characters; set state.bucket"
+            ));
+        }
+        self.state.bucket = Some(name);
+        Ok(())
+    }
+
+    /// The state bucket: `state.bucket`, which `main` sets to [`default_state_bucket`] for the
+    /// caller's account and region when the file leaves it out. Unresolved, it is a name S3
+    /// refuses (never somebody else's bucket).
     pub fn state_bucket(&self) -> String {
         self.state
             .bucket
             .clone()
-            .unwrap_or_else(|| format!("{}-release-state", self.app))
+            .unwrap_or_else(|| default_state_bucket(&self.app, "<account>", "<region>"))
     }
 
     pub fn stack_name(&self, template: &str) -> String {
@@ -749,7 +776,38 @@ mod tests {
             "image.binary"
         );
         good.check_image("f", &dir).unwrap();
-        assert_eq!(good.state_bucket(), "iris-release-state");
+        // Unresolved, the default is a name S3 refuses; resolved, it is the account's and region's.
+        assert_eq!(good.state_bucket(), "iris-release-<account>-<region>");
+        let mut resolved = good.clone();
+        resolved
+            .resolve_state_bucket("123456789012", "eu-west-1")
+            .unwrap();
+        assert_eq!(
+            resolved.state_bucket(),
+            "iris-release-123456789012-eu-west-1"
+        );
+        let mut named = parse(
+            "app: iris\nimage: {binary: ms, tag: a}\nstate: {bucket: mine}\n",
+            "f",
+        )
+        .unwrap();
+        named
+            .resolve_state_bucket("123456789012", "eu-west-1")
+            .unwrap();
+        assert_eq!(
+            named.state_bucket(),
+            "mine",
+            "a name of the file's own is kept"
+        );
+        let mut long = parse(
+            "app: an-app-name-long-enough-to-overflow\nimage: {binary: ms, tag: a}\n",
+            "f",
+        )
+        .unwrap();
+        let e = long
+            .resolve_state_bucket("123456789012", "ap-southeast-2")
+            .unwrap_err();
+        assert!(e.contains("set state.bucket"), "{e}");
         assert_eq!(good.stack_name("edge"), "iris-edge");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -196,6 +196,14 @@ pub fn eks(aws: &aws_config::SdkConfig) -> aws_sdk_eks::Client {
     )
 }
 
+pub fn sts(aws: &aws_config::SdkConfig) -> aws_sdk_sts::Client {
+    aws_sdk_sts::Client::from_conf(
+        aws_sdk_sts::config::Builder::from(aws)
+            .interceptor(GiveUpOnUnreachable { service: "STS" })
+            .build(),
+    )
+}
+
 pub fn cloudfront(aws: &aws_config::SdkConfig) -> aws_sdk_cloudfront::Client {
     aws_sdk_cloudfront::Client::from_conf(
         aws_sdk_cloudfront::config::Builder::from(aws)

@@ -116,6 +116,18 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         loader = loader.profile_name(profile);
     }
     let aws = loader.load().await;
+    let mut config = config;
+    // What can be told without AWS first: an up whose image is not there fails as such (exit 3).
+    if matches!(cli.command, Command::Up { .. })
+        && let Err(e) = release::up::check_image(&config, &base)
+    {
+        return fail(out, &e);
+    }
+    if config.state.bucket.is_none() {
+        if let Err(e) = resolve_state_bucket(&mut config, &aws).await {
+            return fail(out, &e);
+        }
+    }
     let ctx = Ctx {
         config,
         base,
@@ -390,6 +402,41 @@ async fn interruptible(
     };
     release::up::finish_session(ctx, Some(why.clone()), None).await;
     Err(Failure::new(exit, command, why, hint))
+}
+
+/// The default state bucket is the caller's account's and region's (STS GetCallerIdentity).
+async fn resolve_state_bucket(
+    config: &mut release::config::Config,
+    aws: &aws_config::SdkConfig,
+) -> Result<(), Failure> {
+    let hint = "check the AWS credentials and region, or set state.bucket in the config";
+    let region = aws.region().map(|r| r.to_string()).ok_or_else(|| {
+        Failure::new(
+            Exit::Aws,
+            "state bucket",
+            "no AWS region: the default state bucket is named after it",
+            "set AWS_REGION, --region or region in the config",
+        )
+    })?;
+    let who = release::endpoint::sts(aws)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|e| {
+            Failure::new(
+                Exit::Aws,
+                "state bucket",
+                format!(
+                    "cannot tell the account the default state bucket is named after: {}",
+                    release::error::sdk(e)
+                ),
+                hint,
+            )
+        })?;
+    let account = who.account().unwrap_or_default();
+    config
+        .resolve_state_bucket(account, &region)
+        .map_err(|e| Failure::new(Exit::Config, "configuration", e, hint))
 }
 
 /// Whether `signal` was ignored when this process started (before any handler of ours).

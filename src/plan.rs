@@ -508,7 +508,8 @@ mod tests {
 
     #[test]
     fn every_stack_in_the_waves_has_its_parameters_and_waits_for_its_inputs() {
-        let c = config();
+        let mut c = config();
+        c.resolve_state_bucket("123456789012", "eu-west-1").unwrap();
         let mut outputs = Outputs::new();
         assert!(
             stack_parameters("network", &c, &outputs)
@@ -518,7 +519,10 @@ mod tests {
         assert!(
             stack_parameters("registry", &c, &outputs)
                 .unwrap()
-                .contains(&("StateBucketName".into(), "iris-release-state".into()))
+                .contains(&(
+                    "StateBucketName".into(),
+                    "iris-release-123456789012-eu-west-1".into()
+                ))
         );
         let missing = stack_parameters("cluster", &c, &outputs).unwrap_err();
         assert!(

@@ -71,6 +71,20 @@ impl StateStore {
         match self.s3.head_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(true),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
+            // HeadBucket answers 403 when the bucket exists and this identity may not read it:
+            // most often a name another account took (S3 names are global), else missing rights
+            // (S3 API reference, HeadBucket: "403 Forbidden" vs "404 Not Found").
+            Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 403) => {
+                Err(Failure::new(
+                    Exit::Aws,
+                    "state bucket",
+                    format!(
+                        "{} exists but this identity may not read it: another AWS account owns that name (bucket names are global), or the role lacks s3:ListBucket on it",
+                        self.bucket
+                    ),
+                    "leave state.bucket out (the default is unique to the account and region) or choose a name of your own; if the bucket is yours, grant the role access to it",
+                ))
+            }
             Err(e) => Err(step_failure("state bucket", sdk(e), &self.bucket)),
         }
     }

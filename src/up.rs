@@ -280,18 +280,21 @@ pub struct Up {
     pub candidate_waits: bool,
 }
 
+/// The image `up` would push is there to build or read: checked before anything touches AWS.
+pub fn check_image(config: &Config, base: &std::path::Path) -> Result<()> {
+    config.check_image("the configuration", base).map_err(|e| {
+        Failure::new(
+            Exit::Config,
+            "configuration",
+            e.to_string(),
+            "build the model server first, or fix image.binary / image.archive",
+        )
+    })
+}
+
 pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     let started = Instant::now();
-    ctx.config
-        .check_image("the configuration", &ctx.base)
-        .map_err(|e| {
-            Failure::new(
-                Exit::Config,
-                "configuration",
-                e.to_string(),
-                "build the model server first, or fix image.binary / image.archive",
-            )
-        })?;
+    check_image(&ctx.config, &ctx.base)?;
     let stacks = ctx.stacks();
     let store = ctx.store();
     if ctx.dry_run {

@@ -567,12 +567,21 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let cfg = root().join("examples/sandbox/release.yaml");
-    // status reads the stacks first; a dry-run promote reads the state bucket first.
-    for (args, service) in [
-        (&["status"][..], "CloudFormation"),
-        (&["--dry-run", "promote"][..], "S3"),
+    // With a state bucket of its own, no STS call: status reads the stacks first; a dry-run
+    // promote reads the state bucket first.
+    let named = root().join("examples/sandbox/release-named-bucket.yaml");
+    let _cleanup = Remove(named.clone());
+    std::fs::write(
+        &named,
+        std::fs::read_to_string(&cfg).unwrap() + "state:\n  bucket: iris-state-of-our-own\n",
+    )
+    .unwrap();
+    for (cfg, args, service) in [
+        (&cfg, &["status"][..], "STS"),
+        (&named, &["status"][..], "CloudFormation"),
+        (&named, &["--dry-run", "promote"][..], "S3"),
     ] {
-        let out = against(&endpoint, &cfg, args);
+        let out = against(&endpoint, cfg, args);
         exits_with(&out, 5);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(

@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    aws, cases, config, exits_with, last_release, object, release, release_command, s3, succeeded,
-    summary,
+    STATE_BUCKET, aws, cases, config, exits_with, last_release, object, release, release_command,
+    s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::{Value, json};
@@ -96,7 +96,7 @@ async fn world(sb: &Sandbox) -> Value {
     let s3 = s3(sb).await;
     let versions = s3
         .list_object_versions()
-        .bucket("iris-release-state")
+        .bucket(STATE_BUCKET)
         .send()
         .await
         .unwrap();
@@ -259,7 +259,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
         [
             "delete images",
             "delete iris-registry",
-            "delete iris-release-state"
+            "delete iris-release-123456789012-us-east-1"
         ]
     );
     assert_eq!(what(&p, "delete images"), "1 images in repository iris");
@@ -332,7 +332,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let lock = json!({"owner": "someone", "host": "elsewhere", "command": "promote",
                       "ci_build_url": null, "started": now, "lease_expires": now + 600, "pid": 1});
     s3.put_object()
-        .bucket("iris-release-state")
+        .bucket(STATE_BUCKET)
         .key("apps/iris/lock.json")
         .body(serde_json::to_vec(&lock).unwrap().into())
         .send()

@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::{aws, exits_with, object, release, s3, succeeded, summary};
+use common::{STATE_BUCKET, aws, exits_with, object, release, s3, succeeded, summary};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
@@ -134,7 +134,7 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
     let put_lock = |expires: u64| {
         let body = serde_json::json!({"owner": "ci@runner", "host": "runner-7", "command": "up", "ci_build_url": "https://ci.example/42", "started": now - 60, "lease_expires": expires});
         s3.put_object()
-            .bucket("iris-release-state")
+            .bucket(STATE_BUCKET)
             .key("apps/iris/lock.json")
             .body(ByteStream::from(body.to_string().into_bytes()))
             .send()
@@ -272,7 +272,7 @@ async fn a_failed_first_create_of_the_registry_can_be_retried() {
     let kept = s3(&sb)
         .await
         .head_bucket()
-        .bucket("iris-release-state")
+        .bucket(STATE_BUCKET)
         .send()
         .await;
     assert!(kept.is_err(), "the rollback deleted the state bucket");
@@ -361,4 +361,47 @@ async fn eks_log_groups(sb: &Sandbox) -> Vec<serde_json::Value> {
         .await
         .unwrap();
     out["logGroups"].as_array().cloned().unwrap_or_default()
+}
+
+/// S3 bucket names are global: the default state bucket is named after the account and region,
+/// and a name another account owns is told apart from a missing one, with what to do.
+#[tokio::test]
+async fn a_state_bucket_name_another_account_owns_is_named_as_such() {
+    let sb = Sandbox::start(&[]);
+    reqwest::Client::new()
+        .put(sb.control("taken-buckets"))
+        .body(serde_json::json!([STATE_BUCKET]).to_string())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let dir = sb.dir.join("cfg");
+    let out = release(&sb, &config(&dir, ""), &["up"]);
+    exits_with(&out, 5);
+    let s = summary(&out);
+    assert_eq!(s["step"], "state bucket", "{s}");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("another AWS account owns that name"),
+        "{s}"
+    );
+    // A name of one's own works.
+    let own = config(
+        &dir.join("own"),
+        "state:\n  bucket: iris-state-of-our-own\n",
+    );
+    succeeded(
+        &release(&sb, &own, &["up"]),
+        "up with a state bucket of our own",
+    );
+    let head = s3(&sb)
+        .await
+        .head_bucket()
+        .bucket("iris-state-of-our-own")
+        .send()
+        .await;
+    assert!(head.is_ok(), "the registry stack made it");
 }

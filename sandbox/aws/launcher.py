@@ -1202,6 +1202,29 @@ def fault_response(service: str, kind: str) -> tuple[str, list[tuple[str, str]],
     return status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body.encode()
 
 
+# Bucket names another AWS account owns (PUT /_sandbox/taken-buckets ["name", ...]): S3 names are
+# global. As S3 answers a caller that is not the owner: HeadBucket 403, CreateBucket (and a
+# CloudFormation bucket of that name) BucketAlreadyExists. moto answers every account alike.
+TAKEN_BUCKETS: set[str] = set()
+OTHER_ACCOUNT = "210987654321"
+
+
+def take_bucket(name: str) -> None:
+    from moto.s3.models import s3_backends
+
+    if name not in s3_backends.bucket_accounts:
+        s3_backends[OTHER_ACCOUNT]["aws"].create_bucket(name, "us-east-1")
+    TAKEN_BUCKETS.add(name)
+
+
+def taken_bucket_of(environ: dict[str, Any]) -> str | None:
+    """The bucket a path-style S3 request names, when another account owns it."""
+    if service_of(environ) != "s3":
+        return None
+    name = environ.get("PATH_INFO", "").lstrip("/").split("/", 1)[0]
+    return name if name in TAKEN_BUCKETS else None
+
+
 class SandboxApp:
     def __init__(self, inner: Any):
         self.inner = inner
@@ -1211,6 +1234,16 @@ class SandboxApp:
         if path.startswith("/_sandbox/"):
             status, headers, body = self.control(environ, path[len("/_sandbox/") :])
             start_response(status, headers + [("Content-Length", str(len(body)))])
+            return [body]
+        taken = taken_bucket_of(environ)
+        if taken is not None and environ.get("REQUEST_METHOD") == "PUT" and environ.get("PATH_INFO", "").strip("/") == taken and not environ.get("QUERY_STRING"):
+            body = f"<Error><Code>BucketAlreadyExists</Code><Message>The requested bucket name is not available.</Message><BucketName>{taken}</BucketName></Error>".encode()
+            start_response("409 Conflict", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        if taken is not None:
+            # Not the owner: no access to any of it (S3 says 403 to HEAD with no body).
+            body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else f"<Error><Code>AccessDenied</Code><Message>Access Denied</Message><BucketName>{taken}</BucketName></Error>".encode()
+            start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
             return [body]
         service = service_of(environ)
         kind = FAULTS.pick(service)
@@ -1254,6 +1287,17 @@ class SandboxApp:
                 snap = deployed_snapshot(d)
                 out.append({"id": d.distribution_id, "domain_name": d.domain_name, "status": d.status, "deployed": snap})
             return "200 OK", as_json, json.dumps(out).encode()
+        if route == "taken-buckets" and environ["REQUEST_METHOD"] == "PUT":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                names = json.loads(environ["wsgi.input"].read(length) or b"[]")
+                if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                    raise ValueError("a list of bucket names")
+            except (ValueError, AttributeError) as e:
+                return "400 Bad Request", as_json, json.dumps({"error": str(e)}).encode()
+            for n in names:
+                take_bucket(n)
+            return "200 OK", as_json, json.dumps(sorted(TAKEN_BUCKETS)).encode()
         m = re.fullmatch(r"load-balancers/([0-9a-f-]+)", route)
         if m:
             made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE")

@@ -96,13 +96,17 @@ pub async fn s3(sb: &Sandbox) -> aws_sdk_s3::Client {
 pub async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
     let out = s3
         .get_object()
-        .bucket("iris-release-state")
+        .bucket(STATE_BUCKET)
         .key(key)
         .send()
         .await
         .ok()?;
     serde_json::from_slice(&out.body.collect().await.unwrap().into_bytes()).ok()
 }
+
+/// The state bucket `release` names by default in the sandbox: `<app>-release-<account>-<region>`,
+/// with moto's account and the sandbox's region.
+pub const STATE_BUCKET: &str = "iris-release-123456789012-us-east-1";
 
 /// The newest entry of a ledger.
 pub fn last_release(ledger: &Value) -> Value {
