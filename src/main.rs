@@ -123,10 +123,10 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
     {
         return fail(out, &e);
     }
-    if config.state.bucket.is_none() {
-        if let Err(e) = resolve_state_bucket(&mut config, &aws).await {
-            return fail(out, &e);
-        }
+    if config.state.bucket.is_none()
+        && let Err(e) = resolve_state_bucket(&mut config, &aws).await
+    {
+        return fail(out, &e);
     }
     let ctx = Ctx {
         config,
