@@ -282,6 +282,45 @@ fn every_release_line_in_the_pipeline_parses_with_the_cli() {
     }
 }
 
+/// A job that signs in with the OIDC token also keeps it fresh: the token lives an hour and a
+/// first release can take longer. The refresher writes the file the SDK reads again on renewal.
+#[test]
+fn the_oidc_sign_in_keeps_its_token_fresh_for_long_jobs() {
+    let config = circleci();
+    let steps = config["commands"]["aws-oidc"]["steps"]
+        .as_sequence()
+        .expect("the aws-oidc command's steps");
+    let run = |s: &Value| s["run"].clone();
+    let sign_in = steps
+        .iter()
+        .map(run)
+        .find(|r| {
+            r["command"]
+                .as_str()
+                .is_some_and(|c| c.contains("AWS_WEB_IDENTITY_TOKEN_FILE"))
+        })
+        .expect("a step that sets AWS_WEB_IDENTITY_TOKEN_FILE");
+    let file = sign_in["command"]
+        .as_str()
+        .unwrap()
+        .split("AWS_WEB_IDENTITY_TOKEN_FILE=")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap()
+        .to_string();
+    let refresher = steps
+        .iter()
+        .map(run)
+        .find(|r| r["background"] == Value::Bool(true))
+        .expect("a background step that refreshes the token");
+    let command = refresher["command"].as_str().unwrap();
+    assert!(
+        command.contains("circleci run oidc get")
+            && command.contains(&format!("mv {file}.new {file}")),
+        "the refresher mints a token into {file}: {command}"
+    );
+}
+
 #[test]
 fn a_line_the_cli_would_refuse_is_caught() {
     // The check above is only as good as its parsing: a misspelt flag must fail it.
