@@ -117,7 +117,23 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
     }
     let aws = loader.load().await;
     let mut config = config;
-    // What can be told without AWS first: an up whose image is not there fails as such (exit 3).
+    // What can be told without AWS first: the golden cases of a command that smoke-tests, and the
+    // image of an up (exit 3).
+    if matches!(
+        cli.command,
+        Command::Up { .. } | Command::Promote { .. } | Command::Rollback { .. }
+    ) && let Err(e) = config.check_cases("the configuration", &base)
+    {
+        return fail(
+            out,
+            &Failure::new(
+                Exit::Config,
+                "configuration",
+                e.to_string(),
+                "fix the case file; docs/configuration.md says what it holds",
+            ),
+        );
+    }
     if matches!(cli.command, Command::Up { .. })
         && let Err(e) = release::up::check_image(&config, &base)
     {

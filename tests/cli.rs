@@ -649,7 +649,7 @@ fn a_smoke_case_file_without_cases_is_a_configuration_error_before_anything_runs
     let cfg = root().join("examples/sandbox/release-nocases.yaml");
     let _cleanup = Remove(cfg.clone());
     std::fs::write(&cfg, text).unwrap();
-    for args in [&["up"][..], &["promote"][..]] {
+    for args in [&["up"][..], &["promote"][..], &["rollback"][..]] {
         let out = against("http://127.0.0.1:9", &cfg, args);
         exits_with(&out, 3);
         let stdout = String::from_utf8_lossy(&out.stdout);
@@ -657,6 +657,11 @@ fn a_smoke_case_file_without_cases_is_a_configuration_error_before_anything_runs
             stdout.contains("smoke.cases") && stdout.contains("no golden cases"),
             "{args:?}: {stdout}"
         );
+    }
+    // A command that runs no smoke test goes on to AWS (unreachable here: exit 5, not 3).
+    for args in [&["status"][..], &["history"][..]] {
+        let out = against("http://127.0.0.1:9", &cfg, args);
+        exits_with(&out, 5);
     }
 }
 
