@@ -152,6 +152,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         dry_run: g.dry_run,
         yes: g.yes,
         session: Arc::new(tokio::sync::Mutex::new(None)),
+        closing: std::sync::atomic::AtomicBool::new(false),
     };
     let result = match &cli.command {
         Command::Up {
@@ -400,21 +401,45 @@ async fn interruptible(
             None => std::future::pending().await,
         }
     }
-    let (exit, why, hint) = tokio::select! {
-        r = std::panic::AssertUnwindSafe(work).catch_unwind() => match r {
-            Ok(r) => return r,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
-                (Exit::Internal, format!("internal error (a bug): {what}"), format!("{hint}; please report this with the output above"))
+    let mut work = std::pin::pin!(std::panic::AssertUnwindSafe(work).catch_unwind());
+    // A signal that came while the run was closing, acted on once the closing is done.
+    let mut pending: Option<(Exit, String, String)> = None;
+    let (exit, why, hint) = loop {
+        let stop = tokio::select! {
+            r = &mut work => match r {
+                Ok(r) => return r,
+                Err(panic) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    break (Exit::Internal, format!("internal error (a bug): {what}"), format!("{hint}; please report this with the output above"));
+                }
+            },
+            _ = received(&mut int) => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
+            _ = received(&mut term) => (Exit::Terminated, "interrupted (SIGTERM)".to_string(), hint.to_string()),
+            _ = received(&mut hup) => (Exit::HangUp, "interrupted (SIGHUP)".to_string(), hint.to_string()),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)), if pending.is_some() => {
+                if ctx.closing.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
+                break pending.take().expect("pending");
             }
-        },
-        _ = received(&mut int) => (Exit::Interrupted, "interrupted (Ctrl-C)".to_string(), hint.to_string()),
-        _ = received(&mut term) => (Exit::Terminated, "interrupted (SIGTERM)".to_string(), hint.to_string()),
-        _ = received(&mut hup) => (Exit::HangUp, "interrupted (SIGHUP)".to_string(), hint.to_string()),
+        };
+        release::up::signalled();
+        // The run is already closing (tearing a failed candidate down, closing its ledger entry,
+        // releasing the lock): cut short, it would leave half of that and record a finished run
+        // as failed. It finishes first and ends with its own outcome.
+        if ctx.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            ctx.out.note(&format!(
+                "{}: the run is closing; it finishes that first",
+                stop.1
+            ));
+            pending.get_or_insert(stop);
+            continue;
+        }
+        break stop;
     };
     release::up::finish_session(ctx, Some(why.clone()), None).await;
     Err(Failure::new(exit, command, why, hint))

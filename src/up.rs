@@ -27,6 +27,8 @@ pub struct Ctx {
     pub yes: bool,
     /// The lock and release this run holds, so that an interrupt can finish them.
     pub session: Arc<Mutex<Option<Session>>>,
+    /// `finish_session` is running: a signal now waits for it (`interruptible`).
+    pub closing: std::sync::atomic::AtomicBool,
 }
 
 pub struct Session {
@@ -177,16 +179,26 @@ async fn record(ctx: &Ctx, store: &StateStore, id: &str, step: StepRecord) -> Re
     recorded
 }
 
+static SIGNALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// A handled signal arrived (`interruptible`); what [`hold_hook`] waits for.
+pub fn signalled() {
+    SIGNALLED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// TEST-ONLY HOOK (docs/runbook.md): with `RELEASE_TEST_HOLD_AT=<point>` the first run through
 /// `point` (a step name such as `delete iris-edge`, or `teardown iris-blue`) waits there until the
-/// process is signalled, so that the tests can interrupt a command at an exact place.
+/// process is signalled, so that the tests can interrupt a command at an exact place (a signal
+/// that stops the command never lets it go on; one that waits for its closing does).
 pub async fn hold_hook(point: &str) {
     static HELD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if std::env::var("RELEASE_TEST_HOLD_AT").is_ok_and(|p| p == point)
         && !HELD.swap(true, std::sync::atomic::Ordering::SeqCst)
     {
         eprintln!("RELEASE_TEST_HOLD_AT: holding at {point}");
-        std::future::pending::<()>().await;
+        while !SIGNALLED.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -478,6 +490,15 @@ pub async fn begin(
 /// command's work, which a signal drops at its next await) leaves the rest to the second call that
 /// `interruptible` makes: nothing is skipped and nothing done twice but the part cut short.
 pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bool>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    ctx.closing.store(true, SeqCst);
+    struct Closed<'a>(&'a std::sync::atomic::AtomicBool);
+    impl Drop for Closed<'_> {
+        fn drop(&mut self) {
+            self.0.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _closed = Closed(&ctx.closing);
     let mut held = ctx.session.lock().await;
     let Some(session) = held.as_mut() else {
         return;
