@@ -82,6 +82,8 @@ def left_out(action: str) -> str | None:
 def schema(type_name: str) -> dict:
     """The registry schema of a resource type, as cfn-lint bundles it."""
     index = json.loads((SCHEMAS / "providers" / f"{REGION}.json").read_text())
+    if type_name not in index:
+        sys.exit(f"cfn-lint has no registry schema for {type_name} in {REGION}: upgrade cfn-lint (scripts/checks-requirements.txt)")
     return json.loads((SCHEMAS / "resources" / f"{index[type_name]}.json").read_text())
 
 

@@ -165,6 +165,32 @@ pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) 
     let step = "deploy";
     let pp = PatchParams::apply(MANAGER).force();
     let ns = &config.deploy.namespace;
+    // A Service of this name still being deleted (its NLB held by the controller's finalizer,
+    // after a teardown or a retire) would take the apply and then vanish with it: wait for it.
+    for m in manifests.iter().filter(|m| m["kind"] == "Service") {
+        let name = m["metadata"]["name"].as_str().unwrap_or_default();
+        let services = Api::<Service>::namespaced(client.clone(), ns);
+        let start = Instant::now();
+        let timeout = Duration::from_secs(config.deploy.address_timeout_seconds);
+        while services
+            .get_opt(name)
+            .await
+            .map_err(kube_err(step))?
+            .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
+        {
+            if start.elapsed() > timeout {
+                return Err(failure(
+                    Exit::Deploy,
+                    step,
+                    format!(
+                        "Service {name} is still being deleted after {timeout:?} (its load balancer is not gone)"
+                    ),
+                    "check the AWS Load Balancer Controller's logs, then re-run",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
     for m in manifests {
         let name = m["metadata"]["name"].as_str().unwrap_or_default();
         let result = match m["kind"].as_str() {

@@ -274,6 +274,8 @@ where
             let response = inner.call(request).await.map_err(Into::into)?;
             match again {
                 Some(mut retry) if response.status() == http::StatusCode::UNAUTHORIZED => {
+                    // Let its connection go back to the pool before the second try.
+                    drop(response);
                     tracing::debug!("the cluster refused its token (401): a new one, once more");
                     let header = tokens.header(true).await.map_err(Box::new)?;
                     retry

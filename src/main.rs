@@ -445,12 +445,25 @@ async fn interruptible(
     Err(Failure::new(exit, command, why, hint))
 }
 
-/// The default state bucket is the caller's account's and region's (STS GetCallerIdentity).
+/// The state bucket when the config names none: the one the registry stack made, if it is there
+/// (an install from before the default changed keeps its `<app>-release-state`, its ledger and its
+/// lock), else the caller's account's and region's (STS GetCallerIdentity).
 async fn resolve_state_bucket(
     config: &mut release::config::Config,
     aws: &aws_config::SdkConfig,
 ) -> Result<(), Failure> {
     let hint = "check the AWS credentials and region, or set state.bucket in the config";
+    let registry = release::stacks::Stacks::new(
+        release::endpoint::cloudformation(aws),
+        std::time::Duration::from_secs(60),
+        None,
+    )
+    .observe(&config.stack_name("registry"))
+    .await?;
+    if let Some(bucket) = registry.outputs.get("StateBucketName") {
+        config.state.bucket = Some(bucket.clone());
+        return Ok(());
+    }
     let region = aws.region().map(|r| r.to_string()).ok_or_else(|| {
         Failure::new(
             Exit::Aws,
@@ -474,7 +487,14 @@ async fn resolve_state_bucket(
                 hint,
             )
         })?;
-    let account = who.account().unwrap_or_default();
+    let account = who.account().filter(|a| !a.is_empty()).ok_or_else(|| {
+        Failure::new(
+            Exit::Aws,
+            "state bucket",
+            "STS GetCallerIdentity named no account: the default state bucket is named after it",
+            hint,
+        )
+    })?;
     config
         .resolve_state_bucket(account, &region)
         .map_err(|e| Failure::new(Exit::Config, "configuration", e, hint))

@@ -172,6 +172,16 @@ fn resources_of(template: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A stack an earlier operation left in a `*_FAILED` state: `release` will not guess how to go on.
+fn left_failed(name: &str, status: &str) -> Failure {
+    Failure::new(
+        Exit::Aws,
+        format!("stack {name}"),
+        format!("the stack is in {status} from an earlier operation"),
+        "resolve it in the CloudFormation console (continue the rollback, or delete the stack), then re-run",
+    )
+}
+
 impl Stacks {
     pub fn new(
         cfn: aws_sdk_cloudformation::Client,
@@ -230,6 +240,11 @@ impl Stacks {
                 return Ok(Change::Recreate {
                     resources: resources_of(template),
                 });
+            }
+            // As `deploy` decides: it refuses a failed stack, and waits for one in progress (the
+            // plan is then of the stack as it is now).
+            Some(s) if s.ends_with("_FAILED") => {
+                return Err(left_failed(name, s));
             }
             _ => {}
         }
@@ -357,12 +372,7 @@ impl Stacks {
                 observed = self.wait(name, &mut progress).await?;
             }
             Some(s) if s.ends_with("_FAILED") => {
-                return Err(Failure::new(
-                    Exit::Aws,
-                    format!("stack {name}"),
-                    format!("the stack is in {s} from an earlier operation"),
-                    "resolve it in the CloudFormation console (continue the rollback, or delete the stack), then re-run",
-                ));
+                return Err(left_failed(name, s));
             }
             _ => {}
         }
@@ -460,6 +470,8 @@ impl Stacks {
     }
 
     pub async fn delete(&self, name: &str, progress: &mut impl FnMut(&str)) -> Result<()> {
+        let since =
+            aws_sdk_cloudformation::primitives::DateTime::from(std::time::SystemTime::now());
         self.cfn
             .delete_stack()
             .stack_name(name)
@@ -470,7 +482,22 @@ impl Stacks {
         let o = self.wait(name, progress).await?;
         match o.status.as_deref() {
             None | Some("DELETE_COMPLETE") => Ok(()),
-            Some(s) => Err(self.fail(name, format!("delete ended in {s}"))),
+            // The resources that could not be deleted, and why (often something made outside the
+            // stack in its VPC: a load balancer's network interface).
+            Some(s) => {
+                let events = self.failed_events(name, since).await;
+                Err(self.fail(
+                    name,
+                    format!(
+                        "delete ended in {s}{}",
+                        if events.is_empty() {
+                            String::new()
+                        } else {
+                            format!(":\n    {}", events.join("\n    "))
+                        }
+                    ),
+                ))
+            }
         }
     }
 

@@ -437,14 +437,20 @@ pub async fn begin(
     // Kept in `ctx` at once, before any other await: an interrupt from here on finds the lock to
     // release (the entry is not open yet: `release_id` stays empty until it is).
     let renewal = store.keep_renewed(&held);
-    *ctx.session.lock().await = Some(Session {
+    let session = Session {
         store: store.clone(),
         held,
         release_id: String::new(),
         renewal,
         candidate: None,
         closing: None,
-    });
+    };
+    // No await between taking the lock and keeping it here (a contended tokio mutex could yield):
+    // nothing else holds the session now, so try_lock takes it at once.
+    match ctx.session.try_lock() {
+        Ok(mut slot) => *slot = Some(session),
+        Err(_) => *ctx.session.lock().await = Some(session),
+    }
     let mut release_id = String::new();
     let now_s = now();
     let ledger = store

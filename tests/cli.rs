@@ -606,8 +606,8 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
         .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let cfg = root().join("examples/sandbox/release.yaml");
-    // With a state bucket of its own, no STS call: status reads the stacks first; a dry-run
-    // promote reads the state bucket first.
+    // Without a state bucket, the registry stack is read first (its bucket, if it is there);
+    // with one, status reads the stacks first and a dry-run promote the state bucket.
     let named = root().join("examples/sandbox/release-named-bucket.yaml");
     let _cleanup = Remove(named.clone());
     std::fs::write(
@@ -616,7 +616,7 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
     )
     .unwrap();
     for (cfg, args, service) in [
-        (&cfg, &["status"][..], "STS"),
+        (&cfg, &["status"][..], "CloudFormation"),
         (&named, &["status"][..], "CloudFormation"),
         (&named, &["--dry-run", "promote"][..], "S3"),
     ] {

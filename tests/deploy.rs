@@ -658,3 +658,33 @@ async fn a_promote_whose_cloudfront_deployment_outlasts_the_eks_token_succeeds()
     let status = summary(&release(&sb, &cfg, &["status"]));
     assert_eq!(status["live"], "green", "{status}");
 }
+
+/// A colour deployed again right after its teardown: its Service is still being deleted (the
+/// load-balancer controller holds it until the NLB is gone; 15 s here), and an apply that did not
+/// wait for it would be lost with it (no address, exit 6 after the address wait).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_colour_deployed_right_after_its_teardown_waits_for_its_old_service() {
+    let sb = Sandbox::start(&["--lb-delay-ms", "15000"]);
+    let dir = sb.dir.join("cfg");
+    let bounded = |path: PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "rollout_timeout_seconds: 60\n",
+            "rollout_timeout_seconds: 60\n  address_timeout_seconds: 30\n",
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good = bounded(config(&dir, &model_server_binary(), "v1", &cases()));
+    succeeded(&release(&sb, &good, &["up"]), "first release");
+    let wrong = bounded(config(
+        &dir.join("wrong"),
+        &model_server_binary(),
+        "v1",
+        &wrong_cases(&dir),
+    ));
+    exits_with(&release(&sb, &wrong, &["up", "--force"]), 7);
+    // green's Service is being deleted now; deploy green again at once.
+    let again = release(&sb, &good, &["up", "--force"]);
+    succeeded(&again, "up right after the failed candidate's teardown");
+    assert_eq!(summary(&again)["candidate"], "green", "{}", summary(&again));
+}

@@ -318,7 +318,9 @@ async fn a_slow_load_balancer_gets_its_own_wait() {
 /// interfaces in the VPC, so the network stack's deletion fails (DependencyViolation).
 #[tokio::test]
 async fn destroy_waits_for_the_load_balancers_and_leaves_no_log_group() {
-    let sb = Sandbox::start(&["--lb-delay-ms", "3000"]);
+    // Longer than the edge's and the cluster's deletions take here, so that a destroy that did
+    // not wait would reach the network stack while the NLB's interface is still in its subnet.
+    let sb = Sandbox::start(&["--lb-delay-ms", "20000"]);
     let cfg = config(&sb.dir.join("cfg"), "");
     succeeded(&release(&sb, &cfg, &["up"]), "first release");
     // The control-plane log group is the cluster stack's, with a retention.
@@ -404,4 +406,34 @@ async fn a_state_bucket_name_another_account_owns_is_named_as_such() {
         .send()
         .await;
     assert!(head.is_ok(), "the registry stack made it");
+}
+
+/// An install from before the default state bucket changed keeps its bucket: with `state.bucket`
+/// left out, `release` takes the one the registry stack made (its ledger and its lock).
+#[tokio::test]
+async fn without_state_bucket_the_registry_stacks_own_bucket_is_kept() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let old = config(&dir.join("old"), "state:\n  bucket: iris-release-state\n");
+    succeeded(
+        &release(&sb, &old, &["up"]),
+        "up with the old default's name",
+    );
+    let out = release(&sb, &config(&dir, ""), &["up"]);
+    succeeded(&out, "up with state.bucket left out");
+    let ledger = s3(&sb)
+        .await
+        .get_object()
+        .bucket("iris-release-state")
+        .key("apps/iris/ledger.json")
+        .send()
+        .await
+        .unwrap();
+    let ledger: serde_json::Value =
+        serde_json::from_slice(&ledger.body.collect().await.unwrap().into_bytes()).unwrap();
+    assert_eq!(
+        ledger["releases"].as_array().unwrap().len(),
+        2,
+        "both runs in the bucket the registry stack made: {ledger}"
+    );
 }

@@ -940,7 +940,12 @@ def stack_delete(self: Any) -> None:
     try:
         _original_stack_delete(self)
     except Exception as e:  # noqa: BLE001 - every failure becomes a stack failure, as in AWS
-        self._add_stack_event("DELETE_FAILED", resource_status_reason=str(e) or type(e).__name__)
+        reason = str(e) or type(e).__name__
+        # As AWS: an event for the resource that could not be deleted, then the stack's.
+        blocked = getattr(e, "logical_id", None)
+        if blocked is not None:
+            resource_event(self, ResourceFailed(blocked, getattr(e, "resource_type", "?"), reason), "DELETE_FAILED")
+        self._add_stack_event("DELETE_FAILED", resource_status_reason=f"The following resource(s) failed to delete: [{blocked or '?'}]. {reason}")
         self.status = "DELETE_FAILED"
 
 
@@ -1004,8 +1009,14 @@ _original_delete_resource = cfn_parsing.ResourceMap._delete_resource
 
 
 def delete_resource(self: Any, parsed_resource: Any, resource_json: dict[str, Any]) -> None:
-    if not delete_ec2_resource(resource_json["Type"], parsed_resource, self._account_id, self._region_name):
-        _original_delete_resource(self, parsed_resource, resource_json)
+    try:
+        if not delete_ec2_resource(resource_json["Type"], parsed_resource, self._account_id, self._region_name):
+            _original_delete_resource(self, parsed_resource, resource_json)
+    except Exception as e:
+        # Which resource failed, for the stack's DELETE_FAILED events (stack_delete).
+        e.logical_id = getattr(parsed_resource, "logical_resource_id", None)  # type: ignore[attr-defined]
+        e.resource_type = resource_json.get("Type", "?")  # type: ignore[attr-defined]
+        raise
 
 
 cfn_parsing.ResourceMap._delete_resource = delete_resource  # type: ignore[method-assign]
