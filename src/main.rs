@@ -43,6 +43,11 @@ fn main() -> ExitCode {
     code
 }
 
+/// A configuration that cannot be used (exit 3), with what to do.
+fn config_failure(e: impl std::fmt::Display, hint: &str) -> Failure {
+    Failure::new(Exit::Config, "configuration", e.to_string(), hint)
+}
+
 fn fail(out: &Reporter, e: &Failure) -> ExitCode {
     out.note(&format!("error: {e}"));
     if out.format() == Format::Json {
@@ -83,12 +88,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Err(e) => {
             return fail(
                 out,
-                &Failure::new(
-                    Exit::Config,
-                    "configuration",
-                    e.to_string(),
-                    "fix the file; docs/configuration.md lists every field",
-                ),
+                &config_failure(e, "fix the file; docs/configuration.md lists every field"),
             );
         }
     };
@@ -107,6 +107,26 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             out,
         );
     }
+    // What can be told without AWS first: the golden cases of a command that smoke-tests, and the
+    // image of an up (exit 3).
+    if matches!(
+        cli.command,
+        Command::Up { .. } | Command::Promote { .. } | Command::Rollback { .. }
+    ) && let Err(e) = config.check_cases("the configuration", &base)
+    {
+        return fail(
+            out,
+            &config_failure(
+                e,
+                "fix the case file; docs/configuration.md says what it holds",
+            ),
+        );
+    }
+    if matches!(cli.command, Command::Up { .. })
+        && let Err(e) = release::up::check_image(&config, &base)
+    {
+        return fail(out, &e);
+    }
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8));
     if let Some(region) = g.region.clone().or_else(|| config.region.clone()) {
@@ -117,28 +137,6 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
     }
     let aws = loader.load().await;
     let mut config = config;
-    // What can be told without AWS first: the golden cases of a command that smoke-tests, and the
-    // image of an up (exit 3).
-    if matches!(
-        cli.command,
-        Command::Up { .. } | Command::Promote { .. } | Command::Rollback { .. }
-    ) && let Err(e) = config.check_cases("the configuration", &base)
-    {
-        return fail(
-            out,
-            &Failure::new(
-                Exit::Config,
-                "configuration",
-                e.to_string(),
-                "fix the case file; docs/configuration.md says what it holds",
-            ),
-        );
-    }
-    if matches!(cli.command, Command::Up { .. })
-        && let Err(e) = release::up::check_image(&config, &base)
-    {
-        return fail(out, &e);
-    }
     if config.state.bucket.is_none()
         && let Err(e) = resolve_state_bucket(&mut config, &aws).await
     {
@@ -300,10 +298,8 @@ fn image_build(
             Err(e) => {
                 return fail(
                     out,
-                    &Failure::new(
-                        Exit::Config,
-                        "configuration",
-                        e.to_string(),
+                    &config_failure(
+                        e,
                         "fix the file, or set the variable (image build reads only image and model)",
                     ),
                 );

@@ -172,6 +172,15 @@ fn resources_of(template: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Failed events after a status, one per line; nothing when there are none.
+fn listed(events: &[String]) -> String {
+    if events.is_empty() {
+        String::new()
+    } else {
+        format!(":\n    {}", events.join("\n    "))
+    }
+}
+
 /// A stack an earlier operation left in a `*_FAILED` state: `release` will not guess how to go on.
 fn left_failed(name: &str, status: &str) -> Failure {
     Failure::new(
@@ -427,14 +436,7 @@ impl Stacks {
         Err(Failure::new(
             Exit::Aws,
             format!("stack {name}"),
-            format!(
-                "the stack ended in {status}{}",
-                if events.is_empty() {
-                    String::new()
-                } else {
-                    format!(":\n    {}", events.join("\n    "))
-                }
-            ),
+            format!("the stack ended in {status}{}", listed(&events)),
             if status == "ROLLBACK_COMPLETE" {
                 "fix the cause above and re-run; release deletes the failed stack and creates it again".to_string()
             } else {
@@ -486,17 +488,7 @@ impl Stacks {
             // stack in its VPC: a load balancer's network interface).
             Some(s) => {
                 let events = self.failed_events(name, since).await;
-                Err(self.fail(
-                    name,
-                    format!(
-                        "delete ended in {s}{}",
-                        if events.is_empty() {
-                            String::new()
-                        } else {
-                            format!(":\n    {}", events.join("\n    "))
-                        }
-                    ),
-                ))
+                Err(self.fail(name, format!("delete ended in {s}{}", listed(&events))))
             }
         }
     }

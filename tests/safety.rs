@@ -259,7 +259,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
         [
             "delete images",
             "delete iris-registry",
-            "delete iris-release-123456789012-us-east-1"
+            &format!("delete {STATE_BUCKET}")
         ]
     );
     assert_eq!(what(&p, "delete images"), "1 images in repository iris");

@@ -597,15 +597,13 @@ impl Store {
             return Value::Null;
         };
         if res.kind == "Namespace" {
-            let mut ns = obj.clone();
-            if ns["metadata"].get("deletionTimestamp").is_none() {
-                inner.rv += 1;
-                ns["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-                ns["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-                ns["status"]["phase"] = json!("Terminating");
-                inner.objects.insert(key.clone(), ns.clone());
-                self.record(inner, res, "MODIFIED", ns.clone());
-            }
+            let ns = if obj["metadata"].get("deletionTimestamp").is_none() {
+                self.mark_deleting(inner, res, key.clone(), obj, |ns| {
+                    ns["status"]["phase"] = json!("Terminating");
+                })
+            } else {
+                obj
+            };
             let inside: Vec<Key> = inner
                 .objects
                 .keys()
@@ -631,14 +629,9 @@ impl Store {
             let spec_grace = obj["spec"]["terminationGracePeriodSeconds"]
                 .as_i64()
                 .unwrap_or(30);
-            let mut pod = obj;
-            inner.rv += 1;
-            pod["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(spec_grace));
-            pod["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-            inner.objects.insert(key, pod.clone());
-            self.record(inner, res, "MODIFIED", pod.clone());
-            return pod;
+            return self.mark_deleting(inner, res, key, obj, |pod| {
+                pod["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(spec_grace));
+            });
         }
         // Finalizers: the object stays, marked for deletion, until its controllers have removed
         // theirs (the AWS Load Balancer Controller holds a Service until its NLB is gone).
@@ -649,13 +642,7 @@ impl Store {
             if obj["metadata"].get("deletionTimestamp").is_some() {
                 return obj;
             }
-            let mut held = obj;
-            inner.rv += 1;
-            held["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
-            held["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-            inner.objects.insert(key, held.clone());
-            self.record(inner, res, "MODIFIED", held.clone());
-            return held;
+            return self.mark_deleting(inner, res, key, obj, |_| {});
         }
         self.remove_locked(inner, res, &key);
         let uid = meta(&obj, "uid").unwrap_or_default().to_string();
@@ -684,6 +671,24 @@ impl Store {
                 self.delete_locked(inner, r, k, propagation, None);
             }
         }
+        obj
+    }
+
+    /// Mark `obj` as being deleted (`deletionTimestamp`, and what `also` sets), store and announce it.
+    fn mark_deleting(
+        &self,
+        inner: &mut Inner,
+        res: &'static Resource,
+        key: Key,
+        mut obj: Value,
+        also: impl FnOnce(&mut Value),
+    ) -> Value {
+        inner.rv += 1;
+        obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+        obj["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
+        also(&mut obj);
+        inner.objects.insert(key, obj.clone());
+        self.record(inner, res, "MODIFIED", obj.clone());
         obj
     }
 
