@@ -38,6 +38,8 @@ NOT_NEEDED = [
     ("cloudfront:CreateDistributionWithTags", "not an IAM action: CreateDistribution and TagResource"),
     ("iam:*InstanceProfile*", "EKS Auto Mode's node roles (no ComputeConfig in cluster.yaml)"),
     ("iam:*RolePermissionsBoundary", "no permissions boundary yet (issue 15 adds one)"),
+    ("eks:[CU]*PodIdentityAssociation", "no PodIdentityAssociations on the add-on (Pod Identity does not run on Fargate)"),
+    ("iam:Attach*Policy", "no Groups or Users on the managed policy (it names its one role)"),
     ("eks:ActivateCertificateAuthority", "no custom certificate authority on the cluster"),
     ("cloudfront:*ConnectionGroup", "no CloudFront connection group (Anycast static IPs)"),
     ("cloudfront:GetVpcOrigin", "no VPC origin yet (issue 15)"),

@@ -171,6 +171,10 @@ pub struct DeployConfig {
     /// groups for your Network Load Balancers": registration takes "a few minutes").
     #[serde(default = "default_address_timeout")]
     pub address_timeout_seconds: u64,
+    /// Seconds to wait for the AWS Load Balancer Controller and CoreDNS to be ready, when `up`
+    /// installs or updates the controller (Fargate pods take about a minute to start).
+    #[serde(default = "default_controller_timeout")]
+    pub controller_timeout_seconds: u64,
 }
 
 impl Default for DeployConfig {
@@ -182,6 +186,7 @@ impl Default for DeployConfig {
             service_port: default_service_port(),
             rollout_timeout_seconds: default_rollout_timeout(),
             address_timeout_seconds: default_address_timeout(),
+            controller_timeout_seconds: default_controller_timeout(),
         }
     }
 }
@@ -203,6 +208,9 @@ fn default_rollout_timeout() -> u64 {
 }
 fn default_address_timeout() -> u64 {
     600
+}
+fn default_controller_timeout() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

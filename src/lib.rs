@@ -3,6 +3,7 @@
 //! (CloudFormation), `image` (OCI images, ECR), `eks`, `colour` (Kubernetes), `smoke`. Commands:
 //! `up`, `promote` (promote, rollback, destroy, status, history). The command line: `cli`.
 
+pub mod addons;
 pub mod cli;
 pub mod colour;
 pub mod config;

@@ -829,6 +829,20 @@ async fn deploy(
         })?;
     let cluster = crate::eks::Cluster::connect(&ctx.aws, &cluster_name).await?;
     let client = cluster.client().await?;
+    // Services get their NLBs only from the controller: in place and ready before any colour.
+    let inputs = controller_inputs(ctx, &cluster_name, outputs)?;
+    if let Some(what) = crate::addons::decide(&crate::addons::observe(&client).await?, &inputs) {
+        let timeout = std::time::Duration::from_secs(c.deploy.controller_timeout_seconds);
+        step(ctx, store, id, crate::addons::STEP, &what, async {
+            crate::addons::ensure(&client, &inputs, timeout).await?;
+            Ok((
+                (),
+                format!("{} ready", crate::addons::LB_CONTROLLER_VERSION),
+            ))
+        })
+        .await?;
+        *changed = true;
+    }
     let edge_name = c.stack_name("edge");
     let edge = stacks.observe(&edge_name).await?;
     let mut observed = std::collections::BTreeMap::new();
@@ -1117,6 +1131,31 @@ async fn go_live(
     Ok(())
 }
 
+/// What the load balancer controller is installed for: the cluster, the region, the network
+/// stack's VPC and the cluster stack's role for it.
+fn controller_inputs(ctx: &Ctx, cluster: &str, outputs: &Outputs) -> Result<crate::addons::Inputs> {
+    let output = |stack: &str, key: &str| {
+        outputs
+            .get(stack)
+            .and_then(|o| o.get(key))
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    Exit::Aws,
+                    crate::addons::STEP,
+                    format!("the {stack} stack has no {key} output"),
+                    "update the stacks (release up applies cloudformation/ as it is now)",
+                )
+            })
+    };
+    Ok(crate::addons::Inputs {
+        cluster: cluster.to_string(),
+        region: ctx.aws.region().map(|r| r.to_string()).unwrap_or_default(),
+        vpc_id: output("network", "VpcId")?,
+        role_arn: output("cluster", "LoadBalancerControllerRoleArn")?,
+    })
+}
+
 /// `--dry-run`: what `up` would do, changing nothing.
 async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, args: &UpArgs) -> Result<Value> {
     // First, as the real run: a lock held by someone else is exit 4, not a plan.
@@ -1188,41 +1227,77 @@ async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, args: &UpArgs) 
     };
     ctx.out.note(&format!("plan: image: {what}"));
     plan.insert("image".into(), json!(what));
-    let what = dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
+    let (controller, what) = dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
+    ctx.out
+        .note(&format!("plan: {}: {controller}", crate::addons::STEP));
+    plan.insert(crate::addons::STEP.into(), json!(controller));
     ctx.out.note(&format!("plan: colour: {what}"));
     plan.insert("colour".into(), json!(what));
     plan.insert("dry run".into(), json!("nothing was changed"));
     Ok(Value::Object(plan))
 }
 
-/// The colour decision of a dry run, as `deploy` would make it: nothing to release, or which
-/// colour is deployed and smoke-tested, and whether it goes live at once (the first release).
+/// The decisions of a dry run about the cluster, as `deploy` would make them: whether the load
+/// balancer controller is installed or updated first, then nothing to release, or which colour
+/// is deployed and smoke-tested, and whether it goes live at once (the first release).
 async fn dry_run_colour(
     ctx: &Ctx,
     stacks: &Stacks,
     outputs: &Outputs,
     digest: &str,
     force: bool,
-) -> Result<String> {
+) -> Result<(String, String)> {
     use crate::colour;
     let c = &ctx.config;
     let smoke = format!(
         "smoke-test it ({} requests and the golden cases)",
         c.smoke.requests
     );
+    let first = || {
+        (
+            format!(
+                "install the AWS Load Balancer Controller {} once the cluster exists",
+                crate::addons::LB_CONTROLLER_VERSION
+            ),
+            format!(
+                "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
+                colour::name(c, colour::candidate_for(None))
+            ),
+        )
+    };
     let Some(uri) = outputs.get("registry").and_then(|o| o.get("RepositoryUri")) else {
-        return Ok(format!(
-            "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
-            colour::name(c, colour::candidate_for(None))
-        ));
+        return Ok(first());
     };
     let world = crate::promote::observe(ctx, stacks).await?;
-    if world.cluster.is_none() {
-        return Ok(format!(
-            "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
-            colour::name(c, colour::candidate_for(None))
-        ));
-    }
+    let Some(cluster) = world.cluster.as_ref() else {
+        return Ok(first());
+    };
+    let controller = match controller_inputs(ctx, &cluster.name, outputs) {
+        Ok(inputs) => {
+            let installed = crate::addons::observe(&cluster.client().await?).await?;
+            crate::addons::decide(&installed, &inputs)
+                .unwrap_or_else(|| format!("{} in place", crate::addons::LB_CONTROLLER_VERSION))
+        }
+        // A cluster stack from before the controller's role: the stack update above adds it.
+        Err(_) => format!(
+            "install the AWS Load Balancer Controller {} once the cluster stack has its role",
+            crate::addons::LB_CONTROLLER_VERSION
+        ),
+    };
+    let colour = dry_run_candidate(ctx, &world, uri, digest, force, &smoke)?;
+    Ok((controller, colour))
+}
+
+fn dry_run_candidate(
+    ctx: &Ctx,
+    world: &crate::promote::World,
+    uri: &str,
+    digest: &str,
+    force: bool,
+    smoke: &str,
+) -> Result<String> {
+    use crate::colour;
+    let c = &ctx.config;
     let image = format!("{uri}@{digest}");
     let templates = ctx.base.join(&c.deploy.templates);
     if let Some(l) = world.live {

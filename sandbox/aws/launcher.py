@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fnmatch
 import hashlib
 import http.client
 import ipaddress
@@ -30,6 +31,7 @@ import re
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -350,6 +352,188 @@ class EksFargateProfile(CloudFormationModel):
             backend.delete_fargate_profile(cluster_name=self.cluster_name, fargate_profile_name=self.name)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# AWS::EKS::Addon (moto has no add-ons). The cluster stand-in reads them (GET /_sandbox/eks/addons)
+# and configures kube-system as EKS does: CoreDNS with computeType Fargate loses the annotation
+# that keeps it off Fargate.
+
+# (account, region, cluster, add-on name) -> its ConfigurationValues (a JSON string, or "").
+ADDONS: dict[tuple[str, str, str, str], str] = {}
+
+
+class EksAddon(CloudFormationModel):
+    __module__ = "moto.eks.sandbox"
+
+    def __init__(self, account: str, region: str, cluster_name: str, name: str):
+        self.key = (account, region, cluster_name, name)
+        self.arn = f"arn:aws:eks:{region}:{account}:addon/{cluster_name}/{name}/sandbox"
+
+    @property
+    def physical_resource_id(self) -> str:
+        return f"{self.key[2]}|{self.key[3]}"
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return "AddonName"
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::EKS::Addon"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        if attribute_name == "Arn":
+            return self.arn
+        raise UnformattedGetAttTemplateException()
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "EksAddon":
+        p = cloudformation_json["Properties"]
+        cluster = p["ClusterName"]
+        if cluster not in eks_backends[account_id][region_name].clusters:
+            raise ValueError(f"ResourceNotFoundException: No cluster found for name: {cluster}.")
+        values = p.get("ConfigurationValues") or ""
+        if values:
+            try:
+                json.loads(values)
+            except ValueError as e:
+                raise ValueError(f"InvalidParameterException: ConfigurationValue provided in request is not supported: {e}") from e
+        addon = cls(account_id, region_name, cluster, p["AddonName"])
+        ADDONS[addon.key] = values
+        return addon
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "EksAddon":
+        original_resource.delete(account_id, region_name)
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        ADDONS.pop(self.key, None)
+
+
+class IamOidcProvider(CloudFormationModel):
+    """AWS::IAM::OIDCProvider, which moto's CloudFormation lacks (it made nothing, so no role
+    could trust the cluster's issuer). Ref is the provider's ARN, as in AWS."""
+
+    __module__ = "moto.iam.sandbox"
+
+    def __init__(self, account: str, arn: str):
+        self.account = account
+        self.arn = arn
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.arn
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return ""
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::IAM::OIDCProvider"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr == "Arn"
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        if attribute_name == "Arn":
+            return self.arn
+        raise UnformattedGetAttTemplateException()
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "IamOidcProvider":
+        from moto.iam.models import iam_backends
+
+        p = cloudformation_json["Properties"]
+        provider = iam_backends[account_id]["aws"].create_open_id_connect_provider(
+            url=p["Url"], thumbprint_list=p.get("ThumbprintList") or [], client_id_list=p.get("ClientIdList") or [], tags=p.get("Tags") or []
+        )
+        return cls(account_id, provider.arn)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "IamOidcProvider":
+        original_resource.delete(account_id, region_name)
+        return cls.create_from_cloudformation_json(new_resource_name, cloudformation_json, account_id, region_name)
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        from moto.iam.models import iam_backends
+
+        iam_backends[self.account]["aws"].delete_open_id_connect_provider(self.arn)
+
+
+def lb_controller_check(query: dict[str, str]) -> dict[str, Any]:
+    """What the AWS Load Balancer Controller meets when it starts with this role, service-account
+    subject and VPC (`start`: why it cannot, or None) and when it makes a load balancer
+    (`reconcile`). The role must trust an OIDC provider that exists for that subject
+    (sts:AssumeRoleWithWebIdentity) and allow elasticloadbalancing:CreateLoadBalancer."""
+
+    from moto.iam.models import iam_backends
+
+    role_arn, sub, vpc_id = query.get("role", ""), query.get("sub", ""), query.get("vpc", "")
+    denied = f"WebIdentityErr: failed to retrieve credentials\ncaused by: AccessDenied: Not authorized to perform sts:AssumeRoleWithWebIdentity ({role_arn or 'no role'})"
+    account = role_arn.split(":")[4] if role_arn.count(":") >= 5 else ""
+    iam = iam_backends[account]["aws"] if account else None
+    role = next((r for r in iam.roles.values() if r.arn == role_arn), None) if iam else None
+    if role is None:
+        return {"start": denied, "reconcile": None}
+    try:
+        trust = json.loads(role.assume_role_policy_document)
+    except (TypeError, ValueError):
+        return {"start": denied, "reconcile": None}
+    providers = {p.arn for p in iam.open_id_providers.values()}
+    trusted = False
+    for st in trust.get("Statement", []):
+        actions = st.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        federated = (st.get("Principal") or {}).get("Federated", "")
+        if st.get("Effect") != "Allow" or "sts:AssumeRoleWithWebIdentity" not in actions or federated not in providers:
+            continue
+        issuer = federated.split(":oidc-provider/", 1)[-1]
+        for op, conditions in (st.get("Condition") or {}).items():
+            want = conditions.get(f"{issuer}:sub")
+            if want is not None:
+                wants = [want] if isinstance(want, str) else want
+                if any(w == sub or (op == "StringLike" and fnmatch.fnmatchcase(sub, w)) for w in wants):
+                    trusted = True
+    if not trusted:
+        return {"start": denied, "reconcile": None}
+    region = query.get("region", "")
+    vpcs = ec2_backends[account][region].vpcs if region else {}
+    if vpc_id not in vpcs:
+        return {"start": f"unable to initialize AWS cloud: failed to find VPC {vpc_id!r} in {region or 'no region'}: InvalidVpcID.NotFound", "reconcile": None}
+    documents: list[Any] = list(role.policies.values())
+    for managed in role.managed_policies.values():
+        documents += [v.document for v in managed.versions if v.is_default]
+    allowed = False
+    for doc in documents:
+        try:
+            parsed = json.loads(doc) if isinstance(doc, str) else doc
+        except ValueError:
+            continue
+        for st in parsed.get("Statement", []):
+            actions = st.get("Action", [])
+            actions = [actions] if isinstance(actions, str) else actions
+            if st.get("Effect") == "Allow" and any(fnmatch.fnmatchcase("elasticloadbalancing:CreateLoadBalancer", a) for a in actions):
+                allowed = True
+    reconcile = None if allowed else (
+        f"AccessDenied: User: {role_arn} is not authorized to perform: elasticloadbalancing:CreateLoadBalancer"
+    )
+    return {"start": None, "reconcile": reconcile}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1309,6 +1493,12 @@ class SandboxApp:
             for n in names:
                 take_bucket(n)
             return "200 OK", as_json, json.dumps(sorted(TAKEN_BUCKETS)).encode()
+        if route == "eks/addons":
+            out = [{"account": a, "region": r, "cluster": c, "name": n, "configurationValues": v} for (a, r, c, n), v in ADDONS.items()]
+            return "200 OK", as_json, json.dumps(out).encode()
+        if route == "lb-controller":
+            query = dict(urllib.parse.parse_qsl(environ.get("QUERY_STRING", "")))
+            return "200 OK", as_json, json.dumps(lb_controller_check(query)).encode()
         m = re.fullmatch(r"load-balancers/([0-9a-f-]+)", route)
         if m:
             made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE")

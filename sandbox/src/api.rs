@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::merge::{Selector, merge_patch, strategic_merge};
 use crate::resources::{self, Resource};
 use crate::store::{ApiError, ApiResult, Part, Store, meta};
+use crate::system;
 
 pub struct ApiState {
     pub store: Arc<Store>,
@@ -241,6 +242,28 @@ async fn handle(
         return error_response(&ApiError::bad_request(
             "dryRun is not supported by the sandbox cluster",
         ));
+    }
+    if target.res.kind == "Service"
+        && target.sub.is_none()
+        && matches!(method, Method::POST | Method::PUT | Method::PATCH)
+    {
+        let existing = target
+            .name
+            .as_deref()
+            .and_then(|n| state.store.get(target.res, ns(&target), n).ok());
+        let operation = if existing.is_some() {
+            "UPDATE"
+        } else {
+            "CREATE"
+        };
+        let obj = parse_body(&body)
+            .ok()
+            .filter(|b| b.get("metadata").is_some())
+            .or(existing)
+            .unwrap_or(Value::Null);
+        if let Err(why) = system::admit_service(&state.store, &obj, operation) {
+            return error_response(&ApiError::new(500, "InternalError", why));
+        }
     }
     let result = match (&method, target.name.as_deref(), target.sub.as_deref()) {
         (&Method::GET, None, _) if query.get("watch").is_some_and(|w| w == "true" || w == "1") => {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use crate::resources::{self, Resource};
 use crate::store::{Part, Store, meta, now_rfc3339};
+use crate::system::{self, SystemImage};
 
 /// Where a pod's container runs; what the kubelet needs to pull images.
 pub struct Kubelet {
@@ -143,6 +144,18 @@ impl Kubelet {
         let Ok(pod) = self.store.get(pods(), &ns, &name) else {
             return;
         };
+        if pod["metadata"]["annotations"][system::COMPUTE_TYPE] == "ec2" {
+            // Fargate does not take a pod annotated for EC2, and a Fargate-only cluster has no
+            // node: it stays Pending (EKS's own CoreDNS, until its add-on says computeType Fargate).
+            self.unschedulable(&ns, &name);
+            while !*deleted.borrow() {
+                if deleted.changed().await.is_err() {
+                    break;
+                }
+            }
+            self.store.remove(pods(), &ns, &name);
+            return;
+        }
         let ip = self.free_ip(&pod["spec"]["containers"][0]);
         let _ = self.store.modify(pods(), &ns, &name, Part::Main, |cur| {
             let mut next = cur.clone();
@@ -154,6 +167,23 @@ impl Kubelet {
         pod_run.publish("Pending");
         pod_run.run(&mut deleted).await;
         self.store.remove(pods(), &ns, &name);
+    }
+}
+
+impl Kubelet {
+    fn unschedulable(&self, ns: &str, name: &str) {
+        let message = "0/0 nodes are available: no nodes available to schedule pods (Fargate does not schedule a pod annotated eks.amazonaws.com/compute-type: ec2)";
+        let _ = self.store.modify(pods(), ns, name, Part::Status, |cur| {
+            let mut next = cur.clone();
+            next["status"] = json!({"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message, "lastTransitionTime": now_rfc3339()}]});
+            Ok(next)
+        });
+        if let Ok(pod) = self.store.get(pods(), ns, name) {
+            self.store
+                .event(&pod, "Pod", "Warning", "FailedScheduling", message);
+        }
     }
 }
 
@@ -261,6 +291,20 @@ impl PodRun {
             .as_str()
             .unwrap_or_default()
             .to_string();
+        // Its secret volumes are mounted first: a missing Secret keeps it ContainerCreating.
+        while let Some(missing) = self.missing_secret_volume() {
+            self.event(
+                "Warning",
+                "FailedMount",
+                &format!("MountVolume.SetUp failed for volume: secret \"{missing}\" not found"),
+            );
+            if wait_or_deleted(deleted, Duration::from_secs(1)).await {
+                return;
+            }
+        }
+        if let Some(kind) = system::system_image(&image_ref) {
+            return self.run_system(kind, &image_ref, deleted).await;
+        }
         // Pull, with back-off.
         let mut backoff = Duration::from_secs(1);
         let image = loop {
@@ -348,6 +392,75 @@ impl PodRun {
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
             }
+        }
+    }
+
+    /// The first Secret a (non-optional) secret volume of the pod names that does not exist.
+    fn missing_secret_volume(&self) -> Option<String> {
+        let pod = self.pod();
+        let secrets = resources::by_kind("Secret").expect("served");
+        pod["spec"]["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|v| v["secret"]["optional"] != true)
+            .filter_map(|v| v["secret"]["secretName"].as_str())
+            .find(|s| self.store().get(secrets, &self.ns, s).is_err())
+            .map(str::to_string)
+    }
+
+    /// A system image (EKS's CoreDNS, the AWS Load Balancer Controller) runs simulated: ready
+    /// when it can start (src/system.rs), else it exits with the reason in its log and is
+    /// restarted with back-off, as the real container would be.
+    async fn run_system(
+        &mut self,
+        kind: SystemImage,
+        image_ref: &str,
+        deleted: &mut watch::Receiver<bool>,
+    ) {
+        self.image_id = image_ref.to_string();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            if *deleted.borrow() {
+                return;
+            }
+            let why = match kind {
+                SystemImage::CoreDns => None,
+                SystemImage::LoadBalancerController => {
+                    let k = &self.kubelet;
+                    system::controller_start(&k.store, &k.http, &k.aws_url, &self.pod()).await
+                }
+            };
+            self.event("Normal", "Started", "Started container");
+            let Some(why) = why else {
+                self.state = json!({"running": {"startedAt": now_rfc3339()}});
+                self.started = true;
+                self.ready = true;
+                self.publish("Running");
+                while !wait_or_deleted(deleted, Duration::from_secs(3600)).await {}
+                return;
+            };
+            let container_name = self.container["name"].as_str().unwrap_or("main");
+            let log_dir = Kubelet::logs_dir(&self.kubelet.state_dir);
+            let _ = std::fs::create_dir_all(&log_dir);
+            let line = json!({"level": "error", "ts": now_rfc3339(), "msg": why});
+            let _ = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_dir.join(format!("{}_{}_{container_name}.log", self.ns, self.name)))
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes())
+                });
+            self.restarts += 1;
+            self.ready = false;
+            self.last_state = json!({"terminated": {"exitCode": 1, "reason": "Error", "message": why, "finishedAt": now_rfc3339()}});
+            self.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": format!("back-off {}s restarting failed container={container_name} pod={}", backoff.as_secs(), self.name)}});
+            self.publish("Running");
+            self.event("Warning", "BackOff", "Back-off restarting failed container");
+            if wait_or_deleted(deleted, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 

@@ -3,6 +3,10 @@
 //! ports and forwarding each TCP connection (as an NLB does) to a ready, non-terminating pod the
 //! Service selects.
 //!
+//! It is the AWS Load Balancer Controller's work, so nothing happens while no controller pod is
+//! ready (src/system.rs says when one is): Services stay `<pending>` and deleted ones keep their
+//! finalizer; a controller whose role may not make load balancers reports that on the Service.
+//!
 //! As the AWS Load Balancer Controller, it holds each Service it provisioned with its finalizer
 //! (`service.k8s.aws/resources`) and the NLB's network interface in the cluster's VPC (the AWS
 //! side's `/_sandbox/load-balancers/<uid>`), and lets go of both only a provisioning delay after the
@@ -22,6 +26,7 @@ use crate::deployments::pod_ready;
 use crate::merge::labels_match;
 use crate::resources;
 use crate::store::{Part, Store, meta};
+use crate::system;
 
 /// The AWS Load Balancer Controller's finalizer on the Services it serves.
 pub const FINALIZER: &str = "service.k8s.aws/resources";
@@ -52,6 +57,10 @@ pub struct Controller {
     releasing: HashMap<String, Instant>,
     aws_url: String,
     http: reqwest::Client,
+    /// The controller's last reconcile verdict (None: it may make load balancers), and when.
+    verdict: Option<(Instant, Option<String>)>,
+    /// Services told why they get no load balancer, by uid.
+    reported: Vec<String>,
 }
 
 impl Controller {
@@ -63,6 +72,8 @@ impl Controller {
             releasing: HashMap::new(),
             aws_url,
             http: reqwest::Client::new(),
+            verdict: None,
+            reported: Vec::new(),
         }
     }
 
@@ -149,7 +160,22 @@ impl Controller {
     async fn sync(&mut self) {
         let services = resources::by_kind("Service").expect("served");
         let (all, _) = self.store.list(services, None);
+        let Some(controller) = system::serving_controller(&self.store) else {
+            // No controller: nothing provisions or lets go (the NLBs made keep forwarding).
+            return;
+        };
         self.release_deleted(&all).await;
+        if self
+            .verdict
+            .as_ref()
+            .is_none_or(|(at, _)| at.elapsed() > Duration::from_secs(2))
+        {
+            let verdict =
+                system::controller_reconcile(&self.store, &self.http, &self.aws_url, &controller)
+                    .await;
+            self.verdict = Some((Instant::now(), verdict));
+        }
+        let refused = self.verdict.as_ref().and_then(|(_, v)| v.clone());
         let wanted: Vec<&Value> = all
             .iter()
             .filter(|s| {
@@ -165,6 +191,21 @@ impl Controller {
         let mut to_hold = Vec::new();
         for svc in wanted {
             let uid = meta(svc, "uid").unwrap_or_default().to_string();
+            if let Some(why) = &refused
+                && !self.balancers.contains_key(&uid)
+            {
+                if !self.reported.contains(&uid) {
+                    self.reported.push(uid.clone());
+                    self.store.event(
+                        svc,
+                        "Service",
+                        "Warning",
+                        "FailedDeployModel",
+                        &format!("Failed deploy model due to {why}"),
+                    );
+                }
+                continue;
+            }
             let ports = svc["spec"]["ports"].clone();
             let store = &self.store;
             let balancer = self

@@ -11,6 +11,7 @@ pub mod lb;
 pub mod merge;
 pub mod resources;
 pub mod store;
+pub mod system;
 pub mod tls;
 
 use std::time::{Duration, SystemTime};

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
-use sandbox::{api, deployments, kubelet, lb, store, tls};
+use sandbox::{api, deployments, kubelet, lb, store, system, tls};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -176,6 +176,7 @@ async fn serve(
     let edge_url = format!("http://127.0.0.1:{}", ports["edge_port"]);
 
     let store = Arc::new(store::Store::new());
+    system::seed(&store);
     let logs_dir = kubelet::Kubelet::logs_dir(&state);
     std::fs::create_dir_all(&logs_dir)?;
     let router = api::router(Arc::new(api::ApiState {
@@ -187,6 +188,7 @@ async fn serve(
     tokio::spawn(deployments::Controller::new(store.clone()).run());
     tokio::spawn(kubelet::Kubelet::new(store.clone(), state.clone(), aws_url.clone()).run());
     tokio::spawn(lb::Controller::new(store.clone(), lb_delay, aws_url.clone()).run());
+    tokio::spawn(system::run_addons(store.clone(), aws_url.clone()));
 
     let exe = std::env::current_exe()?;
     let kubeconfig = format!(

@@ -30,7 +30,19 @@ impl Resource {
 
     /// Whether a write changes `metadata.generation` (objects with a spec).
     pub fn has_spec(&self) -> bool {
-        !matches!(self.kind, "Event" | "Secret" | "ConfigMap")
+        !matches!(
+            self.kind,
+            "Event"
+                | "Secret"
+                | "ConfigMap"
+                | "ServiceAccount"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "Role"
+                | "RoleBinding"
+                | "MutatingWebhookConfiguration"
+                | "ValidatingWebhookConfiguration"
+        )
     }
 }
 
@@ -104,6 +116,80 @@ pub static RESOURCES: &[Resource] = &[
         "poddisruptionbudget",
         true,
         &["pdb"],
+        true,
+    ),
+    // What the AWS Load Balancer Controller's install is made of (`release` applies it): stored;
+    // the admission webhooks are called (src/admission.rs), RBAC is not enforced.
+    r(
+        "",
+        "ServiceAccount",
+        "serviceaccounts",
+        "serviceaccount",
+        true,
+        &["sa"],
+        false,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "ClusterRole",
+        "clusterroles",
+        "clusterrole",
+        false,
+        &[],
+        false,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        false,
+        &[],
+        false,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "Role",
+        "roles",
+        "role",
+        true,
+        &[],
+        false,
+    ),
+    r(
+        "rbac.authorization.k8s.io",
+        "RoleBinding",
+        "rolebindings",
+        "rolebinding",
+        true,
+        &[],
+        false,
+    ),
+    r(
+        "admissionregistration.k8s.io",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        "mutatingwebhookconfiguration",
+        false,
+        &[],
+        false,
+    ),
+    r(
+        "admissionregistration.k8s.io",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        "validatingwebhookconfiguration",
+        false,
+        &[],
+        false,
+    ),
+    r(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        "customresourcedefinition",
+        false,
+        &["crd"],
         true,
     ),
     // Stored, not enforced (the sandbox has no network-policy engine; neither has Fargate).

@@ -104,12 +104,114 @@ async fn apply(client: &kube::Client, deployment: &Value, service: &Value) {
         .unwrap();
 }
 
+/// Create (or update) stack `name` of app `e2e` from `body`, waiting for it; its outputs.
+async fn stack(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+    body: &str,
+    params: &[(&str, &str)],
+) -> std::collections::HashMap<String, String> {
+    use aws_sdk_cloudformation::types::Parameter;
+    let params: Vec<Parameter> = params
+        .iter()
+        .map(|(k, v)| {
+            Parameter::builder()
+                .parameter_key(*k)
+                .parameter_value(*v)
+                .build()
+        })
+        .collect();
+    let exists = cfn.describe_stacks().stack_name(name).send().await.is_ok();
+    if exists {
+        cfn.update_stack()
+            .stack_name(name)
+            .template_body(body)
+            .set_parameters(Some(params))
+            .send()
+            .await
+            .unwrap();
+    } else {
+        cfn.create_stack()
+            .stack_name(name)
+            .template_body(body)
+            .set_parameters(Some(params))
+            .send()
+            .await
+            .unwrap();
+    }
+    eventually("the stack", Duration::from_secs(30), || async {
+        let d = cfn.describe_stacks().stack_name(name).send().await.ok()?;
+        let s = d.stacks()[0].clone();
+        let status = s.stack_status()?.as_str().to_string();
+        assert!(
+            !status.contains("FAILED") && !status.contains("ROLLBACK"),
+            "{name}: {status}"
+        );
+        status.ends_with("_COMPLETE").then(|| {
+            s.outputs()
+                .iter()
+                .map(|o| {
+                    (
+                        o.output_key().unwrap().to_string(),
+                        o.output_value().unwrap().to_string(),
+                    )
+                })
+                .collect()
+        })
+    })
+    .await
+}
+
+fn template(name: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../cloudformation/{name}.yaml")),
+    )
+    .unwrap()
+}
+
+/// The network and cluster stacks of app `e2e`, as `release up` makes them (the cluster's
+/// template as given); what the load balancer controller is installed for.
+async fn cluster_stacks(sb: &Sandbox, cluster_template: &str) -> release::addons::Inputs {
+    let cfn = aws_sdk_cloudformation::Client::new(&sb.aws().await);
+    let net = stack(
+        &cfn,
+        "e2e-network",
+        &template("network"),
+        &[("AppName", "e2e")],
+    )
+    .await;
+    let cluster = stack(
+        &cfn,
+        "e2e-cluster",
+        cluster_template,
+        &[("AppName", "e2e"), ("SubnetIds", &net["PrivateSubnetIds"])],
+    )
+    .await;
+    release::addons::Inputs {
+        cluster: "e2e".into(),
+        region: "us-east-1".into(),
+        vpc_id: net["VpcId"].clone(),
+        role_arn: cluster["LoadBalancerControllerRoleArn"].clone(),
+    }
+}
+
+/// The cluster as `release up` leaves it before the first colour: the stacks, and the AWS Load
+/// Balancer Controller installed by `release`'s own code and ready.
+async fn with_load_balancer_controller(sb: &Sandbox, client: &kube::Client) {
+    let inputs = cluster_stacks(sb, &template("cluster")).await;
+    release::addons::ensure(client, &inputs, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
     let sb = Sandbox::start(&[]);
     let image = push_model_server(&sb).await;
     let client = sb.kube();
     setup(&client).await;
+    with_load_balancer_controller(&sb, &client).await;
     let (deployment, service) = manifests(&image, "blue", None);
     apply(&client, &deployment, &service).await;
 
@@ -298,4 +400,204 @@ async fn crashing_and_unpullable_images_are_reported_as_kubernetes_reports_them(
         (available.status.as_str(), available.reason.as_deref()),
         ("False", Some("MinimumReplicasUnavailable"))
     );
+}
+
+async fn service_address(services: &Api<Service>, name: &str) -> Option<String> {
+    services
+        .get(name)
+        .await
+        .ok()?
+        .status?
+        .load_balancer?
+        .ingress?
+        .first()?
+        .ip
+        .clone()
+}
+
+/// As on EKS with Fargate only: a LoadBalancer Service gets an address only from the AWS Load
+/// Balancer Controller; the controller starts only with CoreDNS running (which needs its add-on's
+/// computeType Fargate) and its role assumable; while its webhook is installed, a Service is
+/// created only if the webhook answers with a certificate its caBundle verifies.
+#[tokio::test]
+async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
+    let sb = Sandbox::start(&[]);
+    let client = sb.kube();
+    setup(&client).await;
+    let services: Api<Service> = Api::namespaced(client.clone(), "app");
+    let (_, svc) = manifests("unused", "early", None);
+    services
+        .patch(
+            "early",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&svc),
+        )
+        .await
+        .unwrap();
+    // CoreDNS as EKS installs it: annotated for EC2, so not scheduled on Fargate.
+    let system: Api<Pod> = Api::namespaced(client.clone(), "kube-system");
+    let unscheduled = eventually("CoreDNS pending", Duration::from_secs(10), || async {
+        let pods = system
+            .list(&ListParams::default().labels("k8s-app=kube-dns"))
+            .await
+            .unwrap();
+        let p = pods.items.first()?.status.clone()?;
+        p.conditions?
+            .into_iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    })
+    .await;
+    assert_eq!(unscheduled.reason.as_deref(), Some("Unschedulable"));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        service_address(&services, "early").await,
+        None,
+        "no controller, no load balancer (the LB delay is 100 ms)"
+    );
+
+    // The cluster stack without its CoreDNS add-on: the controller cannot resolve AWS's names.
+    let full = template("cluster");
+    let (head, rest) = full.split_once("  CoreDnsAddon:").unwrap();
+    let (_, tail) = rest.split_once("\n\n").unwrap();
+    let inputs = cluster_stacks(&sb, &format!("{head}{tail}")).await;
+    let err = release::addons::ensure(&client, &inputs, Duration::from_secs(4))
+        .await
+        .unwrap_err();
+    assert_eq!(err.step, release::addons::STEP);
+    assert!(err.message.contains("no CoreDNS pod is ready"), "{err}");
+    assert!(err.message.contains("coredns: pod"), "{err}");
+    assert!(err.message.contains("is not scheduled"), "{err}");
+
+    // With the add-on, CoreDNS moves to Fargate, the controller starts and serves the Service.
+    let inputs = cluster_stacks(&sb, &full).await;
+    release::addons::ensure(&client, &inputs, Duration::from_secs(40))
+        .await
+        .unwrap();
+    eventually(
+        "the early Service's address",
+        Duration::from_secs(10),
+        || service_address(&services, "early"),
+    )
+    .await;
+
+    // A webhook with no controller behind it refuses every new Service (failurePolicy Fail).
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "kube-system");
+    let scale =
+        |n: i32| json!({"apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": n}});
+    let pp = PatchParams::apply("e2e-scale").force();
+    deployments
+        .patch("aws-load-balancer-controller", &pp, &Patch::Apply(scale(0)))
+        .await
+        .unwrap();
+    eventually(
+        "the controller's pods gone",
+        Duration::from_secs(20),
+        || async {
+            system
+                .list(
+                    &ListParams::default()
+                        .labels("app.kubernetes.io/name=aws-load-balancer-controller"),
+                )
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, late) = manifests("unused", "late", None);
+    let refused = services
+        .patch(
+            "late",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&late),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("failed calling webhook \"mservice.elbv2.k8s.aws\"")
+            && refused.contains("no endpoints available"),
+        "{refused}"
+    );
+
+    // A caBundle that is not the serving certificate's CA: refused too.
+    deployments
+        .patch("aws-load-balancer-controller", &pp, &Patch::Apply(scale(1)))
+        .await
+        .unwrap();
+    let other = release::addons::webhook_tls().unwrap();
+    let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let mut config = hooks.get("aws-load-balancer-webhook").await.unwrap();
+    for w in config.webhooks.iter_mut().flatten() {
+        w.client_config.ca_bundle = Some(k8s_openapi::ByteString(other.ca.clone().into_bytes()));
+    }
+    config.metadata.managed_fields = None;
+    hooks
+        .replace("aws-load-balancer-webhook", &Default::default(), &config)
+        .await
+        .unwrap();
+    let refused = eventually(
+        "refused for its certificate",
+        Duration::from_secs(20),
+        || async {
+            let e = services
+                .patch(
+                    "late",
+                    &PatchParams::apply("e2e").force(),
+                    &Patch::Apply(&late),
+                )
+                .await;
+            let e = match e {
+                Ok(_) => panic!("the Service was admitted with a caBundle of another CA"),
+                Err(e) => e.to_string(),
+            };
+            e.contains("unknown authority").then_some(e)
+        },
+    )
+    .await;
+    assert!(refused.contains("mservice.elbv2.k8s.aws"), "{refused}");
+
+    // A role its service account cannot assume: the controller crashes, saying so.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        Api::namespaced(client.clone(), "kube-system");
+    let bogus = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"annotations": {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/no-such-role"}}});
+    accounts
+        .patch("aws-load-balancer-controller", &pp, &Patch::Apply(bogus))
+        .await
+        .unwrap();
+    system
+        .delete_collection(
+            &DeleteParams::default(),
+            &ListParams::default().labels("app.kubernetes.io/name=aws-load-balancer-controller"),
+        )
+        .await
+        .unwrap();
+    let log = eventually(
+        "the controller's crash",
+        Duration::from_secs(20),
+        || async {
+            let pods = system
+                .list(
+                    &ListParams::default()
+                        .labels("app.kubernetes.io/name=aws-load-balancer-controller"),
+                )
+                .await
+                .unwrap();
+            let name = pods
+                .items
+                .iter()
+                .find(|p| p.metadata.deletion_timestamp.is_none())?
+                .metadata
+                .name
+                .clone()?;
+            let log = system.logs(&name, &LogParams::default()).await.ok()?;
+            log.contains("AssumeRoleWithWebIdentity").then_some(log)
+        },
+    )
+    .await;
+    assert!(log.contains("no-such-role"), "{log}");
 }
