@@ -346,6 +346,35 @@ impl Stacks {
         }
     }
 
+    /// What a ready change set changes, each as "add AWS::EKS::Addon CoreDnsAddon" (DescribeChangeSet's
+    /// ResourceChange: Action, ResourceType, LogicalResourceId); empty when it cannot be read.
+    async fn change_set_changes(&self, id: &str) -> Vec<String> {
+        let Ok(described) = self
+            .cfn
+            .describe_change_set()
+            .change_set_name(id)
+            .send()
+            .await
+        else {
+            return Vec::new();
+        };
+        described
+            .changes()
+            .iter()
+            .filter_map(|c| c.resource_change())
+            .map(|r| {
+                format!(
+                    "{} {} {}",
+                    r.action()
+                        .map(|a| a.as_str().to_lowercase())
+                        .unwrap_or_default(),
+                    r.resource_type().unwrap_or_default(),
+                    r.logical_resource_id().unwrap_or_default()
+                )
+            })
+            .collect()
+    }
+
     /// Create or update the stack to `template` with `parameters`; returns what changed and the
     /// stack's outputs afterwards.
     pub async fn deploy(
@@ -407,6 +436,11 @@ impl Stacks {
             }
             return Err(self.fail(name, format!("the change set failed: {reason}")));
         }
+        let changes = if kind == ChangeSetType::Update {
+            self.change_set_changes(&id).await
+        } else {
+            Vec::new()
+        };
         let since = aws_sdk_cloudformation::primitives::DateTime::from(
             std::time::SystemTime::now() - Duration::from_secs(1),
         );
@@ -428,7 +462,7 @@ impl Stacks {
             let change = match (kind, recreated) {
                 (ChangeSetType::Create, true) => Change::Recreate { resources },
                 (ChangeSetType::Create, false) => Change::Create { resources },
-                _ => Change::Update { changes: vec![] },
+                _ => Change::Update { changes },
             };
             return Ok((change, after));
         }

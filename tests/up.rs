@@ -48,6 +48,13 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
         "{plan}"
     );
     assert_eq!(plan["dry run"], "nothing was changed");
+    assert!(
+        plan["load balancer controller"]
+            .as_str()
+            .unwrap()
+            .starts_with("install the AWS Load Balancer Controller v3.5.0 once the cluster exists"),
+        "{plan}"
+    );
     let s3 = s3(&sb).await;
     assert!(
         s3.list_buckets().send().await.unwrap().buckets().is_empty(),
@@ -79,6 +86,9 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
         .await
         .unwrap();
     assert_eq!(network.stacks()[0].role_arn(), Some(role));
+
+    let dry = summary(&release(&sb, &cfg, &["up", "--dry-run"]));
+    assert_eq!(dry["load balancer controller"], "v3.5.0 in place", "{dry}");
 
     let second = release(&sb, &cfg, &["up"]);
     succeeded(&second, "second up");
@@ -115,6 +125,23 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
             .starts_with("sha256:")
     );
     assert!(releases[0]["steps"].as_array().unwrap().len() >= 4);
+    let ran = |r: &serde_json::Value, step: &str| {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == step)
+    };
+    assert!(
+        ran(&releases[0], "load balancer controller"),
+        "the first run installs the controller: {}",
+        releases[0]
+    );
+    assert!(
+        !ran(&releases[1], "load balancer controller"),
+        "the second finds it in place: {}",
+        releases[1]
+    );
     assert!(
         object(&s3, "apps/iris/lock.json").await.is_none(),
         "the lock is released"
@@ -244,6 +271,68 @@ async fn bad_configs_and_a_failing_stack_get_their_errors_and_exit_codes() {
             .as_str()
             .unwrap()
             .starts_with("delete the stack left by a failed create")
+    );
+}
+
+/// A cluster stack from before CoreDNS ran on Fargate (no add-on): EKS's CoreDNS is never
+/// scheduled, the load balancer controller cannot resolve AWS's endpoints, and `up` stops before
+/// any colour with the reason, leaving nothing half-done; with the stack as it is now, the next
+/// `up` adds the add-on and releases.
+#[tokio::test]
+async fn without_coredns_on_fargate_up_stops_before_the_first_colour_and_says_why() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("cfg");
+    let old = dir.join("cloudformation");
+    std::fs::create_dir_all(&old).unwrap();
+    for entry in std::fs::read_dir(workspace().join("cloudformation")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, old.join(path.file_name().unwrap())).unwrap();
+    }
+    let cluster = std::fs::read_to_string(old.join("cluster.yaml")).unwrap();
+    let (head, rest) = cluster.split_once("  CoreDnsAddon:").unwrap();
+    let (_, tail) = rest.split_once("\n\n").unwrap();
+    std::fs::write(old.join("cluster.yaml"), format!("{head}{tail}")).unwrap();
+    let good = config(&dir, "");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let bad = dir.join("old.yaml");
+    std::fs::write(
+        &bad,
+        text.replace(
+            &format!(
+                "templates: {}\n",
+                workspace().join("cloudformation").display()
+            ),
+            &format!("templates: {}\n", old.display()),
+        )
+        .replace("deploy:\n", "deploy:\n  controller_timeout_seconds: 5\n"),
+    )
+    .unwrap();
+    let out = release(&sb, &bad, &["up"]);
+    exits_with(&out, 5);
+    let s = summary(&out);
+    let error = s["error"].as_str().unwrap();
+    assert_eq!(s["step"], "load balancer controller", "{s}");
+    assert!(
+        error.contains("no CoreDNS pod is ready") && error.contains("is not scheduled"),
+        "{s}"
+    );
+    assert_eq!(
+        common::deployments(&sb),
+        Vec::<String>::new(),
+        "no colour was deployed"
+    );
+    let s3 = s3(&sb).await;
+    assert!(object(&s3, "apps/iris/lock.json").await.is_none());
+
+    let out = release(&sb, &good, &["up"]);
+    succeeded(&out, "up with the add-on");
+    assert!(
+        summary(&out)["iris-cluster"]
+            .as_str()
+            .unwrap()
+            .contains("add AWS::EKS::Addon CoreDnsAddon"),
+        "{}",
+        summary(&out)
     );
 }
 
