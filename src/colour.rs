@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::error::{Exit, Failure, Result};
+use crate::wait::{self, Check, Deadline};
 
 pub const COLOURS: [&str; 2] = ["blue", "green"];
 pub const MANAGER: &str = "release";
@@ -170,26 +171,33 @@ pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) 
     for m in manifests.iter().filter(|m| m["kind"] == "Service") {
         let name = m["metadata"]["name"].as_str().unwrap_or_default();
         let services = Api::<Service>::namespaced(client.clone(), ns);
-        let start = Instant::now();
         let timeout = Duration::from_secs(config.deploy.address_timeout_seconds);
-        while services
-            .get_opt(name)
-            .await
-            .map_err(kube_err(step))?
-            .is_some_and(|s| s.metadata.deletion_timestamp.is_some())
-        {
-            if start.elapsed() > timeout {
-                return Err(failure(
+        wait::until(
+            Deadline::new(timeout, Duration::from_millis(500)),
+            async || {
+                let deleting = services
+                    .get_opt(name)
+                    .await
+                    .map_err(kube_err(step))?
+                    .is_some_and(|s| s.metadata.deletion_timestamp.is_some());
+                Ok(if deleting {
+                    Check::Pending(())
+                } else {
+                    Check::Done(())
+                })
+            },
+            |(), _| {
+                failure(
                     Exit::Deploy,
                     step,
                     format!(
                         "Service {name} is still being deleted after {timeout:?} (its load balancer is not gone)"
                     ),
                     "check the AWS Load Balancer Controller's logs, then re-run",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+                )
+            },
+        )
+        .await?;
     }
     for m in manifests {
         let name = m["metadata"]["name"].as_str().unwrap_or_default();
@@ -265,34 +273,42 @@ pub async fn wait_load_balancers_gone(
     let services = Api::<Service>::namespaced(client.clone(), ns);
     let namespaces = Api::<Namespace>::all(client.clone());
     let start = Instant::now();
-    loop {
-        let mut left: Vec<String> = Vec::new();
-        for c in COLOURS {
-            let n = name(config, c);
-            if services
-                .get_opt(&n)
-                .await
-                .map_err(kube_err("load balancers"))?
-                .is_some()
-            {
-                left.push(format!("Service {n}"));
+    wait::until(
+        Deadline::new(timeout, Duration::from_millis(500)),
+        async || {
+            let mut left: Vec<String> = Vec::new();
+            for c in COLOURS {
+                let n = name(config, c);
+                if services
+                    .get_opt(&n)
+                    .await
+                    .map_err(kube_err("load balancers"))?
+                    .is_some()
+                {
+                    left.push(format!("Service {n}"));
+                }
             }
-        }
-        let namespace = namespaces
-            .get_opt(ns)
-            .await
-            .map_err(kube_err("load balancers"))?;
-        if namespace
-            .as_ref()
-            .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
-        {
-            left.push(format!("namespace {ns} (terminating)"));
-        }
-        if left.is_empty() {
-            return Ok(format!("gone after {:.0} s", start.elapsed().as_secs_f64()));
-        }
-        if start.elapsed() > timeout {
-            return Err(failure(
+            let namespace = namespaces
+                .get_opt(ns)
+                .await
+                .map_err(kube_err("load balancers"))?;
+            if namespace
+                .as_ref()
+                .is_some_and(|n| n.metadata.deletion_timestamp.is_some())
+            {
+                left.push(format!("namespace {ns} (terminating)"));
+            }
+            if left.is_empty() {
+                return Ok(Check::Done(format!(
+                    "gone after {:.0} s",
+                    start.elapsed().as_secs_f64()
+                )));
+            }
+            progress(format!("waiting for {}", left.join(", ")));
+            Ok(Check::Pending(left))
+        },
+        |left, _| {
+            failure(
                 Exit::Aws,
                 "load balancers",
                 format!(
@@ -300,11 +316,10 @@ pub async fn wait_load_balancers_gone(
                     left.join(", ")
                 ),
                 "check the controller's logs (kubectl -n kube-system logs deploy/aws-load-balancer-controller) and the load balancers in the EC2 console, then re-run release destroy; it continues",
-            ));
-        }
-        progress(format!("waiting for {}", left.join(", ")));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            )
+        },
+    )
+    .await
 }
 
 pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
@@ -483,122 +498,145 @@ pub async fn wait_rollout(
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!(
         "app.kubernetes.io/name={},release/colour={colour}",
         config.app
     );
-    let start = Instant::now();
     let mut last = String::new();
     let mut pulling_since: BTreeMap<String, Instant> = BTreeMap::new();
-    loop {
-        let d = deployments.get(&n).await.map_err(kube_err(step))?;
-        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let generation = d.metadata.generation.unwrap_or(0);
-        let st = d.status.clone().unwrap_or_default();
-        let (updated, ready, available) = (
-            st.updated_replicas.unwrap_or(0),
-            st.ready_replicas.unwrap_or(0),
-            st.available_replicas.unwrap_or(0),
-        );
-        let line = format!("pods ready {ready}/{want}");
-        if line != last {
-            progress(line.clone());
-            last = line;
-        }
-        if st.observed_generation.unwrap_or(0) >= generation
-            && updated == want
-            && ready == want
-            && available == want
-            && st.replicas.unwrap_or(0) == want
-        {
-            return Ok(());
-        }
-        for p in pods
-            .list(&ListParams::default().labels(&selector))
-            .await
-            .map_err(kube_err(step))?
-            .items
-        {
-            let pod_name = p.metadata.name.clone().unwrap_or_default();
-            for cs in p
-                .status
-                .as_ref()
-                .and_then(|s| s.container_statuses.clone())
-                .unwrap_or_default()
-            {
-                let waiting = cs.state.as_ref().and_then(|s| s.waiting.clone());
-                let key = format!("{pod_name}/{}", cs.name);
-                let Some(w) = waiting else {
-                    pulling_since.remove(&key);
-                    continue;
-                };
-                let reason = w.reason.clone().unwrap_or_default();
-                let failing_for = if reason.contains("Pull") {
-                    pulling_since
-                        .entry(key)
-                        .or_insert_with(Instant::now)
-                        .elapsed()
-                } else {
-                    pulling_since.remove(&key);
-                    Duration::ZERO
-                };
-                if hopeless(&reason, cs.restart_count, failing_for) {
-                    let mut events = recent_events(client, ns, &pod_name).await;
-                    if reason == "CrashLoopBackOff" {
-                        let lp = kube::api::LogParams {
-                            tail_lines: Some(8),
-                            ..Default::default()
-                        };
-                        if let Ok(log) = pods.logs(&pod_name, &lp).await
-                            && !log.trim().is_empty()
-                        {
-                            events.push_str(&format!(
-                                "\n    last log lines:\n      {}",
-                                log.trim_end().replace('\n', "\n      ")
-                            ));
-                        }
-                    }
-                    return Err(failure(
-                        Exit::Deploy,
-                        step,
-                        format!(
-                            "pod {pod_name}: {reason}: {}{}",
-                            w.message.unwrap_or_default(),
-                            events
-                        ),
-                        if reason.contains("Pull") || reason == "InvalidImageName" {
-                            "check that the image exists in ECR and that the pods may pull it; the candidate was torn down"
-                        } else {
-                            "read the pod's log (kubectl logs) and events above; the candidate was torn down"
-                        },
-                    ));
-                }
+    wait::until(
+        Deadline::new(timeout, Duration::from_millis(500)),
+        async || {
+            let d = deployments.get(&n).await.map_err(kube_err(step))?;
+            let (done, line) = rolled_out(&d);
+            if line != last {
+                progress(line.clone());
+                last = line;
             }
-        }
-        if let Some(c) = st.conditions.unwrap_or_default().into_iter().find(|c| {
-            c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        }) {
-            return Err(failure(
-                Exit::Deploy,
-                step,
-                format!(
-                    "{n}: ProgressDeadlineExceeded: {}",
-                    c.message.unwrap_or_default()
-                ),
-                "the pods never became ready; see their events; the candidate was torn down",
-            ));
-        }
-        if start.elapsed() > timeout {
-            return Err(failure(
+            if done {
+                return Ok(Check::Done(()));
+            }
+            no_stuck_pod(client, ns, &selector, &mut pulling_since).await?;
+            let st = d.status.clone().unwrap_or_default();
+            if let Some(c) = st.conditions.unwrap_or_default().into_iter().find(|c| {
+                c.type_ == "Progressing" && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+            }) {
+                return Err(failure(
+                    Exit::Deploy,
+                    step,
+                    format!(
+                        "{n}: ProgressDeadlineExceeded: {}",
+                        c.message.unwrap_or_default()
+                    ),
+                    "the pods never became ready; see their events; the candidate was torn down",
+                ));
+            }
+            Ok(Check::Pending(last.clone()))
+        },
+        |last, _| {
+            failure(
                 Exit::Deploy,
                 step,
                 format!("{n}: not ready after {timeout:?} ({last})"),
                 "see the pods' events; raise deploy.rollout_timeout_seconds if the image is slow to start",
-            ));
+            )
+        },
+    )
+    .await
+}
+
+/// Whether every replica of `d` is updated, ready and available, and the progress line to show.
+fn rolled_out(d: &Deployment) -> (bool, String) {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let generation = d.metadata.generation.unwrap_or(0);
+    let st = d.status.clone().unwrap_or_default();
+    let (updated, ready, available) = (
+        st.updated_replicas.unwrap_or(0),
+        st.ready_replicas.unwrap_or(0),
+        st.available_replicas.unwrap_or(0),
+    );
+    let done = st.observed_generation.unwrap_or(0) >= generation
+        && updated == want
+        && ready == want
+        && available == want
+        && st.replicas.unwrap_or(0) == want;
+    (done, format!("pods ready {ready}/{want}"))
+}
+
+/// Fails when one of the colour's pods cannot come up by waiting (a crash loop, an image that
+/// cannot be pulled for `PULL_GRACE`), naming the pod, the reason, its events and last log lines.
+/// `pulling_since` remembers, across looks, since when each container has been failing to pull.
+async fn no_stuck_pod(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+    pulling_since: &mut BTreeMap<String, Instant>,
+) -> Result<()> {
+    let step = "rollout";
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    for p in pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(kube_err(step))?
+        .items
+    {
+        let pod_name = p.metadata.name.clone().unwrap_or_default();
+        for cs in p
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default()
+        {
+            let waiting = cs.state.as_ref().and_then(|s| s.waiting.clone());
+            let key = format!("{pod_name}/{}", cs.name);
+            let Some(w) = waiting else {
+                pulling_since.remove(&key);
+                continue;
+            };
+            let reason = w.reason.clone().unwrap_or_default();
+            let failing_for = if reason.contains("Pull") {
+                pulling_since
+                    .entry(key)
+                    .or_insert_with(Instant::now)
+                    .elapsed()
+            } else {
+                pulling_since.remove(&key);
+                Duration::ZERO
+            };
+            if hopeless(&reason, cs.restart_count, failing_for) {
+                let mut events = recent_events(client, ns, &pod_name).await;
+                if reason == "CrashLoopBackOff" {
+                    let lp = kube::api::LogParams {
+                        tail_lines: Some(8),
+                        ..Default::default()
+                    };
+                    if let Ok(log) = pods.logs(&pod_name, &lp).await
+                        && !log.trim().is_empty()
+                    {
+                        events.push_str(&format!(
+                            "\n    last log lines:\n      {}",
+                            log.trim_end().replace('\n', "\n      ")
+                        ));
+                    }
+                }
+                return Err(failure(
+                    Exit::Deploy,
+                    step,
+                    format!(
+                        "pod {pod_name}: {reason}: {}{}",
+                        w.message.unwrap_or_default(),
+                        events
+                    ),
+                    if reason.contains("Pull") || reason == "InvalidImageName" {
+                        "check that the image exists in ECR and that the pods may pull it; the candidate was torn down"
+                    } else {
+                        "read the pod's log (kubectl logs) and events above; the candidate was torn down"
+                    },
+                ));
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
 }
 
 async fn recent_events(client: &kube::Client, ns: &str, pod: &str) -> String {
@@ -642,30 +680,33 @@ pub async fn wait_address(
     let services: Api<Service> = Api::namespaced(client.clone(), &config.deploy.namespace);
     let n = name(config, colour);
     let http = crate::smoke::http_client(Duration::from_secs(5));
-    let start = Instant::now();
-    loop {
-        let s = services.get(&n).await.map_err(kube_err(step))?;
-        if let Some(addr) = address_of(&s) {
-            let url = format!("http://{addr}:{}/healthz", config.deploy.service_port);
-            if http
-                .get(&url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Ok(addr);
+    wait::until(
+        Deadline::new(timeout, Duration::from_millis(300)),
+        async || {
+            let s = services.get(&n).await.map_err(kube_err(step))?;
+            if let Some(addr) = address_of(&s) {
+                let url = format!("http://{addr}:{}/healthz", config.deploy.service_port);
+                if http
+                    .get(&url)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    return Ok(Check::Done(addr));
+                }
             }
-        }
-        if start.elapsed() > timeout {
-            return Err(failure(
+            Ok(Check::Pending(()))
+        },
+        |(), _| {
+            failure(
                 Exit::Deploy,
                 step,
                 format!("{n} has no load-balancer address that answers after {timeout:?}"),
                 "check the AWS Load Balancer Controller and the public subnets' tags, or raise deploy.address_timeout_seconds; the candidate was torn down",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            )
+        },
+    )
+    .await
 }
 
 /// Which colour the edge serves: the one whose load-balancer address is the edge stack's origin.

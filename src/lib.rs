@@ -19,3 +19,4 @@ pub mod stacks;
 pub mod state;
 pub mod store;
 pub mod up;
+pub mod wait;

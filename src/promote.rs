@@ -120,23 +120,21 @@ pub async fn wait_public(
     timeout: Duration,
 ) -> std::result::Result<(), String> {
     let http = crate::smoke::http_client(Duration::from_secs(5));
-    let start = Instant::now();
-    loop {
-        let last = match http.get(format!("{url}/version")).send().await {
-            Ok(r) => match r.json::<Value>().await {
-                Ok(v) if v["colour"] == colour => return Ok(()),
-                Ok(v) => format!("answered by {}", v["colour"]),
-                Err(e) => e.to_string(),
-            },
-            Err(e) => e.to_string(),
-        };
-        if start.elapsed() > timeout {
-            return Err(format!(
-                "{url} did not answer from {colour} within {timeout:?} ({last})"
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    crate::wait::until(
+        crate::wait::Deadline::new(timeout, Duration::from_millis(250)),
+        async || {
+            Ok(match http.get(format!("{url}/version")).send().await {
+                Ok(r) => match r.json::<Value>().await {
+                    Ok(v) if v["colour"] == colour => crate::wait::Check::Done(()),
+                    Ok(v) => crate::wait::Check::Pending(format!("answered by {}", v["colour"])),
+                    Err(e) => crate::wait::Check::Pending(e.to_string()),
+                },
+                Err(e) => crate::wait::Check::Pending(e.to_string()),
+            })
+        },
+        |last, _| format!("{url} did not answer from {colour} within {timeout:?} ({last})"),
+    )
+    .await
 }
 
 /// Which flip: promote (to the tested candidate) or rollback (to the previous colour).

@@ -3,11 +3,13 @@
 //! progress, and on failure the failed events (resource, status, reason).
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_cloudformation::types::{Capability, ChangeSetStatus, ChangeSetType, Parameter, Stack};
 
 use crate::error::{Exit, Failure, Result, sdk};
+use crate::plan::stack::StackPhase;
+use crate::wait::{self, Check, Deadline};
 
 /// The parameters the code sends and the outputs it reads, per template: checked against the
 /// templates by a test, so neither side can drift.
@@ -76,7 +78,18 @@ impl Observed {
     }
 
     pub fn exists(&self) -> bool {
-        self.status.is_some()
+        self.phase() != StackPhase::Absent
+    }
+
+    pub fn phase(&self) -> StackPhase {
+        StackPhase::of(self.status.as_deref())
+    }
+
+    /// The status as CloudFormation names it; a stack that does not exist is `DELETE_COMPLETE`.
+    pub fn status_text(&self) -> String {
+        self.status
+            .clone()
+            .unwrap_or_else(|| "DELETE_COMPLETE".into())
     }
 
     pub fn output(&self, stack: &str, key: &str) -> Result<String> {
@@ -239,22 +252,20 @@ impl Stacks {
         parameters: &[(String, String)],
     ) -> Result<Change> {
         let observed = self.observe(name).await?;
-        match observed.status.as_deref() {
-            None | Some("REVIEW_IN_PROGRESS") => {
+        // As `deploy` decides: it recreates a stack with nothing in it, refuses a failed one, and
+        // waits for one in progress (the plan is then of the stack as it is now).
+        match observed.phase() {
+            StackPhase::Absent => {
                 return Ok(Change::Create {
                     resources: resources_of(template),
                 });
             }
-            Some("ROLLBACK_COMPLETE") => {
+            p if p.recreate() => {
                 return Ok(Change::Recreate {
                     resources: resources_of(template),
                 });
             }
-            // As `deploy` decides: it refuses a failed stack, and waits for one in progress (the
-            // plan is then of the stack as it is now).
-            Some(s) if s.ends_with("_FAILED") => {
-                return Err(left_failed(name, s));
-            }
+            StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
             _ => {}
         }
         let current = self
@@ -318,32 +329,35 @@ impl Stacks {
                 return Err(self.fail(name, format!("creating a change set: {text}")));
             }
         };
-        let start = Instant::now();
-        loop {
-            let d = self
-                .cfn
-                .describe_change_set()
-                .change_set_name(&id)
-                .send()
-                .await
-                .map_err(|e| self.fail(name, sdk(e)))?;
-            match d.status() {
-                Some(ChangeSetStatus::CreateComplete) => {
-                    return Ok((id, ChangeSetStatus::CreateComplete, String::new()));
-                }
-                Some(ChangeSetStatus::Failed) => {
-                    return Ok((
-                        id,
+        let (status, reason) = wait::until(
+            self.deadline(),
+            async || {
+                let d = self
+                    .cfn
+                    .describe_change_set()
+                    .change_set_name(&id)
+                    .send()
+                    .await
+                    .map_err(|e| self.fail(name, sdk(e)))?;
+                Ok(match d.status() {
+                    Some(ChangeSetStatus::CreateComplete) => {
+                        Check::Done((ChangeSetStatus::CreateComplete, String::new()))
+                    }
+                    Some(ChangeSetStatus::Failed) => Check::Done((
                         ChangeSetStatus::Failed,
                         d.status_reason().unwrap_or_default().to_string(),
-                    ));
-                }
-                _ if start.elapsed() > self.timeout => {
-                    return Err(self.fail(name, "the change set was not ready in time".into()));
-                }
-                _ => tokio::time::sleep(self.poll).await,
-            }
-        }
+                    )),
+                    _ => Check::Pending(()),
+                })
+            },
+            |(), _| self.fail(name, "the change set was not ready in time".into()),
+        )
+        .await?;
+        Ok((id, status, reason))
+    }
+
+    fn deadline(&self) -> Deadline {
+        Deadline::new(self.timeout, self.poll)
     }
 
     /// What a ready change set changes, each as "add AWS::EKS::Addon CoreDnsAddon" (DescribeChangeSet's
@@ -398,20 +412,30 @@ impl Stacks {
     ) -> Result<(Change, Observed)> {
         let mut observed = self.observe(name).await?;
         let mut recreated = false;
-        match observed.status.as_deref() {
-            Some("ROLLBACK_COMPLETE") | Some("REVIEW_IN_PROGRESS") => {
+        match observed.phase() {
+            p if p.recreate() => {
                 progress("deleting the stack an earlier failed create left behind");
                 self.delete(name, &mut progress).await?;
                 observed = Observed::default();
                 recreated = true;
             }
-            Some(s) if s.ends_with("_IN_PROGRESS") => {
+            StackPhase::InProgress => {
+                let s = observed.status_text();
                 progress(&format!("waiting for the operation in progress ({s})"));
                 observed = self.wait(name, &mut progress).await?;
+                match observed.phase() {
+                    StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
+                    // A create that failed while we waited: deleted and made again, as above.
+                    p if p.recreate() => {
+                        progress("deleting the stack an earlier failed create left behind");
+                        self.delete(name, &mut progress).await?;
+                        observed = Observed::default();
+                        recreated = true;
+                    }
+                    _ => {}
+                }
             }
-            Some(s) if s.ends_with("_FAILED") => {
-                return Err(left_failed(name, s));
-            }
+            StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
             _ => {}
         }
         let kind = if observed.exists() {
@@ -456,7 +480,7 @@ impl Stacks {
             .await
             .map_err(|e| self.fail(name, format!("executing the change set: {}", sdk(e))))?;
         let after = self.wait(name, &mut progress).await?;
-        let status = after.status.clone().unwrap_or_default();
+        let status = after.status_text();
         if status == "CREATE_COMPLETE" || status == "UPDATE_COMPLETE" {
             let resources = resources_of(template);
             let change = match (kind, recreated) {
@@ -471,7 +495,7 @@ impl Stacks {
             Exit::Aws,
             format!("stack {name}"),
             format!("the stack ended in {status}{}", listed(&events)),
-            if status == "ROLLBACK_COMPLETE" {
+            if after.phase() == StackPhase::FailedCreate {
                 "fix the cause above and re-run; release deletes the failed stack and creates it again".to_string()
             } else {
                 "fix the cause above and re-run; the stack was rolled back to its previous state"
@@ -481,28 +505,32 @@ impl Stacks {
     }
 
     async fn wait(&self, name: &str, progress: &mut impl FnMut(&str)) -> Result<Observed> {
-        let start = Instant::now();
         let mut last = String::new();
-        loop {
-            let o = self.observe(name).await?;
-            let status = o.status.clone().unwrap_or_else(|| "DELETE_COMPLETE".into());
-            if status != last {
-                progress(&status);
-                last = status.clone();
-            }
-            if !status.ends_with("_IN_PROGRESS") {
-                return Ok(o);
-            }
-            if start.elapsed() > self.timeout {
-                return Err(Failure::new(
+        wait::until(
+            self.deadline(),
+            async || {
+                let o = self.observe(name).await?;
+                let status = o.status_text();
+                if status != last {
+                    progress(&status);
+                    last = status.clone();
+                }
+                Ok(if o.phase().settled() {
+                    Check::Done(o)
+                } else {
+                    Check::Pending(status)
+                })
+            },
+            |status, _| {
+                Failure::new(
                     Exit::Aws,
                     format!("stack {name}"),
                     format!("still {status} after {:?}", self.timeout),
                     "wait for CloudFormation to finish, then re-run (stacks.timeout_minutes sets the wait)",
-                ));
-            }
-            tokio::time::sleep(self.poll).await;
-        }
+                )
+            },
+        )
+        .await
     }
 
     pub async fn delete(&self, name: &str, progress: &mut impl FnMut(&str)) -> Result<()> {
@@ -516,15 +544,16 @@ impl Stacks {
             .await
             .map_err(|e| self.fail(name, format!("deleting: {}", sdk(e))))?;
         let o = self.wait(name, progress).await?;
-        match o.status.as_deref() {
-            None | Some("DELETE_COMPLETE") => Ok(()),
-            // The resources that could not be deleted, and why (often something made outside the
-            // stack in its VPC: a load balancer's network interface).
-            Some(s) => {
-                let events = self.failed_events(name, since).await;
-                Err(self.fail(name, format!("delete ended in {s}{}", listed(&events))))
-            }
+        if o.phase() == StackPhase::Absent {
+            return Ok(());
         }
+        // The resources that could not be deleted, and why (often something made outside the
+        // stack in its VPC: a load balancer's network interface).
+        let events = self.failed_events(name, since).await;
+        Err(self.fail(
+            name,
+            format!("delete ended in {}{}", o.status_text(), listed(&events)),
+        ))
     }
 
     /// "resource (type) STATUS: reason" for every failed event since `since`.
