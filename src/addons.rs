@@ -5,10 +5,14 @@
 //! webhook certificate made here once and kept, and waited for: the controller's Service webhook
 //! has failurePolicy Fail, so a colour applied before it answers would be refused.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, DynamicObject, ListParams, LogParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde::Deserialize;
@@ -25,6 +29,9 @@ pub const NAMESPACE: &str = "kube-system";
 pub const CONTROLLER: &str = "aws-load-balancer-controller";
 const COREDNS: &str = "coredns";
 const WEBHOOK_SECRET: &str = "aws-load-balancer-tls";
+const WEBHOOK_SERVICE: &str = "aws-load-balancer-webhook-service";
+/// The name of both webhook configurations, mutating and validating.
+const WEBHOOKS: &str = "aws-load-balancer-webhook";
 const WEBHOOK_HOST: &str = "aws-load-balancer-webhook-service.kube-system.svc";
 const MANIFEST: &str = include_str!("../kube-templates/addons/aws-load-balancer-controller.yaml");
 pub const STEP: &str = "load balancer controller";
@@ -152,8 +159,14 @@ pub fn render(inputs: &Inputs, tls: &WebhookTls) -> std::result::Result<Vec<Valu
 pub enum Installed {
     /// No controller Deployment.
     Missing,
-    /// Installed by `release` for these inputs (the hash), or not (another version, by hand).
-    Present { hash: Option<String>, ready: bool },
+    /// Installed by `release` for these inputs (the hash), or not (another version, by hand);
+    /// `drift` names what of the rest is missing or no longer matches (the Secret, the webhook
+    /// Service, the webhook configurations and their caBundle), which only a re-apply repairs.
+    Present {
+        hash: Option<String>,
+        ready: bool,
+        drift: Option<String>,
+    },
 }
 
 /// What to do about the controller (pure): None when it is installed for these inputs and ready.
@@ -163,7 +176,14 @@ pub fn decide(installed: &Installed, inputs: &Inputs) -> Option<String> {
             "install the AWS Load Balancer Controller {LB_CONTROLLER_VERSION} in {NAMESPACE} (IRSA role {}, VPC {})",
             inputs.role_arn, inputs.vpc_id
         )),
-        Installed::Present { hash, ready } if hash.as_deref() == Some(&fingerprint(inputs)) => {
+        Installed::Present {
+            hash,
+            drift: Some(drift),
+            ..
+        } if hash.as_deref() == Some(&fingerprint(inputs)) => Some(format!(
+            "repair the AWS Load Balancer Controller {LB_CONTROLLER_VERSION}: {drift}"
+        )),
+        Installed::Present { hash, ready, .. } if hash.as_deref() == Some(&fingerprint(inputs)) => {
             (!ready).then(|| {
                 format!(
                     "wait for the AWS Load Balancer Controller {LB_CONTROLLER_VERSION} to be ready"
@@ -201,9 +221,71 @@ pub async fn observe(client: &kube::Client) -> Result<Installed> {
                     .and_then(|a| a.get("release/addon-hash"))
                     .cloned(),
                 ready: available(&d),
+                drift: drift(client).await?,
             },
         },
     )
+}
+
+/// What of the controller's other objects is missing or stale: a run that stopped between its
+/// applies, a Secret deleted by hand (restarted pods cannot mount it), a webhook whose caBundle is
+/// not the kept certificate's CA (every Service is then refused, "unknown authority").
+async fn drift(client: &kube::Client) -> Result<Option<String>> {
+    let Some(tls) = kept_tls(client).await? else {
+        return Ok(Some(format!(
+            "the webhook certificate's Secret {WEBHOOK_SECRET} is missing or incomplete"
+        )));
+    };
+    let services = Api::<Service>::namespaced(client.clone(), NAMESPACE);
+    if services
+        .get_opt(WEBHOOK_SERVICE)
+        .await
+        .map_err(kube_err)?
+        .is_none()
+    {
+        return Ok(Some(format!(
+            "the webhook Service {WEBHOOK_SERVICE} is missing"
+        )));
+    }
+    let ca = tls.ca.into_bytes();
+    let stale = |bundles: Vec<Option<&ByteString>>| {
+        bundles.is_empty() || bundles.iter().any(|b| b.is_none_or(|b| b.0 != ca))
+    };
+    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone())
+        .get_opt(WEBHOOKS)
+        .await
+        .map_err(kube_err)?;
+    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .get_opt(WEBHOOKS)
+        .await
+        .map_err(kube_err)?;
+    Ok(match (mutating, validating) {
+        (None, _) => Some(format!(
+            "the MutatingWebhookConfiguration {WEBHOOKS} is missing"
+        )),
+        (_, None) => Some(format!(
+            "the ValidatingWebhookConfiguration {WEBHOOKS} is missing"
+        )),
+        (Some(m), Some(v)) => {
+            let m: Vec<_> = m
+                .webhooks
+                .iter()
+                .flatten()
+                .map(|w| w.client_config.ca_bundle.as_ref())
+                .collect();
+            let v: Vec<_> = v
+                .webhooks
+                .iter()
+                .flatten()
+                .map(|w| w.client_config.ca_bundle.as_ref())
+                .collect();
+            (stale(m) || stale(v)).then(|| {
+                format!(
+                    "the webhooks' caBundle is not the CA of the certificate in {WEBHOOK_SECRET}"
+                )
+            })
+        }
+    })
 }
 
 /// The webhook certificate kept in its Secret, when it is whole.
@@ -340,7 +422,7 @@ pub async fn ensure(
     let Some(what) = decide(&installed, inputs) else {
         return Ok(None);
     };
-    if !matches!(installed, Installed::Present { ref hash, .. } if hash.as_deref() == Some(&fingerprint(inputs)))
+    if !matches!(installed, Installed::Present { ref hash, drift: None, .. } if hash.as_deref() == Some(&fingerprint(inputs)))
     {
         let tls = match kept_tls(client).await? {
             Some(t) => t,
@@ -353,27 +435,36 @@ pub async fn ensure(
         }
     }
     let deployments = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
-    let start = Instant::now();
-    loop {
-        let mut ready = true;
-        for name in [COREDNS, CONTROLLER] {
-            let d = deployments.get_opt(name).await.map_err(kube_err)?;
-            ready &= d.as_ref().is_some_and(available);
-        }
-        if ready {
-            return Ok(Some(what));
-        }
-        if start.elapsed() > timeout {
-            return Err(failure(
-                format!(
-                    "the AWS Load Balancer Controller is not ready after {} s: {}",
-                    timeout.as_secs(),
-                    why_not_ready(client).await
-                ),
-                "see docs/runbook.md (load balancer controller): the CoreDNS add-on must run on Fargate, the controller's role must trust the cluster's OIDC provider; then re-run release up",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // A check's error is `Some`; the deadline passing is `None`, answered below with another look
+    // at the pods (their reasons and last log line), which the timeout callback cannot await.
+    let ready = crate::wait::until(
+        crate::wait::Deadline::new(timeout, Duration::from_millis(500)),
+        async || {
+            for name in [COREDNS, CONTROLLER] {
+                let d = deployments
+                    .get_opt(name)
+                    .await
+                    .map_err(|e| Some(kube_err(e)))?;
+                if !d.as_ref().is_some_and(available) {
+                    return Ok(crate::wait::Check::Pending(()));
+                }
+            }
+            Ok(crate::wait::Check::Done(()))
+        },
+        |(), _| None,
+    )
+    .await;
+    match ready {
+        Ok(()) => Ok(Some(what)),
+        Err(Some(e)) => Err(e),
+        Err(None) => Err(failure(
+            format!(
+                "the AWS Load Balancer Controller is not ready after {} s: {}",
+                timeout.as_secs(),
+                why_not_ready(client).await
+            ),
+            "see docs/runbook.md (load balancer controller): the CoreDNS add-on must run on Fargate, the controller's role must trust the cluster's OIDC provider; then re-run release up",
+        )),
     }
 }
 
@@ -450,7 +541,8 @@ mod tests {
             decide(
                 &Installed::Present {
                     hash: hash.clone(),
-                    ready: true
+                    ready: true,
+                    drift: None
                 },
                 &i
             ),
@@ -460,7 +552,21 @@ mod tests {
             decide(
                 &Installed::Present {
                     hash: hash.clone(),
-                    ready: false
+                    ready: true,
+                    drift: Some("the webhooks' caBundle is not the CA".into())
+                },
+                &i
+            )
+            .unwrap()
+            .starts_with("repair"),
+            "a ready controller whose webhooks cannot be verified is repaired"
+        );
+        assert!(
+            decide(
+                &Installed::Present {
+                    hash: hash.clone(),
+                    ready: false,
+                    drift: None
                 },
                 &i
             )
@@ -472,15 +578,23 @@ mod tests {
             ..inputs()
         };
         assert!(
-            decide(&Installed::Present { hash, ready: true }, &other_vpc)
-                .unwrap()
-                .starts_with("update")
+            decide(
+                &Installed::Present {
+                    hash,
+                    ready: true,
+                    drift: None
+                },
+                &other_vpc
+            )
+            .unwrap()
+            .starts_with("update")
         );
         assert!(
             decide(
                 &Installed::Present {
                     hash: None,
-                    ready: true
+                    ready: true,
+                    drift: Some("anything".into())
                 },
                 &i
             )

@@ -1008,30 +1008,33 @@ pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -
     } else {
         std::time::Duration::from_secs(10)
     };
-    let start = Instant::now();
-    loop {
-        let d =
-            cf.get_distribution().id(dist).send().await.map_err(|e| {
+    let timeout = std::time::Duration::from_secs(ctx.config.stacks.timeout_minutes * 60);
+    crate::wait::until(
+        crate::wait::Deadline::new(timeout, poll),
+        async || {
+            let d = cf.get_distribution().id(dist).send().await.map_err(|e| {
                 Failure::new(Exit::Aws, step_name, sdk(e), "check CloudFront access")
             })?;
-        let status = d
-            .distribution()
-            .map(|d| d.status().to_string())
-            .unwrap_or_default();
-        if status == "Deployed" {
-            return Ok(());
-        }
-        if start.elapsed() > std::time::Duration::from_secs(ctx.config.stacks.timeout_minutes * 60)
-        {
-            return Err(Failure::new(
+            let status = d
+                .distribution()
+                .map(|d| d.status().to_string())
+                .unwrap_or_default();
+            Ok(if status == "Deployed" {
+                crate::wait::Check::Done(())
+            } else {
+                crate::wait::Check::Pending(status)
+            })
+        },
+        |status, _| {
+            Failure::new(
                 Exit::Aws,
                 step_name,
                 format!("{dist} is still {status}"),
                 hint,
-            ));
-        }
-        tokio::time::sleep(poll).await;
-    }
+            )
+        },
+    )
+    .await
 }
 
 /// Record in the ledger that this run's colour answers through the public URL (what rollback
@@ -1150,7 +1153,16 @@ fn controller_inputs(ctx: &Ctx, cluster: &str, outputs: &Outputs) -> Result<crat
     };
     Ok(crate::addons::Inputs {
         cluster: cluster.to_string(),
-        region: ctx.aws.region().map(|r| r.to_string()).unwrap_or_default(),
+        // Rendered as --aws-region: on Fargate the controller has no instance metadata to fall
+        // back on, so an empty one would crash it.
+        region: ctx.aws.region().map(|r| r.to_string()).ok_or_else(|| {
+            Failure::new(
+                Exit::Config,
+                crate::addons::STEP,
+                "no AWS region is configured",
+                "set AWS_REGION (or the profile's region) and re-run",
+            )
+        })?,
         vpc_id: output("network", "VpcId")?,
         role_arn: output("cluster", "LoadBalancerControllerRoleArn")?,
     })

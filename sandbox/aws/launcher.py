@@ -52,6 +52,7 @@ from moto.cloudformation.exceptions import ValidationError as CfnValidationError
 from moto.cloudfront import models as cf_models
 from moto.cloudfront.models import cloudfront_backends
 from moto.ecr import models as ecr_models
+from moto.iam import models as iam_models
 from moto.ecr import responses as ecr_responses
 from moto.eks import models as eks_models
 from moto.eks.models import eks_backends
@@ -474,6 +475,24 @@ class IamOidcProvider(CloudFormationModel):
         from moto.iam.models import iam_backends
 
         iam_backends[self.account]["aws"].delete_open_id_connect_provider(self.arn)
+
+
+def managed_policy_delete(self: Any, account_id: str, region_name: str) -> None:
+    """Deleting an AWS::IAM::ManagedPolicy with its stack: CloudFormation detaches it from the
+    roles, users and groups it is attached to, then deletes it (IAM's DeletePolicy refuses an
+    attached policy: "you must first detach the policy from all users, groups, and roles"); the
+    policy's `Roles: [!Ref Role]` makes it depend on the role, so it goes first. moto had no delete
+    for it: the policy stayed attached, and deleting its role then failed with DeleteConflict."""
+    from moto.iam.models import iam_backends
+
+    backend = iam_backends[account_id]["aws"]
+    for entity in [*backend.roles.values(), *backend.users.values(), *backend.groups.values()]:
+        if self.arn in entity.managed_policies:
+            self.detach_from(entity)
+    backend.managed_policies.pop(self.arn, None)
+
+
+iam_models.ManagedPolicy.delete = managed_policy_delete  # type: ignore[attr-defined]
 
 
 def lb_controller_check(query: dict[str, str]) -> dict[str, Any]:

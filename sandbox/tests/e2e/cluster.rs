@@ -559,6 +559,25 @@ async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
     )
     .await;
     assert!(refused.contains("mservice.elbv2.k8s.aws"), "{refused}");
+    // The next ensure finds the caBundle stale although the controller is ready, applies again,
+    // and the Service is admitted.
+    let repaired = release::addons::ensure(&client, &inputs, Duration::from_secs(40))
+        .await
+        .unwrap();
+    assert!(
+        repaired
+            .as_deref()
+            .is_some_and(|r| r.starts_with("repair") && r.contains("caBundle")),
+        "{repaired:?}"
+    );
+    services
+        .patch(
+            "late",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(&late),
+        )
+        .await
+        .expect("admitted once the webhooks trust the kept certificate's CA again");
 
     // A role its service account cannot assume: the controller crashes, saying so.
     let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
