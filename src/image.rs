@@ -20,7 +20,40 @@ const PART_SIZE: usize = 8 << 20;
 pub struct ImageBlob {
     pub media_type: &'static str,
     pub digest: String,
-    pub bytes: Vec<u8>,
+    pub size: u64,
+    content: Content,
+}
+
+enum Content {
+    Bytes(Vec<u8>),
+    /// A layer whose gzipped digest came from the [`LayerCache`]: its tar, gzipped only when the
+    /// bytes are needed (a push of a layer the registry lacks, an image layout written).
+    Tar(Vec<u8>),
+}
+
+impl ImageBlob {
+    /// The blob's bytes. A cached layer is gzipped now and checked against the digest and size
+    /// the cache gave; a mismatch (a cache written by a build whose gzip differs) is an error
+    /// that names the cache, whose entry is dropped, so a re-run gzips afresh.
+    pub fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        match &self.content {
+            Content::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
+            Content::Tar(tar) => {
+                let gz = gzip(tar)?;
+                if sha256(&gz) != self.digest || gz.len() as u64 != self.size {
+                    let cache = LayerCache::from_env();
+                    cache.forget(&sha256(tar));
+                    return Err(std::io::Error::other(format!(
+                        "the layer cache ({}) gave {} for a layer that gzips to {}; its entry was removed, re-run",
+                        cache.describe(),
+                        self.digest,
+                        sha256(&gz)
+                    )));
+                }
+                Ok(std::borrow::Cow::Owned(gz))
+            }
+        }
+    }
 }
 
 /// An image ready to push: its blobs and its manifest.
@@ -60,7 +93,91 @@ fn blob(media_type: &'static str, bytes: Vec<u8>) -> ImageBlob {
     ImageBlob {
         media_type,
         digest: sha256(&bytes),
-        bytes,
+        size: bytes.len() as u64,
+        content: Content::Bytes(bytes),
+    }
+}
+
+fn gzip(tar: &[u8]) -> std::io::Result<Vec<u8>> {
+    let mut gz = flate2::GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), flate2::Compression::default());
+    gz.write_all(tar)?;
+    gz.finish()
+}
+
+/// What gzipping a layer gave, by the layer's uncompressed digest (its diff_id): so an unchanged
+/// build learns its image digest without gzipping again (on the sandbox a no-op `up` spent most of
+/// its time there). One small file per layer, `<dir>/layers/<diff_id>`, holding the gzipped
+/// digest, its size and the gzip it came from; best effort: a cache that cannot be read or
+/// written is no cache.
+pub struct LayerCache {
+    dir: Option<std::path::PathBuf>,
+}
+
+/// Which gzip made a cached digest: another `release` version may gzip differently.
+const GZIP_ID: &str = concat!("release-", env!("CARGO_PKG_VERSION"), " flate2 default mtime0");
+
+impl LayerCache {
+    /// `RELEASE_CACHE_DIR`, else `$XDG_CACHE_HOME/release`, else `~/.cache/release`; an empty
+    /// `RELEASE_CACHE_DIR` turns the cache off.
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var_os(k).map(std::path::PathBuf::from);
+        let dir = match var("RELEASE_CACHE_DIR") {
+            Some(d) if d.as_os_str().is_empty() => None,
+            Some(d) => Some(d),
+            None => var("XDG_CACHE_HOME")
+                .or_else(|| var("HOME").map(|h| h.join(".cache")))
+                .map(|d| d.join("release")),
+        };
+        LayerCache { dir }
+    }
+
+    pub fn at(dir: Option<&Path>) -> Self {
+        LayerCache {
+            dir: dir.map(Path::to_path_buf),
+        }
+    }
+
+    fn entry(&self, diff_id: &str) -> Option<std::path::PathBuf> {
+        let dir = self.dir.as_ref()?;
+        Some(dir.join("layers").join(diff_id.trim_start_matches("sha256:")))
+    }
+
+    fn describe(&self) -> String {
+        self.dir
+            .as_ref()
+            .map(|d| d.join("layers").display().to_string())
+            .unwrap_or_else(|| "off".into())
+    }
+
+    fn get(&self, diff_id: &str) -> Option<(String, u64)> {
+        let text = std::fs::read_to_string(self.entry(diff_id)?).ok()?;
+        let (digest, rest) = text.split_once(' ')?;
+        let (size, id) = rest.split_once(' ')?;
+        (id.trim_end() == GZIP_ID && digest.starts_with("sha256:"))
+            .then(|| Some((digest.to_string(), size.parse().ok()?)))
+            .flatten()
+    }
+
+    fn put(&self, diff_id: &str, blob: &ImageBlob) {
+        let Some(path) = self.entry(diff_id) else {
+            return;
+        };
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let written = path.parent().map(std::fs::create_dir_all).transpose().and_then(|_| {
+            std::fs::write(&tmp, format!("{} {} {GZIP_ID}\n", blob.digest, blob.size))?;
+            std::fs::rename(&tmp, &path)
+        });
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    fn forget(&self, diff_id: &str) {
+        if let Some(path) = self.entry(diff_id) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -78,8 +195,12 @@ pub struct ImageSpec<'a> {
 }
 
 /// One gzipped tar layer of the given files (path in the image, mode, bytes), in the given order,
-/// owned by root, mtime 0: the same files make the same bytes.
-fn layer(files: &[(&str, u32, &[u8])]) -> std::io::Result<(ImageBlob, String)> {
+/// owned by root, mtime 0: the same files make the same bytes. Its gzip is skipped when `cache`
+/// already knows what it gives.
+fn layer(
+    files: &[(&str, u32, &[u8])],
+    cache: &LayerCache,
+) -> std::io::Result<(ImageBlob, String)> {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, mode, data) in files {
         let mut header = tar::Header::new_gnu();
@@ -93,22 +214,33 @@ fn layer(files: &[(&str, u32, &[u8])]) -> std::io::Result<(ImageBlob, String)> {
     }
     let tar = tar.into_inner()?;
     let diff_id = sha256(&tar);
-    let mut gz = flate2::GzBuilder::new()
-        .mtime(0)
-        .write(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar)?;
-    Ok((blob(LAYER_MEDIA_TYPE, gz.finish()?), diff_id))
+    if let Some((digest, size)) = cache.get(&diff_id) {
+        let cached = ImageBlob {
+            media_type: LAYER_MEDIA_TYPE,
+            digest,
+            size,
+            content: Content::Tar(tar),
+        };
+        return Ok((cached, diff_id));
+    }
+    let gzipped = blob(LAYER_MEDIA_TYPE, gzip(&tar)?);
+    cache.put(&diff_id, &gzipped);
+    Ok((gzipped, diff_id))
 }
 
 /// Build the image from one static binary (the first layer) and, when given, a model file (a
 /// second layer, so a new model alone changes only that layer). Same inputs, same bytes, same
 /// digest.
-pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image> {
+pub fn from_binary(
+    binary: &Path,
+    spec: &ImageSpec<'_>,
+    cache: &LayerCache,
+) -> std::io::Result<Image> {
     let data = std::fs::read(binary)?;
-    let mut layers = vec![layer(&[(spec.path_in_image, 0o755, &data)])?];
+    let mut layers = vec![layer(&[(spec.path_in_image, 0o755, &data)], cache)?];
     if let Some((path, model)) = spec.model {
         let bytes = std::fs::read(model)?;
-        layers.push(layer(&[(path, 0o644, &bytes)])?);
+        layers.push(layer(&[(path, 0o644, &bytes)], cache)?);
     }
     let diff_ids: Vec<&String> = layers.iter().map(|(_, d)| d).collect();
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -133,8 +265,8 @@ pub fn from_binary(binary: &Path, spec: &ImageSpec<'_>) -> std::io::Result<Image
     let layers: Vec<ImageBlob> = layers.into_iter().map(|(b, _)| b).collect();
     let manifest = json!({
         "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.bytes.len()},
-        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.bytes.len()})).collect::<Vec<_>>(),
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
     });
     Ok(Image {
         config,
@@ -151,7 +283,7 @@ pub fn write_layout(image: &Image, tag: &str, dir: &Path) -> std::io::Result<()>
         std::fs::write(blobs.join(digest.trim_start_matches("sha256:")), bytes)
     };
     for b in image.blobs() {
-        write_blob(&b.digest, &b.bytes)?;
+        write_blob(&b.digest, &b.bytes()?)?;
     }
     write_blob(&image.digest(), image.manifest.as_bytes())?;
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
@@ -237,14 +369,16 @@ pub fn read_archive(path: &Path) -> std::io::Result<Image> {
             let d = l["digest"]
                 .as_str()
                 .ok_or_else(|| bad("a layer without a digest".into()))?;
+            let bytes = blob_of(d)?;
             layers.push(ImageBlob {
                 media_type: LAYER_MEDIA_TYPE,
                 digest: d.into(),
-                bytes: blob_of(d)?,
+                size: bytes.len() as u64,
+                content: Content::Bytes(bytes),
             });
         }
         for b in std::iter::once(&config).chain(layers.iter()) {
-            if sha256(&b.bytes) != b.digest {
+            if sha256(&b.bytes()?) != b.digest {
                 return Err(bad(format!("blob {} does not match its digest", b.digest)));
             }
         }
@@ -277,16 +411,12 @@ pub fn read_archive(path: &Path) -> std::io::Result<Image> {
     let mut layers = Vec::new();
     for l in entry["Layers"].as_array().into_iter().flatten() {
         let tar = file(l.as_str().unwrap_or_default())?;
-        let mut gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(Vec::new(), flate2::Compression::default());
-        gz.write_all(&tar)?;
-        layers.push(blob(LAYER_MEDIA_TYPE, gz.finish()?));
+        layers.push(blob(LAYER_MEDIA_TYPE, gzip(&tar)?));
     }
     let manifest = json!({
         "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.bytes.len()},
-        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.bytes.len()})).collect::<Vec<_>>(),
+        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
     });
     Ok(Image {
         config,
@@ -360,6 +490,12 @@ pub enum PushError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error("layer {digest}: {source}")]
+    Layer {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("ECR computed {got} for a blob whose digest is {want}")]
     DigestMismatch { want: String, got: String },
     #[error(
@@ -427,7 +563,11 @@ pub async fn push(
             .await
             .map_err(|e| api("InitiateLayerUpload")(crate::error::sdk(e)))?;
         let id = upload.upload_id().unwrap_or_default().to_string();
-        for (i, chunk) in b.bytes.chunks(PART_SIZE).enumerate() {
+        let bytes = b.bytes().map_err(|e| PushError::Layer {
+            digest: b.digest.clone(),
+            source: e,
+        })?;
+        for (i, chunk) in bytes.chunks(PART_SIZE).enumerate() {
             let first = (i * PART_SIZE) as i64;
             ecr.upload_layer_part()
                 .repository_name(repository)
@@ -550,11 +690,11 @@ mod tests {
         std::fs::write(&path, archive).unwrap();
         let image = read_archive(&path).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(image.config.bytes, config);
+        assert_eq!(&image.config.bytes().unwrap()[..], config);
         assert_eq!(image.layers.len(), 1);
         let mut unpacked = Vec::new();
         std::io::Read::read_to_end(
-            &mut flate2::read::GzDecoder::new(&image.layers[0].bytes[..]),
+            &mut flate2::read::GzDecoder::new(&image.layers[0].bytes().unwrap()[..]),
             &mut unpacked,
         )
         .unwrap();
@@ -598,7 +738,7 @@ mod tests {
             d
         };
         for b in image.blobs() {
-            put(&b.bytes);
+            put(&b.bytes().unwrap());
         }
         let mut docker: serde_json::Value = serde_json::from_str(&image.manifest).unwrap();
         docker["mediaType"] = json!("application/vnd.docker.distribution.manifest.v2+json");
@@ -649,6 +789,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let bin = dir.join("bin");
         std::fs::write(&bin, b"#!/bin/true\n").unwrap();
+        let none = LayerCache::at(None);
         let spec = ImageSpec {
             path_in_image: "/model-server",
             env: &[("A".into(), "1".into())],
@@ -657,17 +798,17 @@ mod tests {
             labels: &[],
             model: None,
         };
-        let a = from_binary(&bin, &spec).unwrap();
-        let b = from_binary(&bin, &spec).unwrap();
+        let a = from_binary(&bin, &spec, &none).unwrap();
+        let b = from_binary(&bin, &spec, &none).unwrap();
         assert_eq!(a.digest(), b.digest());
         let manifest: serde_json::Value = serde_json::from_str(&a.manifest).unwrap();
         assert_eq!(manifest["layers"][0]["digest"], a.layers[0].digest);
-        assert_eq!(manifest["config"]["size"], a.config.bytes.len());
-        let config: serde_json::Value = serde_json::from_slice(&a.config.bytes).unwrap();
+        assert_eq!(manifest["config"]["size"], a.config.size);
+        let config: serde_json::Value = serde_json::from_slice(&a.config.bytes().unwrap()).unwrap();
         assert_eq!(config["config"]["Entrypoint"][0], "/model-server");
         assert_eq!(config["config"]["Env"][0], "A=1");
         // The layer holds the binary, executable, at the entrypoint path.
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&a.layers[0].bytes[..]));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&a.layers[0].bytes().unwrap()[..]));
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("model-server"));
         assert_eq!(entry.header().mode().unwrap(), 0o755);
@@ -690,14 +831,63 @@ mod tests {
             model: Some(("model/m.onnx", &dir.join("m.onnx"))),
             ..spec
         };
-        let m = from_binary(&bin, &with_model).unwrap();
+        let m = from_binary(&bin, &with_model, &none).unwrap();
         assert_eq!(m.layers.len(), 2);
         assert_eq!(m.layers[0].digest, a.layers[0].digest);
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&m.layers[1].bytes[..]));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&m.layers[1].bytes().unwrap()[..]));
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("model/m.onnx"));
         std::fs::write(&bin, b"#!/bin/false\n").unwrap();
-        assert_ne!(from_binary(&bin, &spec).unwrap().digest(), a.digest());
+        assert_ne!(from_binary(&bin, &spec, &none).unwrap().digest(), a.digest());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_layer_is_not_gzipped_again_and_gzips_the_same_when_needed() {
+        let dir = std::env::temp_dir().join(format!("release-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bin = dir.join("bin");
+        std::fs::write(&bin, b"#!/bin/true\n".repeat(1000)).unwrap();
+        let spec = ImageSpec {
+            path_in_image: "/model-server",
+            env: &[],
+            user: "65532:65532",
+            exposed_port: 8080,
+            labels: &[],
+            model: None,
+        };
+        let cache = LayerCache::at(Some(&dir.join("cache")));
+        let fresh = from_binary(&bin, &spec, &cache).unwrap();
+        assert!(matches!(fresh.layers[0].content, Content::Bytes(_)));
+        let again = from_binary(&bin, &spec, &cache).unwrap();
+        assert!(
+            matches!(again.layers[0].content, Content::Tar(_)),
+            "the second build takes the layer's digest from the cache"
+        );
+        assert_eq!(again.manifest, fresh.manifest);
+        assert_eq!(
+            again.layers[0].bytes().unwrap(),
+            fresh.layers[0].bytes().unwrap()
+        );
+        // A cache entry that lies (another gzip, a corrupted file) is caught when the bytes are
+        // needed, and dropped: the next build gzips afresh.
+        let entry = cache.entry(&sha256(b"")).unwrap();
+        let layers = entry.parent().unwrap();
+        let file = std::fs::read_dir(layers).unwrap().next().unwrap().unwrap().path();
+        let lie = format!("sha256:{} 12 {GZIP_ID}\n", "0".repeat(64));
+        std::fs::write(&file, lie).unwrap();
+        let lied = from_binary(&bin, &spec, &cache).unwrap();
+        assert_ne!(lied.manifest, fresh.manifest);
+        let err = lied.layers[0].bytes().unwrap_err().to_string();
+        assert!(err.contains("layer cache") && err.contains("re-run"), "{err}");
+        let healed = from_binary(&bin, &spec, &cache).unwrap();
+        assert_eq!(healed.manifest, fresh.manifest);
+        // An entry from another gzip is no entry.
+        std::fs::write(&file, format!("{} {} release-0.0.0 other\n", fresh.layers[0].digest, 1)).unwrap();
+        assert!(matches!(
+            from_binary(&bin, &spec, &cache).unwrap().layers[0].content,
+            Content::Bytes(_)
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

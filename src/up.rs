@@ -152,7 +152,7 @@ pub fn image_from(
         labels: &labels,
         model: model_file.map(|m| (in_image.as_str(), m)),
     };
-    image::from_binary(binary, &spec).map_err(|e| {
+    image::from_binary(binary, &spec, &image::LayerCache::from_env()).map_err(|e| {
         Failure::new(
             Exit::Config,
             "image build",
@@ -633,7 +633,7 @@ async fn provision(
     ctx.out
         .start(step, &format!("{repository}:{}", ctx.config.image.tag));
     let image = ctx.build_image()?;
-    let total: u64 = image.blobs().map(|b| b.bytes.len() as u64).sum();
+    let total: u64 = image.blobs().map(|b| b.size).sum();
     let ecr = crate::endpoint::ecr(&ctx.aws);
     let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
         ctx.out.bytes(step, done, total)
@@ -1222,7 +1222,7 @@ async fn dry_run(ctx: &Ctx, stacks: &Stacks, store: &StateStore, args: &UpArgs) 
             let missing: u64 = image
                 .blobs()
                 .filter(|b| !present.contains(&b.digest))
-                .map(|b| b.bytes.len() as u64)
+                .map(|b| b.size)
                 .sum();
             format!(
                 "push {repo}:{} ({}), {missing} bytes to upload",

@@ -59,28 +59,41 @@ impl Lifecycle {
     }
 }
 
-/// Resolves on the first SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    let ctrl_c = async {
-        // If the handler cannot be installed, only SIGTERM stops us; not worth failing start-up for.
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: `axum::serve` spawns its shutdown future, so a handler
+/// installed there could come after the server has said it is serving, and a SIGTERM in between
+/// would kill the process (the default action) instead of draining it. Call it before listening.
+/// Needs a Tokio runtime.
+pub fn termination_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{Signal, SignalKind, signal};
+        // A handler that cannot be installed leaves that signal's default; not worth failing
+        // start-up for.
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async fn first(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+        async move {
+            tokio::select! {
+                () = first(term) => {},
+                () = first(int) => {},
+            }
+        }
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    {
+        async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 }
 
@@ -114,6 +127,29 @@ mod tests {
         assert_eq!(l.phase(), Phase::Ready);
         l.start_draining();
         assert_eq!(l.phase(), Phase::Draining);
+    }
+
+    /// A SIGTERM that comes after `termination_signal()` but before its future is first polled
+    /// (`axum::serve` polls it in a task of its own, later) is seen. Were the handler installed on
+    /// first poll, the signal's default action would kill this test process.
+    #[cfg(unix)]
+    #[test]
+    fn a_sigterm_before_the_first_poll_is_seen_not_fatal() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let signal = termination_signal();
+            let sent = std::process::Command::new("kill")
+                .args(["-TERM", &std::process::id().to_string()])
+                .status()
+                .unwrap();
+            assert!(sent.success());
+            tokio::time::timeout(Duration::from_secs(10), signal)
+                .await
+                .expect("the SIGTERM sent before the first poll resolves the future");
+        });
     }
 
     #[test]

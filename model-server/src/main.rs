@@ -61,6 +61,8 @@ async fn run(config: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(address)
         .await
         .map_err(|e| format!("cannot listen on {address}: {e}"))?;
+    // Before the `serving` line: from then on a SIGTERM drains (lifecycle::termination_signal).
+    let signal = lifecycle::termination_signal();
     tracing::info!(
         address = %listener.local_addr().map_err(|e| e.to_string())?,
         model_name = %state.model_name,
@@ -72,11 +74,7 @@ async fn run(config: Config) -> Result<(), String> {
         workers = config.worker_threads(),
         "serving"
     );
-    let shutdown = lifecycle::drain_on_signal(
-        state.lifecycle.clone(),
-        config.drain(),
-        lifecycle::termination_signal(),
-    );
+    let shutdown = lifecycle::drain_on_signal(state.lifecycle.clone(), config.drain(), signal);
     // Answers are one small write each: send them at once rather than waiting on Nagle.
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -340,7 +340,7 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         labels: &[],
         model: None,
     };
-    let image = release::image::from_binary(&dir.join("bin"), &spec).unwrap();
+    let image = release::image::from_binary(&dir.join("bin"), &spec, &release::image::LayerCache::at(None)).unwrap();
     let pushed = release::image::push(&ecr, "app", "v1", &image, |_| {})
         .await
         .unwrap();
@@ -373,7 +373,7 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         .download_url
         .unwrap();
     let bytes = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
-    assert_eq!(bytes.as_ref(), layer.bytes.as_slice());
+    assert_eq!(bytes.as_ref(), &layer.bytes().unwrap()[..]);
     let missing = ecr
         .get_download_url_for_layer()
         .repository_name("app")
