@@ -27,8 +27,9 @@ pub struct ImageBlob {
 enum Content {
     Bytes(Vec<u8>),
     /// A layer whose gzipped digest came from the [`LayerCache`]: its tar, gzipped only when the
-    /// bytes are needed (a push of a layer the registry lacks, an image layout written).
-    Tar(Vec<u8>),
+    /// bytes are needed (a push of a layer the registry lacks, an image layout written). With
+    /// the cache entry it came from.
+    Tar(Vec<u8>, std::path::PathBuf),
 }
 
 impl ImageBlob {
@@ -38,16 +39,15 @@ impl ImageBlob {
     pub fn bytes(&self) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
         match &self.content {
             Content::Bytes(b) => Ok(std::borrow::Cow::Borrowed(b)),
-            Content::Tar(tar) => {
+            Content::Tar(tar, entry) => {
                 let gz = gzip(tar)?;
                 if sha256(&gz) != self.digest || gz.len() as u64 != self.size {
-                    let cache = LayerCache::from_env();
-                    cache.forget(&sha256(tar));
+                    let _ = std::fs::remove_file(entry);
                     return Err(std::io::Error::other(format!(
-                        "the layer cache ({}) gave {} for a layer that gzips to {}; its entry was removed, re-run",
-                        cache.describe(),
+                        "the layer cache gave {} for a layer that gzips to {}; its entry ({}) was removed, re-run",
                         self.digest,
-                        sha256(&gz)
+                        sha256(&gz),
+                        entry.display()
                     )));
                 }
                 Ok(std::borrow::Cow::Owned(gz))
@@ -116,7 +116,11 @@ pub struct LayerCache {
 }
 
 /// Which gzip made a cached digest: another `release` version may gzip differently.
-const GZIP_ID: &str = concat!("release-", env!("CARGO_PKG_VERSION"), " flate2 default mtime0");
+const GZIP_ID: &str = concat!(
+    "release-",
+    env!("CARGO_PKG_VERSION"),
+    " flate2 default mtime0"
+);
 
 impl LayerCache {
     /// `RELEASE_CACHE_DIR`, else `$XDG_CACHE_HOME/release`, else `~/.cache/release`; an empty
@@ -141,23 +145,22 @@ impl LayerCache {
 
     fn entry(&self, diff_id: &str) -> Option<std::path::PathBuf> {
         let dir = self.dir.as_ref()?;
-        Some(dir.join("layers").join(diff_id.trim_start_matches("sha256:")))
+        Some(
+            dir.join("layers")
+                .join(diff_id.trim_start_matches("sha256:")),
+        )
     }
 
-    fn describe(&self) -> String {
-        self.dir
-            .as_ref()
-            .map(|d| d.join("layers").display().to_string())
-            .unwrap_or_else(|| "off".into())
-    }
-
-    fn get(&self, diff_id: &str) -> Option<(String, u64)> {
-        let text = std::fs::read_to_string(self.entry(diff_id)?).ok()?;
+    /// The gzipped digest and size cached for `diff_id`, and the entry they are in.
+    fn get(&self, diff_id: &str) -> Option<(String, u64, std::path::PathBuf)> {
+        let entry = self.entry(diff_id)?;
+        let text = std::fs::read_to_string(&entry).ok()?;
         let (digest, rest) = text.split_once(' ')?;
         let (size, id) = rest.split_once(' ')?;
-        (id.trim_end() == GZIP_ID && digest.starts_with("sha256:"))
-            .then(|| Some((digest.to_string(), size.parse().ok()?)))
-            .flatten()
+        if id.trim_end() != GZIP_ID || !digest.starts_with("sha256:") {
+            return None;
+        }
+        Some((digest.to_string(), size.parse().ok()?, entry))
     }
 
     fn put(&self, diff_id: &str, blob: &ImageBlob) {
@@ -165,18 +168,16 @@ impl LayerCache {
             return;
         };
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let written = path.parent().map(std::fs::create_dir_all).transpose().and_then(|_| {
-            std::fs::write(&tmp, format!("{} {} {GZIP_ID}\n", blob.digest, blob.size))?;
-            std::fs::rename(&tmp, &path)
-        });
+        let written = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .transpose()
+            .and_then(|_| {
+                std::fs::write(&tmp, format!("{} {} {GZIP_ID}\n", blob.digest, blob.size))?;
+                std::fs::rename(&tmp, &path)
+            });
         if written.is_err() {
             let _ = std::fs::remove_file(&tmp);
-        }
-    }
-
-    fn forget(&self, diff_id: &str) {
-        if let Some(path) = self.entry(diff_id) {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -197,10 +198,7 @@ pub struct ImageSpec<'a> {
 /// One gzipped tar layer of the given files (path in the image, mode, bytes), in the given order,
 /// owned by root, mtime 0: the same files make the same bytes. Its gzip is skipped when `cache`
 /// already knows what it gives.
-fn layer(
-    files: &[(&str, u32, &[u8])],
-    cache: &LayerCache,
-) -> std::io::Result<(ImageBlob, String)> {
+fn layer(files: &[(&str, u32, &[u8])], cache: &LayerCache) -> std::io::Result<(ImageBlob, String)> {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, mode, data) in files {
         let mut header = tar::Header::new_gnu();
@@ -214,12 +212,12 @@ fn layer(
     }
     let tar = tar.into_inner()?;
     let diff_id = sha256(&tar);
-    if let Some((digest, size)) = cache.get(&diff_id) {
+    if let Some((digest, size, entry)) = cache.get(&diff_id) {
         let cached = ImageBlob {
             media_type: LAYER_MEDIA_TYPE,
             digest,
             size,
-            content: Content::Tar(tar),
+            content: Content::Tar(tar, entry),
         };
         return Ok((cached, diff_id));
     }
@@ -359,10 +357,12 @@ pub fn read_archive(path: &Path) -> std::io::Result<Image> {
         let config_digest = m["config"]["digest"]
             .as_str()
             .ok_or_else(|| bad("the manifest has no config".into()))?;
+        let bytes = blob_of(config_digest)?;
         let config = ImageBlob {
             media_type: CONFIG_MEDIA_TYPE,
             digest: config_digest.into(),
-            bytes: blob_of(config_digest)?,
+            size: bytes.len() as u64,
+            content: Content::Bytes(bytes),
         };
         let mut layers = Vec::new();
         for l in m["layers"].as_array().into_iter().flatten() {
@@ -726,7 +726,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
         std::fs::write(dir.join("bin"), b"#!/bin/true\n").unwrap();
-        let image = from_binary(&dir.join("bin"), &spec).unwrap();
+        let image = from_binary(&dir.join("bin"), &spec, &LayerCache::at(None)).unwrap();
         let put = |bytes: &[u8]| {
             let d = sha256(bytes);
             std::fs::write(
@@ -808,7 +808,8 @@ mod tests {
         assert_eq!(config["config"]["Entrypoint"][0], "/model-server");
         assert_eq!(config["config"]["Env"][0], "A=1");
         // The layer holds the binary, executable, at the entrypoint path.
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&a.layers[0].bytes().unwrap()[..]));
+        let gz = a.layers[0].bytes().unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("model-server"));
         assert_eq!(entry.header().mode().unwrap(), 0o755);
@@ -834,11 +835,15 @@ mod tests {
         let m = from_binary(&bin, &with_model, &none).unwrap();
         assert_eq!(m.layers.len(), 2);
         assert_eq!(m.layers[0].digest, a.layers[0].digest);
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&m.layers[1].bytes().unwrap()[..]));
+        let gz = m.layers[1].bytes().unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&gz[..]));
         let entry = archive.entries().unwrap().next().unwrap().unwrap();
         assert_eq!(entry.path().unwrap().to_str(), Some("model/m.onnx"));
         std::fs::write(&bin, b"#!/bin/false\n").unwrap();
-        assert_ne!(from_binary(&bin, &spec, &none).unwrap().digest(), a.digest());
+        assert_ne!(
+            from_binary(&bin, &spec, &none).unwrap().digest(),
+            a.digest()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -861,7 +866,7 @@ mod tests {
         assert!(matches!(fresh.layers[0].content, Content::Bytes(_)));
         let again = from_binary(&bin, &spec, &cache).unwrap();
         assert!(
-            matches!(again.layers[0].content, Content::Tar(_)),
+            matches!(again.layers[0].content, Content::Tar(..)),
             "the second build takes the layer's digest from the cache"
         );
         assert_eq!(again.manifest, fresh.manifest);
@@ -873,17 +878,29 @@ mod tests {
         // needed, and dropped: the next build gzips afresh.
         let entry = cache.entry(&sha256(b"")).unwrap();
         let layers = entry.parent().unwrap();
-        let file = std::fs::read_dir(layers).unwrap().next().unwrap().unwrap().path();
+        let file = std::fs::read_dir(layers)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
         let lie = format!("sha256:{} 12 {GZIP_ID}\n", "0".repeat(64));
         std::fs::write(&file, lie).unwrap();
         let lied = from_binary(&bin, &spec, &cache).unwrap();
         assert_ne!(lied.manifest, fresh.manifest);
         let err = lied.layers[0].bytes().unwrap_err().to_string();
-        assert!(err.contains("layer cache") && err.contains("re-run"), "{err}");
+        assert!(
+            err.contains("layer cache") && err.contains("re-run"),
+            "{err}"
+        );
         let healed = from_binary(&bin, &spec, &cache).unwrap();
         assert_eq!(healed.manifest, fresh.manifest);
         // An entry from another gzip is no entry.
-        std::fs::write(&file, format!("{} {} release-0.0.0 other\n", fresh.layers[0].digest, 1)).unwrap();
+        std::fs::write(
+            &file,
+            format!("{} {} release-0.0.0 other\n", fresh.layers[0].digest, 1),
+        )
+        .unwrap();
         assert!(matches!(
             from_binary(&bin, &spec, &cache).unwrap().layers[0].content,
             Content::Bytes(_)

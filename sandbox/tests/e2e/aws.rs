@@ -340,7 +340,12 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         labels: &[],
         model: None,
     };
-    let image = release::image::from_binary(&dir.join("bin"), &spec, &release::image::LayerCache::at(None)).unwrap();
+    let image = release::image::from_binary(
+        &dir.join("bin"),
+        &spec,
+        &release::image::LayerCache::at(None),
+    )
+    .unwrap();
     let pushed = release::image::push(&ecr, "app", "v1", &image, |_| {})
         .await
         .unwrap();

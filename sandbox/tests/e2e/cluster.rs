@@ -37,7 +37,12 @@ async fn push_model_server(sb: &Sandbox) -> String {
         labels: &[],
         model: None,
     };
-    let image = release::image::from_binary(&model_server_binary(), &spec, &release::image::LayerCache::at(None)).unwrap();
+    let image = release::image::from_binary(
+        &model_server_binary(),
+        &spec,
+        &release::image::LayerCache::at(None),
+    )
+    .unwrap();
     let pushed = release::image::push(&ecr, "model", "e2e", &image, |_| {})
         .await
         .unwrap();
