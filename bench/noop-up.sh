@@ -25,12 +25,21 @@ export RELEASE_CACHE_DIR="$work/cache"
 echo "the first release (not timed)" >&2
 release up > /dev/null 2>&1
 
-seconds() { local t0 t1; t0=$(date +%s.%N); "$@" > /dev/null 2>&1; t1=$(date +%s.%N); awk "BEGIN { print $t1 - $t0 }"; }
+# The seconds one no-op up takes; a run that fails, or is not a no-op, stops the benchmark.
+seconds() {
+  local t0 t1 out
+  t0=$(date +%s.%N)
+  out=$(release --output json up 2>&1) || { echo "release up failed: $out" >&2; return 1; }
+  t1=$(date +%s.%N)
+  grep -q '"candidate":"none: nothing to release"' <<< "$out" \
+    || { echo "not a no-op up: $out" >&2; return 1; }
+  awk "BEGIN { print $t1 - $t0 }"
+}
 echo "binary: $(stat -c %s "$work/model-server") bytes; host: $(nproc) cores"
 for kind in warm off; do
   if [[ $kind == off ]]; then export RELEASE_CACHE_DIR=""; fi
   times=()
-  for _ in $(seq "$runs"); do times+=("$(seconds release up)"); done
+  for _ in $(seq "$runs"); do t=$(seconds) || exit 1; times+=("$t"); done
   sorted=$(printf '%s\n' "${times[@]}" | sort -n)
   printf 'no-op up, layer cache %-4s: median %.2f s, min %.2f s, max %.2f s (%s runs)\n' "$kind" \
     "$(echo "$sorted" | sed -n "$(( (runs + 1) / 2 ))p")" "$(echo "$sorted" | head -1)" \
