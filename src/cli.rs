@@ -145,8 +145,8 @@ pub enum Command {
     /// `--image` if given, else the repository named by release.yaml with a placeholder digest.
     Render {
         /// The colour to render.
-        #[arg(long, value_parser = ["blue", "green"], default_value = "blue")]
-        colour: String,
+        #[arg(long, value_parser = colour, default_value = "blue")]
+        colour: crate::plan::colour::Colour,
         /// The image reference to put in the Deployment (`repo@sha256:...`).
         #[arg(long)]
         image: Option<String>,
@@ -183,4 +183,10 @@ pub enum ImageCommand {
         #[arg(long, default_value = "target/image")]
         out: PathBuf,
     },
+}
+
+/// `blue` or `green`, for clap.
+fn colour(s: &str) -> Result<crate::plan::colour::Colour, String> {
+    crate::plan::colour::Colour::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a colour: blue or green"))
 }

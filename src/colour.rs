@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::error::{Exit, Failure, Result};
 use crate::wait::{self, Check, Deadline};
 
-pub const COLOURS: [&str; 2] = ["blue", "green"];
+pub use crate::plan::colour::{Colour, Observed, Pending, Role, Roles, live_colour, roles};
 pub const MANAGER: &str = "release";
 const TEMPLATES: [&str; 4] = [
     "deployment.yaml",
@@ -27,19 +27,7 @@ const TEMPLATES: [&str; 4] = [
     "networkpolicy.yaml",
 ];
 
-pub fn other(colour: &str) -> &'static str {
-    if colour == "blue" { "green" } else { "blue" }
-}
-
-/// The colour to deploy: the one that is not live (blue when nothing is).
-pub fn candidate_for(live: Option<&str>) -> &'static str {
-    match live {
-        Some(l) => other(l),
-        None => "blue",
-    }
-}
-
-pub fn name(config: &Config, colour: &str) -> String {
+pub fn name(config: &Config, colour: Colour) -> String {
     format!("{}-{colour}", config.app)
 }
 
@@ -49,7 +37,7 @@ pub fn name(config: &Config, colour: &str) -> String {
 pub fn render(
     dir: &Path,
     config: &Config,
-    colour: &str,
+    colour: Colour,
     image: &str,
     digest: &str,
     release_id: &str,
@@ -277,7 +265,7 @@ pub async fn wait_load_balancers_gone(
         Deadline::new(timeout, Duration::from_millis(500)),
         async || {
             let mut left: Vec<String> = Vec::new();
-            for c in COLOURS {
+            for c in Colour::ALL {
                 let n = name(config, c);
                 if services
                     .get_opt(&n)
@@ -322,7 +310,7 @@ pub async fn wait_load_balancers_gone(
     .await
 }
 
-pub async fn teardown(client: &kube::Client, config: &Config, colour: &str) -> Result<()> {
+pub async fn teardown(client: &kube::Client, config: &Config, colour: Colour) -> Result<()> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
     delete_if_present(Api::<Deployment>::namespaced(client.clone(), ns), &n).await?;
@@ -347,69 +335,7 @@ where
     }
 }
 
-/// What is deployed of a colour, from its objects' annotations and status.
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
-    pub exists: bool,
-    pub digest: Option<String>,
-    pub manifest_hash: Option<String>,
-    /// `candidate` (deployed by up, tested), `live` or `previous` (set by promote).
-    pub role: Option<String>,
-    pub ready: i32,
-    pub replicas: i32,
-    pub address: Option<String>,
-    pub model_version: Option<String>,
-    /// When the Deployment was created (Unix seconds).
-    pub created: Option<i64>,
-    /// `promote` or `rollback`: set on the colour a flip is moving traffic to, cleared once the
-    /// flip is verified and the roles are written. Still set on the live colour = a flip died
-    /// between moving traffic and finishing.
-    pub pending: Option<String>,
-}
-
-/// What a colour is, as the edge and the annotations together say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Roles {
-    pub live: Option<&'static str>,
-    /// Per colour that exists: live, candidate, previous, failed.
-    pub roles: BTreeMap<&'static str, String>,
-    /// A flip (`promote` / `rollback`) that moved traffic to the live colour but died before it
-    /// verified the public URL and wrote the roles.
-    pub unfinished: Option<String>,
-}
-
-/// The edge is the truth about which colour is live; the annotations say the rest. A colour
-/// still annotated `live` that the edge no longer serves was left by an unfinished flip: it is
-/// `previous` after a promote, `failed` after a rollback.
-pub fn roles(live: Option<&'static str>, colours: &BTreeMap<&'static str, Observed>) -> Roles {
-    let unfinished = live
-        .and_then(|l| colours.get(l))
-        .and_then(|o| o.pending.clone());
-    let roles = colours
-        .iter()
-        .filter(|(_, o)| o.exists)
-        .map(|(c, o)| {
-            let role = if Some(*c) == live {
-                "live".to_string()
-            } else {
-                match (o.role.as_deref(), unfinished.as_deref()) {
-                    (Some("live"), Some("rollback")) => "failed".into(),
-                    (Some("live"), _) => "previous".into(),
-                    (Some(r), _) => r.to_string(),
-                    (None, _) => "unknown".into(),
-                }
-            };
-            (*c, role)
-        })
-        .collect();
-    Roles {
-        live,
-        roles,
-        unfinished,
-    }
-}
-
-pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Result<Observed> {
+pub async fn observe(client: &kube::Client, config: &Config, colour: Colour) -> Result<Observed> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
     let d = Api::<Deployment>::namespaced(client.clone(), ns)
@@ -432,7 +358,7 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Re
         exists: true,
         digest: ann.get("release/image-digest").cloned(),
         manifest_hash: ann.get("release/manifest-hash").cloned(),
-        role: ann.get("release/role").cloned(),
+        role: ann.get("release/role").map(|r| Role::parse(r)),
         ready: status.ready_replicas.unwrap_or(0),
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         address: s.as_ref().and_then(address_of),
@@ -442,7 +368,7 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: &str) -> Re
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.as_second()),
-        pending: ann.get("release/pending").cloned(),
+        pending: ann.get("release/pending").and_then(|p| Pending::parse(p)),
     })
 }
 
@@ -490,7 +416,7 @@ pub fn hopeless(reason: &str, restarts: i32, failing_for: Duration) -> bool {
 pub async fn wait_rollout(
     client: &kube::Client,
     config: &Config,
-    colour: &str,
+    colour: Colour,
     timeout: Duration,
     mut progress: impl FnMut(String),
 ) -> Result<()> {
@@ -673,7 +599,7 @@ async fn recent_events(client: &kube::Client, ns: &str, pod: &str) -> String {
 pub async fn wait_address(
     client: &kube::Client,
     config: &Config,
-    colour: &str,
+    colour: Colour,
     timeout: Duration,
 ) -> Result<String> {
     let step = "load balancer";
@@ -709,18 +635,6 @@ pub async fn wait_address(
     .await
 }
 
-/// Which colour the edge serves: the one whose load-balancer address is the edge stack's origin.
-pub fn live_colour(
-    origin: Option<&str>,
-    addresses: &BTreeMap<&'static str, Option<String>>,
-) -> Option<&'static str> {
-    let origin = origin?;
-    addresses
-        .iter()
-        .find(|(_, a)| a.as_deref() == Some(origin))
-        .map(|(c, _)| *c)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -735,62 +649,6 @@ mod tests {
 
     fn templates() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("kube-templates")
-    }
-
-    fn seen(role: &str, pending: Option<&str>) -> Observed {
-        Observed {
-            exists: true,
-            role: Some(role.into()),
-            pending: pending.map(str::to_string),
-            ..Observed::default()
-        }
-    }
-
-    #[test]
-    fn the_edge_says_which_colour_is_live_and_an_unfinished_flip_is_recognised() {
-        let both = |blue: Observed, green: Observed| -> BTreeMap<&'static str, Observed> {
-            [("blue", blue), ("green", green)].into_iter().collect()
-        };
-        // After a finished promote.
-        let r = roles(
-            Some("green"),
-            &both(seen("previous", None), seen("live", None)),
-        );
-        assert_eq!(
-            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
-            ("previous", "live")
-        );
-        assert_eq!(r.unfinished, None);
-        // A promote that died after the flip: green serves, blue is still annotated live.
-        let r = roles(
-            Some("green"),
-            &both(seen("live", None), seen("candidate", Some("promote"))),
-        );
-        assert_eq!(
-            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
-            ("previous", "live")
-        );
-        assert_eq!(r.unfinished.as_deref(), Some("promote"));
-        // A rollback that died after the flip: the colour still annotated live is the failed one.
-        let r = roles(
-            Some("blue"),
-            &both(seen("previous", Some("rollback")), seen("live", None)),
-        );
-        assert_eq!(r.roles["green"], "failed");
-        assert_eq!(r.unfinished.as_deref(), Some("rollback"));
-        // A flip marked but never made: the edge still serves blue, nothing is unfinished.
-        let r = roles(
-            Some("blue"),
-            &both(seen("live", None), seen("candidate", Some("promote"))),
-        );
-        assert_eq!(
-            (r.roles["blue"].as_str(), r.roles["green"].as_str()),
-            ("live", "candidate")
-        );
-        assert_eq!(r.unfinished, None);
-        // Colours that do not exist have no role.
-        let r = roles(None, &both(Observed::default(), seen("candidate", None)));
-        assert_eq!(r.roles.len(), 1);
     }
 
     #[test]
@@ -813,28 +671,13 @@ mod tests {
     }
 
     #[test]
-    fn colours_alternate_and_blue_goes_first() {
-        assert_eq!(candidate_for(None), "blue");
-        assert_eq!(candidate_for(Some("blue")), "green");
-        assert_eq!(candidate_for(Some("green")), "blue");
-        let addrs: BTreeMap<&'static str, Option<String>> = [
-            ("blue", Some("a".to_string())),
-            ("green", Some("b".to_string())),
-        ]
-        .into();
-        assert_eq!(live_colour(Some("b"), &addrs), Some("green"));
-        assert_eq!(live_colour(Some("c"), &addrs), None);
-        assert_eq!(live_colour(None, &addrs), None);
-    }
-
-    #[test]
     fn rendering_pins_the_digest_labels_the_colour_and_hashes_without_the_release_id() {
         let c = config();
         let image = "1.dkr.ecr.us-east-1.amazonaws.com/iris@sha256:abc";
         let (m1, h1) = render(
             &templates(),
             &c,
-            "green",
+            Colour::Green,
             image,
             "sha256:abc",
             "r1",
@@ -844,7 +687,7 @@ mod tests {
         let (_, h2) = render(
             &templates(),
             &c,
-            "green",
+            Colour::Green,
             image,
             "sha256:abc",
             "r2",
@@ -854,7 +697,7 @@ mod tests {
         let (_, h3) = render(
             &templates(),
             &c,
-            "green",
+            Colour::Green,
             image,
             "sha256:def",
             "r1",
@@ -909,7 +752,7 @@ mod tests {
         let (blue, _) = render(
             &templates(),
             &c,
-            "blue",
+            Colour::Blue,
             image,
             "sha256:abc",
             "r1",
@@ -928,7 +771,7 @@ mod tests {
         // The schema check: each manifest goes through Kubernetes' own types (k8s-openapi) and
         // back; a field the types do not know is lost on the way, which `unknown` reports. So a
         // misspelt or misplaced key fails here, not in the cluster.
-        for colour in COLOURS {
+        for colour in Colour::ALL {
             let (m, _) = render(
                 &templates(),
                 &config(),
@@ -949,7 +792,7 @@ mod tests {
         let mut bad = render(
             &templates(),
             &config(),
-            "blue",
+            Colour::Blue,
             "i@sha256:abc",
             "sha256:abc",
             "r",

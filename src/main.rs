@@ -101,7 +101,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         return render(
             &config,
             &base,
-            colour,
+            *colour,
             image.as_deref(),
             dir.as_deref(),
             out,
@@ -532,7 +532,7 @@ fn man(dir: Option<&std::path::Path>, out: &Reporter) -> ExitCode {
 fn render(
     config: &release::config::Config,
     base: &std::path::Path,
-    colour: &str,
+    colour: release::colour::Colour,
     image: Option<&str>,
     dir: Option<&std::path::Path>,
     out: &Reporter,

@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use crate::colour::{self, COLOURS};
+use crate::colour::{self, Colour, Pending, Role};
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::stacks::{Observed, Stacks};
 use crate::up::{Ctx, begin, finish_session, mark_live, smoke_test, step, wait_deployed};
@@ -18,8 +18,8 @@ use crate::up::{Ctx, begin, finish_session, mark_live, smoke_test, step, wait_de
 pub struct World {
     pub cluster: Option<crate::eks::Cluster>,
     pub edge: Observed,
-    pub colours: BTreeMap<&'static str, colour::Observed>,
-    pub live: Option<&'static str>,
+    pub colours: BTreeMap<Colour, colour::Observed>,
+    pub live: Option<Colour>,
 }
 
 pub async fn observe(ctx: &Ctx, stacks: &Stacks) -> Result<World> {
@@ -31,12 +31,12 @@ pub async fn observe(ctx: &Ctx, stacks: &Stacks) -> Result<World> {
     if let Some(name) = cluster_stack.outputs.get("ClusterName") {
         let conn = crate::eks::Cluster::connect(&ctx.aws, name).await?;
         let client = conn.client().await?;
-        for col in COLOURS {
+        for col in Colour::ALL {
             colours.insert(col, colour::observe(&client, c, col).await?);
         }
         cluster = Some(conn);
     }
-    let addresses: BTreeMap<&'static str, Option<String>> = colours
+    let addresses: BTreeMap<Colour, Option<String>> = colours
         .iter()
         .map(|(k, v)| (*k, v.address.clone()))
         .collect();
@@ -116,7 +116,7 @@ async fn flip(
 /// Poll the public URL until `/version` reports `colour`.
 pub async fn wait_public(
     url: &str,
-    colour: &str,
+    colour: Colour,
     timeout: Duration,
 ) -> std::result::Result<(), String> {
     let http = crate::smoke::http_client(Duration::from_secs(5));
@@ -125,7 +125,7 @@ pub async fn wait_public(
         async || {
             Ok(match http.get(format!("{url}/version")).send().await {
                 Ok(r) => match r.json::<Value>().await {
-                    Ok(v) if v["colour"] == colour => crate::wait::Check::Done(()),
+                    Ok(v) if v["colour"] == colour.as_str() => crate::wait::Check::Done(()),
                     Ok(v) => crate::wait::Check::Pending(format!("answered by {}", v["colour"])),
                     Err(e) => crate::wait::Check::Pending(e.to_string()),
                 },
@@ -146,9 +146,14 @@ pub enum Flip {
 
 impl Flip {
     fn action(self) -> &'static str {
+        self.pending().as_str()
+    }
+
+    /// The mark a colour carries while this flip moves traffic to it.
+    fn pending(self) -> Pending {
         match self {
-            Flip::Promote { .. } => "promote",
-            Flip::Rollback { .. } => "rollback",
+            Flip::Promote { .. } => Pending::Promote,
+            Flip::Rollback { .. } => Pending::Rollback,
         }
     }
 }
@@ -190,14 +195,14 @@ pub async fn rollback(
 async fn annotate(
     client: &kube::Client,
     ctx: &Ctx,
-    colour: &str,
-    role: Option<&str>,
-    pending: Option<&str>,
+    colour: Colour,
+    role: Option<Role>,
+    pending: Option<Pending>,
 ) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
-    let mut annotations = json!({"release/pending": pending});
+    let mut annotations = json!({"release/pending": pending.map(Pending::as_str)});
     if let Some(r) = role {
-        annotations["release/role"] = json!(r);
+        annotations["release/role"] = json!(r.as_str());
     }
     api.patch(
         &colour::name(&ctx.config, colour),
@@ -219,8 +224,8 @@ async fn annotate(
 /// What a flip starts from: where traffic goes, from where, and whether `to` must be redeployed
 /// (a rollback to a retired colour) or the flip already happened (a run that died after it).
 struct FlipPlan {
-    from: &'static str,
-    to: &'static str,
+    from: Colour,
+    to: Colour,
     /// The ledger's record of `to`'s last go-live, when `to` must be deployed again.
     redeploy: Option<crate::state::Release>,
     /// The edge already serves `to`: verify and write the roles only.
@@ -250,8 +255,8 @@ async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
         ));
     };
     let roles = colour::roles(world.live, &world.colours);
-    let other = colour::other(live);
-    if roles.unfinished.as_deref() == Some(action) {
+    let other = live.other();
+    if roles.unfinished == Some(kind.pending()) {
         ctx.out.note(&format!(
             "an earlier {action} moved the edge to {} but did not finish: verifying it and writing the roles",
             colour::name(c, live)
@@ -263,21 +268,20 @@ async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
             finishing: true,
         });
     }
-    let role = roles.roles.get(other).map(String::as_str);
+    let role = roles.roles.get(&other).copied();
     let redeploy = match (kind, role) {
-        (Flip::Promote { .. }, Some("candidate")) | (Flip::Rollback { .. }, Some("previous")) => {
-            None
-        }
+        (Flip::Promote { .. }, Some(Role::Candidate))
+        | (Flip::Rollback { .. }, Some(Role::Previous)) => None,
         (Flip::Promote { .. }, r) => {
             return Err(nothing(format!(
                 "{} is not a tested candidate ({})",
                 colour::name(c, other),
-                r.unwrap_or("absent")
+                r.map_or("absent", Role::as_str)
             )));
         }
         (Flip::Rollback { .. }, _) => {
             let ledger = ctx.store().ledger().await?;
-            let Some(r) = ledger.previous_live(live) else {
+            let Some(r) = ledger.previous_live(live.as_str()) else {
                 return Err(nothing(format!(
                     "the ledger has no earlier live release than {}",
                     colour::name(c, live)
@@ -287,7 +291,7 @@ async fn plan_flip(ctx: &Ctx, world: &World, kind: Flip) -> Result<FlipPlan> {
         }
     };
     if redeploy.is_none() {
-        let o = &world.colours[other];
+        let o = &world.colours[&other];
         if o.ready < o.replicas || o.replicas == 0 || o.address.is_none() {
             return Err(nothing(format!(
                 "{} has {}/{} pods ready and {} load-balancer address",
@@ -332,7 +336,7 @@ async fn prepare(
                 "that image is not live (a failed promote flips back by itself); check `release status`",
             ),
         };
-        let got = world.colours[checked].digest.as_deref().unwrap_or("none");
+        let got = world.colours[&checked].digest.as_deref().unwrap_or("none");
         if got != want {
             return Err(Failure::new(
                 Exit::Precondition,
@@ -369,8 +373,8 @@ fn target_image(
             r.model_version.clone().unwrap_or_default(),
         ),
         None => (
-            world.colours[plan.to].digest.clone(),
-            world.colours[plan.to]
+            world.colours[&plan.to].digest.clone(),
+            world.colours[&plan.to]
                 .model_version
                 .clone()
                 .unwrap_or_else(|| c.model.version.clone()),
@@ -416,11 +420,11 @@ async fn dry_run_flip(
         action: kind.action(),
         from: colour::name(c, plan.from),
         to: colour::name(c, plan.to),
-        from_exists: world.colours[plan.from].exists,
-        from_addr: world.colours[plan.from].address.clone(),
+        from_exists: world.colours[&plan.from].exists,
+        from_addr: world.colours[&plan.from].address.clone(),
         to_addr: redeploy
             .is_none()
-            .then(|| world.colours[plan.to].address.clone())
+            .then(|| world.colours[&plan.to].address.clone())
             .flatten(),
         redeploy,
         model_version: version.clone(),
@@ -499,7 +503,7 @@ async fn flip_to(
         }
     };
     let (from, to) = (plan.from, plan.to);
-    let from_addr = world.colours[from].address.clone();
+    let from_addr = world.colours[&from].address.clone();
     let (digest, version) = target_image(c, &world, &plan);
     // What this run moves traffic to, in the ledger before anything changes.
     let _ = store
@@ -520,7 +524,7 @@ async fn flip_to(
             Some(d) if plan.redeploy.is_some() => {
                 redeploy(ctx, &stacks, &client, &store, &id, to, d, &version).await?
             }
-            _ => world.colours[to].address.clone().unwrap_or_default(),
+            _ => world.colours[&to].address.clone().unwrap_or_default(),
         };
         let target = crate::smoke::Target {
             base_url: format!("http://{to_addr}:{}", c.deploy.service_port),
@@ -542,7 +546,7 @@ async fn flip_to(
                 s.candidate = None;
             }
             // Mark the flip before making it, so that a run dying after it is finished, not redone.
-            annotate(&client, ctx, to, None, Some(action)).await?;
+            annotate(&client, ctx, to, None, Some(kind.pending())).await?;
             step(
                 ctx,
                 &store,
@@ -588,7 +592,7 @@ async fn flip_to(
         })
         .await;
         if let Err(e) = verified {
-            let Some(back) = from_addr.clone().filter(|_| world.colours[from].exists) else {
+            let Some(back) = from_addr.clone().filter(|_| world.colours[&from].exists) else {
                 return Err(Failure::new(
                     Exit::Verify,
                     "verify public URL",
@@ -618,16 +622,16 @@ async fn flip_to(
                 format!("flipped back: {from} serves again; {to} stays deployed for inspection"),
             ));
         }
-        annotate(&client, ctx, to, Some("live"), None).await?;
-        if world.colours[from].exists {
+        annotate(&client, ctx, to, Some(Role::Live), None).await?;
+        if world.colours[&from].exists {
             let role = match kind {
-                Flip::Promote { .. } => "previous",
-                Flip::Rollback { .. } => "failed",
+                Flip::Promote { .. } => Role::Previous,
+                Flip::Rollback { .. } => Role::Failed,
             };
             annotate(&client, ctx, from, Some(role), None).await?;
         }
         let retire = retires(kind);
-        if retire && world.colours[from].exists {
+        if retire && world.colours[&from].exists {
             step(
                 ctx,
                 &store,
@@ -651,7 +655,7 @@ async fn flip_to(
     )
     .await;
     let retired = result?;
-    let old = match (kind, retired, world.colours[from].exists) {
+    let old = match (kind, retired, world.colours[&from].exists) {
         (_, _, false) => json!("none"),
         (_, true, _) => json!("retired"),
         (Flip::Promote { .. }, false, _) => json!(from),
@@ -677,7 +681,7 @@ async fn redeploy(
     client: &kube::Client,
     store: &crate::store::StateStore,
     id: &str,
-    to: &'static str,
+    to: Colour,
     digest: &str,
     version: &str,
 ) -> Result<String> {
@@ -698,7 +702,7 @@ async fn redeploy(
     )
     .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
     if let Some(s) = ctx.session.lock().await.as_mut() {
-        s.candidate = Some((client.clone(), to.to_string()));
+        s.candidate = Some((client.clone(), to));
     }
     let name = format!("redeploy {}", colour::name(c, to));
     step(ctx, store, id, &name, &image, async {
@@ -742,7 +746,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
             None => false,
         };
         colours.insert(
-            colour::name(c, col),
+            colour::name(c, *col),
             json!({
                 "colour": col, "role": roles.roles.get(col), "image_digest": o.digest,
                 "model_version": o.model_version,
@@ -796,7 +800,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         "edge": edge_state,
         "unfinished": roles.unfinished.map(|a| format!(
             "a {a} moved the edge to {} and died before verifying it: re-run `release {a}` to finish it (or `release rollback`)",
-            world.live.unwrap_or("-")
+            world.live.map_or("-", Colour::as_str)
         )),
         "stacks": stack_states,
         "lock": lock.unwrap_or_else(|| "free".into()),
@@ -876,7 +880,7 @@ async fn dry_run_destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> 
                 .await?
                 .client()
                 .await?;
-            for col in COLOURS {
+            for col in Colour::ALL {
                 if colour::observe(&client, c, col).await?.exists {
                     facts.colours.push(colour::name(c, col));
                 }
@@ -964,7 +968,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
                 .await?
                 .client()
                 .await?;
-            for col in COLOURS {
+            for col in Colour::ALL {
                 colour::teardown(&client, c, col).await?;
             }
             colour::remove_app(&client, c).await?;

@@ -39,7 +39,7 @@ pub fn load_cases(path: &Path) -> Result<Cases, String> {
 
 pub struct Target<'a> {
     pub base_url: String,
-    pub colour: &'a str,
+    pub colour: crate::plan::colour::Colour,
     /// Checked against `/version`; empty: not checked (a rollback's colour may serve an older model).
     pub model_version: &'a str,
     /// The origin-verify header's value, sent to a colour's own address. Empty through the public
@@ -155,7 +155,7 @@ pub async fn run(
     match http.get(format!("{}/version", t.base_url)).send().await {
         Ok(resp) => match resp.json::<Value>().await {
             Ok(v) => {
-                if v["colour"] != t.colour {
+                if v["colour"] != t.colour.as_str() {
                     r.failures.push(format!(
                         "/version reports colour {} (expected {})",
                         v["colour"], t.colour
@@ -311,7 +311,8 @@ mod tests {
             model_version: "1",
             secret: "",
         };
-        let (t, l) = (target(candidate, "green"), target(live, "blue"));
+        use crate::plan::colour::Colour;
+        let (t, l) = (target(candidate, Colour::Green), target(live, Colour::Blue));
         let report = run(&t, &cases, 5, 5_000, Some((&l, 1.0)), |_| {}).await;
         assert_eq!(report.cases_passed, 4, "{:?}", report.failures);
         let agreement = report.agreement.unwrap();

@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 
+use crate::colour::Colour;
 use crate::config::Config;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::image::{self, Image, ImageSpec};
@@ -38,7 +39,7 @@ pub struct Session {
     pub release_id: String,
     pub renewal: tokio::task::JoinHandle<()>,
     /// A candidate colour being deployed: torn down if the run is interrupted.
-    pub candidate: Option<(kube::Client, String)>,
+    pub candidate: Option<(kube::Client, Colour)>,
     /// The error the session is being closed with, kept for a second `finish_session` when an
     /// interrupt cut the first one short (the first reason is the one that matters).
     pub closing: Option<String>,
@@ -516,10 +517,10 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
     };
     session.closing = error.clone();
     if let (Some(_), Some((client, colour))) = (&error, session.candidate.clone()) {
-        let name = crate::colour::name(&ctx.config, &colour);
+        let name = crate::colour::name(&ctx.config, colour);
         ctx.out.note(&format!("tearing down the candidate {name}"));
         hold_hook(&format!("teardown {name}")).await;
-        if let Err(e) = crate::colour::teardown(&client, &ctx.config, &colour).await {
+        if let Err(e) = crate::colour::teardown(&client, &ctx.config, colour).await {
             ctx.out.note(&format!(
                 "warning: the candidate was not torn down ({e}); the next release up replaces it"
             ));
@@ -756,7 +757,7 @@ pub async fn step<T>(
     }
 }
 
-pub fn smoke_failure(colour: &str, report: &crate::smoke::Report) -> Failure {
+pub fn smoke_failure(colour: Colour, report: &crate::smoke::Report) -> Failure {
     Failure::new(
         Exit::Smoke,
         format!("smoke test of {colour}"),
@@ -847,7 +848,7 @@ async fn deploy(
     let edge = stacks.observe(&edge_name).await?;
     let mut observed = std::collections::BTreeMap::new();
     let mut addresses = std::collections::BTreeMap::new();
-    for col in colour::COLOURS {
+    for col in colour::Colour::ALL {
         let o = colour::observe(&client, c, col).await?;
         addresses.insert(col, o.address.clone());
         observed.insert(col, o);
@@ -860,7 +861,7 @@ async fn deploy(
     if let Some(l) = live {
         let (_, hash) = colour::render(&templates, c, l, image, digest, id, "candidate")
             .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
-        let o = &observed[l];
+        let o = &observed[&l];
         if !force
             && o.digest.as_deref() == Some(digest)
             && o.manifest_hash.as_deref() == Some(hash.as_str())
@@ -894,14 +895,14 @@ async fn deploy(
             return Ok(false);
         }
     }
-    let candidate = colour::candidate_for(live);
+    let candidate = crate::plan::colour::candidate_for(live);
     let (manifests, _) =
         colour::render(&templates, c, candidate, image, digest, id, "candidate")
             .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
     let secret = colour::ensure_namespace_and_secret(&client, c).await?;
     *changed = true;
     if let Some(s) = ctx.session.lock().await.as_mut() {
-        s.candidate = Some((client.clone(), candidate.to_string()));
+        s.candidate = Some((client.clone(), candidate));
     }
     let _ = store
         .update_ledger(|l| {
@@ -932,10 +933,10 @@ async fn deploy(
         model_version: &c.model.version,
         secret: &secret,
     };
-    let live_target = live.and_then(|l| addresses[l].clone().map(|a| (l, a)));
+    let live_target = live.and_then(|l| addresses[&l].clone().map(|a| (l, a)));
     let live_target = live_target.as_ref().map(|(l, a)| crate::smoke::Target {
         base_url: format!("http://{a}:{}", c.deploy.service_port),
-        colour: l,
+        colour: *l,
         model_version: &c.model.version,
         secret: &secret,
     });
@@ -983,7 +984,7 @@ async fn deploy(
 pub async fn roll_out(
     ctx: &Ctx,
     client: &kube::Client,
-    colour: &str,
+    colour: Colour,
     manifests: &[Value],
     step_name: &str,
 ) -> Result<String> {
@@ -1040,7 +1041,7 @@ pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -
 /// Record in the ledger that this run's colour answers through the public URL (what rollback
 /// finds the previous live release by). Written inside the verifying step, so a run that dies
 /// right after it still counts.
-pub async fn mark_live(store: &StateStore, id: &str, colour: &str) -> Result<()> {
+pub async fn mark_live(store: &StateStore, id: &str, colour: Colour) -> Result<()> {
     store
         .update_ledger(|l| {
             if let Some(r) = l.get_mut(id) {
@@ -1060,7 +1061,7 @@ async fn go_live(
     store: &StateStore,
     id: &str,
     outputs: &mut Outputs,
-    colour: &str,
+    colour: Colour,
     addr: &str,
     secret: &str,
     cases: &crate::smoke::Cases,
@@ -1273,7 +1274,7 @@ async fn dry_run_colour(
             ),
             format!(
                 "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
-                colour::name(c, colour::candidate_for(None))
+                colour::name(c, crate::plan::colour::candidate_for(None))
             ),
         )
     };
@@ -1315,7 +1316,7 @@ fn dry_run_candidate(
     if let Some(l) = world.live {
         let (_, hash) = colour::render(&templates, c, l, &image, digest, "dry-run", "candidate")
             .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
-        let o = &world.colours[l];
+        let o = &world.colours[&l];
         if !force
             && o.digest.as_deref() == Some(digest)
             && o.manifest_hash.as_deref() == Some(hash.as_str())
@@ -1326,7 +1327,7 @@ fn dry_run_candidate(
             ));
         }
     }
-    let candidate = colour::name(c, colour::candidate_for(world.live));
+    let candidate = colour::name(c, crate::plan::colour::candidate_for(world.live));
     Ok(match world.live {
         None => format!(
             "deploy {candidate} ({image}, {} replicas), {smoke}, put it live through the edge",

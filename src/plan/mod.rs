@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::config::Config;
 
+pub mod colour;
 pub mod stack;
 
 /// Stacks that can be deployed together: each wave waits for the one before it.

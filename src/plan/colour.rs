@@ -1,0 +1,279 @@
+//! The release vocabulary, defined once: the two colours, the role each plays, the flip a colour
+//! may be left marked with, and which colour is which, decided from what the edge and the colours'
+//! annotations say. Pure: the adapters read and write these as the strings in the annotations,
+//! the ledger and the JSON summaries (`blue`, `live`, `promote`, ...), which are unchanged.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One of the two colours a release alternates between.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Colour {
+    Blue,
+    Green,
+}
+
+impl Colour {
+    pub const ALL: [Colour; 2] = [Colour::Blue, Colour::Green];
+
+    pub fn other(self) -> Colour {
+        match self {
+            Colour::Blue => Colour::Green,
+            Colour::Green => Colour::Blue,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Colour::Blue => "blue",
+            Colour::Green => "green",
+        }
+    }
+
+    /// `blue` or `green`; anything else is no colour.
+    pub fn parse(s: &str) -> Option<Colour> {
+        Colour::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+impl fmt::Display for Colour {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a colour is in the release, as `release/role` and `status` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The edge serves it.
+    Live,
+    /// Deployed and smoke-tested by `up`, waiting for `promote`.
+    Candidate,
+    /// Live before the last promote: what `rollback` goes back to.
+    Previous,
+    /// Rolled back from: kept for a look (`rollback --keep-failed`) until the next `up`.
+    Failed,
+    /// Deployed without a role `release` knows (by hand, or by another tool).
+    Unknown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Live => "live",
+            Role::Candidate => "candidate",
+            Role::Previous => "previous",
+            Role::Failed => "failed",
+            Role::Unknown => "unknown",
+        }
+    }
+
+    /// A `release/role` annotation; one `release` did not write is `Unknown`.
+    pub fn parse(s: &str) -> Role {
+        [Role::Live, Role::Candidate, Role::Previous, Role::Failed]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .unwrap_or(Role::Unknown)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The flip a colour is marked with (`release/pending`) while traffic moves to it: set before the
+/// edge changes, cleared once the public URL answers from it and the roles are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pending {
+    Promote,
+    Rollback,
+}
+
+impl Pending {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pending::Promote => "promote",
+            Pending::Rollback => "rollback",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Pending> {
+        [Pending::Promote, Pending::Rollback]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+impl fmt::Display for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is deployed of a colour, from its objects' annotations and status.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub exists: bool,
+    pub digest: Option<String>,
+    pub manifest_hash: Option<String>,
+    /// Its `release/role` annotation (set by up and promote).
+    pub role: Option<Role>,
+    pub ready: i32,
+    pub replicas: i32,
+    pub address: Option<String>,
+    pub model_version: Option<String>,
+    /// When the Deployment was created (Unix seconds).
+    pub created: Option<i64>,
+    /// Set on the colour a flip is moving traffic to. Still set on the live colour = a flip died
+    /// between moving traffic and finishing.
+    pub pending: Option<Pending>,
+}
+
+/// What each colour is, as the edge and the annotations together say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Roles {
+    pub live: Option<Colour>,
+    /// Per colour that exists.
+    pub roles: BTreeMap<Colour, Role>,
+    /// A flip that moved traffic to the live colour but died before it verified the public URL
+    /// and wrote the roles.
+    pub unfinished: Option<Pending>,
+}
+
+/// The edge is the truth about which colour is live; the annotations say the rest. A colour
+/// still annotated `live` that the edge no longer serves was left by an unfinished flip: it is
+/// `previous` after a promote, `failed` after a rollback.
+pub fn roles(live: Option<Colour>, colours: &BTreeMap<Colour, Observed>) -> Roles {
+    let unfinished = live.and_then(|l| colours.get(&l)).and_then(|o| o.pending);
+    let roles = colours
+        .iter()
+        .filter(|(_, o)| o.exists)
+        .map(|(c, o)| {
+            let role = if Some(*c) == live {
+                Role::Live
+            } else {
+                match (o.role, unfinished) {
+                    (Some(Role::Live), Some(Pending::Rollback)) => Role::Failed,
+                    (Some(Role::Live), _) => Role::Previous,
+                    (Some(r), _) => r,
+                    (None, _) => Role::Unknown,
+                }
+            };
+            (*c, role)
+        })
+        .collect();
+    Roles {
+        live,
+        roles,
+        unfinished,
+    }
+}
+
+/// The colour to deploy: the one that is not live (blue when nothing is).
+pub fn candidate_for(live: Option<Colour>) -> Colour {
+    live.map_or(Colour::Blue, Colour::other)
+}
+
+/// Which colour the edge serves: the one whose load-balancer address is the edge stack's origin.
+pub fn live_colour(
+    origin: Option<&str>,
+    addresses: &BTreeMap<Colour, Option<String>>,
+) -> Option<Colour> {
+    let origin = origin?;
+    addresses
+        .iter()
+        .find(|(_, a)| a.as_deref() == Some(origin))
+        .map(|(c, _)| *c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Colour::{Blue, Green};
+
+    fn seen(role: Role, pending: Option<Pending>) -> Observed {
+        Observed {
+            exists: true,
+            role: Some(role),
+            pending,
+            ..Observed::default()
+        }
+    }
+
+    fn both(blue: Observed, green: Observed) -> BTreeMap<Colour, Observed> {
+        [(Blue, blue), (Green, green)].into_iter().collect()
+    }
+
+    #[test]
+    fn the_edge_says_which_colour_is_live_and_an_unfinished_flip_is_recognised() {
+        use Role::*;
+        // After a finished promote.
+        let r = roles(Some(Green), &both(seen(Previous, None), seen(Live, None)));
+        assert_eq!((r.roles[&Blue], r.roles[&Green]), (Previous, Live));
+        assert_eq!(r.unfinished, None);
+        // A promote that died after the flip: green serves, blue is still annotated live.
+        let r = roles(
+            Some(Green),
+            &both(seen(Live, None), seen(Candidate, Some(Pending::Promote))),
+        );
+        assert_eq!((r.roles[&Blue], r.roles[&Green]), (Previous, Live));
+        assert_eq!(r.unfinished, Some(Pending::Promote));
+        // A rollback that died after the flip: the colour still annotated live is the failed one.
+        let r = roles(
+            Some(Blue),
+            &both(seen(Previous, Some(Pending::Rollback)), seen(Live, None)),
+        );
+        assert_eq!(r.roles[&Green], Failed);
+        assert_eq!(r.unfinished, Some(Pending::Rollback));
+        // A flip marked but never made: the edge still serves blue, nothing is unfinished.
+        let r = roles(
+            Some(Blue),
+            &both(seen(Live, None), seen(Candidate, Some(Pending::Promote))),
+        );
+        assert_eq!((r.roles[&Blue], r.roles[&Green]), (Live, Candidate));
+        assert_eq!(r.unfinished, None);
+        // Colours that do not exist have no role.
+        let r = roles(None, &both(Observed::default(), seen(Candidate, None)));
+        assert_eq!(r.roles.len(), 1);
+    }
+
+    #[test]
+    fn colours_alternate_and_blue_goes_first() {
+        assert_eq!(candidate_for(None), Blue);
+        assert_eq!(candidate_for(Some(Blue)), Green);
+        assert_eq!(candidate_for(Some(Green)), Blue);
+        let addrs: BTreeMap<Colour, Option<String>> = [
+            (Blue, Some("a".to_string())),
+            (Green, Some("b".to_string())),
+        ]
+        .into();
+        assert_eq!(live_colour(Some("b"), &addrs), Some(Green));
+        assert_eq!(live_colour(Some("c"), &addrs), None);
+        assert_eq!(live_colour(None, &addrs), None);
+    }
+
+    #[test]
+    fn only_the_two_colours_and_the_known_roles_are_read_as_such() {
+        assert_eq!(Colour::parse("green"), Some(Green));
+        assert_eq!(
+            Colour::parse("anything"),
+            None,
+            "not blue, as `other` once said"
+        );
+        assert_eq!(Role::parse("previous"), Role::Previous);
+        assert_eq!(Role::parse("canary"), Role::Unknown);
+        assert_eq!(Pending::parse("rollback"), Some(Pending::Rollback));
+        assert_eq!(Pending::parse(""), None);
+        assert_eq!(serde_json::to_string(&Green).unwrap(), "\"green\"");
+        assert_eq!(
+            serde_json::to_string(&Role::Candidate).unwrap(),
+            "\"candidate\""
+        );
+    }
+}
