@@ -411,31 +411,22 @@ impl Stacks {
         mut progress: impl FnMut(&str),
     ) -> Result<(Change, Observed)> {
         let mut observed = self.observe(name).await?;
+        // An operation in progress is waited for first; what it ends in is then decided as a
+        // stack found that way would be (a create that failed meanwhile is made again).
+        if observed.phase() == StackPhase::InProgress {
+            let s = observed.status_text();
+            progress(&format!("waiting for the operation in progress ({s})"));
+            observed = self.wait(name, &mut progress).await?;
+        }
         let mut recreated = false;
         match observed.phase() {
+            StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
             p if p.recreate() => {
                 progress("deleting the stack an earlier failed create left behind");
                 self.delete(name, &mut progress).await?;
                 observed = Observed::default();
                 recreated = true;
             }
-            StackPhase::InProgress => {
-                let s = observed.status_text();
-                progress(&format!("waiting for the operation in progress ({s})"));
-                observed = self.wait(name, &mut progress).await?;
-                match observed.phase() {
-                    StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
-                    // A create that failed while we waited: deleted and made again, as above.
-                    p if p.recreate() => {
-                        progress("deleting the stack an earlier failed create left behind");
-                        self.delete(name, &mut progress).await?;
-                        observed = Observed::default();
-                        recreated = true;
-                    }
-                    _ => {}
-                }
-            }
-            StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
             _ => {}
         }
         let kind = if observed.exists() {
