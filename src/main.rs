@@ -13,9 +13,10 @@ use std::sync::Arc;
 use aws_config::BehaviorVersion;
 use clap::{CommandFactory, Parser};
 use release::cli::{Cli, Command, Global, ImageCommand};
+use release::commands::up::UpArgs;
 use release::error::{Exit, Failure};
 use release::output::{Format, Reporter};
-use release::up::{Ctx, UpArgs};
+use release::session::Ctx;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -123,7 +124,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         );
     }
     if matches!(cli.command, Command::Up { .. })
-        && let Err(e) = release::up::check_image(&config, &base)
+        && let Err(e) = release::commands::up::check_image(&config, &base)
     {
         return fail(out, &e);
     }
@@ -164,7 +165,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 force: *force,
             };
             let up_then_promote = async {
-                let up = release::up::up(&ctx, &args).await?;
+                let up = release::commands::up::up(&ctx, &args).await?;
                 let mut summary = up.summary;
                 if *promote && ctx.dry_run {
                     ctx.out.note("plan: promote: once up has a tested candidate waiting, promote it as `release promote` would");
@@ -172,7 +173,8 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 if *promote && !ctx.dry_run {
                     if up.candidate_waits {
                         summary["promote"] =
-                            release::promote::promote(&ctx, false, *retire_previous, None).await?;
+                            release::commands::flip::promote(&ctx, false, *retire_previous, None)
+                                .await?;
                     } else {
                         ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already): nothing to promote");
                     }
@@ -196,7 +198,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 &ctx,
                 "promote",
                 "check `release status`, then re-run release promote",
-                release::promote::promote(
+                release::commands::flip::promote(
                     &ctx,
                     *force_unlock,
                     *retire_previous,
@@ -214,7 +216,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 &ctx,
                 "rollback",
                 "check `release status`, then re-run release rollback",
-                release::promote::rollback(
+                release::commands::flip::rollback(
                     &ctx,
                     *force_unlock,
                     *keep_failed,
@@ -231,36 +233,38 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 &ctx,
                 "destroy",
                 "re-run release destroy; it continues with what is left",
-                release::promote::destroy(&ctx, *force_unlock, *delete_images),
+                release::commands::destroy::destroy(&ctx, *force_unlock, *delete_images),
             )
             .await
         }
-        Command::Status => release::promote::status(&ctx).await,
-        Command::History { limit } => release::promote::history(&ctx, *limit).await.inspect(|h| {
-            if ctx.out.format() == Format::Human {
-                for r in h["releases"].as_array().into_iter().flatten() {
-                    let s = |k: &str| {
-                        r[k].as_str().map(str::to_string).unwrap_or_else(|| {
-                            if r[k].is_null() {
-                                "-".into()
-                            } else {
-                                r[k].to_string()
-                            }
-                        })
-                    };
-                    println!(
-                        "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
-                        s("id"),
-                        s("action"),
-                        s("colour"),
-                        s("image"),
-                        s("outcome"),
-                        s("duration_s"),
-                        s("actor")
-                    );
+        Command::Status => release::commands::status::status(&ctx).await,
+        Command::History { limit } => release::commands::status::history(&ctx, *limit)
+            .await
+            .inspect(|h| {
+                if ctx.out.format() == Format::Human {
+                    for r in h["releases"].as_array().into_iter().flatten() {
+                        let s = |k: &str| {
+                            r[k].as_str().map(str::to_string).unwrap_or_else(|| {
+                                if r[k].is_null() {
+                                    "-".into()
+                                } else {
+                                    r[k].to_string()
+                                }
+                            })
+                        };
+                        println!(
+                            "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
+                            s("id"),
+                            s("action"),
+                            s("colour"),
+                            s("image"),
+                            s("outcome"),
+                            s("duration_s"),
+                            s("actor")
+                        );
+                    }
                 }
-            }
-        }),
+            }),
         Command::Image { .. }
         | Command::Render { .. }
         | Command::Completions { .. }
@@ -332,18 +336,24 @@ fn image_build(
     let model_file = loaded
         .as_ref()
         .and_then(|(c, b)| c.model.path.as_ref().map(|m| b.join(m)));
-    let result = release::up::image_from(&binary, model_file.as_deref(), &tag, &model, &version)
-        .and_then(|image| {
-            release::image::write_layout(&image, &tag, dir).map_err(|e| {
-                Failure::new(
-                    Exit::Internal,
-                    "image build",
-                    format!("writing {}: {e}", dir.display()),
-                    "check the output directory",
-                )
-            })?;
-            Ok(image.digest())
-        });
+    let result = release::commands::image::image_from(
+        &binary,
+        model_file.as_deref(),
+        &tag,
+        &model,
+        &version,
+    )
+    .and_then(|image| {
+        release::image::write_layout(&image, &tag, dir).map_err(|e| {
+            Failure::new(
+                Exit::Internal,
+                "image build",
+                format!("writing {}: {e}", dir.display()),
+                "check the output directory",
+            )
+        })?;
+        Ok(image.digest())
+    });
     match result {
         Ok(digest) => {
             out.summary(&serde_json::json!({"layout": dir.display().to_string(), "tag": tag, "digest": digest}));
@@ -423,7 +433,7 @@ async fn interruptible(
                 break pending.take().expect("pending");
             }
         };
-        release::up::signalled();
+        release::session::signalled();
         // The run is already closing (tearing a failed candidate down, closing its ledger entry,
         // releasing the lock): cut short, it would leave half of that and record a finished run
         // as failed. It finishes first and ends with its own outcome.
@@ -437,7 +447,7 @@ async fn interruptible(
         }
         break stop;
     };
-    release::up::finish_session(ctx, Some(why.clone()), None).await;
+    release::session::finish_session(ctx, Some(why.clone()), None).await;
     Err(Failure::new(exit, command, why, hint))
 }
 

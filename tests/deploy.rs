@@ -345,7 +345,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let image = release::up::image_from(
+    let image = release::commands::image::image_from(
         &lost_bin,
         Some(&workspace().join("model-server/model/iris.onnx")),
         "lost1",

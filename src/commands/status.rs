@@ -1,0 +1,125 @@
+//! `release status` and `release history`: what is there, and what happened.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::colour::{self, Colour};
+use crate::commands::observe::{observe, public_url};
+use crate::error::{Result, sdk};
+use crate::session::Ctx;
+
+/// `release status`: live, candidate and previous colours, the public URL, the stacks, the lock.
+pub async fn status(ctx: &Ctx) -> Result<Value> {
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    let c = &ctx.config;
+    let mut stack_states = serde_json::Map::new();
+    for t in crate::config::TEMPLATES {
+        let o = stacks.observe(&c.stack_name(t)).await?;
+        stack_states.insert(
+            c.stack_name(t),
+            json!(o.status.unwrap_or_else(|| "absent".into())),
+        );
+    }
+    let world = observe(ctx, &stacks).await?;
+    let http = crate::smoke::http_client(Duration::from_secs(5));
+    let roles = colour::roles(world.live, &world.colours);
+    let now = crate::store::now() as i64;
+    let mut colours = serde_json::Map::new();
+    for (col, o) in &world.colours {
+        if !o.exists {
+            continue;
+        }
+        let healthy = match &o.address {
+            Some(a) => http
+                .get(format!("http://{a}:{}/readyz", c.deploy.service_port))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success()),
+            None => false,
+        };
+        colours.insert(
+            colour::name(c, *col),
+            json!({
+                "colour": col, "role": roles.roles.get(col), "image_digest": o.digest,
+                "model_version": o.model_version,
+                "age": o.created.map(|t| humantime::format_duration(Duration::from_secs(now.saturating_sub(t).max(0) as u64)).to_string()),
+                "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy,
+            }),
+        );
+    }
+    // CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
+    let edge_state = match world.edge.outputs.get("DistributionId") {
+        Some(id) => crate::endpoint::cloudfront(&ctx.aws)
+            .get_distribution()
+            .id(id)
+            .send()
+            .await
+            .map(|d| {
+                d.distribution()
+                    .map(|d| d.status().to_string())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_else(|e| format!("unknown ({})", sdk(e))),
+        None => "absent".into(),
+    };
+    let public = public_url(ctx, &world.edge);
+    let public_colour = match &public {
+        Some(u) => match http.get(format!("{u}/version")).send().await {
+            Ok(r) => r.json::<Value>().await.ok().map(|v| v["colour"].clone()),
+            Err(_) => None,
+        },
+        None => None,
+    };
+    let lock = if store.bucket_exists().await? {
+        store.read_lock().await?.map(|l| {
+            let gone = l.holder_gone(&crate::session::hostname(), crate::store::process_alive);
+            let d = l.describe(crate::store::now());
+            if gone {
+                format!("{d}; its process is gone: the next command needs --force-unlock")
+            } else {
+                d
+            }
+        })
+    } else {
+        None
+    };
+    Ok(json!({
+        "app": c.app,
+        "live": world.live,
+        "colours": colours,
+        "public url": public,
+        "public url answers from": public_colour,
+        "edge": edge_state,
+        "unfinished": roles.unfinished.map(|a| format!(
+            "a {a} moved the edge to {} and died before verifying it: re-run `release {a}` to finish it (or `release rollback`)",
+            world.live.map_or("-", Colour::as_str)
+        )),
+        "stacks": stack_states,
+        "lock": lock.unwrap_or_else(|| "free".into()),
+    }))
+}
+
+/// `release history`: the ledger, newest last.
+pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
+    let store = ctx.store();
+    if !store.bucket_exists().await? {
+        return Ok(json!({"releases": []}));
+    }
+    let ledger = store.ledger().await?;
+    let skip = ledger.releases.len().saturating_sub(limit);
+    let rows: Vec<Value> = ledger
+        .releases
+        .iter()
+        .skip(skip)
+        .map(|r| {
+            json!({
+                "id": r.id, "action": r.action, "colour": r.colour, "image": r.image_tag, "digest": r.image_digest,
+                "outcome": r.outcome, "went_live": r.went_live, "model_version": r.model_version, "duration_s": r.finished.map(|f| f.saturating_sub(r.started)), "actor": r.actor,
+                "ci_build_url": r.ci_build_url, "error": r.error,
+            })
+        })
+        .collect();
+    Ok(json!({"releases": rows}))
+}

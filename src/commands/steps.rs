@@ -1,0 +1,151 @@
+//! Steps more than one command takes: smoke tests, roll-outs, waiting for CloudFront and for the
+//! public URL, marking a release live.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::colour::Colour;
+use crate::error::{Exit, Failure, Result, sdk};
+use crate::session::Ctx;
+use crate::store::StateStore;
+
+pub fn smoke_failure(colour: Colour, report: &crate::smoke::Report) -> Failure {
+    Failure::new(
+        Exit::Smoke,
+        format!("smoke test of {colour}"),
+        format!(
+            "{} failed check(s):\n    {}",
+            report.failures.len(),
+            report.failures.join("\n    ")
+        ),
+        "the candidate was torn down and the live colour is untouched; fix the model or image and release again",
+    )
+}
+
+/// Smoke-test `target` and make the report a step's result: its summary, or a failure naming
+/// every failed check. `progress_step`: the step whose progress line it updates, if any.
+pub async fn smoke_test(
+    ctx: &Ctx,
+    target: &crate::smoke::Target<'_>,
+    cases: &crate::smoke::Cases,
+    requests: u32,
+    compare: Option<(&crate::smoke::Target<'_>, f64)>,
+    progress_step: Option<&str>,
+) -> Result<String> {
+    let report = crate::smoke::run(
+        target,
+        cases,
+        requests,
+        ctx.config.smoke.p95_ms,
+        compare,
+        |p| {
+            if let Some(step) = progress_step {
+                ctx.out.progress(step, &p)
+            }
+        },
+    )
+    .await;
+    if report.ok() {
+        Ok(report.summary())
+    } else {
+        Err(smoke_failure(target.colour, &report))
+    }
+}
+
+/// Apply a colour's manifests, wait until it is rolled out, and return its load-balancer address.
+pub async fn roll_out(
+    ctx: &Ctx,
+    client: &kube::Client,
+    colour: Colour,
+    manifests: &[Value],
+    step_name: &str,
+) -> Result<String> {
+    let c = &ctx.config;
+    let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
+    crate::colour::apply(client, c, manifests).await?;
+    crate::colour::wait_rollout(client, c, colour, timeout, |p| {
+        ctx.out.progress(step_name, &p)
+    })
+    .await?;
+    let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
+    crate::colour::wait_address(client, c, colour, address).await
+}
+
+/// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
+/// current configuration), for at most the stack timeout.
+pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -> Result<()> {
+    let cf = crate::endpoint::cloudfront(&ctx.aws);
+    // The sandbox deploys in about a second; CloudFront takes minutes.
+    let poll = if ctx.aws.endpoint_url().is_some() {
+        std::time::Duration::from_millis(200)
+    } else {
+        std::time::Duration::from_secs(10)
+    };
+    let timeout = std::time::Duration::from_secs(ctx.config.stacks.timeout_minutes * 60);
+    crate::wait::until(
+        crate::wait::Deadline::new(timeout, poll),
+        async || {
+            let d = cf.get_distribution().id(dist).send().await.map_err(|e| {
+                Failure::new(Exit::Aws, step_name, sdk(e), "check CloudFront access")
+            })?;
+            let status = d
+                .distribution()
+                .map(|d| d.status().to_string())
+                .unwrap_or_default();
+            Ok(if status == "Deployed" {
+                crate::wait::Check::Done(())
+            } else {
+                crate::wait::Check::Pending(status)
+            })
+        },
+        |status, _| {
+            Failure::new(
+                Exit::Aws,
+                step_name,
+                format!("{dist} is still {status}"),
+                hint,
+            )
+        },
+    )
+    .await
+}
+
+/// Record in the ledger that this run's colour answers through the public URL (what rollback
+/// finds the previous live release by). Written inside the verifying step, so a run that dies
+/// right after it still counts.
+pub async fn mark_live(store: &StateStore, id: &str, colour: Colour) -> Result<()> {
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.colour = Some(colour.to_string());
+                r.went_live = true;
+            }
+        })
+        .await
+        .map(|_| ())
+}
+
+/// Poll the public URL until `/version` reports `colour`.
+pub async fn wait_public(
+    url: &str,
+    colour: Colour,
+    timeout: Duration,
+) -> std::result::Result<(), String> {
+    let http = crate::smoke::http_client(Duration::from_secs(5));
+    crate::wait::until(
+        crate::wait::Deadline::new(timeout, Duration::from_millis(250)),
+        async || {
+            Ok(match http.get(format!("{url}/version")).send().await {
+                Ok(r) => match r.json::<Value>().await {
+                    Ok(v) if v["colour"] == colour.as_str() => crate::wait::Check::Done(()),
+                    Ok(v) => crate::wait::Check::Pending(format!("answered by {}", v["colour"])),
+                    Err(e) => crate::wait::Check::Pending(e.to_string()),
+                },
+                Err(e) => crate::wait::Check::Pending(e.to_string()),
+            })
+        },
+        |last, _| format!("{url} did not answer from {colour} within {timeout:?} ({last})"),
+    )
+    .await
+}

@@ -1,0 +1,322 @@
+//! `release up`: under the app's lock, each step recorded in the ledger, provision the stacks in
+//! their waves, push the image, then deploy and test a candidate colour (`deploy`); `--dry-run`
+//! prints what it would do (`dry_run`).
+
+mod deploy;
+mod dry_run;
+
+use deploy::deploy;
+use dry_run::dry_run;
+
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::config::Config;
+use crate::error::{Exit, Failure, Result};
+use crate::image::{self};
+use crate::plan::{self, Outputs, UP_WAVES};
+use crate::session::{Ctx, begin, finish_session, record, step_record};
+use crate::stacks::{Change, Stacks};
+use crate::store::StateStore;
+
+pub struct UpArgs {
+    pub force_unlock: bool,
+    /// Deploy a candidate even when the live colour already runs this image and these manifests.
+    pub force: bool,
+}
+
+/// Deploy one stack as a reported step.
+async fn stack_step(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    template: &str,
+    outputs: &Outputs,
+) -> Result<(Change, crate::stacks::Observed, std::time::Duration)> {
+    let name = ctx.config.stack_name(template);
+    let step = format!("stack {name}");
+    let params = plan::stack_parameters(template, &ctx.config, outputs).map_err(|m| {
+        Failure::new(
+            Exit::Internal,
+            &step,
+            format!("missing input: {m}"),
+            "report this: the plan ran a stack before its inputs",
+        )
+    })?;
+    let body = ctx.template(template)?;
+    let start = Instant::now();
+    ctx.out.start(&step, "checking");
+    let result = stacks
+        .deploy(&name, &body, &params, |what| ctx.out.progress(&step, what))
+        .await;
+    match result {
+        Ok((change, observed)) => {
+            ctx.out
+                .finish(&step, true, &change.describe(), start.elapsed());
+            Ok((change, observed, start.elapsed()))
+        }
+        Err(e) => {
+            ctx.out.finish(&step, false, &e.message, start.elapsed());
+            Err(e)
+        }
+    }
+}
+
+/// What `release up` did: its summary, and whether a tested candidate now waits for
+/// `release promote` (false when nothing was released, or when this first release went live).
+pub struct Up {
+    pub summary: Value,
+    pub candidate_waits: bool,
+}
+
+/// The image `up` would push is there to build or read: checked before anything touches AWS.
+pub fn check_image(config: &Config, base: &std::path::Path) -> Result<()> {
+    config.check_image("the configuration", base).map_err(|e| {
+        Failure::new(
+            Exit::Config,
+            "configuration",
+            e.to_string(),
+            "build the model server first, or fix image.binary / image.archive",
+        )
+    })
+}
+
+pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
+    let started = Instant::now();
+    check_image(&ctx.config, &ctx.base)?;
+    let stacks = ctx.stacks();
+    let store = ctx.store();
+    if ctx.dry_run {
+        return Ok(Up {
+            summary: dry_run(ctx, &stacks, &store, args).await?,
+            candidate_waits: false,
+        });
+    }
+
+    let mut outputs = Outputs::new();
+    let mut summary = serde_json::Map::new();
+    // The lock and the ledger live in the state bucket the registry stack makes: on the very first
+    // run that stack comes first, before the lock exists.
+    let mut bootstrapped = None;
+    if !store.bucket_exists().await? {
+        ctx.out.note(&format!(
+            "state bucket {} does not exist yet: creating the registry stack first",
+            store.bucket
+        ));
+        let (change, observed, took) = stack_step(ctx, &stacks, "registry", &outputs).await?;
+        outputs.insert("registry".into(), observed.outputs.clone());
+        bootstrapped = Some(step_record(
+            &format!("stack {}", ctx.config.stack_name("registry")),
+            true,
+            change != Change::Nothing,
+            took,
+            change.describe(),
+        ));
+        summary.insert(ctx.config.stack_name("registry"), json!(change.describe()));
+    }
+
+    let release_id = begin(
+        ctx,
+        &store,
+        "up",
+        args.force_unlock,
+        bootstrapped.iter().cloned().collect(),
+    )
+    .await?;
+    summary.insert("release".into(), json!(release_id));
+
+    let mut changed = bootstrapped.is_some();
+    let result = provision(
+        ctx,
+        &stacks,
+        &store,
+        &release_id,
+        &mut outputs,
+        &mut summary,
+        &mut changed,
+        args.force,
+    )
+    .await;
+    finish_session(
+        ctx,
+        result.as_ref().err().map(|e| e.to_string()),
+        Some(changed),
+    )
+    .await;
+    let candidate_waits = result?;
+    summary.insert(
+        "duration".into(),
+        json!(format!("{:.1} s", started.elapsed().as_secs_f64())),
+    );
+    Ok(Up {
+        summary: Value::Object(summary),
+        candidate_waits,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn provision(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &StateStore,
+    id: &str,
+    outputs: &mut Outputs,
+    summary: &mut serde_json::Map<String, Value>,
+    changed: &mut bool,
+    force: bool,
+) -> Result<bool> {
+    for wave in UP_WAVES {
+        let before: &Outputs = outputs;
+        let runs = wave
+            .iter()
+            .filter(|t| !before.contains_key(**t))
+            .map(|t| async move { (*t, stack_step(ctx, stacks, t, before).await) });
+        let results = futures_util::future::join_all(runs).await;
+        let mut first_error = None;
+        for (template, result) in results {
+            let step = format!("stack {}", ctx.config.stack_name(template));
+            match result {
+                Ok((change, observed, took)) => {
+                    *changed |= change != Change::Nothing;
+                    record(
+                        ctx,
+                        store,
+                        id,
+                        step_record(
+                            &step,
+                            true,
+                            change != Change::Nothing,
+                            took,
+                            change.describe(),
+                        ),
+                    )
+                    .await?;
+                    summary.insert(ctx.config.stack_name(template), json!(change.describe()));
+                    outputs.insert(template.to_string(), observed.outputs);
+                }
+                Err(e) => {
+                    record(
+                        ctx,
+                        store,
+                        id,
+                        step_record(
+                            &step,
+                            false,
+                            false,
+                            std::time::Duration::ZERO,
+                            e.message.clone(),
+                        ),
+                    )
+                    .await?;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+    }
+
+    // The image: built (or read), pushed, its digest recorded.
+    let repository = outputs
+        .get("registry")
+        .and_then(|o| o.get("RepositoryName"))
+        .cloned()
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Aws,
+                "image push",
+                "the registry stack has no RepositoryName output",
+                "run release up again to update the registry stack",
+            )
+        })?;
+    let step = "image push";
+    let start = Instant::now();
+    ctx.out
+        .start(step, &format!("{repository}:{}", ctx.config.image.tag));
+    let image = ctx.build_image()?;
+    let total: u64 = image.blobs().map(|b| b.size).sum();
+    let ecr = crate::endpoint::ecr(&ctx.aws);
+    let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
+        ctx.out.bytes(step, done, total)
+    })
+    .await;
+    let pushed = match pushed {
+        Ok(p) => p,
+        Err(e) => {
+            let hint = match &e {
+                image::PushError::TagTaken { .. } => {
+                    "ECR tags are immutable: give this build its own image.tag (the git SHA)"
+                        .to_string()
+                }
+                _ => "check ECR access and re-run; layers already uploaded are skipped".to_string(),
+            };
+            ctx.out.finish(step, false, &e.to_string(), start.elapsed());
+            record(
+                ctx,
+                store,
+                id,
+                step_record(step, false, false, start.elapsed(), e.to_string()),
+            )
+            .await?;
+            return Err(Failure::new(Exit::Aws, step, e.to_string(), hint));
+        }
+    };
+    let detail = if pushed.uploaded_bytes == 0 {
+        format!("already in {repository}: {}", pushed.digest)
+    } else {
+        format!(
+            "{} bytes uploaded, {} blobs already there: {}",
+            pushed.uploaded_bytes, pushed.skipped_blobs, pushed.digest
+        )
+    };
+    ctx.out.finish(step, true, &detail, start.elapsed());
+    record(
+        ctx,
+        store,
+        id,
+        step_record(
+            step,
+            true,
+            pushed.uploaded_bytes > 0,
+            start.elapsed(),
+            detail.clone(),
+        ),
+    )
+    .await?;
+    *changed |= pushed.uploaded_bytes > 0;
+    let digest = pushed.digest.clone();
+    store
+        .update_ledger(|l| {
+            if let Some(r) = l.get_mut(id) {
+                r.image_digest = Some(digest.clone());
+            }
+        })
+        .await?;
+    summary.insert(
+        "image".into(),
+        json!(format!(
+            "{repository}:{}@{}",
+            ctx.config.image.tag, pushed.digest
+        )),
+    );
+    summary.insert("image push".into(), json!(detail));
+    let uri = outputs
+        .get("registry")
+        .and_then(|o| o.get("RepositoryUri"))
+        .cloned()
+        .unwrap_or_default();
+    deploy(
+        ctx,
+        stacks,
+        store,
+        id,
+        outputs,
+        &format!("{uri}@{}", pushed.digest),
+        &pushed.digest,
+        summary,
+        changed,
+        force,
+    )
+    .await
+}
