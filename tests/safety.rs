@@ -165,6 +165,29 @@ fn plan(out: &std::process::Output) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The steps a real run executed, from its summary.
+fn executed(out: &std::process::Output) -> Vec<String> {
+    summary(out)["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the executed steps: {}", summary(out)))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The steps the ledger's last release recorded.
+async fn recorded(sb: &Sandbox) -> Vec<String> {
+    let ledger = object(&s3(sb).await, "apps/iris/ledger.json")
+        .await
+        .unwrap();
+    last_release(&ledger)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn names(plan: &[(String, String)]) -> Vec<&str> {
     plan.iter().map(|(s, _)| s.as_str()).collect()
 }
@@ -188,6 +211,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let out = dry_run(&sb, &cfg, &["promote"]).await;
     succeeded(&out, "dry-run promote");
     let p = plan(&out);
+    let promote_plan = p.clone();
     assert_eq!(
         names(&p),
         [
@@ -295,8 +319,20 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let colour = summary(&out)["colour"].as_str().unwrap().to_string();
     assert!(colour.starts_with("deploy iris-green"), "{colour}");
 
-    // The real promote; then `up --promote` on the same build has nothing to release: exit 0.
-    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    // The real promote executes the plan the dry run printed: the same steps in the same order,
+    // and the ledger records those that act, in that order.
+    let promoted = release(&sb, &cfg, &["promote"]);
+    succeeded(&promoted, "promote");
+    assert_eq!(
+        executed(&promoted),
+        names(&promote_plan),
+        "the printed plan is not what ran"
+    );
+    assert_eq!(
+        recorded(&sb).await,
+        ["smoke iris-green", "flip", "verify public URL"]
+    );
+    // Then `up --promote` on the same build has nothing to release: exit 0.
     let again = release(&sb, &cfg, &["up", "--promote"]);
     succeeded(&again, "up --promote with nothing to release");
     let s = summary(&again);
@@ -321,7 +357,15 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     );
     assert_eq!(what(&p, "roles"), "iris-blue live, iris-green failed");
     let out = dry_run(&sb, &cfg, &["rollback", "--keep-failed"]).await;
-    assert_eq!(names(&plan(&out)).last(), Some(&"keep iris-green"));
+    let rollback_plan = plan(&out);
+    assert_eq!(names(&rollback_plan).last(), Some(&"keep iris-green"));
+    let rolled = release(&sb, &cfg, &["rollback", "--keep-failed"]);
+    succeeded(&rolled, "rollback --keep-failed");
+    assert_eq!(executed(&rolled), names(&rollback_plan));
+    assert_eq!(
+        recorded(&sb).await,
+        ["smoke iris-blue", "flip", "verify public URL"]
+    );
 
     // A lock held by a live run elsewhere: every dry run says so with exit 4, as the real run.
     let s3 = s3(&sb).await;

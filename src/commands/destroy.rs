@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 
 use crate::colour::{self, Colour};
-use crate::commands::flip::print_plan;
+use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::session::{Ctx, begin, finish_session};
 use crate::stacks::Stacks;

@@ -8,3 +8,25 @@ pub mod observe;
 pub mod status;
 pub mod steps;
 pub mod up;
+
+use serde_json::{Value, json};
+
+use crate::session::Ctx;
+
+/// Print a dry run's steps (`plan: <step>: <what>`, then what undoes it) and return them as the command's summary,
+/// with `extra`'s fields.
+pub fn print_plan(ctx: &Ctx, steps: &[crate::plan::PlannedStep], extra: Value) -> Value {
+    for s in steps {
+        ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
+        if let Some(undo) = &s.undo {
+            ctx.out.note(&format!("      undo: {undo}"));
+        }
+    }
+    let mut summary = match extra {
+        Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    summary.insert("plan".into(), json!(steps));
+    summary.insert("dry run".into(), json!("nothing was changed"));
+    Value::Object(summary)
+}

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 
 pub mod colour;
+pub mod flip;
 pub mod stack;
 
 /// Stacks that can be deployed together: each wave waits for the one before it.
@@ -71,123 +72,17 @@ pub fn actor(env: impl Fn(&str) -> Option<String>) -> (String, Option<String>) {
 pub struct PlannedStep {
     pub step: String,
     pub what: String,
+    /// What undoes it if a later step fails, when something does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
 }
 
 pub fn planned(step: impl Into<String>, what: impl Into<String>) -> PlannedStep {
     PlannedStep {
         step: step.into(),
         what: what.into(),
+        undo: None,
     }
-}
-
-/// What a promote or rollback starts from, as observed: the facts [`flip_steps`] decides on.
-#[derive(Debug, Clone)]
-pub struct FlipFacts {
-    pub action: &'static str,
-    /// Full names (`<app>-blue`) of the colour traffic leaves and the one it goes to.
-    pub from: String,
-    pub to: String,
-    pub from_exists: bool,
-    pub from_addr: Option<String>,
-    /// `to`'s load-balancer address, or `None` when it must be redeployed first.
-    pub to_addr: Option<String>,
-    /// `Some(image)` when `to` was retired and is deployed again from the ledger's digest.
-    pub redeploy: Option<String>,
-    pub model_version: String,
-    /// The edge already serves `to` (an earlier run died after its flip).
-    pub finishing: bool,
-    pub cases: usize,
-    pub requests: u32,
-    pub public_url: String,
-    pub invalidate: bool,
-    /// Remove `from` at the end (promote --retire-previous, or rollback without --keep-failed).
-    pub retire: bool,
-}
-
-/// The steps of a promote or rollback, in the order `flip_to` takes them.
-pub fn flip_steps(f: &FlipFacts) -> Vec<PlannedStep> {
-    let mut steps = vec![planned(
-        "lock",
-        "take the app's lock and open a ledger entry",
-    )];
-    if let Some(image) = &f.redeploy {
-        steps.push(planned(
-            format!("redeploy {}", f.to),
-            format!(
-                "{} was retired: deploy it again from the ledger's image {image} (model {})",
-                f.to, f.model_version
-            ),
-        ));
-    }
-    let to_addr = f
-        .to_addr
-        .clone()
-        .unwrap_or_else(|| "its new load balancer".into());
-    if f.finishing {
-        steps.push(planned(
-            "flip",
-            format!(
-                "none: the edge already serves {} (an earlier {} died after its flip)",
-                f.to, f.action
-            ),
-        ));
-    } else {
-        steps.push(planned(
-            format!("smoke {}", f.to),
-            format!(
-                "{} golden cases and {} requests against {to_addr}",
-                f.cases, f.requests
-            ),
-        ));
-        let invalidate = if f.invalidate {
-            ", then invalidate /*"
-        } else {
-            ""
-        };
-        steps.push(planned(
-            "flip",
-            format!(
-                "edge stack parameter OriginDomain: {} -> {to_addr} ({} -> {}); wait until CloudFront is Deployed{invalidate}",
-                f.from_addr.as_deref().unwrap_or("-"),
-                f.from,
-                f.to
-            ),
-        ));
-    }
-    let back = if f.from_exists && f.from_addr.is_some() {
-        format!("on failure flip back to {}", f.from)
-    } else {
-        format!("{} is gone: nothing to flip back to on failure", f.from)
-    };
-    steps.push(planned(
-        "verify public URL",
-        format!(
-            "{} answers from {} ({} requests); {back}",
-            f.public_url,
-            f.to,
-            f.requests.min(20)
-        ),
-    ));
-    let (old_role, kept) = match f.action {
-        "rollback" => ("failed", "kept for inspection (--keep-failed)"),
-        _ => ("previous", "kept for an instant rollback"),
-    };
-    let mut roles = format!("{} live", f.to);
-    if f.from_exists {
-        roles.push_str(&format!(", {} {old_role}", f.from));
-    }
-    steps.push(planned("roles", roles));
-    if f.from_exists {
-        steps.push(if f.retire {
-            planned(
-                format!("retire {}", f.from),
-                "delete its Deployment and Service",
-            )
-        } else {
-            planned(format!("keep {}", f.from), kept)
-        });
-    }
-    steps
 }
 
 /// What `release destroy` finds, as observed.
@@ -338,118 +233,8 @@ pub fn stack_changes(
 mod tests {
     use super::*;
 
-    fn promote_facts() -> FlipFacts {
-        FlipFacts {
-            action: "promote",
-            from: "iris-blue".into(),
-            to: "iris-green".into(),
-            from_exists: true,
-            from_addr: Some("blue.lb".into()),
-            to_addr: Some("green.lb".into()),
-            redeploy: None,
-            model_version: "v2".into(),
-            finishing: false,
-            cases: 6,
-            requests: 50,
-            public_url: "https://d1.cloudfront.net".into(),
-            invalidate: false,
-            retire: false,
-        }
-    }
-
     fn names(steps: &[PlannedStep]) -> Vec<&str> {
         steps.iter().map(|s| s.step.as_str()).collect()
-    }
-
-    #[test]
-    fn a_promote_plan_smoke_tests_flips_the_origin_verifies_and_keeps_the_previous_colour() {
-        let steps = flip_steps(&promote_facts());
-        assert_eq!(
-            names(&steps),
-            [
-                "lock",
-                "smoke iris-green",
-                "flip",
-                "verify public URL",
-                "roles",
-                "keep iris-blue"
-            ]
-        );
-        assert!(
-            steps[1]
-                .what
-                .contains("6 golden cases and 50 requests against green.lb")
-        );
-        assert!(
-            steps[2]
-                .what
-                .contains("OriginDomain: blue.lb -> green.lb (iris-blue -> iris-green)"),
-            "{}",
-            steps[2].what
-        );
-        assert!(!steps[2].what.contains("invalidate"));
-        assert!(steps[3].what.contains("on failure flip back to iris-blue"));
-        assert_eq!(steps[4].what, "iris-green live, iris-blue previous");
-        let retiring = flip_steps(&FlipFacts {
-            retire: true,
-            invalidate: true,
-            ..promote_facts()
-        });
-        assert_eq!(retiring.last().unwrap().step, "retire iris-blue");
-        assert!(retiring[2].what.ends_with("then invalidate /*"));
-    }
-
-    #[test]
-    fn a_rollback_to_a_retired_colour_redeploys_it_from_the_ledger_first() {
-        let steps = flip_steps(&FlipFacts {
-            action: "rollback",
-            from: "iris-green".into(),
-            to: "iris-blue".into(),
-            from_addr: Some("green.lb".into()),
-            to_addr: None,
-            redeploy: Some("repo@sha256:abc".into()),
-            model_version: "v1".into(),
-            retire: true,
-            ..promote_facts()
-        });
-        assert_eq!(
-            names(&steps),
-            [
-                "lock",
-                "redeploy iris-blue",
-                "smoke iris-blue",
-                "flip",
-                "verify public URL",
-                "roles",
-                "retire iris-green"
-            ]
-        );
-        assert!(steps[1].what.contains("repo@sha256:abc (model v1)"));
-        assert!(steps[3].what.contains("green.lb -> its new load balancer"));
-        assert_eq!(steps[5].what, "iris-blue live, iris-green failed");
-    }
-
-    #[test]
-    fn finishing_an_earlier_flip_neither_smoke_tests_nor_flips_again() {
-        let steps = flip_steps(&FlipFacts {
-            finishing: true,
-            ..promote_facts()
-        });
-        assert_eq!(
-            names(&steps),
-            [
-                "lock",
-                "flip",
-                "verify public URL",
-                "roles",
-                "keep iris-blue"
-            ]
-        );
-        assert!(
-            steps[1]
-                .what
-                .starts_with("none: the edge already serves iris-green")
-        );
     }
 
     #[test]

@@ -1,0 +1,722 @@
+//! The pure core of `release promote` and `release rollback`: from the world as observed under
+//! the lock, where traffic goes and from where, whether the target must be deployed again first
+//! (a rollback to a retired colour) or the flip already happened (a run that died after it), and
+//! the steps in their order, each saying what it does and what undoes it. `--dry-run` prints
+//! this plan; the real run executes the same one (`commands::flip`).
+
+use std::collections::BTreeMap;
+
+use super::colour::{Colour, Observed, Pending, Role, roles};
+use super::{PlannedStep, planned};
+
+/// Which flip: promote (to the tested candidate) or rollback (to the previous colour).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flip {
+    Promote { retire_previous: bool },
+    Rollback { keep_failed: bool },
+}
+
+impl Flip {
+    pub fn action(self) -> &'static str {
+        self.pending().as_str()
+    }
+
+    /// The mark a colour carries while this flip moves traffic to it.
+    pub fn pending(self) -> Pending {
+        match self {
+            Flip::Promote { .. } => Pending::Promote,
+            Flip::Rollback { .. } => Pending::Rollback,
+        }
+    }
+
+    /// The colour traffic leaves is removed at the end.
+    pub fn retires(self) -> bool {
+        match self {
+            Flip::Promote { retire_previous } => retire_previous,
+            Flip::Rollback { keep_failed } => !keep_failed,
+        }
+    }
+
+    /// The role the colour traffic leaves is given.
+    pub fn old_role(self) -> Role {
+        match self {
+            Flip::Promote { .. } => Role::Previous,
+            Flip::Rollback { .. } => Role::Failed,
+        }
+    }
+}
+
+/// The ledger's record of a verified go-live: what a rollback to a retired colour deploys again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoLive {
+    pub digest: String,
+    pub model_version: Option<String>,
+}
+
+/// What a flip decides from, as observed.
+#[derive(Debug, Clone, Default)]
+pub struct FlipWorld {
+    pub app: String,
+    /// The colour the edge's origin points at.
+    pub live: Option<Colour>,
+    /// Both colours (empty when there is no cluster yet).
+    pub colours: BTreeMap<Colour, Observed>,
+    /// The ledger's go-live before the live colour's (read for a rollback only).
+    pub previous_live: Option<GoLive>,
+    /// The registry stack's repository (read for a rollback only).
+    pub repository_uri: Option<String>,
+    /// The public URL (the config's, else the distribution's).
+    pub public_url: Option<String>,
+    /// The config's model version: what a colour without the annotation is taken to serve.
+    pub model_version: String,
+}
+
+/// What the configuration asks of every flip.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FlipSettings {
+    /// Golden cases in `smoke.cases`.
+    pub cases: usize,
+    pub requests: u32,
+    pub invalidate: bool,
+}
+
+/// One step of a flip, with everything it needs to be printed and executed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlipStep {
+    /// The app's lock is held (taken before observing) and the ledger entry names the target.
+    Lock,
+    /// Deploy `colour` again from the ledger's image; torn down if a step before the flip fails.
+    Redeploy {
+        colour: Colour,
+        image: String,
+        digest: String,
+        model_version: String,
+    },
+    /// The golden cases and the request burst against the colour's own load balancer
+    /// (`addr: None`: the one `Redeploy` made).
+    Smoke {
+        colour: Colour,
+        addr: Option<String>,
+        cases: usize,
+        requests: u32,
+    },
+    /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
+    Flip {
+        from: Colour,
+        to: Colour,
+        from_addr: Option<String>,
+        to_addr: Option<String>,
+        invalidate: bool,
+    },
+    /// An earlier run flipped to `to` and died: nothing to flip.
+    Flipped { to: Colour, action: &'static str },
+    /// The public URL answers from `colour`; else flip back to `from` at `back`, its address,
+    /// when it still exists.
+    Verify {
+        colour: Colour,
+        url: String,
+        requests: u32,
+        from: Colour,
+        back: Option<String>,
+    },
+    /// Write the roles: `live`, and the colour traffic left with its new role.
+    Roles {
+        live: Colour,
+        old: Option<(Colour, Role)>,
+    },
+    /// Delete the colour's Deployment and Service.
+    Retire { colour: Colour },
+    /// Leave the colour deployed.
+    Keep { colour: Colour, why: &'static str },
+}
+
+fn name(app: &str, colour: Colour) -> String {
+    format!("{app}-{colour}")
+}
+
+impl FlipStep {
+    /// The step's name: the ledger's, the progress line's and the plan's.
+    pub fn name(&self, app: &str) -> String {
+        match self {
+            FlipStep::Lock => "lock".into(),
+            FlipStep::Redeploy { colour, .. } => format!("redeploy {}", name(app, *colour)),
+            FlipStep::Smoke { colour, .. } => format!("smoke {}", name(app, *colour)),
+            FlipStep::Flip { .. } | FlipStep::Flipped { .. } => "flip".into(),
+            FlipStep::Verify { .. } => "verify public URL".into(),
+            FlipStep::Roles { .. } => "roles".into(),
+            FlipStep::Retire { colour } => format!("retire {}", name(app, *colour)),
+            FlipStep::Keep { colour, .. } => format!("keep {}", name(app, *colour)),
+        }
+    }
+
+    /// Recorded in the ledger as a step of its own (the crash tests count these).
+    pub fn recorded(&self) -> bool {
+        matches!(
+            self,
+            FlipStep::Redeploy { .. }
+                | FlipStep::Smoke { .. }
+                | FlipStep::Flip { .. }
+                | FlipStep::Verify { .. }
+                | FlipStep::Retire { .. }
+        )
+    }
+
+    /// What it does, as the plan prints it.
+    pub fn what(&self, app: &str) -> String {
+        let new_lb = || "its new load balancer".to_string();
+        match self {
+            FlipStep::Lock => "take the app's lock and open a ledger entry".into(),
+            FlipStep::Redeploy {
+                colour,
+                image,
+                model_version,
+                ..
+            } => format!(
+                "{} was retired: deploy it again from the ledger's image {image} (model {model_version})",
+                name(app, *colour)
+            ),
+            FlipStep::Smoke {
+                addr,
+                cases,
+                requests,
+                ..
+            } => format!(
+                "{cases} golden cases and {requests} requests against {}",
+                addr.clone().unwrap_or_else(new_lb)
+            ),
+            FlipStep::Flip {
+                from,
+                to,
+                from_addr,
+                to_addr,
+                invalidate,
+            } => format!(
+                "edge stack parameter OriginDomain: {} -> {} ({} -> {}); wait until CloudFront is Deployed{}",
+                from_addr.as_deref().unwrap_or("-"),
+                to_addr.clone().unwrap_or_else(new_lb),
+                name(app, *from),
+                name(app, *to),
+                if *invalidate {
+                    ", then invalidate /*"
+                } else {
+                    ""
+                }
+            ),
+            FlipStep::Flipped { to, action } => format!(
+                "none: the edge already serves {} (an earlier {action} died after its flip)",
+                name(app, *to)
+            ),
+            FlipStep::Verify {
+                colour,
+                url,
+                requests,
+                from,
+                back,
+            } => {
+                let back = match back {
+                    Some(_) => format!("on failure flip back to {}", name(app, *from)),
+                    None => format!(
+                        "{} is gone: nothing to flip back to on failure",
+                        name(app, *from)
+                    ),
+                };
+                format!(
+                    "{url} answers from {} ({requests} requests); {back}",
+                    name(app, *colour)
+                )
+            }
+            FlipStep::Roles { live, old } => {
+                let mut roles = format!("{} live", name(app, *live));
+                if let Some((c, r)) = old {
+                    roles.push_str(&format!(", {} {r}", name(app, *c)));
+                }
+                roles
+            }
+            FlipStep::Retire { .. } => "delete its Deployment and Service".into(),
+            FlipStep::Keep { why, .. } => (*why).into(),
+        }
+    }
+
+    /// What undoes it if a later step fails, when something does.
+    pub fn undo(&self, app: &str) -> Option<String> {
+        match self {
+            FlipStep::Redeploy { colour, .. } => Some(format!(
+                "{} is torn down if a step fails before its smoke test passes",
+                name(app, *colour)
+            )),
+            FlipStep::Flip {
+                from,
+                from_addr: Some(addr),
+                ..
+            } => Some(format!(
+                "if the public URL does not answer, flip back to {} ({addr})",
+                name(app, *from)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// A flip decided: where traffic goes, what it serves, and the steps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlipPlan {
+    pub kind: Flip,
+    pub from: Colour,
+    pub to: Colour,
+    /// The image digest and model version traffic goes to.
+    pub digest: Option<String>,
+    pub model_version: String,
+    pub public_url: String,
+    /// The edge already serves `to` (an earlier run died after its flip).
+    pub finishing: bool,
+    pub steps: Vec<FlipStep>,
+}
+
+impl FlipPlan {
+    /// The steps as `--dry-run` prints them.
+    pub fn printed(&self, app: &str) -> Vec<PlannedStep> {
+        self.steps
+            .iter()
+            .map(|s| PlannedStep {
+                undo: s.undo(app),
+                ..planned(s.name(app), s.what(app))
+            })
+            .collect()
+    }
+}
+
+/// Why a flip is not made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Nothing to flip to (exit 8): the reason, and what to do.
+    Nothing { why: String, hint: &'static str },
+    /// The edge stack has no public URL to verify through (exit 8).
+    NoPublicUrl,
+    /// A retired colour must be redeployed and the registry stack names no repository (exit 5).
+    NoRepository,
+}
+
+/// Decide a flip of `kind` from `w`. `expect_digest`: promote only if the candidate runs this
+/// image, roll back only if the colour rolled back from does (CI passes the digest its own
+/// `release up` deployed, so that an approval never flips another pipeline's release).
+pub fn plan_flip(
+    w: &FlipWorld,
+    kind: Flip,
+    expect_digest: Option<&str>,
+    s: FlipSettings,
+) -> Result<FlipPlan, Refusal> {
+    let action = kind.action();
+    let nothing = |why: String| Refusal::Nothing {
+        why: format!("nothing to {action}: {why}"),
+        hint: match kind {
+            Flip::Promote { .. } => "run `release up` to deploy and test a candidate first",
+            Flip::Rollback { .. } => {
+                "nothing was live before this colour; release an older image with `release up` instead"
+            }
+        },
+    };
+    let Some(live) = w.live else {
+        return Err(nothing(
+            "nothing is live yet (the first `release up` puts its colour live)".into(),
+        ));
+    };
+    let observed = |c: Colour| w.colours.get(&c).cloned().unwrap_or_default();
+    let roles = roles(w.live, &w.colours);
+    let (from, to, redeploy, finishing) = if roles.unfinished == Some(kind.pending()) {
+        (live.other(), live, None, true)
+    } else {
+        let other = live.other();
+        let redeploy = match (kind, roles.roles.get(&other).copied()) {
+            (Flip::Promote { .. }, Some(Role::Candidate))
+            | (Flip::Rollback { .. }, Some(Role::Previous)) => None,
+            (Flip::Promote { .. }, r) => {
+                return Err(nothing(format!(
+                    "{} is not a tested candidate ({})",
+                    name(&w.app, other),
+                    r.map_or("absent", Role::as_str)
+                )));
+            }
+            (Flip::Rollback { .. }, _) => match &w.previous_live {
+                Some(g) => Some(g.clone()),
+                None => {
+                    return Err(nothing(format!(
+                        "the ledger has no earlier live release than {}",
+                        name(&w.app, live)
+                    )));
+                }
+            },
+        };
+        if redeploy.is_none() {
+            let o = observed(other);
+            if o.ready < o.replicas || o.replicas == 0 || o.address.is_none() {
+                return Err(nothing(format!(
+                    "{} has {}/{} pods ready and {} load-balancer address",
+                    name(&w.app, other),
+                    o.ready,
+                    o.replicas,
+                    if o.address.is_some() { "a" } else { "no" }
+                )));
+            }
+        }
+        (live, other, redeploy, false)
+    };
+    if let Some(want) = expect_digest {
+        let checked = match kind {
+            Flip::Promote { .. } => to,
+            Flip::Rollback { .. } => from,
+        };
+        let got = observed(checked).digest.unwrap_or_else(|| "none".into());
+        if got != want {
+            return Err(Refusal::Nothing {
+                why: format!(
+                    "nothing to {action}: {} runs {got}, not the expected {want}",
+                    name(&w.app, checked)
+                ),
+                hint: match kind {
+                    Flip::Promote { .. } => {
+                        "another release replaced the candidate; run `release up` for this build again"
+                    }
+                    Flip::Rollback { .. } => {
+                        "that image is not live (a failed promote flips back by itself); check `release status`"
+                    }
+                },
+            });
+        }
+    }
+    let Some(public_url) = w.public_url.clone() else {
+        return Err(Refusal::NoPublicUrl);
+    };
+    let (from_o, to_o) = (observed(from), observed(to));
+    let (digest, model_version) = match &redeploy {
+        Some(g) => (
+            Some(g.digest.clone()),
+            g.model_version.clone().unwrap_or_default(),
+        ),
+        None => (
+            to_o.digest.clone(),
+            to_o.model_version
+                .clone()
+                .unwrap_or_else(|| w.model_version.clone()),
+        ),
+    };
+    let mut steps = vec![FlipStep::Lock];
+    if let Some(g) = &redeploy {
+        let Some(repo) = &w.repository_uri else {
+            return Err(Refusal::NoRepository);
+        };
+        steps.push(FlipStep::Redeploy {
+            colour: to,
+            image: format!("{repo}@{}", g.digest),
+            digest: g.digest.clone(),
+            model_version: model_version.clone(),
+        });
+    }
+    let to_addr = redeploy.is_none().then(|| to_o.address.clone()).flatten();
+    if finishing {
+        steps.push(FlipStep::Flipped { to, action });
+    } else {
+        steps.push(FlipStep::Smoke {
+            colour: to,
+            addr: to_addr.clone(),
+            cases: s.cases,
+            requests: s.requests,
+        });
+        steps.push(FlipStep::Flip {
+            from,
+            to,
+            from_addr: from_o.address.clone(),
+            to_addr,
+            invalidate: s.invalidate,
+        });
+    }
+    steps.push(FlipStep::Verify {
+        colour: to,
+        url: public_url.clone(),
+        requests: s.requests.min(20),
+        from,
+        back: from_o.address.clone().filter(|_| from_o.exists),
+    });
+    steps.push(FlipStep::Roles {
+        live: to,
+        old: from_o.exists.then_some((from, kind.old_role())),
+    });
+    if from_o.exists {
+        steps.push(if kind.retires() {
+            FlipStep::Retire { colour: from }
+        } else {
+            FlipStep::Keep {
+                colour: from,
+                why: match kind {
+                    Flip::Promote { .. } => "kept for an instant rollback",
+                    Flip::Rollback { .. } => "kept for inspection (--keep-failed)",
+                },
+            }
+        });
+    }
+    Ok(FlipPlan {
+        kind,
+        from,
+        to,
+        digest,
+        model_version,
+        public_url,
+        finishing,
+        steps,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Colour::{Blue, Green};
+
+    fn deployed(role: Role, address: &str, digest: &str) -> Observed {
+        Observed {
+            exists: true,
+            digest: Some(digest.into()),
+            role: Some(role),
+            ready: 2,
+            replicas: 2,
+            address: Some(address.into()),
+            model_version: Some(format!("model-of-{digest}")),
+            ..Observed::default()
+        }
+    }
+
+    /// Blue live, green deployed and tested by `up`.
+    fn blue_live_green_candidate() -> FlipWorld {
+        FlipWorld {
+            app: "iris".into(),
+            live: Some(Blue),
+            colours: BTreeMap::from([
+                (Blue, deployed(Role::Live, "blue.lb", "sha256:b1")),
+                (Green, deployed(Role::Candidate, "green.lb", "sha256:g2")),
+            ]),
+            previous_live: None,
+            repository_uri: None,
+            public_url: Some("https://d1.cloudfront.net".into()),
+            model_version: "v-config".into(),
+        }
+    }
+
+    /// Green live after a promote with --retire-previous: blue is gone, the ledger remembers it.
+    fn green_live_blue_retired() -> FlipWorld {
+        let mut w = blue_live_green_candidate();
+        w.live = Some(Green);
+        w.colours = BTreeMap::from([
+            (Blue, Observed::default()),
+            (Green, deployed(Role::Live, "green.lb", "sha256:g2")),
+        ]);
+        w.previous_live = Some(GoLive {
+            digest: "sha256:b1".into(),
+            model_version: Some("v1".into()),
+        });
+        w.repository_uri = Some("123.dkr.ecr.eu-west-1.amazonaws.com/iris".into());
+        w
+    }
+
+    const PROMOTE: Flip = Flip::Promote {
+        retire_previous: false,
+    };
+    const ROLLBACK: Flip = Flip::Rollback { keep_failed: false };
+
+    fn settings() -> FlipSettings {
+        FlipSettings {
+            cases: 6,
+            requests: 50,
+            invalidate: false,
+        }
+    }
+
+    /// The plan as `--dry-run` prints it, or the refusal.
+    fn printed(w: &FlipWorld, kind: Flip, expect: Option<&str>, s: FlipSettings) -> String {
+        match plan_flip(w, kind, expect, s) {
+            Ok(p) => {
+                let mut text = format!(
+                    "{} -> {} ({:?}, model {})\n",
+                    p.from, p.to, p.digest, p.model_version
+                );
+                for s in p.printed(&w.app) {
+                    text.push_str(&format!("{}: {}\n", s.step, s.what));
+                    if let Some(u) = s.undo {
+                        text.push_str(&format!("    undo: {u}\n"));
+                    }
+                }
+                text
+            }
+            Err(r) => format!("refused: {r:?}\n"),
+        }
+    }
+
+    fn names(p: &FlipPlan) -> Vec<String> {
+        p.steps.iter().map(|s| s.name("iris")).collect()
+    }
+
+    #[test]
+    fn a_promote_smoke_tests_the_candidate_flips_the_origin_verifies_and_keeps_the_previous() {
+        insta::assert_snapshot!(printed(
+            &blue_live_green_candidate(),
+            PROMOTE,
+            None,
+            settings()
+        ));
+    }
+
+    #[test]
+    fn a_promote_with_retire_previous_ends_by_retiring_it_and_can_invalidate() {
+        let s = FlipSettings {
+            invalidate: true,
+            ..settings()
+        };
+        let kind = Flip::Promote {
+            retire_previous: true,
+        };
+        let p = plan_flip(&blue_live_green_candidate(), kind, None, s).unwrap();
+        assert_eq!(names(&p).last().unwrap(), "retire iris-blue");
+        assert!(p.steps[2].what("iris").ends_with("then invalidate /*"));
+        assert_eq!(p.digest.as_deref(), Some("sha256:g2"));
+        assert_eq!(p.model_version, "model-of-sha256:g2");
+    }
+
+    #[test]
+    fn a_promote_is_refused_without_a_ready_tested_candidate_or_anything_live() {
+        let refusal = |w: &FlipWorld| match plan_flip(w, PROMOTE, None, settings()) {
+            Err(Refusal::Nothing { why, .. }) => why,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mut w = blue_live_green_candidate();
+        w.colours.get_mut(&Green).unwrap().role = Some(Role::Previous);
+        assert_eq!(
+            refusal(&w),
+            "nothing to promote: iris-green is not a tested candidate (previous)"
+        );
+        let mut w = blue_live_green_candidate();
+        w.colours.get_mut(&Green).unwrap().ready = 1;
+        assert_eq!(
+            refusal(&w),
+            "nothing to promote: iris-green has 1/2 pods ready and a load-balancer address"
+        );
+        let mut w = blue_live_green_candidate();
+        w.colours.remove(&Green);
+        assert!(refusal(&w).ends_with("is not a tested candidate (absent)"));
+        let mut w = blue_live_green_candidate();
+        w.live = None;
+        assert!(refusal(&w).starts_with("nothing to promote: nothing is live yet"));
+    }
+
+    #[test]
+    fn an_expected_digest_is_the_candidates_for_a_promote_and_the_live_ones_for_a_rollback() {
+        let w = blue_live_green_candidate();
+        assert!(plan_flip(&w, PROMOTE, Some("sha256:g2"), settings()).is_ok());
+        match plan_flip(&w, PROMOTE, Some("sha256:b1"), settings()) {
+            Err(Refusal::Nothing { why, hint }) => {
+                assert_eq!(
+                    why,
+                    "nothing to promote: iris-green runs sha256:g2, not the expected sha256:b1"
+                );
+                assert!(hint.contains("another release replaced the candidate"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let w = green_live_blue_retired();
+        assert!(plan_flip(&w, ROLLBACK, Some("sha256:g2"), settings()).is_ok());
+        assert!(plan_flip(&w, ROLLBACK, Some("sha256:b1"), settings()).is_err());
+    }
+
+    #[test]
+    fn a_rollback_to_a_retired_colour_redeploys_the_ledgers_image_first() {
+        insta::assert_snapshot!(printed(
+            &green_live_blue_retired(),
+            ROLLBACK,
+            None,
+            settings()
+        ));
+    }
+
+    #[test]
+    fn a_rollback_to_a_kept_previous_colour_retires_the_failed_one_unless_kept() {
+        let mut w = blue_live_green_candidate();
+        w.live = Some(Green);
+        w.colours = BTreeMap::from([
+            (Blue, deployed(Role::Previous, "blue.lb", "sha256:b1")),
+            (Green, deployed(Role::Live, "green.lb", "sha256:g2")),
+        ]);
+        let p = plan_flip(&w, ROLLBACK, None, settings()).unwrap();
+        assert_eq!(
+            names(&p),
+            [
+                "lock",
+                "smoke iris-blue",
+                "flip",
+                "verify public URL",
+                "roles",
+                "retire iris-green"
+            ]
+        );
+        assert_eq!(p.steps[4].what("iris"), "iris-blue live, iris-green failed");
+        let kept = plan_flip(&w, Flip::Rollback { keep_failed: true }, None, settings()).unwrap();
+        assert_eq!(
+            kept.steps.last().unwrap(),
+            &FlipStep::Keep {
+                colour: Green,
+                why: "kept for inspection (--keep-failed)"
+            }
+        );
+    }
+
+    #[test]
+    fn a_rollback_needs_an_earlier_go_live_and_a_repository_to_redeploy_from() {
+        let mut w = green_live_blue_retired();
+        w.previous_live = None;
+        match plan_flip(&w, ROLLBACK, None, settings()) {
+            Err(Refusal::Nothing { why, .. }) => assert_eq!(
+                why,
+                "nothing to rollback: the ledger has no earlier live release than iris-green"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let mut w = green_live_blue_retired();
+        w.repository_uri = None;
+        assert_eq!(
+            plan_flip(&w, ROLLBACK, None, settings()),
+            Err(Refusal::NoRepository)
+        );
+        let mut w = blue_live_green_candidate();
+        w.public_url = None;
+        assert_eq!(
+            plan_flip(&w, PROMOTE, None, settings()),
+            Err(Refusal::NoPublicUrl)
+        );
+    }
+
+    #[test]
+    fn a_flip_left_unfinished_is_verified_and_finished_not_made_again() {
+        // A promote moved the edge to green and died before writing the roles.
+        let mut w = blue_live_green_candidate();
+        w.live = Some(Green);
+        w.colours.get_mut(&Green).unwrap().pending = Some(Pending::Promote);
+        insta::assert_snapshot!(printed(&w, PROMOTE, None, settings()));
+        // A rollback instead undoes it: back to blue, which the dead promote left as previous.
+        let back = plan_flip(&w, ROLLBACK, None, settings()).unwrap();
+        assert_eq!((back.from, back.to, back.finishing), (Green, Blue, false));
+    }
+
+    #[test]
+    fn nothing_to_flip_back_to_when_the_colour_traffic_leaves_is_gone() {
+        let mut w = blue_live_green_candidate();
+        w.live = Some(Green);
+        w.colours = BTreeMap::from([
+            (Blue, Observed::default()),
+            (Green, deployed(Role::Live, "green.lb", "sha256:g2")),
+        ]);
+        w.colours.get_mut(&Green).unwrap().pending = Some(Pending::Promote);
+        let p = plan_flip(&w, PROMOTE, None, settings()).unwrap();
+        assert_eq!(names(&p), ["lock", "flip", "verify public URL", "roles"]);
+        assert!(
+            p.steps[2]
+                .what("iris")
+                .ends_with("iris-blue is gone: nothing to flip back to on failure")
+        );
+        assert_eq!(p.steps[3].what("iris"), "iris-green live");
+    }
+}
