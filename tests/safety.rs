@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    STATE_BUCKET, aws, cases, config, exits_with, last_release, object, release, release_command,
-    s3, succeeded, summary,
+    STATE_BUCKET, aws, cases, config, executed_steps, exits_with, last_release, object, release,
+    release_command, s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::{Value, json};
@@ -165,16 +165,6 @@ fn plan(out: &std::process::Output) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The steps a real run executed, from its summary.
-fn executed(out: &std::process::Output) -> Vec<String> {
-    summary(out)["steps"]
-        .as_array()
-        .unwrap_or_else(|| panic!("the executed steps: {}", summary(out)))
-        .iter()
-        .map(|s| s.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The steps the ledger's last release recorded.
 async fn recorded(sb: &Sandbox) -> Vec<String> {
     let ledger = object(&s3(sb).await, "apps/iris/ledger.json")
@@ -324,7 +314,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let promoted = release(&sb, &cfg, &["promote"]);
     succeeded(&promoted, "promote");
     assert_eq!(
-        executed(&promoted),
+        executed_steps(&promoted),
         names(&promote_plan),
         "the printed plan is not what ran"
     );
@@ -361,7 +351,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     assert_eq!(names(&rollback_plan).last(), Some(&"keep iris-green"));
     let rolled = release(&sb, &cfg, &["rollback", "--keep-failed"]);
     succeeded(&rolled, "rollback --keep-failed");
-    assert_eq!(executed(&rolled), names(&rollback_plan));
+    assert_eq!(executed_steps(&rolled), names(&rollback_plan));
     assert_eq!(
         recorded(&sb).await,
         ["smoke iris-blue", "flip", "verify public URL"]

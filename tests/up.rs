@@ -6,7 +6,10 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_s3::primitives::ByteStream;
-use common::{STATE_BUCKET, aws, exits_with, object, release, s3, succeeded, summary};
+use common::{
+    STATE_BUCKET, aws, executed_steps, exits_with, object, planned_steps, release, s3, succeeded,
+    summary,
+};
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
@@ -417,8 +420,11 @@ async fn destroy_waits_for_the_load_balancers_and_leaves_no_log_group() {
     assert_eq!(groups.len(), 1, "{groups:?}");
     assert_eq!(groups[0]["logGroupName"], "/aws/eks/iris/cluster");
     assert_eq!(groups[0]["retentionInDays"], 30, "{groups:?}");
+    let planned = release(&sb, &cfg, &["--dry-run", "--yes", "destroy"]);
+    succeeded(&planned, "dry-run destroy");
     let out = release(&sb, &cfg, &["--yes", "destroy"]);
     succeeded(&out, "destroy");
+    assert_eq!(executed_steps(&out), planned_steps(&planned));
     assert!(
         eks_log_groups(&sb).await.is_empty(),
         "the log group went with the cluster stack (EKS would have made one that outlives it)"

@@ -1,4 +1,6 @@
-//! `release destroy`: every resource release made, in order, under the lock.
+//! `release destroy`: observe what exists, plan every deletion in dependency order
+//! (`plan::destroy::plan_destroy`), then print the plan (`--dry-run`) or execute the same plan
+//! under the lock, each step skipping what is already gone so that a re-run finishes the job.
 
 use std::time::Instant;
 
@@ -7,9 +9,9 @@ use serde_json::{Value, json};
 use crate::colour::{self, Colour};
 use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result, sdk};
+use crate::plan::destroy::{DestroyStep, DestroyWorld, plan_destroy, printed};
 use crate::session::{Ctx, begin, finish_session};
 use crate::stacks::Stacks;
-
 /// Delete one stack as a reported step; one already gone is "absent".
 async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static str> {
     if !stacks.observe(name).await?.exists() {
@@ -34,43 +36,44 @@ async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static
     }
 }
 
-/// `--dry-run` of destroy: what it would delete, in its order, and what it would keep.
-async fn dry_run_destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
+/// What destroy deletes from, read: the stacks, the colours and the app's objects when the
+/// cluster answers, the images (with `--delete-images`), the state bucket. Returns the cluster's
+/// client too, when there is one.
+async fn observe(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    bucket: bool,
+    delete_images: bool,
+) -> Result<(DestroyWorld, Option<kube::Client>)> {
     let c = &ctx.config;
-    let stacks = ctx.stacks();
-    let store = ctx.store();
-    let bucket = store.bucket_exists().await?;
-    store
-        .check_lock(&crate::session::hostname(), force_unlock, ctx.yes)
-        .await?;
-    let mut facts = crate::plan::DestroyFacts {
-        namespace: c.deploy.namespace.clone(),
+    let mut world = DestroyWorld {
         app: c.app.clone(),
-        delete_images,
+        namespace: c.deploy.namespace.clone(),
         bucket: bucket.then(|| c.state_bucket()),
         ..Default::default()
     };
+    let mut client = None;
     for t in ["edge", "cluster", "network", "registry"] {
         let name = c.stack_name(t);
         let observed = stacks.observe(&name).await?;
         if t == "cluster"
             && let Some(cluster) = observed.outputs.get("ClusterName")
         {
-            let client = crate::eks::Cluster::connect(&ctx.aws, cluster)
+            let k = crate::eks::Cluster::connect(&ctx.aws, cluster)
                 .await?
                 .client()
                 .await?;
             for col in Colour::ALL {
-                if colour::observe(&client, c, col).await?.exists {
-                    facts.colours.push(colour::name(c, col));
-                }
+                let deployed = colour::observe(&k, c, col).await?.exists;
+                world.deployed.push((col, deployed));
             }
-            facts.cluster = true;
+            world.cluster = true;
+            client = Some(k);
         }
-        facts.stacks.push((name, observed.status));
+        world.stacks.push((name, observed.status));
     }
     if delete_images {
-        facts.images = crate::endpoint::ecr(&ctx.aws)
+        world.images = crate::endpoint::ecr(&ctx.aws)
             .list_images()
             .repository_name(&c.app)
             .send()
@@ -78,16 +81,11 @@ async fn dry_run_destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> 
             .ok()
             .map(|i| i.image_ids().len());
     }
-    Ok(print_plan(
-        ctx,
-        &crate::plan::destroy_steps(&facts),
-        json!({}),
-    ))
+    Ok((world, client))
 }
 
-/// `release destroy`: everything `release` made for the app, in dependency order, each step
-/// skipping what is already gone, so a re-run after a crash finishes the job. Images (and with
-/// them the registry stack and the state bucket) go only with `--delete-images`.
+/// `release destroy`: everything `release` made for the app, in dependency order. Images (and
+/// with them the registry stack and the state bucket) go only with `--delete-images`.
 pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Result<Value> {
     use std::io::IsTerminal;
     let c = &ctx.config;
@@ -100,10 +98,21 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
             hint,
         )
     };
+    let stacks = ctx.stacks();
+    let store = ctx.store();
     // A dry run deletes nothing and asks nothing, but exits as the real command would decide:
     // refused (2) where it could not ask.
     if ctx.dry_run {
-        let plan = dry_run_destroy(ctx, force_unlock, delete_images).await?;
+        let bucket = store.bucket_exists().await?;
+        store
+            .check_lock(&crate::session::hostname(), force_unlock, ctx.yes)
+            .await?;
+        let (world, _) = observe(ctx, &stacks, bucket, delete_images).await?;
+        let plan = print_plan(
+            ctx,
+            &printed(&plan_destroy(&world, delete_images), &c.app),
+            json!({}),
+        );
         if unconfirmable {
             return Err(refusal(
                 "add --yes (no TTY to ask on); the plan above is what destroy would do",
@@ -115,173 +124,238 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
         if unconfirmable {
             return Err(refusal("add --yes (no TTY to ask on)"));
         }
-        eprint!(
-            "destroy everything release made for {}? type the app name to confirm: ",
-            c.app
-        );
-        let mut answer = String::new();
-        std::io::stdin()
-            .read_line(&mut answer)
-            .map_err(|e| Failure::new(Exit::Usage, "destroy", e.to_string(), "add --yes"))?;
-        if answer.trim() != c.app {
-            return Err(Failure::new(
-                Exit::Usage,
-                "destroy",
-                "not confirmed",
-                "type the app name, or add --yes",
-            ));
-        }
+        confirm(&c.app)?;
     }
-    let stacks = ctx.stacks();
-    let store = ctx.store();
-    let mut summary = serde_json::Map::new();
-    let locked = store.bucket_exists().await?;
-    let id = if locked {
-        Some(begin(ctx, &store, "destroy", force_unlock, vec![]).await?)
+    let bucket = store.bucket_exists().await?;
+    let locked = if bucket {
+        begin(ctx, &store, "destroy", force_unlock, vec![]).await?;
+        true
     } else {
-        None
+        false
+    };
+    let mut run = Run {
+        ctx,
+        stacks: &stacks,
+        store: &store,
+        client: None,
+        locked,
+        summary: serde_json::Map::new(),
     };
     let result = async {
-        let cluster_stack = stacks.observe(&c.stack_name("cluster")).await?;
-        if let Some(name) = cluster_stack.outputs.get("ClusterName") {
-            let client = crate::eks::Cluster::connect(&ctx.aws, name)
-                .await?
-                .client()
-                .await?;
-            for col in Colour::ALL {
-                colour::teardown(&client, c, col).await?;
-            }
-            colour::remove_app(&client, c).await?;
-            summary.insert("colours".into(), json!("removed"));
-            // Before the cluster goes: the controller deletes each NLB while it still runs.
-            let step = "load balancers";
-            ctx.out
-                .start(step, "waiting for the Services' NLBs to be deleted");
-            let start = Instant::now();
-            let timeout = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
-            match colour::wait_load_balancers_gone(&client, c, timeout, |p| {
-                ctx.out.progress(step, &p)
-            })
-            .await
-            {
-                Ok(done) => {
-                    ctx.out.finish(step, true, &done, start.elapsed());
-                    summary.insert(step.into(), json!(done));
-                }
-                Err(e) => {
-                    ctx.out.finish(step, false, &e.message, start.elapsed());
-                    return Err(e);
-                }
-            }
-        }
-        for t in ["edge", "cluster", "network"] {
-            let name = c.stack_name(t);
-            let done = delete_stack(ctx, &stacks, &name).await?;
-            summary.insert(name, json!(done));
-        }
-        Ok::<(), Failure>(())
+        let (world, client) = observe(ctx, &stacks, bucket, delete_images).await?;
+        run.client = client;
+        run.execute(&plan_destroy(&world, delete_images)).await
     }
     .await;
-    if let Err(e) = result {
-        if id.is_some() {
-            finish_session(ctx, Some(e.to_string()), Some(true)).await;
-        }
-        return Err(e);
-    }
-    let registry = c.stack_name("registry");
-    if !delete_images {
-        if id.is_some() {
-            finish_session(ctx, None, Some(true)).await;
-        }
-        summary.insert(registry, json!("kept: it holds the images (--delete-images removes them, the registry and the state bucket)"));
-        return Ok(Value::Object(summary));
-    }
-    // The images, the registry stack, then the state bucket (its ledger and lock) last.
-    if id.is_some() {
-        finish_session(ctx, None, Some(true)).await;
-    }
-    let ecr = crate::endpoint::ecr(&ctx.aws);
-    let fail = |step: &str, e: String| {
-        Failure::new(
-            Exit::Aws,
-            step,
-            e,
-            "re-run release destroy --delete-images; it continues",
+    if run.locked {
+        finish_session(
+            ctx,
+            result.as_ref().err().map(|e| e.to_string()),
+            Some(true),
         )
-    };
-    if let Ok(images) = ecr.list_images().repository_name(&c.app).send().await {
+        .await;
+    }
+    let steps = result?;
+    run.summary.insert("steps".into(), json!(steps));
+    Ok(Value::Object(run.summary))
+}
+
+/// Ask for the app's name on the terminal.
+fn confirm(app: &str) -> Result<()> {
+    eprint!("destroy everything release made for {app}? type the app name to confirm: ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .map_err(|e| Failure::new(Exit::Usage, "destroy", e.to_string(), "add --yes"))?;
+    if answer.trim() != app {
+        return Err(Failure::new(
+            Exit::Usage,
+            "destroy",
+            "not confirmed",
+            "type the app name, or add --yes",
+        ));
+    }
+    Ok(())
+}
+
+/// The executor of a destroy plan: each step mapped to its adapter calls; the summary says what
+/// each did.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    stacks: &'a Stacks,
+    store: &'a crate::store::StateStore,
+    client: Option<kube::Client>,
+    /// The lock is held and the ledger entry open: closed before the first step that deletes
+    /// where they live.
+    locked: bool,
+    summary: serde_json::Map<String, Value>,
+}
+
+impl Run<'_> {
+    async fn execute(&mut self, steps: &[DestroyStep]) -> Result<Vec<String>> {
+        let app = &self.ctx.config.app;
+        let mut done = Vec::new();
+        for s in steps {
+            if s.ends_the_ledger() && self.locked {
+                finish_session(self.ctx, None, Some(true)).await;
+                self.locked = false;
+            }
+            self.run(s).await?;
+            done.push(s.name(app));
+        }
+        Ok(done)
+    }
+
+    fn client(&self) -> &kube::Client {
+        self.client
+            .as_ref()
+            .expect("the plan deletes cluster objects only when the cluster answered")
+    }
+
+    async fn run(&mut self, s: &DestroyStep) -> Result<()> {
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        match s {
+            DestroyStep::Lock => {}
+            DestroyStep::Colour { colour, .. } => {
+                colour::teardown(self.client(), c, *colour).await?;
+            }
+            DestroyStep::AppObjects { .. } => {
+                colour::remove_app(self.client(), c).await?;
+                self.summary.insert("colours".into(), json!("removed"));
+            }
+            DestroyStep::LoadBalancers => {
+                // Before the cluster goes: the controller deletes each NLB while it still runs.
+                let step = "load balancers";
+                ctx.out
+                    .start(step, "waiting for the Services' NLBs to be deleted");
+                let start = Instant::now();
+                let timeout = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
+                let gone = colour::wait_load_balancers_gone(self.client(), c, timeout, |p| {
+                    ctx.out.progress(step, &p)
+                })
+                .await;
+                match gone {
+                    Ok(done) => {
+                        ctx.out.finish(step, true, &done, start.elapsed());
+                        self.summary.insert(step.into(), json!(done));
+                    }
+                    Err(e) => {
+                        ctx.out.finish(step, false, &e.message, start.elapsed());
+                        return Err(e);
+                    }
+                }
+            }
+            DestroyStep::Stack {
+                name, holds_state, ..
+            } => {
+                let done = delete_stack(ctx, self.stacks, name).await?;
+                let said = if *holds_state {
+                    "deleted, with its images"
+                } else {
+                    done
+                };
+                self.summary.insert(name.clone(), json!(said));
+            }
+            DestroyStep::KeepRegistry { name } => {
+                self.summary.insert(name.clone(), json!("kept: it holds the images (--delete-images removes them, the registry and the state bucket)"));
+            }
+            DestroyStep::Images { .. } => delete_images(ctx).await?,
+            DestroyStep::Bucket { name } => {
+                if self.store.bucket_exists().await? {
+                    delete_bucket(ctx, name).await?;
+                }
+                self.summary.insert(name.clone(), json!("deleted"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn aws_failure(step: &str, e: String) -> Failure {
+    Failure::new(
+        Exit::Aws,
+        step,
+        e,
+        "re-run release destroy --delete-images; it continues",
+    )
+}
+
+/// Every image in the app's repository.
+async fn delete_images(ctx: &Ctx) -> Result<()> {
+    let app = &ctx.config.app;
+    let ecr = crate::endpoint::ecr(&ctx.aws);
+    if let Ok(images) = ecr.list_images().repository_name(app).send().await {
         let ids: Vec<_> = images.image_ids().to_vec();
         if !ids.is_empty() {
             ecr.batch_delete_image()
-                .repository_name(&c.app)
+                .repository_name(app)
                 .set_image_ids(Some(ids))
                 .send()
                 .await
-                .map_err(|e| fail("delete images", sdk(e)))?;
+                .map_err(|e| aws_failure("delete images", sdk(e)))?;
         }
     }
-    delete_stack(ctx, &stacks, &registry).await?;
-    summary.insert(registry, json!("deleted, with its images"));
-    let bucket = c.state_bucket();
-    if store.bucket_exists().await? {
-        let s3 = crate::endpoint::s3(&ctx.aws);
-        // Every version of every object (the ledger has one per write), a page at a time: each
-        // page deleted is gone from the next listing.
-        loop {
-            let page = s3
-                .list_object_versions()
-                .bucket(&bucket)
-                .send()
-                .await
-                .map_err(|e| fail("state bucket", sdk(e)))?;
-            let ids = page
-                .versions()
-                .iter()
-                .map(|v| (v.key(), v.version_id()))
-                .chain(
-                    page.delete_markers()
-                        .iter()
-                        .map(|m| (m.key(), m.version_id())),
-                )
-                .map(|(key, version)| {
-                    aws_sdk_s3::types::ObjectIdentifier::builder()
-                        .key(key.unwrap_or_default())
-                        .set_version_id(version.map(str::to_string))
-                        .build()
-                        .map_err(|e| fail("state bucket", e.to_string()))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if ids.is_empty() {
-                break;
-            }
-            let delete = aws_sdk_s3::types::Delete::builder()
-                .set_objects(Some(ids))
-                .build()
-                .map_err(|e| fail("state bucket", e.to_string()))?;
-            let deleted = s3
-                .delete_objects()
-                .bucket(&bucket)
-                .delete(delete)
-                .send()
-                .await
-                .map_err(|e| fail("state bucket", sdk(e)))?;
-            if let Some(e) = deleted.errors().first() {
-                return Err(fail(
-                    "state bucket",
-                    format!(
-                        "{} could not be deleted: {}",
-                        e.key().unwrap_or_default(),
-                        e.message().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        s3.delete_bucket()
-            .bucket(&bucket)
+    Ok(())
+}
+
+/// Every version of every object in the state bucket (the ledger has one per write), a page at a
+/// time (each page deleted is gone from the next listing), then the bucket.
+async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<()> {
+    let fail = aws_failure;
+    let s3 = crate::endpoint::s3(&ctx.aws);
+    loop {
+        let page = s3
+            .list_object_versions()
+            .bucket(bucket)
             .send()
             .await
             .map_err(|e| fail("state bucket", sdk(e)))?;
+        let ids = page
+            .versions()
+            .iter()
+            .map(|v| (v.key(), v.version_id()))
+            .chain(
+                page.delete_markers()
+                    .iter()
+                    .map(|m| (m.key(), m.version_id())),
+            )
+            .map(|(key, version)| {
+                aws_sdk_s3::types::ObjectIdentifier::builder()
+                    .key(key.unwrap_or_default())
+                    .set_version_id(version.map(str::to_string))
+                    .build()
+                    .map_err(|e| fail("state bucket", e.to_string()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if ids.is_empty() {
+            break;
+        }
+        let delete = aws_sdk_s3::types::Delete::builder()
+            .set_objects(Some(ids))
+            .build()
+            .map_err(|e| fail("state bucket", e.to_string()))?;
+        let deleted = s3
+            .delete_objects()
+            .bucket(bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|e| fail("state bucket", sdk(e)))?;
+        if let Some(e) = deleted.errors().first() {
+            return Err(fail(
+                "state bucket",
+                format!(
+                    "{} could not be deleted: {}",
+                    e.key().unwrap_or_default(),
+                    e.message().unwrap_or_default()
+                ),
+            ));
+        }
     }
-    summary.insert(bucket, json!("deleted"));
-    Ok(Value::Object(summary))
+    s3.delete_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| fail("state bucket", sdk(e)))?;
+    Ok(())
 }

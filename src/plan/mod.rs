@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use crate::config::Config;
 
 pub mod colour;
+pub mod destroy;
 pub mod flip;
 pub mod stack;
 
@@ -85,89 +86,6 @@ pub fn planned(step: impl Into<String>, what: impl Into<String>) -> PlannedStep 
     }
 }
 
-/// What `release destroy` finds, as observed.
-#[derive(Debug, Clone, Default)]
-pub struct DestroyFacts {
-    /// The colours (full names) whose objects exist.
-    pub colours: Vec<String>,
-    /// The cluster is reachable: its app objects (origin Secret, namespace) go too.
-    pub cluster: bool,
-    pub namespace: String,
-    pub app: String,
-    /// Each stack release made, with its status (`None`: absent), in deletion order: edge,
-    /// cluster, network, then registry.
-    pub stacks: Vec<(String, Option<String>)>,
-    pub delete_images: bool,
-    /// Images in the repository (`None`: no repository).
-    pub images: Option<usize>,
-    /// The state bucket, if it exists.
-    pub bucket: Option<String>,
-}
-
-/// Every resource `release destroy` would delete, in its order, then what it keeps.
-pub fn destroy_steps(f: &DestroyFacts) -> Vec<PlannedStep> {
-    let mut steps = Vec::new();
-    if f.bucket.is_some() {
-        steps.push(planned(
-            "lock",
-            "take the app's lock and open a ledger entry",
-        ));
-    }
-    for c in &f.colours {
-        steps.push(planned(
-            format!("delete {c}"),
-            "its Deployment, Service, PodDisruptionBudget and NetworkPolicy",
-        ));
-    }
-    if f.cluster {
-        steps.push(planned(
-            "delete app objects",
-            format!(
-                "Secret {}-origin, and namespace {} if release made it",
-                f.app, f.namespace
-            ),
-        ));
-        steps.push(planned(
-            "load balancers",
-            "wait until the Services and their NLBs are gone, while the cluster's controller can still delete them",
-        ));
-    }
-    let (registry, others) = f
-        .stacks
-        .split_last()
-        .map_or((None, &f.stacks[..]), |(r, o)| (Some(r), o));
-    let delete_stack = |name: &str, status: &Option<String>| match status {
-        Some(s) => planned(format!("delete {name}"), format!("stack ({s})")),
-        None => planned(format!("delete {name}"), "none: absent"),
-    };
-    for (name, status) in others {
-        steps.push(delete_stack(name, status));
-    }
-    if let Some((name, status)) = registry {
-        if f.delete_images {
-            if let Some(n) = f.images {
-                steps.push(planned(
-                    "delete images",
-                    format!("{n} images in repository {}", f.app),
-                ));
-            }
-            steps.push(delete_stack(name, status));
-            if let Some(b) = &f.bucket {
-                steps.push(planned(
-                    format!("delete {b}"),
-                    "every version of the ledger and the lock, then the bucket",
-                ));
-            }
-        } else if status.is_some() {
-            steps.push(planned(
-                format!("keep {name}"),
-                "it holds the images and the state bucket (--delete-images removes them)",
-            ));
-        }
-    }
-    steps
-}
-
 /// What updating a stack would change, worked out from its current template and parameters
 /// (GetTemplate, DescribeStacks) and the new ones alone, so that a dry run needs no change set
 /// (creating one is a write, needs write rights and can be left behind). Per resource of the
@@ -232,59 +150,6 @@ pub fn stack_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(steps: &[PlannedStep]) -> Vec<&str> {
-        steps.iter().map(|s| s.step.as_str()).collect()
-    }
-
-    #[test]
-    fn destroy_lists_every_resource_in_order_and_keeps_the_registry_without_delete_images() {
-        let facts = DestroyFacts {
-            colours: vec!["iris-blue".into(), "iris-green".into()],
-            cluster: true,
-            namespace: "ml".into(),
-            app: "iris".into(),
-            stacks: vec![
-                ("iris-edge".into(), Some("CREATE_COMPLETE".into())),
-                ("iris-cluster".into(), Some("UPDATE_COMPLETE".into())),
-                ("iris-network".into(), None),
-                ("iris-registry".into(), Some("CREATE_COMPLETE".into())),
-            ],
-            delete_images: false,
-            images: None,
-            bucket: Some("iris-release-state".into()),
-        };
-        let steps = destroy_steps(&facts);
-        assert_eq!(
-            names(&steps),
-            [
-                "lock",
-                "delete iris-blue",
-                "delete iris-green",
-                "delete app objects",
-                "load balancers",
-                "delete iris-edge",
-                "delete iris-cluster",
-                "delete iris-network",
-                "keep iris-registry"
-            ]
-        );
-        assert_eq!(steps[7].what, "none: absent");
-        let all = destroy_steps(&DestroyFacts {
-            delete_images: true,
-            images: Some(3),
-            ..facts
-        });
-        assert_eq!(
-            names(&all)[8..],
-            [
-                "delete images",
-                "delete iris-registry",
-                "delete iris-release-state"
-            ]
-        );
-        assert_eq!(all[8].what, "3 images in repository iris");
-    }
 
     fn config() -> Config {
         crate::config::parse(

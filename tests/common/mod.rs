@@ -270,3 +270,21 @@ pub fn deployments(sb: &Sandbox) -> Vec<String> {
         .map(|d| d["metadata"]["name"].as_str().unwrap().to_string())
         .collect()
 }
+
+/// The names of the steps a dry run printed as its plan.
+pub fn planned_steps(out: &Output) -> Vec<String> {
+    names_in(&summary(out)["plan"], |s| &s["step"])
+}
+
+/// The names of the steps a real run executed, from its summary: the same as its dry run's plan.
+pub fn executed_steps(out: &Output) -> Vec<String> {
+    names_in(&summary(out)["steps"], |s| s)
+}
+
+fn names_in(list: &Value, name: impl Fn(&Value) -> &Value) -> Vec<String> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("a list of steps: {list}"))
+        .iter()
+        .map(|s| name(s).as_str().unwrap().to_string())
+        .collect()
+}
