@@ -34,7 +34,7 @@ const WEBHOOK_SERVICE: &str = "aws-load-balancer-webhook-service";
 const WEBHOOKS: &str = "aws-load-balancer-webhook";
 const WEBHOOK_HOST: &str = "aws-load-balancer-webhook-service.kube-system.svc";
 const MANIFEST: &str = include_str!("../kube-templates/addons/aws-load-balancer-controller.yaml");
-pub const STEP: &str = "load balancer controller";
+pub const STEP: &str = crate::plan::CONTROLLER_STEP;
 
 /// What the controller is installed for.
 #[derive(Debug, Clone, PartialEq)]

@@ -152,6 +152,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         yes: g.yes,
         session: Arc::new(tokio::sync::Mutex::new(None)),
         closing: std::sync::atomic::AtomicBool::new(false),
+        executed: std::sync::Mutex::new(Vec::new()),
     };
     let result = match &cli.command {
         Command::Up {

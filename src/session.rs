@@ -29,6 +29,26 @@ pub struct Ctx {
     pub session: Arc<Mutex<Option<Session>>>,
     /// `finish_session` is running: a signal now waits for it (`interruptible`).
     pub closing: std::sync::atomic::AtomicBool,
+    /// The steps this run took, in order: the lock, then each step recorded in the ledger. `up`
+    /// reports them (`steps`), the same as its dry run's plan.
+    pub executed: std::sync::Mutex<Vec<String>>,
+}
+
+impl Ctx {
+    fn executed(&self, step: &str) {
+        self.executed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(step.to_string());
+    }
+
+    /// The steps taken so far.
+    pub fn steps_taken(&self) -> Vec<String> {
+        self.executed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 pub struct Session {
@@ -128,6 +148,7 @@ pub(crate) async fn record(
             ctx.out
                 .note(&format!("warning: the ledger was not updated: {e}"))
         });
+    ctx.executed(&step.name);
     crash_hook(&step.name);
     recorded
 }
@@ -259,6 +280,10 @@ pub async fn begin(
         }
     };
     ctx.out.finish("lock", true, "held", t.elapsed());
+    for s in &steps {
+        ctx.executed(&s.name);
+    }
+    ctx.executed("lock");
     // Kept in `ctx` at once, before any other await: an interrupt from here on finds the lock to
     // release (the entry is not open yet: `release_id` stays empty until it is).
     let renewal = store.keep_renewed(&held);

@@ -10,8 +10,8 @@ mod common;
 use std::path::Path;
 
 use common::{
-    STATE_BUCKET, aws, cases, config, executed_steps, exits_with, last_release, object, release,
-    release_command, s3, succeeded, summary,
+    STATE_BUCKET, aws, cases, config, executed_steps, exits_with, last_release, object,
+    planned_steps, release, release_command, s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary};
 use serde_json::{Value, json};
@@ -308,6 +308,23 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let out = dry_run(&sb, &cfg, &["up", "--force", "--promote"]).await;
     let colour = summary(&out)["colour"].as_str().unwrap().to_string();
     assert!(colour.starts_with("deploy iris-green"), "{colour}");
+    // The real `up --force` takes the steps its dry run printed, in order.
+    let forced_plan = planned_steps(&dry_run(&sb, &cfg, &["up", "--force"]).await);
+    assert_eq!(
+        forced_plan,
+        [
+            "lock",
+            "stack iris-network",
+            "stack iris-registry",
+            "stack iris-cluster",
+            "image push",
+            "deploy iris-green",
+            "smoke iris-green"
+        ]
+    );
+    let forced = release(&sb, &cfg, &["up", "--force"]);
+    succeeded(&forced, "up --force");
+    assert_eq!(executed_steps(&forced), forced_plan);
 
     // The real promote executes the plan the dry run printed: the same steps in the same order,
     // and the ledger records those that act, in that order.
@@ -322,9 +339,13 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
         recorded(&sb).await,
         ["smoke iris-green", "flip", "verify public URL"]
     );
-    // Then `up --promote` on the same build has nothing to release: exit 0.
+    // Then `up --promote` on the same build has nothing to release: exit 0, after the steps its
+    // dry run printed.
+    let nothing_plan = planned_steps(&dry_run(&sb, &cfg, &["up"]).await);
+    assert_eq!(nothing_plan.last().unwrap(), "verify public URL");
     let again = release(&sb, &cfg, &["up", "--promote"]);
     succeeded(&again, "up --promote with nothing to release");
+    assert_eq!(executed_steps(&again), nothing_plan);
     let s = summary(&again);
     assert_eq!(s["candidate"], "none: nothing to release");
     assert_eq!(s["live"], "green");

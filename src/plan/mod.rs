@@ -9,6 +9,10 @@ pub mod colour;
 pub mod destroy;
 pub mod flip;
 pub mod stack;
+pub mod up;
+
+/// The step that installs the AWS Load Balancer Controller (`addons`).
+pub const CONTROLLER_STEP: &str = "load balancer controller";
 
 /// Stacks that can be deployed together: each wave waits for the one before it.
 pub const UP_WAVES: &[&[&str]] = &[&["network", "registry"], &["cluster"]];

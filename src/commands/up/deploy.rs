@@ -1,89 +1,217 @@
-//! `release up`, second half: deploy the idle colour, smoke-test it, and put the first release live.
+//! `release up`, second half: observe the cluster, decide the release phase
+//! (`plan::up::plan_release`: the controller, nothing to release or a candidate, the first
+//! release's edge), then execute that plan step by step.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::colour::Colour;
-use crate::commands::steps::{mark_live, roll_out, smoke_test, wait_deployed};
+use crate::colour::{self, Colour};
+use crate::commands::steps::{mark_live, roll_out, smoke_test, wait_deployed, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::Outputs;
+use crate::plan::up::{ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release};
 use crate::session::{Ctx, step};
 use crate::stacks::Stacks;
 use crate::store::StateStore;
 
-/// Deploy the idle colour, smoke-test it, and put it live when nothing is live yet.
+/// The cluster as the release phase sees it.
+pub(super) struct Observed {
+    pub world: ReleaseWorld,
+    pub client: kube::Client,
+    /// Each colour's load-balancer address.
+    pub addresses: BTreeMap<Colour, Option<String>>,
+    /// What the controller is installed for; `Err`: the stacks do not have its inputs yet.
+    pub inputs: Result<crate::addons::Inputs>,
+}
+
+/// Read what the release phase decides from: the controller, the edge's origin and public URL,
+/// each colour, and whether the live one already runs `image` and this build's manifests.
+/// `Ok(None)`: there is no cluster yet.
+pub(super) async fn observe(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    outputs: &Outputs,
+    image: &str,
+    digest: &str,
+    id: &str,
+) -> Result<Option<Observed>> {
+    let c = &ctx.config;
+    let Some(cluster_name) = outputs.get("cluster").and_then(|o| o.get("ClusterName")) else {
+        return Ok(None);
+    };
+    let cluster = crate::eks::Cluster::connect(&ctx.aws, cluster_name).await?;
+    let client = cluster.client().await?;
+    let inputs = controller_inputs(ctx, cluster_name, outputs);
+    let controller = match &inputs {
+        Ok(i) => crate::addons::decide(&crate::addons::observe(&client).await?, i),
+        Err(_) => None,
+    };
+    let edge = stacks.observe(&c.stack_name("edge")).await?;
+    let mut observed = BTreeMap::new();
+    for col in Colour::ALL {
+        observed.insert(col, colour::observe(&client, c, col).await?);
+    }
+    let addresses: BTreeMap<Colour, Option<String>> = observed
+        .iter()
+        .map(|(k, v)| (*k, v.address.clone()))
+        .collect();
+    let live = colour::live_colour(
+        edge.parameters.get("OriginDomain").map(String::as_str),
+        &addresses,
+    );
+    let live_runs_this_build = match live {
+        Some(l) => {
+            let templates = ctx.base.join(&c.deploy.templates);
+            let (_, hash) = colour::render(&templates, c, l, image, digest, id, "candidate")
+                .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+            let o = &observed[&l];
+            o.digest.as_deref() == Some(digest) && o.manifest_hash.as_deref() == Some(&hash)
+        }
+        None => false,
+    };
+    Ok(Some(Observed {
+        world: ReleaseWorld {
+            app: c.app.clone(),
+            live,
+            live_runs_this_build,
+            public_url: crate::commands::observe::public_url(ctx, &edge),
+            controller,
+            image: image.to_string(),
+        },
+        client,
+        addresses,
+        inputs,
+    }))
+}
+
+/// The release phase's settings, from the config and `--force`.
+pub(super) fn settings(ctx: &Ctx, force: bool) -> ReleaseSettings {
+    let c = &ctx.config;
+    ReleaseSettings {
+        force,
+        replicas: c.deploy.replicas,
+        requests: c.smoke.requests,
+        compare_live: c.smoke.compare_live.is_some(),
+    }
+}
+
+/// Observe the cluster, decide, and execute the release phase: deploy the idle colour,
+/// smoke-test it, and put it live when nothing is live yet. Returns the plan it executed.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn deploy(
     ctx: &Ctx,
     stacks: &Stacks,
     store: &StateStore,
     id: &str,
-    outputs: &mut Outputs,
     image: &str,
     digest: &str,
     summary: &mut serde_json::Map<String, Value>,
     changed: &mut bool,
+    outputs: &Outputs,
     force: bool,
-) -> Result<bool> {
-    use crate::colour;
-    let c = &ctx.config;
-    let cluster_name = outputs
-        .get("cluster")
-        .and_then(|o| o.get("ClusterName"))
-        .cloned()
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Aws,
-                "cluster",
-                "the cluster stack has no ClusterName output",
-                "re-run release up",
-            )
-        })?;
-    let cluster = crate::eks::Cluster::connect(&ctx.aws, &cluster_name).await?;
-    let client = cluster.client().await?;
-    // Services get their NLBs only from the controller: in place and ready before any colour.
-    let inputs = controller_inputs(ctx, &cluster_name, outputs)?;
-    if let Some(what) = crate::addons::decide(&crate::addons::observe(&client).await?, &inputs) {
-        let timeout = std::time::Duration::from_secs(c.deploy.controller_timeout_seconds);
-        step(ctx, store, id, crate::addons::STEP, &what, async {
-            crate::addons::ensure(&client, &inputs, timeout).await?;
-            Ok((
-                (),
-                format!("{} ready", crate::addons::LB_CONTROLLER_VERSION),
-            ))
-        })
-        .await?;
-        *changed = true;
+) -> Result<ReleasePlan> {
+    let Some(seen) = observe(ctx, stacks, outputs, image, digest, id).await? else {
+        return Err(Failure::new(
+            Exit::Aws,
+            "cluster",
+            "the cluster stack has no ClusterName output",
+            "re-run release up",
+        ));
+    };
+    let inputs = seen.inputs?;
+    let plan = plan_release(&seen.world, settings(ctx, force));
+    let mut run = Release {
+        ctx,
+        stacks,
+        store,
+        id,
+        digest,
+        client: seen.client,
+        inputs,
+        addresses: seen.addresses,
+        summary,
+        changed,
+        secret: String::new(),
+        addr: String::new(),
+        cases: None,
+        public: String::new(),
+        dist: String::new(),
+    };
+    if let (None, Some(l)) = (plan.candidate, plan.live) {
+        ctx.out.note(&format!("{l} is live with this image ({digest}) and these manifests: nothing to release (--force deploys a candidate anyway)"));
     }
-    let edge_name = c.stack_name("edge");
-    let edge = stacks.observe(&edge_name).await?;
-    let mut observed = std::collections::BTreeMap::new();
-    let mut addresses = std::collections::BTreeMap::new();
-    for col in colour::Colour::ALL {
-        let o = colour::observe(&client, c, col).await?;
-        addresses.insert(col, o.address.clone());
-        observed.insert(col, o);
+    for s in &plan.steps {
+        run.run(s).await?;
     }
-    let live = colour::live_colour(
-        edge.parameters.get("OriginDomain").map(String::as_str),
-        &addresses,
-    );
-    let templates = ctx.base.join(&c.deploy.templates);
-    if let Some(l) = live {
-        let (_, hash) = colour::render(&templates, c, l, image, digest, id, "candidate")
-            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
-        let o = &observed[&l];
-        if !force
-            && o.digest.as_deref() == Some(digest)
-            && o.manifest_hash.as_deref() == Some(hash.as_str())
-        {
-            ctx.out.note(&format!("{l} is live with this image ({digest}) and these manifests: nothing to release (--force deploys a candidate anyway)"));
-            // Still confirm that it answers through the edge: this also finishes a first release
-            // that died while the edge was being deployed.
-            if let Some(public) = crate::commands::observe::public_url(ctx, &edge) {
-                step(ctx, store, id, "verify public URL", &public, async {
-                    crate::commands::steps::wait_public(
-                        public.trim_end_matches('/'),
-                        l,
+    match (plan.candidate, plan.live) {
+        (None, live) => {
+            run.summary.insert("live".into(), json!(live));
+            run.summary
+                .insert("candidate".into(), json!("none: nothing to release"));
+        }
+        (Some(candidate), Some(live)) => {
+            run.summary.insert("live".into(), json!(live));
+            ctx.out.note(&format!(
+                "{candidate} is deployed and tested; `release promote` puts it live"
+            ));
+        }
+        (Some(_), None) => {}
+    }
+    // The candidate stays: no teardown on the way out.
+    if let Some(s) = ctx.session.lock().await.as_mut() {
+        s.candidate = None;
+    }
+    Ok(plan)
+}
+
+/// The executor of the release phase: each step mapped to its adapter calls, reported and
+/// recorded in the ledger.
+struct Release<'a> {
+    ctx: &'a Ctx,
+    stacks: &'a Stacks,
+    store: &'a StateStore,
+    id: &'a str,
+    digest: &'a str,
+    client: kube::Client,
+    inputs: crate::addons::Inputs,
+    addresses: BTreeMap<Colour, Option<String>>,
+    summary: &'a mut serde_json::Map<String, Value>,
+    changed: &'a mut bool,
+    /// Made by the steps for the ones after them: the origin secret, the candidate's address,
+    /// the golden cases, the public URL and the distribution of a first release.
+    secret: String,
+    addr: String,
+    cases: Option<crate::smoke::Cases>,
+    public: String,
+    dist: String,
+}
+
+impl Release<'_> {
+    async fn run(&mut self, s: &ReleaseStep) -> Result<()> {
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let (store, id) = (self.store, self.id);
+        let name = s.name(&c.app);
+        match s {
+            ReleaseStep::Controller { what } => {
+                let timeout = std::time::Duration::from_secs(c.deploy.controller_timeout_seconds);
+                let inputs = &self.inputs;
+                let client = &self.client;
+                step(ctx, store, id, &name, what, async {
+                    crate::addons::ensure(client, inputs, timeout).await?;
+                    Ok((
+                        (),
+                        format!("{} ready", crate::addons::LB_CONTROLLER_VERSION),
+                    ))
+                })
+                .await?;
+                *self.changed = true;
+            }
+            ReleaseStep::VerifyLive { colour, url } => {
+                step(ctx, store, id, &name, url, async {
+                    wait_public(
+                        url.trim_end_matches('/'),
+                        *colour,
                         std::time::Duration::from_secs(c.edge.verify_timeout_seconds),
                     )
                     .await
@@ -95,181 +223,168 @@ pub(super) async fn deploy(
                             "the live colour does not answer through the edge: check `release status` and the distribution",
                         )
                     })?;
-                    mark_live(store, id, l).await?;
-                    Ok(((), format!("{l} answers")))
+                    mark_live(store, id, *colour).await?;
+                    Ok(((), format!("{colour} answers")))
                 })
                 .await?;
             }
-            summary.insert("live".into(), json!(l));
-            summary.insert("candidate".into(), json!("none: nothing to release"));
-            return Ok(false);
-        }
-    }
-    let candidate = crate::plan::colour::candidate_for(live);
-    let (manifests, _) =
-        colour::render(&templates, c, candidate, image, digest, id, "candidate")
-            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
-    let secret = colour::ensure_namespace_and_secret(&client, c).await?;
-    *changed = true;
-    if let Some(s) = ctx.session.lock().await.as_mut() {
-        s.candidate = Some((client.clone(), candidate));
-    }
-    let _ = store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(id) {
-                r.colour = Some(candidate.to_string());
+            ReleaseStep::Deploy { colour, image, .. } => {
+                self.addr = self.deploy_colour(&name, *colour, image).await?;
             }
-        })
-        .await;
-    let name = colour::name(c, candidate);
-    let step_name = format!("deploy {name}");
-    let addr = step(
-        ctx,
-        store,
-        id,
-        &step_name,
-        &format!("{image} ({} replicas)", c.deploy.replicas),
-        async {
-            let addr = roll_out(ctx, &client, candidate, &manifests, &step_name).await?;
-            Ok((addr.clone(), format!("ready at {addr}")))
-        },
-    )
-    .await?;
-    let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
-        .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
-    let target = crate::smoke::Target {
-        base_url: format!("http://{addr}:{}", c.deploy.service_port),
-        colour: candidate,
-        model_version: &c.model.version,
-        secret: &secret,
-    };
-    let live_target = live.and_then(|l| addresses[&l].clone().map(|a| (l, a)));
-    let live_target = live_target.as_ref().map(|(l, a)| crate::smoke::Target {
-        base_url: format!("http://{a}:{}", c.deploy.service_port),
-        colour: *l,
-        model_version: &c.model.version,
-        secret: &secret,
-    });
-    let compare = match (&live_target, c.smoke.compare_live) {
-        (Some(t), Some(f)) => Some((t, f)),
-        _ => None,
-    };
-    let smoke_name = format!("smoke {name}");
-    step(ctx, store, id, &smoke_name, &target.base_url, async {
-        let summary = smoke_test(
-            ctx,
-            &target,
-            &cases,
-            c.smoke.requests,
-            compare,
-            Some(&smoke_name),
-        )
-        .await?;
-        Ok(((), summary))
-    })
-    .await?;
-    summary.insert("candidate".into(), json!(candidate));
-    summary.insert("candidate address".into(), json!(addr));
-
-    let waits = live.is_some();
-    if !waits {
-        go_live(
-            ctx, stacks, store, id, outputs, candidate, &addr, &secret, &cases, summary,
-        )
-        .await?;
-    } else {
-        summary.insert("live".into(), json!(live));
-        ctx.out.note(&format!(
-            "{candidate} is deployed and tested; `release promote` puts it live"
-        ));
-    }
-    // The candidate stays: no teardown on the way out.
-    if let Some(s) = ctx.session.lock().await.as_mut() {
-        s.candidate = None;
-    }
-    Ok(waits)
-}
-
-/// The first release: the edge stack with this colour as origin, then the public URL checked.
-#[allow(clippy::too_many_arguments)]
-async fn go_live(
-    ctx: &Ctx,
-    stacks: &Stacks,
-    store: &StateStore,
-    id: &str,
-    outputs: &mut Outputs,
-    colour: Colour,
-    addr: &str,
-    secret: &str,
-    cases: &crate::smoke::Cases,
-    summary: &mut serde_json::Map<String, Value>,
-) -> Result<()> {
-    let c = &ctx.config;
-    let name = c.stack_name("edge");
-    let params = vec![
-        ("AppName".to_string(), c.app.clone()),
-        ("OriginDomain".to_string(), addr.to_string()),
-        (
-            "OriginHttpPort".to_string(),
-            c.deploy.service_port.to_string(),
-        ),
-        ("OriginSecret".to_string(), secret.to_string()),
-    ];
-    let body = ctx.template("edge")?;
-    let observed = step(
-        ctx,
-        store,
-        id,
-        &format!("stack {name}"),
-        &format!("origin {addr}"),
-        async {
-            let (change, observed) = stacks
-                .deploy(&name, &body, &params, |p| {
-                    ctx.out.progress(&format!("stack {name}"), p)
+            ReleaseStep::Smoke {
+                colour, compare, ..
+            } => {
+                self.smoke(&name, *colour, *compare).await?;
+            }
+            ReleaseStep::Edge { .. } => self.edge(&name).await?,
+            ReleaseStep::EdgeDeployed => {
+                let dist = self.dist.clone();
+                step(ctx, store, id, &name, &dist, async {
+                    wait_deployed(ctx, &dist, "edge", "wait for CloudFront and re-run").await?;
+                    Ok(((), format!("{dist} Deployed")))
                 })
+                .await?;
+            }
+            ReleaseStep::SmokePublic { colour, requests } => {
+                // No origin header through the public URL: the edge must add it.
+                let target = crate::smoke::Target {
+                    base_url: self.public.trim_end_matches('/').to_string(),
+                    colour: *colour,
+                    model_version: &c.model.version,
+                    secret: "",
+                };
+                let cases = self
+                    .cases
+                    .as_ref()
+                    .expect("the smoke step loaded the cases");
+                step(ctx, store, id, &name, &self.public, async {
+                    let summary =
+                        smoke_test(ctx, &target, cases, *requests, None, Some(&name)).await?;
+                    mark_live(store, id, *colour).await?;
+                    Ok(((), summary))
+                })
+                .await?;
+                self.summary.insert("live".into(), json!(colour));
+                self.summary.insert("public url".into(), json!(self.public));
+            }
+        }
+        Ok(())
+    }
+
+    /// Render, apply and roll out the candidate; it is torn down from here on if the run fails
+    /// (the session's candidate). Returns its load-balancer address.
+    async fn deploy_colour(
+        &mut self,
+        name: &str,
+        candidate: Colour,
+        image: &str,
+    ) -> Result<String> {
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let templates = ctx.base.join(&c.deploy.templates);
+        let (manifests, _) = colour::render(
+            &templates,
+            c,
+            candidate,
+            image,
+            self.digest,
+            self.id,
+            "candidate",
+        )
+        .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
+        self.secret = colour::ensure_namespace_and_secret(&self.client, c).await?;
+        *self.changed = true;
+        if let Some(s) = ctx.session.lock().await.as_mut() {
+            s.candidate = Some((self.client.clone(), candidate));
+        }
+        let id = self.id;
+        let _ = self
+            .store
+            .update_ledger(|l| {
+                if let Some(r) = l.get_mut(id) {
+                    r.colour = Some(candidate.to_string());
+                }
+            })
+            .await;
+        let client = &self.client;
+        let what = format!("{image} ({} replicas)", c.deploy.replicas);
+        step(ctx, self.store, id, name, &what, async {
+            let addr = roll_out(ctx, client, candidate, &manifests, name).await?;
+            Ok((addr.clone(), format!("ready at {addr}")))
+        })
+        .await
+    }
+
+    /// The candidate's smoke test at its own address, compared with `compare`'s answers when
+    /// the config asks.
+    async fn smoke(
+        &mut self,
+        name: &str,
+        candidate: Colour,
+        compare: Option<Colour>,
+    ) -> Result<()> {
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        self.cases = Some(
+            crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+                .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?,
+        );
+        let at = |colour: Colour, addr: &str| crate::smoke::Target {
+            base_url: format!("http://{addr}:{}", c.deploy.service_port),
+            colour,
+            model_version: &c.model.version,
+            secret: &self.secret,
+        };
+        let target = at(candidate, &self.addr);
+        let live = compare.and_then(|l| self.addresses[&l].clone().map(|a| (l, a)));
+        let live_target = live.as_ref().map(|(l, a)| at(*l, a));
+        let compare = match (&live_target, c.smoke.compare_live) {
+            (Some(t), Some(f)) => Some((t, f)),
+            _ => None,
+        };
+        let cases = self.cases.as_ref().expect("loaded above");
+        step(ctx, self.store, self.id, name, &target.base_url, async {
+            let summary =
+                smoke_test(ctx, &target, cases, c.smoke.requests, compare, Some(name)).await?;
+            Ok(((), summary))
+        })
+        .await?;
+        self.summary.insert("candidate".into(), json!(candidate));
+        self.summary
+            .insert("candidate address".into(), json!(self.addr));
+        Ok(())
+    }
+
+    /// The first release's edge stack, with the candidate as its origin.
+    async fn edge(&mut self, name: &str) -> Result<()> {
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let stack = c.stack_name("edge");
+        let params = vec![
+            ("AppName".to_string(), c.app.clone()),
+            ("OriginDomain".to_string(), self.addr.clone()),
+            (
+                "OriginHttpPort".to_string(),
+                c.deploy.service_port.to_string(),
+            ),
+            ("OriginSecret".to_string(), self.secret.clone()),
+        ];
+        let body = ctx.template("edge")?;
+        let stacks = self.stacks;
+        let what = format!("origin {}", self.addr);
+        let observed = step(ctx, self.store, self.id, name, &what, async {
+            let (change, observed) = stacks
+                .deploy(&stack, &body, &params, |p| ctx.out.progress(name, p))
                 .await?;
             Ok((observed, change.describe()))
-        },
-    )
-    .await?;
-    outputs.insert("edge".into(), observed.outputs.clone());
-    let dist = observed.output(&name, "DistributionId")?;
-    let domain = observed.output(&name, "DistributionDomainName")?;
-    let public = c
-        .edge
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("https://{domain}"));
-    step(ctx, store, id, "edge deployed", &dist, async {
-        wait_deployed(ctx, &dist, "edge", "wait for CloudFront and re-run").await?;
-        Ok(((), format!("{dist} Deployed")))
-    })
-    .await?;
-    // No origin header through the public URL: the edge must add it.
-    let target = crate::smoke::Target {
-        base_url: public.trim_end_matches('/').to_string(),
-        colour,
-        model_version: &c.model.version,
-        secret: "",
-    };
-    let smoke_name = "smoke public URL";
-    step(ctx, store, id, smoke_name, &public, async {
-        let summary = smoke_test(
-            ctx,
-            &target,
-            cases,
-            c.smoke.requests.min(20),
-            None,
-            Some(smoke_name),
-        )
+        })
         .await?;
-        mark_live(store, id, colour).await?;
-        Ok(((), summary))
-    })
-    .await?;
-    summary.insert("live".into(), json!(colour));
-    summary.insert("public url".into(), json!(public));
-    Ok(())
+        self.dist = observed.output(&stack, "DistributionId")?;
+        let domain = observed.output(&stack, "DistributionDomainName")?;
+        self.public = c
+            .edge
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{domain}"));
+        Ok(())
+    }
 }
 
 /// What the load balancer controller is installed for: the cluster, the region, the network

@@ -2,9 +2,10 @@
 
 use serde_json::{Value, json};
 
-use super::deploy::controller_inputs;
+use super::deploy::{observe, settings};
 use crate::commands::up::UpArgs;
 use crate::error::{Exit, Failure, Result, sdk};
+use crate::plan::up::{ReleasePlan, plan_release};
 use crate::plan::{self, Outputs, UP_WAVES};
 use crate::session::{Ctx, hostname};
 use crate::stacks::Stacks;
@@ -21,6 +22,7 @@ pub(super) async fn dry_run(
     store
         .check_lock(&hostname(), args.force_unlock, ctx.yes)
         .await?;
+    let bucket = store.bucket_exists().await?;
     let force = args.force;
     let mut plan = serde_json::Map::new();
     let mut outputs = Outputs::new();
@@ -86,26 +88,70 @@ pub(super) async fn dry_run(
     };
     ctx.out.note(&format!("plan: image: {what}"));
     plan.insert("image".into(), json!(what));
-    let (controller, what) = dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
+    let (controller, what, release) =
+        dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
     ctx.out
         .note(&format!("plan: {}: {controller}", crate::addons::STEP));
     plan.insert(crate::addons::STEP.into(), json!(controller));
     ctx.out.note(&format!("plan: colour: {what}"));
     plan.insert("colour".into(), json!(what));
+    // The steps, in the order the real run takes them (the lock first, or after the state
+    // bucket's registry stack when there is none yet).
+    let mut steps = Vec::new();
+    let registry = ctx.config.stack_name("registry");
+    if !bucket {
+        steps.push(crate::plan::planned(
+            format!("stack {registry}"),
+            plan[&registry].as_str().unwrap_or_default(),
+        ));
+    }
+    steps.push(crate::plan::planned(
+        "lock",
+        "take the app's lock and open a ledger entry",
+    ));
+    for wave in UP_WAVES {
+        for template in wave.iter() {
+            let name = ctx.config.stack_name(template);
+            if bucket || name != registry {
+                steps.push(crate::plan::planned(
+                    format!("stack {name}"),
+                    plan[&name].as_str().unwrap_or_default(),
+                ));
+            }
+        }
+    }
+    steps.push(crate::plan::planned(
+        "image push",
+        plan["image"].as_str().unwrap_or_default(),
+    ));
+    match release {
+        Some(r) => {
+            for s in r.printed(&ctx.config.app) {
+                ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
+                if let Some(undo) = &s.undo {
+                    ctx.out.note(&format!("      undo: {undo}"));
+                }
+                steps.push(s);
+            }
+        }
+        None => steps.push(crate::plan::planned("release", what.clone())),
+    }
+    plan.insert("plan".into(), json!(steps));
     plan.insert("dry run".into(), json!("nothing was changed"));
     Ok(Value::Object(plan))
 }
 
-/// The decisions of a dry run about the cluster, as `deploy` would make them: whether the load
-/// balancer controller is installed or updated first, then nothing to release, or which colour
-/// is deployed and smoke-tested, and whether it goes live at once (the first release).
+/// The decisions of a dry run about the cluster, from the same observation and planner as the
+/// real run's: whether the load balancer controller is installed or updated first, then nothing
+/// to release, or which colour is deployed and smoke-tested, and whether it goes live at once
+/// (the first release). The release plan is `None` while the cluster does not exist.
 async fn dry_run_colour(
     ctx: &Ctx,
     stacks: &Stacks,
     outputs: &Outputs,
     digest: &str,
     force: bool,
-) -> Result<(String, String)> {
+) -> Result<(String, String, Option<ReleasePlan>)> {
     use crate::colour;
     let c = &ctx.config;
     let smoke = format!(
@@ -122,67 +168,46 @@ async fn dry_run_colour(
                 "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
                 colour::name(c, crate::plan::colour::candidate_for(None))
             ),
+            None,
         )
     };
     let Some(uri) = outputs.get("registry").and_then(|o| o.get("RepositoryUri")) else {
         return Ok(first());
     };
-    let world = crate::commands::observe::observe(ctx, stacks).await?;
-    let Some(cluster) = world.cluster.as_ref() else {
+    let image = format!("{uri}@{digest}");
+    let Some(seen) = observe(ctx, stacks, outputs, &image, digest, "dry-run").await? else {
         return Ok(first());
     };
-    let controller = match controller_inputs(ctx, &cluster.name, outputs) {
-        Ok(inputs) => {
-            let installed = crate::addons::observe(&cluster.client().await?).await?;
-            crate::addons::decide(&installed, &inputs)
-                .unwrap_or_else(|| format!("{} in place", crate::addons::LB_CONTROLLER_VERSION))
-        }
+    let controller = match (&seen.inputs, &seen.world.controller) {
+        (Ok(_), Some(what)) => what.clone(),
+        (Ok(_), None) => format!("{} in place", crate::addons::LB_CONTROLLER_VERSION),
         // A cluster stack from before the controller's role: the stack update above adds it.
-        Err(_) => format!(
+        (Err(_), _) => format!(
             "install the AWS Load Balancer Controller {} once the cluster stack has its role",
             crate::addons::LB_CONTROLLER_VERSION
         ),
     };
-    let colour = dry_run_candidate(ctx, &world, uri, digest, force, &smoke)?;
-    Ok((controller, colour))
-}
-
-fn dry_run_candidate(
-    ctx: &Ctx,
-    world: &crate::commands::observe::World,
-    uri: &str,
-    digest: &str,
-    force: bool,
-    smoke: &str,
-) -> Result<String> {
-    use crate::colour;
-    let c = &ctx.config;
-    let image = format!("{uri}@{digest}");
-    let templates = ctx.base.join(&c.deploy.templates);
-    if let Some(l) = world.live {
-        let (_, hash) = colour::render(&templates, c, l, &image, digest, "dry-run", "candidate")
-            .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))?;
-        let o = &world.colours[&l];
-        if !force
-            && o.digest.as_deref() == Some(digest)
-            && o.manifest_hash.as_deref() == Some(hash.as_str())
-        {
-            return Ok(format!(
-                "nothing to release: {} is live with this image and these manifests (--force deploys a candidate anyway); verify it through the public URL",
-                colour::name(c, l)
-            ));
-        }
-    }
-    let candidate = colour::name(c, crate::plan::colour::candidate_for(world.live));
-    Ok(match world.live {
-        None => format!(
-            "deploy {candidate} ({image}, {} replicas), {smoke}, put it live through the edge",
+    let plan = plan_release(&seen.world, settings(ctx, force));
+    let what = match (plan.candidate, plan.live) {
+        (None, _) => format!(
+            "nothing to release: {} is live with this image and these manifests (--force deploys a candidate anyway); verify it through the public URL",
+            l_name(c, plan.live)
+        ),
+        (Some(candidate), None) => format!(
+            "deploy {} ({image}, {} replicas), {smoke}, put it live through the edge",
+            colour::name(c, candidate),
             c.deploy.replicas
         ),
-        Some(l) => format!(
-            "deploy {candidate} ({image}, {} replicas) as the candidate while {} serves, {smoke}; `release promote` puts it live",
+        (Some(candidate), Some(l)) => format!(
+            "deploy {} ({image}, {} replicas) as the candidate while {} serves, {smoke}; `release promote` puts it live",
+            colour::name(c, candidate),
             c.deploy.replicas,
             colour::name(c, l)
         ),
-    })
+    };
+    Ok((controller, what, Some(plan)))
+}
+
+fn l_name(c: &crate::config::Config, live: Option<crate::colour::Colour>) -> String {
+    live.map_or_else(|| "-".into(), |l| crate::colour::name(c, l))
 }

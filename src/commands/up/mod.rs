@@ -144,6 +144,8 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     )
     .await;
     let candidate_waits = result?;
+    // What ran, in order: the same steps as the dry run's plan.
+    summary.insert("steps".into(), json!(ctx.steps_taken()));
     summary.insert(
         "duration".into(),
         json!(format!("{:.1} s", started.elapsed().as_secs_f64())),
@@ -311,12 +313,13 @@ async fn provision(
         stacks,
         store,
         id,
-        outputs,
         &format!("{uri}@{}", pushed.digest),
         &pushed.digest,
         summary,
         changed,
+        outputs,
         force,
     )
     .await
+    .map(|plan| plan.candidate_waits())
 }

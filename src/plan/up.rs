@@ -1,0 +1,294 @@
+//! The pure core of `release up` once the stacks and the image are there: whether the load
+//! balancer controller is installed first, then "nothing to release" or which colour is deployed
+//! and smoke-tested, and whether it goes live at once (the first release). `--dry-run` prints
+//! this plan; the real run executes the same one (`commands::up::deploy`).
+
+use super::colour::{Colour, candidate_for};
+use super::{PlannedStep, planned};
+
+/// What the release phase of `up` decides from, as observed.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseWorld {
+    pub app: String,
+    /// The colour the edge serves.
+    pub live: Option<Colour>,
+    /// The live colour already runs this build's image digest and manifests.
+    pub live_runs_this_build: bool,
+    /// The public URL, once the edge stack has one.
+    pub public_url: Option<String>,
+    /// What the load balancer controller needs (`addons::decide`), `None`: in place.
+    pub controller: Option<String>,
+    /// The image this build deploys, `<repository>@<digest>`.
+    pub image: String,
+}
+
+/// What the configuration asks of the release phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReleaseSettings {
+    /// `up --force`: deploy a candidate even when the live colour runs this build.
+    pub force: bool,
+    pub replicas: u32,
+    pub requests: u32,
+    /// `smoke.compare_live` is set: the candidate's answers are compared with the live colour's.
+    pub compare_live: bool,
+}
+
+/// One step of the release phase of `up`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseStep {
+    /// Install, update or repair the AWS Load Balancer Controller, and wait for it.
+    Controller { what: String },
+    /// Nothing to release: confirm the live colour answers through the edge (this also finishes
+    /// a first release that died while the edge was being deployed).
+    VerifyLive { colour: Colour, url: String },
+    /// Apply the colour's manifests and wait for its rollout and its load-balancer address; torn
+    /// down if a later step fails.
+    Deploy {
+        colour: Colour,
+        image: String,
+        replicas: u32,
+    },
+    /// The golden cases and the request burst against the candidate's own address, compared with
+    /// `compare` (the live colour) when the config asks.
+    Smoke {
+        colour: Colour,
+        requests: u32,
+        compare: Option<Colour>,
+    },
+    /// The first release: the edge stack with the colour as its origin.
+    Edge { colour: Colour },
+    /// Wait until CloudFront reports the distribution Deployed.
+    EdgeDeployed,
+    /// The smoke requests through the public URL; the release is then live.
+    SmokePublic { colour: Colour, requests: u32 },
+}
+
+impl ReleaseStep {
+    /// The step's name, as the ledger and the progress lines have it.
+    pub fn name(&self, app: &str) -> String {
+        match self {
+            ReleaseStep::Controller { .. } => super::CONTROLLER_STEP.into(),
+            ReleaseStep::VerifyLive { .. } => "verify public URL".into(),
+            ReleaseStep::Deploy { colour, .. } => format!("deploy {app}-{colour}"),
+            ReleaseStep::Smoke { colour, .. } => format!("smoke {app}-{colour}"),
+            ReleaseStep::Edge { .. } => format!("stack {app}-edge"),
+            ReleaseStep::EdgeDeployed => "edge deployed".into(),
+            ReleaseStep::SmokePublic { .. } => "smoke public URL".into(),
+        }
+    }
+
+    pub fn what(&self, app: &str) -> String {
+        match self {
+            ReleaseStep::Controller { what } => what.clone(),
+            ReleaseStep::VerifyLive { colour, url } => {
+                format!("{url} answers from {app}-{colour}")
+            }
+            ReleaseStep::Deploy {
+                image, replicas, ..
+            } => format!("{image} ({replicas} replicas)"),
+            ReleaseStep::Smoke {
+                requests, compare, ..
+            } => {
+                let compare = compare
+                    .map(|l| format!(", answers compared with {app}-{l}'s"))
+                    .unwrap_or_default();
+                format!(
+                    "the golden cases and {requests} requests against its load balancer{compare}"
+                )
+            }
+            ReleaseStep::Edge { colour } => format!(
+                "create it with {app}-{colour}'s load balancer as the origin and the origin secret"
+            ),
+            ReleaseStep::EdgeDeployed => "wait until CloudFront is Deployed".into(),
+            ReleaseStep::SmokePublic { colour, requests } => format!(
+                "{requests} requests through the public URL answer from {app}-{colour}; then it is live"
+            ),
+        }
+    }
+
+    pub fn undo(&self, app: &str) -> Option<String> {
+        match self {
+            ReleaseStep::Deploy { colour, .. } => Some(format!(
+                "{app}-{colour} is torn down if a later step fails or the run is interrupted"
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The release phase decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasePlan {
+    pub live: Option<Colour>,
+    /// The colour deployed and tested; `None`: nothing to release.
+    pub candidate: Option<Colour>,
+    pub steps: Vec<ReleaseStep>,
+}
+
+impl ReleasePlan {
+    /// A tested candidate waits for `release promote` (not a first release, which goes live).
+    pub fn candidate_waits(&self) -> bool {
+        self.candidate.is_some() && self.live.is_some()
+    }
+
+    pub fn printed(&self, app: &str) -> Vec<PlannedStep> {
+        self.steps
+            .iter()
+            .map(|s| PlannedStep {
+                undo: s.undo(app),
+                ..planned(s.name(app), s.what(app))
+            })
+            .collect()
+    }
+}
+
+/// Decide the release phase of `up` from `w`.
+pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> ReleasePlan {
+    let mut steps = Vec::new();
+    if let Some(what) = &w.controller {
+        steps.push(ReleaseStep::Controller { what: what.clone() });
+    }
+    if let (Some(live), true, false) = (w.live, w.live_runs_this_build, s.force) {
+        if let Some(url) = &w.public_url {
+            steps.push(ReleaseStep::VerifyLive {
+                colour: live,
+                url: url.clone(),
+            });
+        }
+        return ReleasePlan {
+            live: w.live,
+            candidate: None,
+            steps,
+        };
+    }
+    let colour = candidate_for(w.live);
+    steps.push(ReleaseStep::Deploy {
+        colour,
+        image: w.image.clone(),
+        replicas: s.replicas,
+    });
+    steps.push(ReleaseStep::Smoke {
+        colour,
+        requests: s.requests,
+        compare: w.live.filter(|_| s.compare_live),
+    });
+    if w.live.is_none() {
+        steps.push(ReleaseStep::Edge { colour });
+        steps.push(ReleaseStep::EdgeDeployed);
+        steps.push(ReleaseStep::SmokePublic {
+            colour,
+            requests: s.requests.min(20),
+        });
+    }
+    ReleasePlan {
+        live: w.live,
+        candidate: Some(colour),
+        steps,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Colour::{Blue, Green};
+
+    fn blue_live() -> ReleaseWorld {
+        ReleaseWorld {
+            app: "iris".into(),
+            live: Some(Blue),
+            live_runs_this_build: false,
+            public_url: Some("https://d1.cloudfront.net".into()),
+            controller: None,
+            image: "repo/iris@sha256:new".into(),
+        }
+    }
+
+    fn settings() -> ReleaseSettings {
+        ReleaseSettings {
+            force: false,
+            replicas: 2,
+            requests: 30,
+            compare_live: false,
+        }
+    }
+
+    fn names(p: &ReleasePlan) -> Vec<String> {
+        p.steps.iter().map(|s| s.name("iris")).collect()
+    }
+
+    #[test]
+    fn a_new_build_is_deployed_to_the_idle_colour_and_tested_as_a_candidate() {
+        let p = plan_release(&blue_live(), settings());
+        assert_eq!(names(&p), ["deploy iris-green", "smoke iris-green"]);
+        assert_eq!(p.candidate, Some(Green));
+        assert!(p.candidate_waits());
+        assert_eq!(p.steps[0].what("iris"), "repo/iris@sha256:new (2 replicas)");
+        let compared = plan_release(
+            &blue_live(),
+            ReleaseSettings {
+                compare_live: true,
+                ..settings()
+            },
+        );
+        assert!(
+            compared.steps[1]
+                .what("iris")
+                .ends_with("compared with iris-blue's")
+        );
+    }
+
+    #[test]
+    fn the_build_the_live_colour_runs_is_nothing_to_release_but_is_verified_unless_forced() {
+        let same = ReleaseWorld {
+            live_runs_this_build: true,
+            ..blue_live()
+        };
+        let p = plan_release(&same, settings());
+        assert_eq!(p.candidate, None);
+        assert!(!p.candidate_waits());
+        assert_eq!(names(&p), ["verify public URL"]);
+        let no_edge = ReleaseWorld {
+            public_url: None,
+            ..same.clone()
+        };
+        assert!(plan_release(&no_edge, settings()).steps.is_empty());
+        let forced = plan_release(
+            &same,
+            ReleaseSettings {
+                force: true,
+                ..settings()
+            },
+        );
+        assert_eq!(forced.candidate, Some(Green));
+    }
+
+    #[test]
+    fn the_first_release_deploys_blue_and_puts_it_live_through_a_new_edge() {
+        let w = ReleaseWorld {
+            live: None,
+            public_url: None,
+            controller: Some("install".into()),
+            ..blue_live()
+        };
+        let p = plan_release(&w, settings());
+        assert_eq!(
+            names(&p),
+            [
+                "load balancer controller",
+                "deploy iris-blue",
+                "smoke iris-blue",
+                "stack iris-edge",
+                "edge deployed",
+                "smoke public URL"
+            ]
+        );
+        assert!(!p.candidate_waits());
+        assert_eq!(
+            p.steps[5],
+            ReleaseStep::SmokePublic {
+                colour: Blue,
+                requests: 20
+            }
+        );
+    }
+}
