@@ -59,6 +59,31 @@ fn fail(out: &Reporter, e: &Failure) -> ExitCode {
 }
 
 async fn run(cli: Cli, out: &Reporter) -> ExitCode {
+    if let Some(done) = without_aws(&cli, out) {
+        return done;
+    }
+    let ctx = match context(&cli, out).await {
+        Ok(ctx) => ctx,
+        Err(done) => return done,
+    };
+    match dispatch(&cli, &ctx).await {
+        // History prints its table itself.
+        Ok(_)
+            if matches!(cli.command, Command::History { .. })
+                && ctx.out.format() == Format::Human =>
+        {
+            ExitCode::SUCCESS
+        }
+        Ok(summary) => {
+            ctx.out.summary(&summary);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&ctx.out, &e),
+    }
+}
+
+/// The commands that need neither the configuration nor AWS: image build, completions, man.
+fn without_aws(cli: &Cli, out: &Reporter) -> Option<ExitCode> {
     let g = &cli.global;
     if let Command::Image {
         command:
@@ -69,7 +94,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             },
     } = &cli.command
     {
-        return image_build(g, binary.clone(), tag.clone(), dir, out);
+        return Some(image_build(g, binary.clone(), tag.clone(), dir, out));
     }
     match &cli.command {
         Command::Completions { shell } => {
@@ -79,18 +104,25 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 "release",
                 &mut std::io::stdout(),
             );
-            return ExitCode::SUCCESS;
+            Some(ExitCode::SUCCESS)
         }
-        Command::Man { out: dir } => return man(dir.as_deref(), out),
-        _ => {}
+        Command::Man { out: dir } => Some(man(dir.as_deref(), out)),
+        _ => None,
     }
+}
+
+/// The configuration, its checks that need no AWS (the golden cases, the image: exit 3), the
+/// AWS configuration and the state bucket: the context of every other command. `Err`: the exit,
+/// the failure printed (or `render` done).
+async fn context(cli: &Cli, out: &Reporter) -> Result<Ctx, ExitCode> {
+    let g = &cli.global;
     let (config, base) = match release::config::load(&g.config, |k| std::env::var(k).ok()) {
         Ok(c) => c,
         Err(e) => {
-            return fail(
+            return Err(fail(
                 out,
                 &config_failure(e, "fix the file; docs/configuration.md lists every field"),
-            );
+            ));
         }
     };
     if let Command::Render {
@@ -99,14 +131,14 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         out: dir,
     } = &cli.command
     {
-        return render(
+        return Err(render(
             &config,
             &base,
             *colour,
             image.as_deref(),
             dir.as_deref(),
             out,
-        );
+        ));
     }
     // What can be told without AWS first: the golden cases of a command that smoke-tests, and the
     // image of an up (exit 3).
@@ -115,18 +147,18 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Command::Up { .. } | Command::Promote { .. } | Command::Rollback { .. }
     ) && let Err(e) = config.check_cases("the configuration", &base)
     {
-        return fail(
+        return Err(fail(
             out,
             &config_failure(
                 e,
                 "fix the case file; docs/configuration.md says what it holds",
             ),
-        );
+        ));
     }
     if matches!(cli.command, Command::Up { .. })
         && let Err(e) = release::commands::up::check_image(&config, &base)
     {
-        return fail(out, &e);
+        return Err(fail(out, &e));
     }
     let mut loader = aws_config::defaults(BehaviorVersion::latest())
         .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(8));
@@ -141,9 +173,9 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
     if config.state.bucket.is_none()
         && let Err(e) = resolve_state_bucket(&mut config, &aws).await
     {
-        return fail(out, &e);
+        return Err(fail(out, &e));
     }
-    let ctx = Ctx {
+    Ok(Ctx {
         config,
         base,
         aws,
@@ -153,8 +185,12 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         session: Arc::new(tokio::sync::Mutex::new(None)),
         closing: std::sync::atomic::AtomicBool::new(false),
         executed: std::sync::Mutex::new(Vec::new()),
-    };
-    let result = match &cli.command {
+    })
+}
+
+/// Run the command in `ctx`, the mutating ones under `interruptible`.
+async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Value> {
+    match &cli.command {
         Command::Up {
             force_unlock,
             force,
@@ -166,7 +202,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 force: *force,
             };
             let up_then_promote = async {
-                let up = release::commands::up::up(&ctx, &args).await?;
+                let up = release::commands::up::up(ctx, &args).await?;
                 let mut summary = up.summary;
                 if *promote && ctx.dry_run {
                     ctx.out.note("plan: promote: once up has a tested candidate waiting, promote it as `release promote` would");
@@ -174,7 +210,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 if *promote && !ctx.dry_run {
                     if up.candidate_waits {
                         summary["promote"] =
-                            release::commands::flip::promote(&ctx, false, *retire_previous, None)
+                            release::commands::flip::promote(ctx, false, *retire_previous, None)
                                 .await?;
                     } else {
                         ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already): nothing to promote");
@@ -183,7 +219,7 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
                 Ok(summary)
             };
             interruptible(
-                &ctx,
+                ctx,
                 "up",
                 "re-run release up; it continues from what is really there",
                 up_then_promote,
@@ -196,11 +232,11 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             expect_digest,
         } => {
             interruptible(
-                &ctx,
+                ctx,
                 "promote",
                 "check `release status`, then re-run release promote",
                 release::commands::flip::promote(
-                    &ctx,
+                    ctx,
                     *force_unlock,
                     *retire_previous,
                     expect_digest.as_deref(),
@@ -214,11 +250,11 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             expect_digest,
         } => {
             interruptible(
-                &ctx,
+                ctx,
                 "rollback",
                 "check `release status`, then re-run release rollback",
                 release::commands::flip::rollback(
-                    &ctx,
+                    ctx,
                     *force_unlock,
                     *keep_failed,
                     expect_digest.as_deref(),
@@ -231,59 +267,50 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             delete_images,
         } => {
             interruptible(
-                &ctx,
+                ctx,
                 "destroy",
                 "re-run release destroy; it continues with what is left",
-                release::commands::destroy::destroy(&ctx, *force_unlock, *delete_images),
+                release::commands::destroy::destroy(ctx, *force_unlock, *delete_images),
             )
             .await
         }
-        Command::Status => release::commands::status::status(&ctx).await,
-        Command::History { limit } => release::commands::status::history(&ctx, *limit)
+        Command::Status => release::commands::status::status(ctx).await,
+        Command::History { limit } => release::commands::status::history(ctx, *limit)
             .await
             .inspect(|h| {
                 if ctx.out.format() == Format::Human {
-                    for r in h["releases"].as_array().into_iter().flatten() {
-                        let s = |k: &str| {
-                            r[k].as_str().map(str::to_string).unwrap_or_else(|| {
-                                if r[k].is_null() {
-                                    "-".into()
-                                } else {
-                                    r[k].to_string()
-                                }
-                            })
-                        };
-                        println!(
-                            "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
-                            s("id"),
-                            s("action"),
-                            s("colour"),
-                            s("image"),
-                            s("outcome"),
-                            s("duration_s"),
-                            s("actor")
-                        );
-                    }
+                    print_history(h)
                 }
             }),
         Command::Image { .. }
         | Command::Render { .. }
         | Command::Completions { .. }
         | Command::Man { .. } => unreachable!("handled above"),
-    };
-    match result {
-        Ok(summary)
-            if matches!(cli.command, Command::History { .. })
-                && ctx.out.format() == Format::Human =>
-        {
-            let _ = summary;
-            ExitCode::SUCCESS
-        }
-        Ok(summary) => {
-            ctx.out.summary(&summary);
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(&ctx.out, &e),
+    }
+}
+
+/// `release history` as a table.
+fn print_history(h: &serde_json::Value) {
+    for r in h["releases"].as_array().into_iter().flatten() {
+        let s = |k: &str| {
+            r[k].as_str().map(str::to_string).unwrap_or_else(|| {
+                if r[k].is_null() {
+                    "-".into()
+                } else {
+                    r[k].to_string()
+                }
+            })
+        };
+        println!(
+            "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
+            s("id"),
+            s("action"),
+            s("colour"),
+            s("image"),
+            s("outcome"),
+            s("duration_s"),
+            s("actor")
+        );
     }
 }
 

@@ -305,6 +305,68 @@ pub fn plan_flip(
     expect_digest: Option<&str>,
     s: FlipSettings,
 ) -> Result<FlipPlan, Refusal> {
+    let t = target(w, kind)?;
+    if let Some(want) = expect_digest {
+        expected(w, kind, &t, want)?;
+    }
+    let Some(public_url) = w.public_url.clone() else {
+        return Err(Refusal::NoPublicUrl);
+    };
+    let to_o = observed(w, t.to);
+    let (digest, model_version) = match &t.redeploy {
+        Some(g) => (
+            Some(g.digest.clone()),
+            g.model_version.clone().unwrap_or_default(),
+        ),
+        None => (
+            to_o.digest.clone(),
+            to_o.model_version
+                .clone()
+                .unwrap_or_else(|| w.model_version.clone()),
+        ),
+    };
+    let redeploy = match &t.redeploy {
+        Some(g) => {
+            let Some(repo) = &w.repository_uri else {
+                return Err(Refusal::NoRepository);
+            };
+            Some(FlipStep::Redeploy {
+                colour: t.to,
+                image: format!("{repo}@{}", g.digest),
+                digest: g.digest.clone(),
+                model_version: model_version.clone(),
+            })
+        }
+        None => None,
+    };
+    Ok(FlipPlan {
+        kind,
+        from: t.from,
+        to: t.to,
+        digest,
+        model_version,
+        steps: steps(w, kind, &t, redeploy, &public_url, s),
+        public_url,
+        finishing: t.finishing,
+    })
+}
+
+/// Where a flip goes, and how.
+struct Target {
+    from: Colour,
+    to: Colour,
+    /// The ledger's go-live to deploy `to` again from (a rollback to a retired colour).
+    redeploy: Option<GoLive>,
+    /// The edge already serves `to`: an earlier run died after its flip.
+    finishing: bool,
+}
+
+fn observed(w: &FlipWorld, c: Colour) -> Observed {
+    w.colours.get(&c).cloned().unwrap_or_default()
+}
+
+/// The colour traffic goes to and whether it must be redeployed, or why there is none.
+fn target(w: &FlipWorld, kind: Flip) -> Result<Target, Refusal> {
     let action = kind.action();
     let nothing = |why: String| Refusal::Nothing {
         why: format!("nothing to {action}: {why}"),
@@ -320,100 +382,102 @@ pub fn plan_flip(
             "nothing is live yet (the first `release up` puts its colour live)".into(),
         ));
     };
-    let observed = |c: Colour| w.colours.get(&c).cloned().unwrap_or_default();
     let roles = roles(w.live, &w.colours);
-    let (from, to, redeploy, finishing) = if roles.unfinished == Some(kind.pending()) {
-        (live.other(), live, None, true)
-    } else {
-        let other = live.other();
-        let redeploy = match (kind, roles.roles.get(&other).copied()) {
-            (Flip::Promote { .. }, Some(Role::Candidate))
-            | (Flip::Rollback { .. }, Some(Role::Previous)) => None,
-            (Flip::Promote { .. }, r) => {
-                return Err(nothing(format!(
-                    "{} is not a tested candidate ({})",
-                    name(&w.app, other),
-                    r.map_or("absent", Role::as_str)
-                )));
-            }
-            (Flip::Rollback { .. }, _) => match &w.previous_live {
-                Some(g) => Some(g.clone()),
-                None => {
-                    return Err(nothing(format!(
-                        "the ledger has no earlier live release than {}",
-                        name(&w.app, live)
-                    )));
-                }
-            },
-        };
-        if redeploy.is_none() {
-            let o = observed(other);
-            if o.ready < o.replicas || o.replicas == 0 || o.address.is_none() {
-                return Err(nothing(format!(
-                    "{} has {}/{} pods ready and {} load-balancer address",
-                    name(&w.app, other),
-                    o.ready,
-                    o.replicas,
-                    if o.address.is_some() { "a" } else { "no" }
-                )));
-            }
-        }
-        (live, other, redeploy, false)
-    };
-    if let Some(want) = expect_digest {
-        let checked = match kind {
-            Flip::Promote { .. } => to,
-            Flip::Rollback { .. } => from,
-        };
-        let got = observed(checked).digest.unwrap_or_else(|| "none".into());
-        if got != want {
-            return Err(Refusal::Nothing {
-                why: format!(
-                    "nothing to {action}: {} runs {got}, not the expected {want}",
-                    name(&w.app, checked)
-                ),
-                hint: match kind {
-                    Flip::Promote { .. } => {
-                        "another release replaced the candidate; run `release up` for this build again"
-                    }
-                    Flip::Rollback { .. } => {
-                        "that image is not live (a failed promote flips back by itself); check `release status`"
-                    }
-                },
-            });
-        }
-    }
-    let Some(public_url) = w.public_url.clone() else {
-        return Err(Refusal::NoPublicUrl);
-    };
-    let (from_o, to_o) = (observed(from), observed(to));
-    let (digest, model_version) = match &redeploy {
-        Some(g) => (
-            Some(g.digest.clone()),
-            g.model_version.clone().unwrap_or_default(),
-        ),
-        None => (
-            to_o.digest.clone(),
-            to_o.model_version
-                .clone()
-                .unwrap_or_else(|| w.model_version.clone()),
-        ),
-    };
-    let mut steps = vec![FlipStep::Lock];
-    if let Some(g) = &redeploy {
-        let Some(repo) = &w.repository_uri else {
-            return Err(Refusal::NoRepository);
-        };
-        steps.push(FlipStep::Redeploy {
-            colour: to,
-            image: format!("{repo}@{}", g.digest),
-            digest: g.digest.clone(),
-            model_version: model_version.clone(),
+    if roles.unfinished == Some(kind.pending()) {
+        return Ok(Target {
+            from: live.other(),
+            to: live,
+            redeploy: None,
+            finishing: true,
         });
     }
-    let to_addr = redeploy.is_none().then(|| to_o.address.clone()).flatten();
-    if finishing {
-        steps.push(FlipStep::Flipped { to, action });
+    let other = live.other();
+    let redeploy = match (kind, roles.roles.get(&other).copied()) {
+        (Flip::Promote { .. }, Some(Role::Candidate))
+        | (Flip::Rollback { .. }, Some(Role::Previous)) => None,
+        (Flip::Promote { .. }, r) => {
+            return Err(nothing(format!(
+                "{} is not a tested candidate ({})",
+                name(&w.app, other),
+                r.map_or("absent", Role::as_str)
+            )));
+        }
+        (Flip::Rollback { .. }, _) => match &w.previous_live {
+            Some(g) => Some(g.clone()),
+            None => {
+                return Err(nothing(format!(
+                    "the ledger has no earlier live release than {}",
+                    name(&w.app, live)
+                )));
+            }
+        },
+    };
+    if redeploy.is_none() {
+        let o = observed(w, other);
+        if o.ready < o.replicas || o.replicas == 0 || o.address.is_none() {
+            return Err(nothing(format!(
+                "{} has {}/{} pods ready and {} load-balancer address",
+                name(&w.app, other),
+                o.ready,
+                o.replicas,
+                if o.address.is_some() { "a" } else { "no" }
+            )));
+        }
+    }
+    Ok(Target {
+        from: live,
+        to: other,
+        redeploy,
+        finishing: false,
+    })
+}
+
+/// The colour CI vouches for runs `want`: the candidate for a promote, the colour rolled back
+/// from for a rollback.
+fn expected(w: &FlipWorld, kind: Flip, t: &Target, want: &str) -> Result<(), Refusal> {
+    let (checked, hint) = match kind {
+        Flip::Promote { .. } => (
+            t.to,
+            "another release replaced the candidate; run `release up` for this build again",
+        ),
+        Flip::Rollback { .. } => (
+            t.from,
+            "that image is not live (a failed promote flips back by itself); check `release status`",
+        ),
+    };
+    let got = observed(w, checked).digest.unwrap_or_else(|| "none".into());
+    if got == want {
+        return Ok(());
+    }
+    Err(Refusal::Nothing {
+        why: format!(
+            "nothing to {}: {} runs {got}, not the expected {want}",
+            kind.action(),
+            name(&w.app, checked)
+        ),
+        hint,
+    })
+}
+
+/// The steps of a decided flip, in the order the executor takes them.
+fn steps(
+    w: &FlipWorld,
+    kind: Flip,
+    t: &Target,
+    redeploy: Option<FlipStep>,
+    public_url: &str,
+    s: FlipSettings,
+) -> Vec<FlipStep> {
+    let (from, to) = (t.from, t.to);
+    let (from_o, to_o) = (observed(w, from), observed(w, to));
+    let to_addr = t.redeploy.is_none().then(|| to_o.address.clone()).flatten();
+    let mut steps = vec![FlipStep::Lock];
+    steps.extend(redeploy);
+    if t.finishing {
+        steps.push(FlipStep::Flipped {
+            to,
+            action: kind.action(),
+        });
     } else {
         steps.push(FlipStep::Smoke {
             colour: to,
@@ -431,7 +495,7 @@ pub fn plan_flip(
     }
     steps.push(FlipStep::Verify {
         colour: to,
-        url: public_url.clone(),
+        url: public_url.to_string(),
         requests: s.requests.min(20),
         from,
         back: from_o.address.clone().filter(|_| from_o.exists),
@@ -453,16 +517,7 @@ pub fn plan_flip(
             }
         });
     }
-    Ok(FlipPlan {
-        kind,
-        from,
-        to,
-        digest,
-        model_version,
-        public_url,
-        finishing,
-        steps,
-    })
+    steps
 }
 
 #[cfg(test)]

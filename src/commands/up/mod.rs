@@ -125,24 +125,23 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     .await?;
     summary.insert("release".into(), json!(release_id));
 
-    let mut changed = bootstrapped.is_some();
-    let result = provision(
+    let mut run = Provision {
         ctx,
-        &stacks,
-        &store,
-        &release_id,
-        &mut outputs,
-        &mut summary,
-        &mut changed,
-        args.force,
-    )
-    .await;
+        stacks: &stacks,
+        store: &store,
+        id: &release_id,
+        outputs,
+        summary,
+        changed: bootstrapped.is_some(),
+    };
+    let result = run.execute(args.force).await;
     finish_session(
         ctx,
         result.as_ref().err().map(|e| e.to_string()),
-        Some(changed),
+        Some(run.changed),
     )
     .await;
+    let mut summary = run.summary;
     let candidate_waits = result?;
     // What ran, in order: the same steps as the dry run's plan.
     summary.insert("steps".into(), json!(ctx.steps_taken()));
@@ -156,170 +155,187 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     })
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn provision(
-    ctx: &Ctx,
-    stacks: &Stacks,
-    store: &StateStore,
-    id: &str,
-    outputs: &mut Outputs,
-    summary: &mut serde_json::Map<String, Value>,
-    changed: &mut bool,
-    force: bool,
-) -> Result<bool> {
-    for wave in UP_WAVES {
-        let before: &Outputs = outputs;
-        let runs = wave
-            .iter()
-            .filter(|t| !before.contains_key(**t))
-            .map(|t| async move { (*t, stack_step(ctx, stacks, t, before).await) });
-        let results = futures_util::future::join_all(runs).await;
-        let mut first_error = None;
-        for (template, result) in results {
-            let step = format!("stack {}", ctx.config.stack_name(template));
-            match result {
-                Ok((change, observed, took)) => {
-                    *changed |= change != Change::Nothing;
-                    record(
-                        ctx,
-                        store,
-                        id,
-                        step_record(
-                            &step,
-                            true,
-                            change != Change::Nothing,
-                            took,
-                            change.describe(),
-                        ),
-                    )
-                    .await?;
-                    summary.insert(ctx.config.stack_name(template), json!(change.describe()));
-                    outputs.insert(template.to_string(), observed.outputs);
-                }
-                Err(e) => {
-                    record(
-                        ctx,
-                        store,
-                        id,
-                        step_record(
-                            &step,
-                            false,
-                            false,
-                            std::time::Duration::ZERO,
-                            e.message.clone(),
-                        ),
-                    )
-                    .await?;
-                    first_error.get_or_insert(e);
-                }
-            }
+/// What to do about a failed push.
+fn push_hint(e: &image::PushError) -> &'static str {
+    match e {
+        image::PushError::TagTaken { .. } => {
+            "ECR tags are immutable: give this build its own image.tag (the git SHA)"
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
+        _ => "check ECR access and re-run; layers already uploaded are skipped",
+    }
+}
+
+/// The provisioning half of `up` under the lock: the stacks in their waves, the image, then the
+/// release phase (`deploy`). What it did goes in `summary`; `changed`: anything changed.
+struct Provision<'a> {
+    ctx: &'a Ctx,
+    stacks: &'a Stacks,
+    store: &'a StateStore,
+    id: &'a str,
+    outputs: Outputs,
+    summary: serde_json::Map<String, Value>,
+    changed: bool,
+}
+
+impl Provision<'_> {
+    /// Returns whether a tested candidate now waits for `release promote`.
+    async fn execute(&mut self, force: bool) -> Result<bool> {
+        self.waves().await?;
+        let digest = self.push_image().await?;
+        let uri = self
+            .outputs
+            .get("registry")
+            .and_then(|o| o.get("RepositoryUri"))
+            .cloned()
+            .unwrap_or_default();
+        deploy(
+            self.ctx,
+            self.stacks,
+            self.store,
+            self.id,
+            &format!("{uri}@{digest}"),
+            &digest,
+            &mut self.summary,
+            &mut self.changed,
+            &self.outputs,
+            force,
+        )
+        .await
+        .map(|plan| plan.candidate_waits())
     }
 
-    // The image: built (or read), pushed, its digest recorded.
-    let repository = outputs
-        .get("registry")
-        .and_then(|o| o.get("RepositoryName"))
-        .cloned()
-        .ok_or_else(|| {
-            Failure::new(
-                Exit::Aws,
-                "image push",
-                "the registry stack has no RepositoryName output",
-                "run release up again to update the registry stack",
-            )
-        })?;
-    let step = "image push";
-    let start = Instant::now();
-    ctx.out
-        .start(step, &format!("{repository}:{}", ctx.config.image.tag));
-    let image = ctx.build_image()?;
-    let total: u64 = image.blobs().map(|b| b.size).sum();
-    let ecr = crate::endpoint::ecr(&ctx.aws);
-    let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
-        ctx.out.bytes(step, done, total)
-    })
-    .await;
-    let pushed = match pushed {
-        Ok(p) => p,
-        Err(e) => {
-            let hint = match &e {
-                image::PushError::TagTaken { .. } => {
-                    "ECR tags are immutable: give this build its own image.tag (the git SHA)"
-                        .to_string()
+    /// Each wave's stacks deployed together, each recorded; a failed one stops the run after
+    /// the rest of its wave.
+    async fn waves(&mut self) -> Result<()> {
+        let (ctx, stacks) = (self.ctx, self.stacks);
+        for wave in UP_WAVES {
+            let before: &Outputs = &self.outputs;
+            let runs = wave
+                .iter()
+                .filter(|t| !before.contains_key(**t))
+                .map(|t| async move { (*t, stack_step(ctx, stacks, t, before).await) });
+            let results = futures_util::future::join_all(runs).await;
+            let mut first_error = None;
+            for (template, result) in results {
+                let step = format!("stack {}", ctx.config.stack_name(template));
+                let record_as = match &result {
+                    Ok((change, _, took)) => step_record(
+                        &step,
+                        true,
+                        *change != Change::Nothing,
+                        *took,
+                        change.describe(),
+                    ),
+                    Err(e) => step_record(
+                        &step,
+                        false,
+                        false,
+                        std::time::Duration::ZERO,
+                        e.message.clone(),
+                    ),
+                };
+                record(ctx, self.store, self.id, record_as).await?;
+                match result {
+                    Ok((change, observed, _)) => {
+                        self.changed |= change != Change::Nothing;
+                        self.summary
+                            .insert(ctx.config.stack_name(template), json!(change.describe()));
+                        self.outputs.insert(template.to_string(), observed.outputs);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
                 }
-                _ => "check ECR access and re-run; layers already uploaded are skipped".to_string(),
-            };
-            ctx.out.finish(step, false, &e.to_string(), start.elapsed());
-            record(
-                ctx,
-                store,
-                id,
-                step_record(step, false, false, start.elapsed(), e.to_string()),
-            )
-            .await?;
-            return Err(Failure::new(Exit::Aws, step, e.to_string(), hint));
-        }
-    };
-    let detail = if pushed.uploaded_bytes == 0 {
-        format!("already in {repository}: {}", pushed.digest)
-    } else {
-        format!(
-            "{} bytes uploaded, {} blobs already there: {}",
-            pushed.uploaded_bytes, pushed.skipped_blobs, pushed.digest
-        )
-    };
-    ctx.out.finish(step, true, &detail, start.elapsed());
-    record(
-        ctx,
-        store,
-        id,
-        step_record(
-            step,
-            true,
-            pushed.uploaded_bytes > 0,
-            start.elapsed(),
-            detail.clone(),
-        ),
-    )
-    .await?;
-    *changed |= pushed.uploaded_bytes > 0;
-    let digest = pushed.digest.clone();
-    store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(id) {
-                r.image_digest = Some(digest.clone());
             }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Build (or read) the image and push it; its digest goes in the ledger. Returns the digest.
+    async fn push_image(&mut self) -> Result<String> {
+        let ctx = self.ctx;
+        // The image: built (or read), pushed, its digest recorded.
+        let repository = self
+            .outputs
+            .get("registry")
+            .and_then(|o| o.get("RepositoryName"))
+            .cloned()
+            .ok_or_else(|| {
+                Failure::new(
+                    Exit::Aws,
+                    "image push",
+                    "the registry stack has no RepositoryName output",
+                    "run release up again to update the registry stack",
+                )
+            })?;
+        let step = "image push";
+        let start = Instant::now();
+        ctx.out
+            .start(step, &format!("{repository}:{}", ctx.config.image.tag));
+        let image = ctx.build_image()?;
+        let total: u64 = image.blobs().map(|b| b.size).sum();
+        let ecr = crate::endpoint::ecr(&ctx.aws);
+        let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
+            ctx.out.bytes(step, done, total)
         })
+        .await;
+        let pushed = match pushed {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.out.finish(step, false, &e.to_string(), start.elapsed());
+                record(
+                    ctx,
+                    self.store,
+                    self.id,
+                    step_record(step, false, false, start.elapsed(), e.to_string()),
+                )
+                .await?;
+                return Err(Failure::new(Exit::Aws, step, e.to_string(), push_hint(&e)));
+            }
+        };
+        let detail = if pushed.uploaded_bytes == 0 {
+            format!("already in {repository}: {}", pushed.digest)
+        } else {
+            format!(
+                "{} bytes uploaded, {} blobs already there: {}",
+                pushed.uploaded_bytes, pushed.skipped_blobs, pushed.digest
+            )
+        };
+        ctx.out.finish(step, true, &detail, start.elapsed());
+        record(
+            ctx,
+            self.store,
+            self.id,
+            step_record(
+                step,
+                true,
+                pushed.uploaded_bytes > 0,
+                start.elapsed(),
+                detail.clone(),
+            ),
+        )
         .await?;
-    summary.insert(
-        "image".into(),
-        json!(format!(
-            "{repository}:{}@{}",
-            ctx.config.image.tag, pushed.digest
-        )),
-    );
-    summary.insert("image push".into(), json!(detail));
-    let uri = outputs
-        .get("registry")
-        .and_then(|o| o.get("RepositoryUri"))
-        .cloned()
-        .unwrap_or_default();
-    deploy(
-        ctx,
-        stacks,
-        store,
-        id,
-        &format!("{uri}@{}", pushed.digest),
-        &pushed.digest,
-        summary,
-        changed,
-        outputs,
-        force,
-    )
-    .await
-    .map(|plan| plan.candidate_waits())
+        self.changed |= pushed.uploaded_bytes > 0;
+        let digest = pushed.digest.clone();
+        let id = self.id;
+        self.store
+            .update_ledger(|l| {
+                if let Some(r) = l.get_mut(id) {
+                    r.image_digest = Some(digest.clone());
+                }
+            })
+            .await?;
+        self.summary.insert(
+            "image".into(),
+            json!(format!(
+                "{repository}:{}@{}",
+                ctx.config.image.tag, pushed.digest
+            )),
+        );
+        self.summary.insert("image push".into(), json!(detail));
+        Ok(pushed.digest)
+    }
 }
