@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How long a `release up` that has nothing to release takes on the sandbox (issue 13's target:
-# under 1 s for a release build), with the layer cache (src/image.rs LayerCache) warm and off.
+# under 1 s for a release build), with the layer cache (src/adapters/image.rs LayerCache) warm and off.
 # Builds `release` and model-server with the release profile, starts its own sandbox, makes the
 # first release, times BENCH_RUNS no-op ups of each kind, prints the times, stops the sandbox.
 #   BENCH_RUNS=5 bench/noop-up.sh

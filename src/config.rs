@@ -585,7 +585,7 @@ impl Config {
     /// (status, history, destroy) run with a broken case file, to look at or clean up.
     pub fn check_cases(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
         exists(file, "smoke.cases", &base.join(&self.smoke.cases))?;
-        crate::smoke::load_cases(&base.join(&self.smoke.cases))
+        crate::adapters::smoke::load_cases(&base.join(&self.smoke.cases))
             .map(|_| ())
             .map_err(|e| err(file, "smoke.cases", e))
     }

@@ -73,7 +73,7 @@ pub type Result<T> = std::result::Result<T, Failure>;
 /// An AWS SDK error with its code and message (DisplayErrorContext walks the source chain).
 pub fn sdk<E: std::error::Error + 'static>(e: E) -> String {
     // An endpoint nobody answers at: say that, not the SDK's dispatch-failure chain.
-    if let Some(u) = crate::endpoint::unreachable_in(&e) {
+    if let Some(u) = crate::adapters::endpoint::unreachable_in(&e) {
         return u.to_string();
     }
     aws_sdk_s3::error::DisplayErrorContext(e).to_string()

@@ -372,7 +372,7 @@ fn image_build(
         &version,
     )
     .and_then(|image| {
-        release::image::write_layout(&image, &tag, dir).map_err(|e| {
+        release::adapters::image::write_layout(&image, &tag, dir).map_err(|e| {
             Failure::new(
                 Exit::Internal,
                 "image build",
@@ -487,8 +487,8 @@ async fn resolve_state_bucket(
     aws: &aws_config::SdkConfig,
 ) -> Result<(), Failure> {
     let hint = "check the AWS credentials and region, or set state.bucket in the config";
-    let registry = release::stacks::Stacks::new(
-        release::endpoint::cloudformation(aws),
+    let registry = release::adapters::stacks::Stacks::new(
+        release::adapters::endpoint::cloudformation(aws),
         std::time::Duration::from_secs(60),
         None,
     )
@@ -506,7 +506,7 @@ async fn resolve_state_bucket(
             "set AWS_REGION, --region or region in the config",
         )
     })?;
-    let who = release::endpoint::sts(aws)
+    let who = release::adapters::endpoint::sts(aws)
         .get_caller_identity()
         .send()
         .await
@@ -570,7 +570,7 @@ fn man(dir: Option<&std::path::Path>, out: &Reporter) -> ExitCode {
 fn render(
     config: &release::config::Config,
     base: &std::path::Path,
-    colour: release::colour::Colour,
+    colour: release::adapters::colour::Colour,
     image: Option<&str>,
     dir: Option<&std::path::Path>,
     out: &Reporter,
@@ -583,7 +583,7 @@ fn render(
         .split_once('@')
         .map(|(_, d)| d.to_string())
         .unwrap_or(placeholder);
-    let rendered = release::colour::render(
+    let rendered = release::adapters::colour::render(
         &base.join(&config.deploy.templates),
         config,
         colour,

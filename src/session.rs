@@ -7,16 +7,16 @@ use std::time::Instant;
 
 use tokio::sync::Mutex;
 
-use crate::colour::Colour;
+use crate::adapters::colour::Colour;
+use crate::adapters::image::{self, Image};
+use crate::adapters::stacks::Stacks;
+use crate::adapters::store::{HeldLock, StateStore, now};
 use crate::commands::image::image_from;
 use crate::config::Config;
 use crate::error::{Exit, Failure, Result};
-use crate::image::{self, Image};
 use crate::output::Reporter;
 use crate::plan::{self};
-use crate::stacks::Stacks;
 use crate::state::{Lock, Outcome, Release, StepRecord};
-use crate::store::{HeldLock, StateStore, now};
 /// Everything a command needs: the config, the AWS clients, the reporter, the global flags.
 pub struct Ctx {
     pub config: Config,
@@ -67,14 +67,14 @@ pub struct Session {
 impl Ctx {
     pub fn stacks(&self) -> Stacks {
         Stacks::new(
-            crate::endpoint::cloudformation(&self.aws),
+            crate::adapters::endpoint::cloudformation(&self.aws),
             std::time::Duration::from_secs(self.config.stacks.timeout_minutes * 60),
             self.config.stacks.role_arn.clone(),
         )
     }
 
     pub fn store(&self) -> StateStore {
-        let s3 = crate::endpoint::s3(&self.aws);
+        let s3 = crate::adapters::endpoint::s3(&self.aws);
         StateStore::new(s3, self.config.state_bucket(), self.config.app.clone())
     }
 
@@ -366,10 +366,10 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
     };
     session.closing = error.clone();
     if let (Some(_), Some((client, colour))) = (&error, session.candidate.clone()) {
-        let name = crate::colour::name(&ctx.config, colour);
+        let name = crate::adapters::colour::name(&ctx.config, colour);
         ctx.out.note(&format!("tearing down the candidate {name}"));
         hold_hook(&format!("teardown {name}")).await;
-        if let Err(e) = crate::colour::teardown(&client, &ctx.config, colour).await {
+        if let Err(e) = crate::adapters::colour::teardown(&client, &ctx.config, colour).await {
             ctx.out.note(&format!(
                 "warning: the candidate was not torn down ({e}); the next release up replaces it"
             ));

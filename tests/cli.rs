@@ -512,7 +512,7 @@ fn image_build_writes_an_oci_layout_that_reads_back_to_the_same_digest() {
         index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
         "build-7"
     );
-    let image = release::image::read_archive(&layout).unwrap();
+    let image = release::adapters::image::read_archive(&layout).unwrap();
     assert_eq!(
         image.digest(),
         digest,

@@ -354,7 +354,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     )
     .unwrap();
     let aws = aws(&sb).await;
-    release::image::push(
+    release::adapters::image::push(
         &aws_sdk_ecr::Client::new(&aws),
         "iris",
         "lost1",

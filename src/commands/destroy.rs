@@ -6,12 +6,12 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::colour::{self, Colour};
+use crate::adapters::colour::{self, Colour};
+use crate::adapters::stacks::Stacks;
 use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::plan::destroy::{DestroyStep, DestroyWorld, plan_destroy, printed};
 use crate::session::{Ctx, begin, finish_session};
-use crate::stacks::Stacks;
 /// Delete one stack as a reported step; one already gone is "absent".
 async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static str> {
     if !stacks.observe(name).await?.exists() {
@@ -59,7 +59,7 @@ async fn observe(
         if t == "cluster"
             && let Some(cluster) = observed.outputs.get("ClusterName")
         {
-            let k = crate::eks::Cluster::connect(&ctx.aws, cluster)
+            let k = crate::adapters::eks::Cluster::connect(&ctx.aws, cluster)
                 .await?
                 .client()
                 .await?;
@@ -73,7 +73,7 @@ async fn observe(
         world.stacks.push((name, observed.status));
     }
     if delete_images {
-        world.images = crate::endpoint::ecr(&ctx.aws)
+        world.images = crate::adapters::endpoint::ecr(&ctx.aws)
             .list_images()
             .repository_name(&c.app)
             .send()
@@ -183,7 +183,7 @@ fn confirm(app: &str) -> Result<()> {
 struct Run<'a> {
     ctx: &'a Ctx,
     stacks: &'a Stacks,
-    store: &'a crate::store::StateStore,
+    store: &'a crate::adapters::store::StateStore,
     client: Option<kube::Client>,
     /// The lock is held and the ledger entry open: closed before the first step that deletes
     /// where they live.
@@ -283,7 +283,7 @@ fn aws_failure(step: &str, e: String) -> Failure {
 /// Every image in the app's repository.
 async fn delete_images(ctx: &Ctx) -> Result<()> {
     let app = &ctx.config.app;
-    let ecr = crate::endpoint::ecr(&ctx.aws);
+    let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
     if let Ok(images) = ecr.list_images().repository_name(app).send().await {
         let ids: Vec<_> = images.image_ids().to_vec();
         if !ids.is_empty() {
@@ -302,7 +302,7 @@ async fn delete_images(ctx: &Ctx) -> Result<()> {
 /// time (each page deleted is gone from the next listing), then the bucket.
 async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<()> {
     let fail = aws_failure;
-    let s3 = crate::endpoint::s3(&ctx.aws);
+    let s3 = crate::adapters::endpoint::s3(&ctx.aws);
     loop {
         let page = s3
             .list_object_versions()

@@ -11,15 +11,15 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::colour::{self, Colour, Pending, Role};
+use crate::adapters::colour::{self, Colour, Pending, Role};
+use crate::adapters::stacks::{Observed, Stacks};
+use crate::adapters::store::StateStore;
 use crate::commands::observe::{World, observe, public_url};
 use crate::commands::print_plan;
 use crate::commands::steps::{mark_live, smoke_test, wait_deployed, wait_public};
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, GoLive, Refusal};
 use crate::session::{Ctx, begin, finish_session, hostname, step};
-use crate::stacks::{Observed, Stacks};
-use crate::store::StateStore;
 
 /// Point the edge stack at `addr` and wait until CloudFront has deployed it.
 async fn flip(
@@ -32,7 +32,8 @@ async fn flip(
     let c = &ctx.config;
     let name = c.stack_name("edge");
     // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
-    let params = crate::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
+    let params =
+        crate::adapters::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
     let body = ctx.template("edge")?;
     let (_, after) = stacks
         .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
@@ -53,10 +54,10 @@ async fn flip(
             .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
         let batch = aws_sdk_cloudfront::types::InvalidationBatch::builder()
             .paths(paths)
-            .caller_reference(format!("release-{}", crate::store::now()))
+            .caller_reference(format!("release-{}", crate::adapters::store::now()))
             .build()
             .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
-        crate::endpoint::cloudfront(&ctx.aws)
+        crate::adapters::endpoint::cloudfront(&ctx.aws)
             .create_invalidation()
             .distribution_id(&dist)
             .invalidation_batch(batch)
@@ -145,7 +146,7 @@ async fn prepare(
     store: &StateStore,
     kind: Flip,
     expect_digest: Option<&str>,
-) -> Result<(World, FlipPlan, crate::smoke::Cases)> {
+) -> Result<(World, FlipPlan, crate::adapters::smoke::Cases)> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
     let mut facts = FlipWorld {
@@ -167,7 +168,7 @@ async fn prepare(
         let registry = stacks.observe(&c.stack_name("registry")).await?;
         facts.repository_uri = registry.outputs.get("RepositoryUri").cloned();
     }
-    let cases = crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+    let cases = crate::adapters::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
         .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?;
     let settings = FlipSettings {
         cases: cases.cases.len(),
@@ -329,7 +330,7 @@ struct Run<'a> {
     id: &'a str,
     client: kube::Client,
     edge: &'a Observed,
-    cases: crate::smoke::Cases,
+    cases: crate::adapters::smoke::Cases,
     plan: &'a FlipPlan,
     /// The target's load-balancer address: as observed, or the one `Redeploy` made.
     to_addr: String,
@@ -447,8 +448,8 @@ impl Run<'_> {
     }
 
     /// The target as the smoke test sees it, at its own load balancer.
-    fn target<'s>(&'s self, colour: Colour, secret: &'s str) -> crate::smoke::Target<'s> {
-        crate::smoke::Target {
+    fn target<'s>(&'s self, colour: Colour, secret: &'s str) -> crate::adapters::smoke::Target<'s> {
+        crate::adapters::smoke::Target {
             base_url: format!(
                 "http://{}:{}",
                 self.to_addr, self.ctx.config.deploy.service_port
@@ -464,7 +465,7 @@ impl Run<'_> {
     async fn verify(&self, colour: Colour, url: &str, requests: u32) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         // No origin header through the public URL: the edge must add it.
-        let public = crate::smoke::Target {
+        let public = crate::adapters::smoke::Target {
             base_url: url.trim_end_matches('/').to_string(),
             ..self.target(colour, "")
         };

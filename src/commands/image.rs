@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
+use crate::adapters::image::{self, Image, ImageSpec};
 use crate::error::{Exit, Failure, Result};
-use crate::image::{self, Image, ImageSpec};
 
 /// The model-server image `release` builds: the binary at /model-server, non-root, labelled with
 /// the model version and the revision.

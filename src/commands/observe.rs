@@ -2,13 +2,13 @@
 
 use std::collections::BTreeMap;
 
-use crate::colour::{self, Colour};
+use crate::adapters::colour::{self, Colour};
+use crate::adapters::stacks::{Observed, Stacks};
 use crate::error::Result;
 use crate::session::Ctx;
-use crate::stacks::{Observed, Stacks};
 /// The world as `promote` and `status` need it.
 pub struct World {
-    pub cluster: Option<crate::eks::Cluster>,
+    pub cluster: Option<crate::adapters::eks::Cluster>,
     pub edge: Observed,
     pub colours: BTreeMap<Colour, colour::Observed>,
     pub live: Option<Colour>,
@@ -21,7 +21,7 @@ pub async fn observe(ctx: &Ctx, stacks: &Stacks) -> Result<World> {
     let mut colours = BTreeMap::new();
     let mut cluster = None;
     if let Some(name) = cluster_stack.outputs.get("ClusterName") {
-        let conn = crate::eks::Cluster::connect(&ctx.aws, name).await?;
+        let conn = crate::adapters::eks::Cluster::connect(&ctx.aws, name).await?;
         let client = conn.client().await?;
         for col in Colour::ALL {
             colours.insert(col, colour::observe(&client, c, col).await?);

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::colour::{self, Colour};
+use crate::adapters::colour::{self, Colour};
 use crate::commands::observe::{observe, public_url};
 use crate::error::{Result, sdk};
 use crate::session::Ctx;
@@ -23,9 +23,9 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         );
     }
     let world = observe(ctx, &stacks).await?;
-    let http = crate::smoke::http_client(Duration::from_secs(5));
+    let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
     let roles = colour::roles(world.live, &world.colours);
-    let now = crate::store::now() as i64;
+    let now = crate::adapters::store::now() as i64;
     let mut colours = serde_json::Map::new();
     for (col, o) in &world.colours {
         if !o.exists {
@@ -51,7 +51,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     }
     // CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
     let edge_state = match world.edge.outputs.get("DistributionId") {
-        Some(id) => crate::endpoint::cloudfront(&ctx.aws)
+        Some(id) => crate::adapters::endpoint::cloudfront(&ctx.aws)
             .get_distribution()
             .id(id)
             .send()
@@ -74,8 +74,11 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     };
     let lock = if store.bucket_exists().await? {
         store.read_lock().await?.map(|l| {
-            let gone = l.holder_gone(&crate::session::hostname(), crate::store::process_alive);
-            let d = l.describe(crate::store::now());
+            let gone = l.holder_gone(
+                &crate::session::hostname(),
+                crate::adapters::store::process_alive,
+            );
+            let d = l.describe(crate::adapters::store::now());
             if gone {
                 format!("{d}; its process is gone: the next command needs --force-unlock")
             } else {

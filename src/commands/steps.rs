@@ -5,12 +5,12 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::colour::Colour;
+use crate::adapters::colour::Colour;
+use crate::adapters::store::StateStore;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::session::Ctx;
-use crate::store::StateStore;
 
-pub fn smoke_failure(colour: Colour, report: &crate::smoke::Report) -> Failure {
+pub fn smoke_failure(colour: Colour, report: &crate::adapters::smoke::Report) -> Failure {
     Failure::new(
         Exit::Smoke,
         format!("smoke test of {colour}"),
@@ -27,13 +27,13 @@ pub fn smoke_failure(colour: Colour, report: &crate::smoke::Report) -> Failure {
 /// every failed check. `progress_step`: the step whose progress line it updates, if any.
 pub async fn smoke_test(
     ctx: &Ctx,
-    target: &crate::smoke::Target<'_>,
-    cases: &crate::smoke::Cases,
+    target: &crate::adapters::smoke::Target<'_>,
+    cases: &crate::adapters::smoke::Cases,
     requests: u32,
-    compare: Option<(&crate::smoke::Target<'_>, f64)>,
+    compare: Option<(&crate::adapters::smoke::Target<'_>, f64)>,
     progress_step: Option<&str>,
 ) -> Result<String> {
-    let report = crate::smoke::run(
+    let report = crate::adapters::smoke::run(
         target,
         cases,
         requests,
@@ -63,19 +63,19 @@ pub async fn roll_out(
 ) -> Result<String> {
     let c = &ctx.config;
     let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
-    crate::colour::apply(client, c, manifests).await?;
-    crate::colour::wait_rollout(client, c, colour, timeout, |p| {
+    crate::adapters::colour::apply(client, c, manifests).await?;
+    crate::adapters::colour::wait_rollout(client, c, colour, timeout, |p| {
         ctx.out.progress(step_name, &p)
     })
     .await?;
     let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
-    crate::colour::wait_address(client, c, colour, address).await
+    crate::adapters::colour::wait_address(client, c, colour, address).await
 }
 
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
 /// current configuration), for at most the stack timeout.
 pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -> Result<()> {
-    let cf = crate::endpoint::cloudfront(&ctx.aws);
+    let cf = crate::adapters::endpoint::cloudfront(&ctx.aws);
     // The sandbox deploys in about a second; CloudFront takes minutes.
     let poll = if ctx.aws.endpoint_url().is_some() {
         std::time::Duration::from_millis(200)
@@ -132,7 +132,7 @@ pub async fn wait_public(
     colour: Colour,
     timeout: Duration,
 ) -> std::result::Result<(), String> {
-    let http = crate::smoke::http_client(Duration::from_secs(5));
+    let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
     crate::wait::until(
         crate::wait::Deadline::new(timeout, Duration::from_millis(250)),
         async || {

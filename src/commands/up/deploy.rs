@@ -6,14 +6,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::colour::{self, Colour};
+use crate::adapters::colour::{self, Colour};
+use crate::adapters::stacks::Stacks;
+use crate::adapters::store::StateStore;
 use crate::commands::steps::{mark_live, roll_out, smoke_test, wait_deployed, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::Outputs;
 use crate::plan::up::{ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release};
 use crate::session::{Ctx, step};
-use crate::stacks::Stacks;
-use crate::store::StateStore;
 
 /// The cluster as the release phase sees it.
 pub(super) struct Observed {
@@ -22,7 +22,7 @@ pub(super) struct Observed {
     /// Each colour's load-balancer address.
     pub addresses: BTreeMap<Colour, Option<String>>,
     /// What the controller is installed for; `Err`: the stacks do not have its inputs yet.
-    pub inputs: Result<crate::addons::Inputs>,
+    pub inputs: Result<crate::adapters::addons::Inputs>,
 }
 
 /// Read what the release phase decides from: the controller, the edge's origin and public URL,
@@ -40,11 +40,13 @@ pub(super) async fn observe(
     let Some(cluster_name) = outputs.get("cluster").and_then(|o| o.get("ClusterName")) else {
         return Ok(None);
     };
-    let cluster = crate::eks::Cluster::connect(&ctx.aws, cluster_name).await?;
+    let cluster = crate::adapters::eks::Cluster::connect(&ctx.aws, cluster_name).await?;
     let client = cluster.client().await?;
     let inputs = controller_inputs(ctx, cluster_name, outputs);
     let controller = match &inputs {
-        Ok(i) => crate::addons::decide(&crate::addons::observe(&client).await?, i),
+        Ok(i) => {
+            crate::adapters::addons::decide(&crate::adapters::addons::observe(&client).await?, i)
+        }
         Err(_) => None,
     };
     let edge = stacks.observe(&c.stack_name("edge")).await?;
@@ -174,7 +176,7 @@ struct Release<'a> {
     id: &'a str,
     digest: &'a str,
     client: kube::Client,
-    inputs: crate::addons::Inputs,
+    inputs: crate::adapters::addons::Inputs,
     addresses: BTreeMap<Colour, Option<String>>,
     summary: &'a mut serde_json::Map<String, Value>,
     changed: &'a mut bool,
@@ -182,7 +184,7 @@ struct Release<'a> {
     /// the golden cases, the public URL and the distribution of a first release.
     secret: String,
     addr: String,
-    cases: Option<crate::smoke::Cases>,
+    cases: Option<crate::adapters::smoke::Cases>,
     public: String,
     dist: String,
 }
@@ -198,10 +200,10 @@ impl Release<'_> {
                 let inputs = &self.inputs;
                 let client = &self.client;
                 step(ctx, store, id, &name, what, async {
-                    crate::addons::ensure(client, inputs, timeout).await?;
+                    crate::adapters::addons::ensure(client, inputs, timeout).await?;
                     Ok((
                         (),
-                        format!("{} ready", crate::addons::LB_CONTROLLER_VERSION),
+                        format!("{} ready", crate::adapters::addons::LB_CONTROLLER_VERSION),
                     ))
                 })
                 .await?;
@@ -247,7 +249,7 @@ impl Release<'_> {
             }
             ReleaseStep::SmokePublic { colour, requests } => {
                 // No origin header through the public URL: the edge must add it.
-                let target = crate::smoke::Target {
+                let target = crate::adapters::smoke::Target {
                     base_url: self.public.trim_end_matches('/').to_string(),
                     colour: *colour,
                     model_version: &c.model.version,
@@ -324,10 +326,10 @@ impl Release<'_> {
     ) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         self.cases = Some(
-            crate::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
+            crate::adapters::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
                 .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?,
         );
-        let at = |colour: Colour, addr: &str| crate::smoke::Target {
+        let at = |colour: Colour, addr: &str| crate::adapters::smoke::Target {
             base_url: format!("http://{addr}:{}", c.deploy.service_port),
             colour,
             model_version: &c.model.version,
@@ -393,7 +395,7 @@ pub(super) fn controller_inputs(
     ctx: &Ctx,
     cluster: &str,
     outputs: &Outputs,
-) -> Result<crate::addons::Inputs> {
+) -> Result<crate::adapters::addons::Inputs> {
     let output = |stack: &str, key: &str| {
         outputs
             .get(stack)
@@ -402,20 +404,20 @@ pub(super) fn controller_inputs(
             .ok_or_else(|| {
                 Failure::new(
                     Exit::Aws,
-                    crate::addons::STEP,
+                    crate::adapters::addons::STEP,
                     format!("the {stack} stack has no {key} output"),
                     "update the stacks (release up applies cloudformation/ as it is now)",
                 )
             })
     };
-    Ok(crate::addons::Inputs {
+    Ok(crate::adapters::addons::Inputs {
         cluster: cluster.to_string(),
         // Rendered as --aws-region: on Fargate the controller has no instance metadata to fall
         // back on, so an empty one would crash it.
         region: ctx.aws.region().map(|r| r.to_string()).ok_or_else(|| {
             Failure::new(
                 Exit::Config,
-                crate::addons::STEP,
+                crate::adapters::addons::STEP,
                 "no AWS region is configured",
                 "set AWS_REGION (or the profile's region) and re-run",
             )

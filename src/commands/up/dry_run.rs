@@ -3,13 +3,13 @@
 use serde_json::{Value, json};
 
 use super::deploy::{observe, settings};
+use crate::adapters::stacks::Stacks;
+use crate::adapters::store::StateStore;
 use crate::commands::up::UpArgs;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::plan::up::{ReleasePlan, plan_release};
 use crate::plan::{self, Outputs, UP_WAVES};
 use crate::session::{Ctx, hostname};
-use crate::stacks::Stacks;
-use crate::store::StateStore;
 
 /// `--dry-run`: what `up` would do, changing nothing.
 pub(super) async fn dry_run(
@@ -50,7 +50,7 @@ pub(super) async fn dry_run(
         .and_then(|o| o.get("RepositoryName"))
     {
         Some(repo) => {
-            let ecr = crate::endpoint::ecr(&ctx.aws);
+            let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
             let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
             let check = ecr
                 .batch_check_layer_availability()
@@ -90,9 +90,11 @@ pub(super) async fn dry_run(
     plan.insert("image".into(), json!(what));
     let (controller, what, release) =
         dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
-    ctx.out
-        .note(&format!("plan: {}: {controller}", crate::addons::STEP));
-    plan.insert(crate::addons::STEP.into(), json!(controller));
+    ctx.out.note(&format!(
+        "plan: {}: {controller}",
+        crate::adapters::addons::STEP
+    ));
+    plan.insert(crate::adapters::addons::STEP.into(), json!(controller));
     ctx.out.note(&format!("plan: colour: {what}"));
     plan.insert("colour".into(), json!(what));
     // The steps, in the order the real run takes them (the lock first, or after the state
@@ -152,7 +154,7 @@ async fn dry_run_colour(
     digest: &str,
     force: bool,
 ) -> Result<(String, String, Option<ReleasePlan>)> {
-    use crate::colour;
+    use crate::adapters::colour;
     let c = &ctx.config;
     let smoke = format!(
         "smoke-test it ({} requests and the golden cases)",
@@ -162,7 +164,7 @@ async fn dry_run_colour(
         (
             format!(
                 "install the AWS Load Balancer Controller {} once the cluster exists",
-                crate::addons::LB_CONTROLLER_VERSION
+                crate::adapters::addons::LB_CONTROLLER_VERSION
             ),
             format!(
                 "deploy {} once the cluster exists, {smoke}, put it live through a new edge stack",
@@ -180,11 +182,14 @@ async fn dry_run_colour(
     };
     let controller = match (&seen.inputs, &seen.world.controller) {
         (Ok(_), Some(what)) => what.clone(),
-        (Ok(_), None) => format!("{} in place", crate::addons::LB_CONTROLLER_VERSION),
+        (Ok(_), None) => format!(
+            "{} in place",
+            crate::adapters::addons::LB_CONTROLLER_VERSION
+        ),
         // A cluster stack from before the controller's role: the stack update above adds it.
         (Err(_), _) => format!(
             "install the AWS Load Balancer Controller {} once the cluster stack has its role",
-            crate::addons::LB_CONTROLLER_VERSION
+            crate::adapters::addons::LB_CONTROLLER_VERSION
         ),
     };
     let plan = plan_release(&seen.world, settings(ctx, force));
@@ -208,6 +213,6 @@ async fn dry_run_colour(
     Ok((controller, what, Some(plan)))
 }
 
-fn l_name(c: &crate::config::Config, live: Option<crate::colour::Colour>) -> String {
-    live.map_or_else(|| "-".into(), |l| crate::colour::name(c, l))
+fn l_name(c: &crate::config::Config, live: Option<crate::adapters::colour::Colour>) -> String {
+    live.map_or_else(|| "-".into(), |l| crate::adapters::colour::name(c, l))
 }

@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use crate::adapters::image::{self};
+use crate::adapters::stacks::{Change, Stacks};
+use crate::adapters::store::StateStore;
 use crate::config::Config;
 use crate::error::{Exit, Failure, Result};
-use crate::image::{self};
 use crate::plan::{self, Outputs, UP_WAVES};
 use crate::session::{Ctx, begin, finish_session, record, step_record};
-use crate::stacks::{Change, Stacks};
-use crate::store::StateStore;
 
 pub struct UpArgs {
     pub force_unlock: bool,
@@ -32,7 +32,11 @@ async fn stack_step(
     stacks: &Stacks,
     template: &str,
     outputs: &Outputs,
-) -> Result<(Change, crate::stacks::Observed, std::time::Duration)> {
+) -> Result<(
+    Change,
+    crate::adapters::stacks::Observed,
+    std::time::Duration,
+)> {
     let name = ctx.config.stack_name(template);
     let step = format!("stack {name}");
     let params = plan::stack_parameters(template, &ctx.config, outputs).map_err(|m| {
@@ -277,7 +281,7 @@ impl Provision<'_> {
             .start(step, &format!("{repository}:{}", ctx.config.image.tag));
         let image = ctx.build_image()?;
         let total: u64 = image.blobs().map(|b| b.size).sum();
-        let ecr = crate::endpoint::ecr(&ctx.aws);
+        let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
         let pushed = image::push(&ecr, &repository, &ctx.config.image.tag, &image, |done| {
             ctx.out.bytes(step, done, total)
         })

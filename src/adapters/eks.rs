@@ -101,7 +101,7 @@ pub fn token_from_url(url: &str) -> String {
 
 impl Cluster {
     pub async fn connect(aws: &aws_config::SdkConfig, name: &str) -> Result<Cluster> {
-        let eks = crate::endpoint::eks(aws);
+        let eks = crate::adapters::endpoint::eks(aws);
         let described = eks
             .describe_cluster()
             .name(name)

@@ -306,7 +306,7 @@ impl Stacks {
         parameters: Vec<Parameter>,
         kind: ChangeSetType,
     ) -> Result<(String, ChangeSetStatus, String)> {
-        let cs_name = format!("release-{}", crate::store::now());
+        let cs_name = format!("release-{}", crate::adapters::store::now());
         let created = self
             .cfn
             .create_change_set()

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::colour::MANAGER;
+use crate::adapters::colour::MANAGER;
 use crate::error::{Exit, Failure, Result};
 
 /// The controller's release (its Helm chart's appVersion), pinned: the policy in
@@ -33,7 +33,8 @@ const WEBHOOK_SERVICE: &str = "aws-load-balancer-webhook-service";
 /// The name of both webhook configurations, mutating and validating.
 const WEBHOOKS: &str = "aws-load-balancer-webhook";
 const WEBHOOK_HOST: &str = "aws-load-balancer-webhook-service.kube-system.svc";
-const MANIFEST: &str = include_str!("../kube-templates/addons/aws-load-balancer-controller.yaml");
+const MANIFEST: &str =
+    include_str!("../../kube-templates/addons/aws-load-balancer-controller.yaml");
 pub const STEP: &str = crate::plan::CONTROLLER_STEP;
 
 /// What the controller is installed for.

@@ -605,7 +605,7 @@ pub async fn wait_address(
     let step = "load balancer";
     let services: Api<Service> = Api::namespaced(client.clone(), &config.deploy.namespace);
     let n = name(config, colour);
-    let http = crate::smoke::http_client(Duration::from_secs(5));
+    let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
     wait::until(
         Deadline::new(timeout, Duration::from_millis(300)),
         async || {
