@@ -52,7 +52,7 @@ fn config_failure(e: impl std::fmt::Display, hint: &str) -> Failure {
 fn fail(out: &Reporter, e: &Failure) -> ExitCode {
     out.note(&format!("error: {e}"));
     if out.format() == Format::Json {
-        let summary = serde_json::json!({"ok": false, "step": e.step, "error": e.message, "what_to_do": e.hint, "exit_code": e.exit as i32});
+        let summary = serde_json::json!({"ok": false, "step": e.step, "error": e.message, "caused_by": e.causes(), "what_to_do": e.hint, "exit_code": e.exit as i32});
         out.summary(&summary);
     }
     ExitCode::from(e.exit as u8)

@@ -63,6 +63,7 @@ fn kube_err(e: kube::Error) -> Failure {
         e.to_string(),
         "check the cluster's API and your access to it (access entries)",
     )
+    .because(e)
 }
 
 /// A CA of the webhook's own and a certificate for its Service's DNS names, valid 10 years.

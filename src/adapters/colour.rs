@@ -102,6 +102,7 @@ fn kube_err(step: &str) -> impl Fn(kube::Error) -> Failure + '_ {
             e.to_string(),
             "check the cluster's API and your access to it (aws-auth / access entries)",
         )
+        .because(e)
     }
 }
 

@@ -149,15 +149,16 @@ impl Cluster {
         }
         // Credentials that cannot sign fail here, as a cluster step, not inside a request.
         self.tokens.header(false).await?;
-        let uri = self
-            .endpoint
-            .parse()
-            .map_err(|e| failure(format!("the cluster endpoint {}: {e}", self.endpoint)))?;
+        let uri = self.endpoint.parse().map_err(|e| {
+            failure(format!("the cluster endpoint {}: {e}", self.endpoint)).because(e)
+        })?;
         let mut config = kube::Config::new(uri);
         config.root_cert = Some(vec![self.ca_der.clone()]);
         config.read_timeout = Some(Duration::from_secs(60));
         let client = kube::client::ClientBuilder::try_from(config)
-            .map_err(|e| failure(format!("a Kubernetes client for {}: {e}", self.endpoint)))?
+            .map_err(|e| {
+                failure(format!("a Kubernetes client for {}: {e}", self.endpoint)).because(e)
+            })?
             // A cloneable stack under the layer, which sends a request a second time after a 401.
             .with_layer(&tower::buffer::BufferLayer::<
                 http::Request<kube::client::Body>,
