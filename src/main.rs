@@ -6,17 +6,20 @@
 #[cfg(not(panic = "unwind"))]
 compile_error!("release needs panic = \"unwind\" (see [profile.release] in Cargo.toml)");
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use aws_config::BehaviorVersion;
 use clap::{CommandFactory, Parser};
-use release::cli::{Cli, Command, Global, ImageCommand};
+use release::cli::{Cli, Command, ImageCommand};
 use release::commands::up::UpArgs;
 use release::error::{Exit, Failure};
 use release::output::{Format, Reporter};
 use release::session::Ctx;
+
+mod offline;
+
+use offline::{image_build, man, print_history, render};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -289,108 +292,6 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
     }
 }
 
-/// `release history` as a table.
-fn print_history(h: &serde_json::Value) {
-    for r in h["releases"].as_array().into_iter().flatten() {
-        let s = |k: &str| {
-            r[k].as_str().map(str::to_string).unwrap_or_else(|| {
-                if r[k].is_null() {
-                    "-".into()
-                } else {
-                    r[k].to_string()
-                }
-            })
-        };
-        println!(
-            "{:<14} {:<8} {:<6} {:<12} {:<14} {:>6}s  {}",
-            s("id"),
-            s("action"),
-            s("colour"),
-            s("image"),
-            s("outcome"),
-            s("duration_s"),
-            s("actor")
-        );
-    }
-}
-
-fn image_build(
-    g: &Global,
-    binary: Option<PathBuf>,
-    tag: Option<String>,
-    dir: &std::path::Path,
-    out: &Reporter,
-) -> ExitCode {
-    // Only image and model are read: settings that only deploying uses may be unset (CI's build
-    // job). A configuration that is there but broken is an error, never silently skipped (the
-    // image would be built without its model).
-    let loaded = if g.config.exists() {
-        match release::config::load_for_image(&g.config, |k| std::env::var(k).ok()) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                return fail(
-                    out,
-                    &config_failure(
-                        e,
-                        "fix the file, or set the variable (image build reads only image and model)",
-                    ),
-                );
-            }
-        }
-    } else {
-        None
-    };
-    let binary = binary.or_else(|| {
-        loaded
-            .as_ref()
-            .and_then(|(c, b)| c.image.binary.as_ref().map(|p| b.join(p)))
-    });
-    let tag = tag.or_else(|| loaded.as_ref().map(|(c, _)| c.image.tag.clone()));
-    let (Some(binary), Some(tag)) = (binary, tag) else {
-        return fail(
-            out,
-            &Failure::new(
-                Exit::Usage,
-                "image build",
-                "no binary or tag",
-                "give --binary and --tag, or a release.yaml with image.binary and image.tag",
-            ),
-        );
-    };
-    let (model, version) = loaded
-        .as_ref()
-        .map(|(c, _)| (c.model.name.clone(), c.model.version.clone()))
-        .unwrap_or_else(|| ("iris".into(), "1.0.0".into()));
-    let model_file = loaded
-        .as_ref()
-        .and_then(|(c, b)| c.model.path.as_ref().map(|m| b.join(m)));
-    let result = release::commands::image::image_from(
-        &binary,
-        model_file.as_deref(),
-        &tag,
-        &model,
-        &version,
-    )
-    .and_then(|image| {
-        release::adapters::image::write_layout(&image, &tag, dir).map_err(|e| {
-            Failure::new(
-                Exit::Internal,
-                "image build",
-                format!("writing {}: {e}", dir.display()),
-                "check the output directory",
-            )
-        })?;
-        Ok(image.digest())
-    });
-    match result {
-        Ok(digest) => {
-            out.summary(&serde_json::json!({"layout": dir.display().to_string(), "tag": tag, "digest": digest}));
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(out, &e),
-    }
-}
-
 /// Run a command that holds the app's lock. On Ctrl-C, SIGTERM (a cancelled CI job), SIGHUP (a
 /// closed terminal) or a panic, stop it, close its ledger entry and release its lock (tearing down
 /// a candidate being deployed), and fail with 130, 143, 129 or 1 and `hint`.
@@ -542,82 +443,5 @@ fn inherited_ignore(signal: libc::c_int) -> bool {
         let mut old: libc::sigaction = std::mem::zeroed();
         libc::sigaction(signal, std::ptr::null(), &mut old) == 0
             && old.sa_sigaction == libc::SIG_IGN
-    }
-}
-
-/// `release man`: the man page of release, or with --out one page per command.
-fn man(dir: Option<&std::path::Path>, out: &Reporter) -> ExitCode {
-    let cmd = Cli::command();
-    let written = match dir {
-        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout()),
-        Some(d) => std::fs::create_dir_all(d).and_then(|_| clap_mangen::generate_to(cmd, d)),
-    };
-    match written {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(
-            out,
-            &Failure::new(
-                Exit::Internal,
-                "man",
-                e.to_string(),
-                "check the output directory",
-            ),
-        ),
-    }
-}
-
-/// `release render`: a colour's manifests as `release up` would apply them.
-fn render(
-    config: &release::config::Config,
-    base: &std::path::Path,
-    colour: release::adapters::colour::Colour,
-    image: Option<&str>,
-    dir: Option<&std::path::Path>,
-    out: &Reporter,
-) -> ExitCode {
-    let placeholder = format!("sha256:{}", "0".repeat(64));
-    let image = image
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{}@{placeholder}", config.app));
-    let digest = image
-        .split_once('@')
-        .map(|(_, d)| d.to_string())
-        .unwrap_or(placeholder);
-    let rendered = release::adapters::colour::render(
-        &base.join(&config.deploy.templates),
-        config,
-        colour,
-        &image,
-        &digest,
-        "render",
-        "candidate",
-    )
-    .map_err(|e| Failure::new(Exit::Config, "render", e, "fix kube-templates/"))
-    .and_then(|(manifests, _)| {
-        let docs: Vec<String> = manifests
-            .iter()
-            .map(|m| serde_yaml::to_string(m).expect("YAML"))
-            .collect();
-        let text = docs.join("---\n");
-        match dir {
-            None => {
-                print!("{text}");
-                Ok(())
-            }
-            Some(d) => std::fs::create_dir_all(d)
-                .and_then(|_| std::fs::write(d.join(format!("{colour}.yaml")), text))
-                .map_err(|e| {
-                    Failure::new(
-                        Exit::Internal,
-                        "render",
-                        format!("{}: {e}", d.display()),
-                        "check the output directory",
-                    )
-                }),
-        }
-    });
-    match rendered {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(out, &e),
     }
 }

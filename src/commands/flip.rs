@@ -6,104 +6,18 @@
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::adapters::colour::{self, Colour, Pending, Role};
+use crate::adapters::colour::{self, Colour, Role};
 use crate::adapters::stacks::{Observed, Stacks};
 use crate::adapters::store::StateStore;
 use crate::commands::observe::{World, observe, public_url};
 use crate::commands::print_plan;
-use crate::commands::steps::{mark_live, smoke_test, wait_deployed, wait_public};
-use crate::error::{Exit, Failure, Result, sdk};
+use crate::commands::steps::{annotate, flip, mark_live, smoke_test, wait_public};
+use crate::error::{Exit, Failure, Result};
 use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, GoLive, Refusal};
 use crate::session::{Ctx, begin, finish_session, hostname, step};
-
-/// Point the edge stack at `addr` and wait until CloudFront has deployed it.
-async fn flip(
-    ctx: &Ctx,
-    stacks: &Stacks,
-    edge: &Observed,
-    addr: &str,
-    step_name: &str,
-) -> Result<()> {
-    let c = &ctx.config;
-    let name = c.stack_name("edge");
-    // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
-    let params =
-        crate::adapters::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
-    let body = ctx.template("edge")?;
-    let (_, after) = stacks
-        .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
-        .await?;
-    let dist = after.output(&name, "DistributionId")?;
-    wait_deployed(
-        ctx,
-        &dist,
-        step_name,
-        "wait for CloudFront, then check `release status`",
-    )
-    .await?;
-    if c.edge.invalidate {
-        let paths = aws_sdk_cloudfront::types::Paths::builder()
-            .quantity(1)
-            .items("/*")
-            .build()
-            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
-        let batch = aws_sdk_cloudfront::types::InvalidationBatch::builder()
-            .paths(paths)
-            .caller_reference(format!("release-{}", crate::adapters::store::now()))
-            .build()
-            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
-        crate::adapters::endpoint::cloudfront(&ctx.aws)
-            .create_invalidation()
-            .distribution_id(&dist)
-            .invalidation_batch(batch)
-            .send()
-            .await
-            .map_err(|e| {
-                Failure::new(
-                    Exit::Aws,
-                    step_name,
-                    sdk(e),
-                    "the flip is done; invalidate by hand if cached answers matter",
-                )
-            })?;
-    }
-    Ok(())
-}
-
-/// Annotate a colour: its role, and the flip in flight towards it (`None` clears it).
-async fn annotate(
-    client: &kube::Client,
-    ctx: &Ctx,
-    colour: Colour,
-    role: Option<Role>,
-    pending: Option<Pending>,
-) -> Result<()> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
-    let mut annotations = json!({"release/pending": pending.map(Pending::as_str)});
-    if let Some(r) = role {
-        annotations["release/role"] = json!(r.as_str());
-    }
-    api.patch(
-        &colour::name(&ctx.config, colour),
-        &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
-    )
-    .await
-    .map(|_| ())
-    .map_err(|e| {
-        Failure::new(
-            Exit::Deploy,
-            "roles",
-            e.to_string(),
-            "re-run the command; the roles are annotations on the Deployments",
-        )
-    })
-}
 
 /// `expect_digest`: promote only if the candidate runs this image (CI passes the digest its own
 /// `release up` deployed, so that an approval never promotes another pipeline's candidate).

@@ -1,11 +1,14 @@
-//! Steps more than one command takes: smoke tests, roll-outs, waiting for CloudFront and for the
-//! public URL, marking a release live.
+//! What the commands' steps do, in adapter calls: smoke tests, roll-outs, waiting for CloudFront
+//! and for the public URL, marking a release live, the edge's origin flip, the roles.
 
 use std::time::Duration;
 
-use serde_json::Value;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
 
-use crate::adapters::colour::Colour;
+use crate::adapters::colour::{self, Colour, Pending, Role};
+use crate::adapters::stacks::{Observed, Stacks};
 use crate::adapters::store::StateStore;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::session::Ctx;
@@ -148,4 +151,88 @@ pub async fn wait_public(
         |last, _| format!("{url} did not answer from {colour} within {timeout:?} ({last})"),
     )
     .await
+}
+
+/// Point the edge stack at `addr` and wait until CloudFront has deployed it.
+pub async fn flip(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    edge: &Observed,
+    addr: &str,
+    step_name: &str,
+) -> Result<()> {
+    let c = &ctx.config;
+    let name = c.stack_name("edge");
+    // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
+    let params =
+        crate::adapters::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
+    let body = ctx.template("edge")?;
+    let (_, after) = stacks
+        .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
+        .await?;
+    let dist = after.output(&name, "DistributionId")?;
+    wait_deployed(
+        ctx,
+        &dist,
+        step_name,
+        "wait for CloudFront, then check `release status`",
+    )
+    .await?;
+    if c.edge.invalidate {
+        let paths = aws_sdk_cloudfront::types::Paths::builder()
+            .quantity(1)
+            .items("/*")
+            .build()
+            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
+        let batch = aws_sdk_cloudfront::types::InvalidationBatch::builder()
+            .paths(paths)
+            .caller_reference(format!("release-{}", crate::adapters::store::now()))
+            .build()
+            .map_err(|e| Failure::new(Exit::Internal, step_name, e.to_string(), ""))?;
+        crate::adapters::endpoint::cloudfront(&ctx.aws)
+            .create_invalidation()
+            .distribution_id(&dist)
+            .invalidation_batch(batch)
+            .send()
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    Exit::Aws,
+                    step_name,
+                    sdk(e),
+                    "the flip is done; invalidate by hand if cached answers matter",
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// Annotate a colour: its role, and the flip in flight towards it (`None` clears it).
+pub async fn annotate(
+    client: &kube::Client,
+    ctx: &Ctx,
+    colour: Colour,
+    role: Option<Role>,
+    pending: Option<Pending>,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
+    let mut annotations = json!({"release/pending": pending.map(Pending::as_str)});
+    if let Some(r) = role {
+        annotations["release/role"] = json!(r.as_str());
+    }
+    api.patch(
+        &colour::name(&ctx.config, colour),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| {
+        Failure::new(
+            Exit::Deploy,
+            "roles",
+            e.to_string(),
+            "re-run the command; the roles are annotations on the Deployments",
+        )
+    })
 }
