@@ -1,0 +1,162 @@
+//! The checks of a parsed configuration that need no AWS: names, values, and the files it
+//! points at.
+
+use super::*;
+
+impl Config {
+    /// Checks that need no AWS: names, values, and the files the config points at (relative
+    /// paths are relative to `base`, the config file's directory).
+    pub fn validate(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        if !is_dns_label(&self.app, 32) {
+            return Err(err(
+                file,
+                "app",
+                format!(
+                    "{:?} is not a DNS label of at most 32 characters (lowercase letters, digits and '-', starting with a letter)",
+                    self.app
+                ),
+            ));
+        }
+        if let Some(b) = &self.state.bucket {
+            let ok = (3..=63).contains(&b.len())
+                && b.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
+            if !ok {
+                return Err(err(
+                    file,
+                    "state.bucket",
+                    format!(
+                        "{b:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '-', '.')"
+                    ),
+                ));
+            }
+        }
+        if self.state.lease_seconds < 30 {
+            return Err(err(file, "state.lease_seconds", "must be at least 30"));
+        }
+        let tag_ok = !self.image.tag.is_empty()
+            && self.image.tag.len() <= 128
+            && self
+                .image
+                .tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !tag_ok {
+            return Err(err(
+                file,
+                "image.tag",
+                format!(
+                    "{:?} is not an image tag (1-128 letters, digits, '_', '.', '-')",
+                    self.image.tag
+                ),
+            ));
+        }
+        match (&self.image.binary, &self.image.archive) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err(err(
+                    file,
+                    "image",
+                    "give exactly one of image.binary (a static model-server to build the image from) or image.archive (an OCI layout, OCI archive or docker save tar)",
+                ));
+            }
+            _ => {}
+        }
+        let dir = base.join(&self.stacks.templates);
+        for t in TEMPLATES {
+            exists(file, "stacks.templates", &dir.join(format!("{t}.yaml")))?;
+        }
+        if !self.stacks.vpc_cidr.ends_with("/16") {
+            return Err(err(
+                file,
+                "stacks.vpc_cidr",
+                format!(
+                    "{:?}: the network template takes a /16 block, e.g. 10.40.0.0/16",
+                    self.stacks.vpc_cidr
+                ),
+            ));
+        }
+        for t in ["deployment.yaml", "service.yaml", "pdb.yaml"] {
+            exists(
+                file,
+                "deploy.templates",
+                &base.join(&self.deploy.templates).join(t),
+            )?;
+        }
+        if !is_dns_label(&self.deploy.namespace, 63) {
+            return Err(err(
+                file,
+                "deploy.namespace",
+                format!(
+                    "{:?} is not a Kubernetes namespace name",
+                    self.deploy.namespace
+                ),
+            ));
+        }
+        if self.deploy.replicas == 0 {
+            return Err(err(file, "deploy.replicas", "must be at least 1"));
+        }
+        if let Some(m) = &self.model.path {
+            exists(file, "model.path", &base.join(m))?;
+        }
+        if let Some(f) = self.smoke.compare_live
+            && !(0.0..=1.0).contains(&f)
+        {
+            return Err(err(
+                file,
+                "smoke.compare_live",
+                "a fraction between 0 and 1",
+            ));
+        }
+        if self.edge.verify_timeout_seconds == 0 {
+            return Err(err(
+                file,
+                "edge.verify_timeout_seconds",
+                "must be at least 1",
+            ));
+        }
+        if let Some(u) = &self.edge.public_url
+            && !(u.starts_with("https://") || u.starts_with("http://"))
+        {
+            return Err(err(
+                file,
+                "edge.public_url",
+                format!("{u:?} is not an http(s) URL"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The image's source exists: checked only by the commands that build or push the image
+    /// (`up`, `image build`), so that status, promote, rollback or destroy run where no build is.
+    /// The golden cases, for the commands that smoke-test (up, promote, rollback): there and not
+    /// empty before they start (a smoke test with no case would check nothing). The others
+    /// (status, history, destroy) run with a broken case file, to look at or clean up.
+    pub fn check_cases(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        exists(file, "smoke.cases", &base.join(&self.smoke.cases))?;
+        crate::adapters::smoke::load_cases(&base.join(&self.smoke.cases))
+            .map(|_| ())
+            .map_err(|e| err(file, "smoke.cases", e))
+    }
+
+    pub fn check_image(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        match (&self.image.binary, &self.image.archive) {
+            (Some(p), _) => exists(file, "image.binary", &base.join(p)),
+            (None, Some(p)) => exists(file, "image.archive", &base.join(p)),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+fn exists(file: &str, field: &str, path: &Path) -> Result<(), ConfigError> {
+    if path.exists() {
+        Ok(())
+    } else {
+        Err(err(
+            file,
+            field,
+            format!("{} does not exist", path.display()),
+        ))
+    }
+}
