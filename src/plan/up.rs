@@ -187,6 +187,35 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> ReleasePlan {
     }
 }
 
+/// The provisioning steps of `up` before the release phase, in the order the real run takes
+/// them: the lock (after the registry stack when the state bucket it makes does not exist yet),
+/// each stack (`changes`: name and what deploying it changes, in wave order), the image push.
+pub fn provision_steps(
+    registry: &str,
+    bucket_exists: bool,
+    changes: &[(String, String)],
+    push: &str,
+) -> Vec<PlannedStep> {
+    let stack = |(name, what): &(String, String)| planned(format!("stack {name}"), what.clone());
+    let mut steps: Vec<PlannedStep> = changes
+        .iter()
+        .filter(|(name, _)| !bucket_exists && name == registry)
+        .map(stack)
+        .collect();
+    steps.push(planned(
+        "lock",
+        "take the app's lock and open a ledger entry",
+    ));
+    steps.extend(
+        changes
+            .iter()
+            .filter(|(name, _)| bucket_exists || name != registry)
+            .map(stack),
+    );
+    steps.push(planned("image push", push));
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +289,38 @@ mod tests {
             },
         );
         assert_eq!(forced.candidate, Some(Green));
+    }
+
+    #[test]
+    fn without_the_state_bucket_the_registry_stack_comes_before_the_lock() {
+        let changes = [
+            ("iris-network".to_string(), "create".to_string()),
+            ("iris-registry".to_string(), "create".to_string()),
+            ("iris-cluster".to_string(), "create".to_string()),
+        ];
+        let names = |steps: Vec<PlannedStep>| -> Vec<String> {
+            steps.into_iter().map(|s| s.step).collect()
+        };
+        assert_eq!(
+            names(provision_steps("iris-registry", false, &changes, "push")),
+            [
+                "stack iris-registry",
+                "lock",
+                "stack iris-network",
+                "stack iris-cluster",
+                "image push"
+            ]
+        );
+        assert_eq!(
+            names(provision_steps("iris-registry", true, &changes, "push")),
+            [
+                "lock",
+                "stack iris-network",
+                "stack iris-registry",
+                "stack iris-cluster",
+                "image push"
+            ]
+        );
     }
 
     #[test]

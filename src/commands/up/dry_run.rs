@@ -23,8 +23,46 @@ pub(super) async fn dry_run(
         .check_lock(&hostname(), args.force_unlock, ctx.yes)
         .await?;
     let bucket = store.bucket_exists().await?;
-    let force = args.force;
-    let mut plan = serde_json::Map::new();
+    let mut summary = serde_json::Map::new();
+    let (changes, outputs) = stack_changes(ctx, stacks).await?;
+    for (name, what) in &changes {
+        ctx.out.note(&format!("plan: stack {name}: {what}"));
+        summary.insert(name.clone(), json!(what));
+    }
+    let image = ctx.build_image()?;
+    let push = image_push(ctx, &outputs, &image).await?;
+    ctx.out.note(&format!("plan: image: {push}"));
+    summary.insert("image".into(), json!(push));
+    let (controller, what, release) =
+        dry_run_colour(ctx, stacks, &outputs, &image.digest(), args.force).await?;
+    let step = crate::adapters::addons::STEP;
+    ctx.out.note(&format!("plan: {step}: {controller}"));
+    summary.insert(step.into(), json!(controller));
+    ctx.out.note(&format!("plan: colour: {what}"));
+    summary.insert("colour".into(), json!(what));
+    let registry = ctx.config.stack_name("registry");
+    let mut steps = crate::plan::up::provision_steps(&registry, bucket, &changes, &push);
+    match release {
+        Some(r) => {
+            for s in r.printed(&ctx.config.app) {
+                ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
+                if let Some(undo) = &s.undo {
+                    ctx.out.note(&format!("      undo: {undo}"));
+                }
+                steps.push(s);
+            }
+        }
+        None => steps.push(crate::plan::planned("release", what)),
+    }
+    summary.insert("plan".into(), json!(steps));
+    summary.insert("dry run".into(), json!("nothing was changed"));
+    Ok(Value::Object(summary))
+}
+
+/// What deploying each stack would change, in wave order (from its template and parameters, no
+/// change set), and the outputs of those that exist.
+async fn stack_changes(ctx: &Ctx, stacks: &Stacks) -> Result<(Vec<(String, String)>, Outputs)> {
+    let mut changes = Vec::new();
     let mut outputs = Outputs::new();
     for wave in UP_WAVES {
         for template in wave.iter() {
@@ -40,107 +78,56 @@ pub(super) async fn dry_run(
             if observed.exists() {
                 outputs.insert(template.to_string(), observed.outputs);
             }
-            ctx.out.note(&format!("plan: stack {name}: {what}"));
-            plan.insert(name, json!(what));
+            changes.push((name, what));
         }
     }
-    let image = ctx.build_image()?;
-    let what = match outputs
+    Ok((changes, outputs))
+}
+
+/// What pushing `image` would upload: the bytes of the layers the repository lacks.
+async fn image_push(
+    ctx: &Ctx,
+    outputs: &Outputs,
+    image: &crate::adapters::image::Image,
+) -> Result<String> {
+    let tag = &ctx.config.image.tag;
+    let Some(repo) = outputs
         .get("registry")
         .and_then(|o| o.get("RepositoryName"))
-    {
-        Some(repo) => {
-            let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
-            let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
-            let check = ecr
-                .batch_check_layer_availability()
-                .repository_name(repo)
-                .set_layer_digests(Some(digests))
-                .send()
-                .await
-                .map_err(|e| Failure::new(Exit::Aws, "image push", sdk(e), "check ECR access"))?;
-            let present: Vec<String> = check
-                .layers()
-                .iter()
-                .filter(|l| {
-                    l.layer_availability()
-                        .is_some_and(|a| a.as_str() == "AVAILABLE")
-                })
-                .filter_map(|l| l.layer_digest().map(str::to_string))
-                .collect();
-            let missing: u64 = image
-                .blobs()
-                .filter(|b| !present.contains(&b.digest))
-                .map(|b| b.size)
-                .sum();
-            format!(
-                "push {repo}:{} ({}), {missing} bytes to upload",
-                ctx.config.image.tag,
-                image.digest()
-            )
-        }
-        None => format!(
-            "push {}:{} ({}) once the registry exists",
+    else {
+        return Ok(format!(
+            "push {}:{tag} ({}) once the registry exists",
             ctx.config.app,
-            ctx.config.image.tag,
             image.digest()
-        ),
-    };
-    ctx.out.note(&format!("plan: image: {what}"));
-    plan.insert("image".into(), json!(what));
-    let (controller, what, release) =
-        dry_run_colour(ctx, stacks, &outputs, &image.digest(), force).await?;
-    ctx.out.note(&format!(
-        "plan: {}: {controller}",
-        crate::adapters::addons::STEP
-    ));
-    plan.insert(crate::adapters::addons::STEP.into(), json!(controller));
-    ctx.out.note(&format!("plan: colour: {what}"));
-    plan.insert("colour".into(), json!(what));
-    // The steps, in the order the real run takes them (the lock first, or after the state
-    // bucket's registry stack when there is none yet).
-    let mut steps = Vec::new();
-    let registry = ctx.config.stack_name("registry");
-    if !bucket {
-        steps.push(crate::plan::planned(
-            format!("stack {registry}"),
-            plan[&registry].as_str().unwrap_or_default(),
         ));
-    }
-    steps.push(crate::plan::planned(
-        "lock",
-        "take the app's lock and open a ledger entry",
-    ));
-    for wave in UP_WAVES {
-        for template in wave.iter() {
-            let name = ctx.config.stack_name(template);
-            if bucket || name != registry {
-                steps.push(crate::plan::planned(
-                    format!("stack {name}"),
-                    plan[&name].as_str().unwrap_or_default(),
-                ));
-            }
-        }
-    }
-    steps.push(crate::plan::planned(
-        "image push",
-        plan["image"].as_str().unwrap_or_default(),
-    ));
-    match release {
-        Some(r) => {
-            for s in r.printed(&ctx.config.app) {
-                ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
-                if let Some(undo) = &s.undo {
-                    ctx.out.note(&format!("      undo: {undo}"));
-                }
-                steps.push(s);
-            }
-        }
-        None => steps.push(crate::plan::planned("release", what.clone())),
-    }
-    plan.insert("plan".into(), json!(steps));
-    plan.insert("dry run".into(), json!("nothing was changed"));
-    Ok(Value::Object(plan))
+    };
+    let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
+    let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
+    let check = ecr
+        .batch_check_layer_availability()
+        .repository_name(repo)
+        .set_layer_digests(Some(digests))
+        .send()
+        .await
+        .map_err(|e| Failure::new(Exit::Aws, "image push", sdk(e), "check ECR access"))?;
+    let present: Vec<String> = check
+        .layers()
+        .iter()
+        .filter(|l| {
+            l.layer_availability()
+                .is_some_and(|a| a.as_str() == "AVAILABLE")
+        })
+        .filter_map(|l| l.layer_digest().map(str::to_string))
+        .collect();
+    let missing: u64 = image
+        .blobs()
+        .filter(|b| !present.contains(&b.digest))
+        .map(|b| b.size)
+        .sum();
+    Ok(format!(
+        "push {repo}:{tag} ({}), {missing} bytes to upload",
+        image.digest()
+    ))
 }
 
 /// The decisions of a dry run about the cluster, from the same observation and planner as the
