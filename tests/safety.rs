@@ -10,10 +10,10 @@ mod common;
 use std::path::Path;
 
 use common::{
-    STATE_BUCKET, aws, cases, config, executed_steps, exits_with, last_release, object,
-    planned_steps, release, release_command, s3, succeeded, summary,
+    Given, STATE_BUCKET, aws, executed_steps, given_blue_live_and_a_green_candidate, last_release,
+    object, planned_steps, release, release_command, s3, summary, then_exit, then_ok, when,
 };
-use sandbox::harness::{Sandbox, model_server_binary};
+use sandbox::harness::Sandbox;
 use serde_json::{Value, json};
 
 /// Everything a dry run could change, as observed from outside `release`.
@@ -190,16 +190,15 @@ fn what<'a>(plan: &'a [(String, String)], step: &str) -> &'a str {
         .1
 }
 
+/// Given blue live and a tested green candidate: a dry-run promote prints the plan (and refuses
+/// as the real promote would), and the real promote executes exactly that plan.
 #[tokio::test(flavor = "multi_thread")]
-async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    succeeded(&release(&sb, &cfg, &["up"]), "first release");
-    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
+    let Given { sb, cfg } = given_blue_live_and_a_green_candidate();
 
     // promote: from blue to the tested green, the origin change spelled out.
     let out = dry_run(&sb, &cfg, &["promote"]).await;
-    succeeded(&out, "dry-run promote");
+    then_ok(&out, "dry-run promote");
     let p = plan(&out);
     let promote_plan = p.clone();
     assert_eq!(
@@ -225,14 +224,14 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let out = dry_run(&sb, &cfg, &["promote", "--retire-previous"]).await;
     assert_eq!(names(&plan(&out)).last(), Some(&"retire iris-blue"));
     // A digest the candidate does not run: refused as the real promote refuses it.
-    exits_with(
+    then_exit(
         &dry_run(&sb, &cfg, &["promote", "--expect-digest", "sha256:0000"]).await,
         8,
     );
 
     // rollback: nothing was live before blue; exit 8 as the real rollback.
     let out = dry_run(&sb, &cfg, &["rollback"]).await;
-    exits_with(&out, 8);
+    then_exit(&out, 8);
     assert!(
         summary(&out)["error"]
             .as_str()
@@ -240,10 +239,31 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
             .contains("nothing to rollback")
     );
 
+    // The real promote executes the plan the dry run printed: the same steps in the same order,
+    // and the ledger records those that act, in that order.
+    let promoted = when(&sb, &cfg, &["promote"]);
+    then_ok(&promoted, "promote");
+    assert_eq!(
+        executed_steps(&promoted),
+        names(&promote_plan),
+        "the printed plan is not what ran"
+    );
+    assert_eq!(
+        recorded(&sb).await,
+        ["smoke iris-green", "flip", "verify public URL"]
+    );
+}
+
+/// Given blue live and a tested green candidate: dry runs of destroy and up change nothing and
+/// print every resource and step, and the real `up --force` takes the printed steps.
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_runs_of_destroy_and_up_change_nothing_and_print_what_the_real_run_does() {
+    let Given { sb, cfg } = given_blue_live_and_a_green_candidate();
+
     // destroy without --yes and no TTY to ask on: the plan is printed, and the exit is the real
     // command's refusal.
     let out = dry_run(&sb, &cfg, &["destroy"]).await;
-    exits_with(&out, 2);
+    then_exit(&out, 2);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("plan: delete iris-edge") && stdout.contains("add --yes"),
@@ -251,7 +271,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     );
     // With --yes: every resource in order.
     let out = dry_run(&sb, &cfg, &["--yes", "destroy"]).await;
-    succeeded(&out, "dry-run destroy --yes");
+    then_ok(&out, "dry-run destroy --yes");
     assert_eq!(
         names(&plan(&out)),
         [
@@ -280,7 +300,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
 
     // up: the same image is live on blue, so nothing to release; --force would replace green.
     let out = dry_run(&sb, &cfg, &["up"]).await;
-    succeeded(&out, "dry-run up");
+    then_ok(&out, "dry-run up");
     for stack in ["iris-network", "iris-registry", "iris-cluster"] {
         assert_eq!(summary(&out)[stack], "no changes", "{}", summary(&out));
     }
@@ -298,7 +318,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     )
     .unwrap();
     let out = dry_run(&sb, &wider, &["up"]).await;
-    succeeded(&out, "dry-run up with another VPC range");
+    then_ok(&out, "dry-run up with another VPC range");
     let network = summary(&out)["iris-network"].as_str().unwrap().to_string();
     assert!(
         network.starts_with("update: parameter VpcCidr: ") && network.contains("-> 10.9.0.0/16"),
@@ -322,29 +342,24 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
             "smoke iris-green"
         ]
     );
-    let forced = release(&sb, &cfg, &["up", "--force"]);
-    succeeded(&forced, "up --force");
+    let forced = when(&sb, &cfg, &["up", "--force"]);
+    then_ok(&forced, "up --force");
     assert_eq!(executed_steps(&forced), forced_plan);
+}
 
-    // The real promote executes the plan the dry run printed: the same steps in the same order,
-    // and the ledger records those that act, in that order.
-    let promoted = release(&sb, &cfg, &["promote"]);
-    succeeded(&promoted, "promote");
-    assert_eq!(
-        executed_steps(&promoted),
-        names(&promote_plan),
-        "the printed plan is not what ran"
-    );
-    assert_eq!(
-        recorded(&sb).await,
-        ["smoke iris-green", "flip", "verify public URL"]
-    );
+/// Given green promoted over blue: up with nothing to release, a dry-run and a real rollback, and
+/// a lock held elsewhere, each decided as the real command decides.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_promote_rollback_and_a_held_lock_are_decided_as_the_real_run_decides() {
+    let Given { sb, cfg } = given_blue_live_and_a_green_candidate();
+    then_ok(&when(&sb, &cfg, &["promote"]), "promote");
+
     // Then `up --promote` on the same build has nothing to release: exit 0, after the steps its
     // dry run printed.
     let nothing_plan = planned_steps(&dry_run(&sb, &cfg, &["up"]).await);
     assert_eq!(nothing_plan.last().unwrap(), "verify public URL");
-    let again = release(&sb, &cfg, &["up", "--promote"]);
-    succeeded(&again, "up --promote with nothing to release");
+    let again = when(&sb, &cfg, &["up", "--promote"]);
+    then_ok(&again, "up --promote with nothing to release");
     assert_eq!(executed_steps(&again), nothing_plan);
     let s = summary(&again);
     assert_eq!(s["candidate"], "none: nothing to release");
@@ -353,7 +368,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
 
     // rollback to blue: retire green unless --keep-failed.
     let out = dry_run(&sb, &cfg, &["rollback"]).await;
-    succeeded(&out, "dry-run rollback");
+    then_ok(&out, "dry-run rollback");
     let p = plan(&out);
     assert_eq!(
         names(&p),
@@ -370,8 +385,8 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
     let out = dry_run(&sb, &cfg, &["rollback", "--keep-failed"]).await;
     let rollback_plan = plan(&out);
     assert_eq!(names(&rollback_plan).last(), Some(&"keep iris-green"));
-    let rolled = release(&sb, &cfg, &["rollback", "--keep-failed"]);
-    succeeded(&rolled, "rollback --keep-failed");
+    let rolled = when(&sb, &cfg, &["rollback", "--keep-failed"]);
+    then_ok(&rolled, "rollback --keep-failed");
     assert_eq!(executed_steps(&rolled), names(&rollback_plan));
     assert_eq!(
         recorded(&sb).await,
@@ -400,7 +415,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
         &["--yes", "destroy"][..],
     ] {
         let out = dry_run(&sb, &cfg, args).await;
-        exits_with(&out, 4);
+        then_exit(&out, 4);
         assert!(
             summary(&out)["error"]
                 .as_str()
@@ -415,10 +430,7 @@ async fn dry_run_changes_nothing_on_any_command_and_decides_as_the_real_command(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_closes_the_ledger_and_releases_the_lock() {
-    let sb = Sandbox::start(&[]);
-    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    succeeded(&release(&sb, &cfg, &["up"]), "first release");
-    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    let Given { sb, cfg } = given_blue_live_and_a_green_candidate();
     // Which step deploys the candidate: the same in the next `up --force`, which replaces it.
     let s3 = s3(&sb).await;
     let steps = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap())["steps"].clone();
@@ -433,7 +445,7 @@ async fn a_panic_closes_the_ledger_and_releases_the_lock() {
         .env("RELEASE_TEST_PANIC_AFTER_STEP", (deploy + 1).to_string())
         .output()
         .unwrap();
-    exits_with(&out, 1);
+    then_exit(&out, 1);
     let s = summary(&out);
     assert!(
         s["error"]
@@ -459,8 +471,8 @@ async fn a_panic_closes_the_ledger_and_releases_the_lock() {
         "the candidate being deployed is torn down"
     );
     // And the next run needs no --force-unlock.
-    succeeded(
-        &release(&sb, &cfg, &["up", "--force"]),
+    then_ok(
+        &when(&sb, &cfg, &["up", "--force"]),
         "the run after the panic",
     );
 }

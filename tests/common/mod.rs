@@ -288,3 +288,50 @@ fn names_in(list: &Value, name: impl Fn(&Value) -> &Value) -> Vec<String> {
         .map(|s| name(s).as_str().unwrap().to_string())
         .collect()
 }
+
+/// Given / When / Then: a scenario's sandbox and the config its commands run with.
+pub struct Given {
+    pub sb: Sandbox,
+    pub cfg: PathBuf,
+}
+
+/// Given nothing released yet: a fresh sandbox and the iris model's config (tag v1).
+pub fn given_nothing_released() -> Given {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(
+        &sb.dir.join("cfg"),
+        &sandbox::harness::model_server_binary(),
+        "v1",
+        &cases(),
+    );
+    Given { sb, cfg }
+}
+
+/// Given blue live (the first `release up`).
+pub fn given_blue_live() -> Given {
+    let g = given_nothing_released();
+    then_ok(&when(&g.sb, &g.cfg, &["up"]), "first release");
+    g
+}
+
+/// Given blue live and green deployed and tested as the candidate (`release up --force`).
+pub fn given_blue_live_and_a_green_candidate() -> Given {
+    let g = given_blue_live();
+    then_ok(&when(&g.sb, &g.cfg, &["up", "--force"]), "a candidate");
+    g
+}
+
+/// When `release <args>` runs (JSON output).
+pub fn when(sb: &Sandbox, cfg: &Path, args: &[&str]) -> Output {
+    release(sb, cfg, args)
+}
+
+/// Then it succeeded; otherwise fail showing `what`, its status and its output.
+pub fn then_ok(out: &Output, what: &str) {
+    succeeded(out, what)
+}
+
+/// Then it exited with `code` (docs/ the README's exit codes).
+pub fn then_exit(out: &Output, code: i32) {
+    exits_with(out, code)
+}
