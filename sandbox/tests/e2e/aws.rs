@@ -332,7 +332,7 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
     let dir = sb.dir.join("img");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("bin"), vec![7u8; 3 << 20]).unwrap();
-    let spec = release::image::ImageSpec {
+    let spec = release::adapters::image::ImageSpec {
         path_in_image: "/bin",
         env: &[],
         user: "65532:65532",
@@ -340,13 +340,13 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         labels: &[],
         model: None,
     };
-    let image = release::image::from_binary(
+    let image = release::adapters::image::from_binary(
         &dir.join("bin"),
         &spec,
-        &release::image::LayerCache::at(None),
+        &release::adapters::image::LayerCache::at(None),
     )
     .unwrap();
-    let pushed = release::image::push(&ecr, "app", "v1", &image, |_| {})
+    let pushed = release::adapters::image::push(&ecr, "app", "v1", &image, |_| {})
         .await
         .unwrap();
     assert_eq!(
@@ -355,7 +355,7 @@ async fn ecr_digests_are_manifest_hashes_and_layers_can_be_downloaded() {
         "ECR's digest is the manifest's sha256"
     );
     assert_eq!(pushed.skipped_blobs, 0);
-    let again = release::image::push(&ecr, "app", "v1", &image, |_| {})
+    let again = release::adapters::image::push(&ecr, "app", "v1", &image, |_| {})
         .await
         .unwrap();
     assert_eq!(

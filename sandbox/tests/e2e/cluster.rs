@@ -26,7 +26,7 @@ async fn push_model_server(sb: &Sandbox) -> String {
         .repository_uri()
         .unwrap()
         .to_string();
-    let spec = release::image::ImageSpec {
+    let spec = release::adapters::image::ImageSpec {
         path_in_image: "/model-server",
         env: &[
             ("MODEL_SERVER_DRAIN_SECONDS".into(), "0.5".into()),
@@ -37,13 +37,13 @@ async fn push_model_server(sb: &Sandbox) -> String {
         labels: &[],
         model: None,
     };
-    let image = release::image::from_binary(
+    let image = release::adapters::image::from_binary(
         &model_server_binary(),
         &spec,
-        &release::image::LayerCache::at(None),
+        &release::adapters::image::LayerCache::at(None),
     )
     .unwrap();
-    let pushed = release::image::push(&ecr, "model", "e2e", &image, |_| {})
+    let pushed = release::adapters::image::push(&ecr, "model", "e2e", &image, |_| {})
         .await
         .unwrap();
     format!("{uri}@{}", pushed.digest)
@@ -177,7 +177,7 @@ fn template(name: &str) -> String {
 
 /// The network and cluster stacks of app `e2e`, as `release up` makes them (the cluster's
 /// template as given); what the load balancer controller is installed for.
-async fn cluster_stacks(sb: &Sandbox, cluster_template: &str) -> release::addons::Inputs {
+async fn cluster_stacks(sb: &Sandbox, cluster_template: &str) -> release::adapters::addons::Inputs {
     let cfn = aws_sdk_cloudformation::Client::new(&sb.aws().await);
     let net = stack(
         &cfn,
@@ -193,7 +193,7 @@ async fn cluster_stacks(sb: &Sandbox, cluster_template: &str) -> release::addons
         &[("AppName", "e2e"), ("SubnetIds", &net["PrivateSubnetIds"])],
     )
     .await;
-    release::addons::Inputs {
+    release::adapters::addons::Inputs {
         cluster: "e2e".into(),
         region: "us-east-1".into(),
         vpc_id: net["VpcId"].clone(),
@@ -205,7 +205,7 @@ async fn cluster_stacks(sb: &Sandbox, cluster_template: &str) -> release::addons
 /// Balancer Controller installed by `release`'s own code and ready.
 async fn with_load_balancer_controller(sb: &Sandbox, client: &kube::Client) {
     let inputs = cluster_stacks(sb, &template("cluster")).await;
-    release::addons::ensure(client, &inputs, Duration::from_secs(30))
+    release::adapters::addons::ensure(client, &inputs, Duration::from_secs(30))
         .await
         .unwrap();
 }
@@ -465,17 +465,17 @@ async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
     let (head, rest) = full.split_once("  CoreDnsAddon:").unwrap();
     let (_, tail) = rest.split_once("\n\n").unwrap();
     let inputs = cluster_stacks(&sb, &format!("{head}{tail}")).await;
-    let err = release::addons::ensure(&client, &inputs, Duration::from_secs(4))
+    let err = release::adapters::addons::ensure(&client, &inputs, Duration::from_secs(4))
         .await
         .unwrap_err();
-    assert_eq!(err.step, release::addons::STEP);
+    assert_eq!(err.step, release::adapters::addons::STEP);
     assert!(err.message.contains("no CoreDNS pod is ready"), "{err}");
     assert!(err.message.contains("coredns: pod"), "{err}");
     assert!(err.message.contains("is not scheduled"), "{err}");
 
     // With the add-on, CoreDNS moves to Fargate, the controller starts and serves the Service.
     let inputs = cluster_stacks(&sb, &full).await;
-    release::addons::ensure(&client, &inputs, Duration::from_secs(40))
+    release::adapters::addons::ensure(&client, &inputs, Duration::from_secs(40))
         .await
         .unwrap();
     eventually(
@@ -532,7 +532,7 @@ async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
         .patch("aws-load-balancer-controller", &pp, &Patch::Apply(scale(1)))
         .await
         .unwrap();
-    let other = release::addons::webhook_tls().unwrap();
+    let other = release::adapters::addons::webhook_tls().unwrap();
     let hooks: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
         Api::all(client.clone());
     let mut config = hooks.get("aws-load-balancer-webhook").await.unwrap();
@@ -566,7 +566,7 @@ async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
     assert!(refused.contains("mservice.elbv2.k8s.aws"), "{refused}");
     // The next ensure finds the caBundle stale although the controller is ready, applies again,
     // and the Service is admitted.
-    let repaired = release::addons::ensure(&client, &inputs, Duration::from_secs(40))
+    let repaired = release::adapters::addons::ensure(&client, &inputs, Duration::from_secs(40))
         .await
         .unwrap();
     assert!(
