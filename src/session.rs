@@ -236,16 +236,9 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "unknown-host".into())
 }
 
-/// Take the app's lock (renewed until the session ends) and open a ledger entry for `action`;
-/// the session is kept in `ctx` so that an interrupt can close both.
-pub async fn begin(
-    ctx: &Ctx,
-    store: &StateStore,
-    action: &str,
-    force_unlock: bool,
-    steps: Vec<StepRecord>,
-) -> Result<String> {
-    let (actor, ci) = plan::actor(|k| {
+/// Who runs this: the CI build when there is one, else user@host.
+fn this_actor() -> (String, Option<String>) {
+    plan::actor(|k| {
         if k == "HOSTNAME" {
             Some(hostname())
         } else {
@@ -255,7 +248,56 @@ pub async fn begin(
                     .flatten()
             })
         }
-    });
+    })
+}
+
+/// Open the ledger entry of a run of `action` (closing the entries of runs that died); returns
+/// its id.
+async fn open_entry(
+    ctx: &Ctx,
+    store: &StateStore,
+    action: &str,
+    actor: &str,
+    ci: Option<String>,
+    steps: Vec<StepRecord>,
+) -> Result<String> {
+    let mut release_id = String::new();
+    let now_s = now();
+    store
+        .update_ledger(|l| {
+            release_id = l.next_id(now_s);
+            l.close_abandoned(&release_id, now_s);
+            l.releases.push(Release {
+                id: release_id.clone(),
+                action: action.into(),
+                actor: actor.to_string(),
+                ci_build_url: ci.clone(),
+                started: now_s,
+                finished: None,
+                outcome: Outcome::InProgress,
+                colour: None,
+                image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
+                image_digest: None,
+                model_version: (action == "up").then(|| ctx.config.model.version.clone()),
+                went_live: false,
+                steps: steps.clone(),
+                error: None,
+            });
+        })
+        .await?;
+    Ok(release_id)
+}
+
+/// Take the app's lock (renewed until the session ends) and open a ledger entry for `action`;
+/// the session is kept in `ctx` so that an interrupt can close both.
+pub async fn begin(
+    ctx: &Ctx,
+    store: &StateStore,
+    action: &str,
+    force_unlock: bool,
+    steps: Vec<StepRecord>,
+) -> Result<String> {
+    let (actor, ci) = this_actor();
     let host = hostname();
     let lock = Lock {
         owner: actor.clone(),
@@ -301,32 +343,9 @@ pub async fn begin(
         Ok(mut slot) => *slot = Some(session),
         Err(_) => *ctx.session.lock().await = Some(session),
     }
-    let mut release_id = String::new();
-    let now_s = now();
-    let ledger = store
-        .update_ledger(|l| {
-            release_id = l.next_id(now_s);
-            l.close_abandoned(&release_id, now_s);
-            l.releases.push(Release {
-                id: release_id.clone(),
-                action: action.into(),
-                actor: actor.clone(),
-                ci_build_url: ci.clone(),
-                started: now_s,
-                finished: None,
-                outcome: Outcome::InProgress,
-                colour: None,
-                image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
-                image_digest: None,
-                model_version: (action == "up").then(|| ctx.config.model.version.clone()),
-                went_live: false,
-                steps: steps.clone(),
-                error: None,
-            });
-        })
-        .await;
+    let ledger = open_entry(ctx, store, action, &actor, ci.clone(), steps).await;
     match ledger {
-        Ok(_) => {
+        Ok(release_id) => {
             if let Some(s) = ctx.session.lock().await.as_mut() {
                 s.release_id = release_id.clone();
             }

@@ -145,6 +145,17 @@ pub async fn run(
         cases: cases.cases.len(),
         ..Report::default()
     };
+    probe(&http, t, &mut r).await;
+    golden(&http, t, cases, &mut r, &mut progress).await;
+    latency(&http, t, cases, requests, p95_budget_ms, &mut r).await;
+    if let Some((live, min)) = live {
+        compare(&http, t, live, min, cases, &mut r).await;
+    }
+    r
+}
+
+/// `/healthz`, `/readyz`, and the colour and model version `/version` reports.
+async fn probe(http: &reqwest::Client, t: &Target<'_>, r: &mut Report) {
     for path in ["/healthz", "/readyz"] {
         match http.get(format!("{}{path}", t.base_url)).send().await {
             Ok(resp) if resp.status().is_success() => {}
@@ -172,8 +183,18 @@ pub async fn run(
         },
         Err(e) => r.failures.push(format!("/version: {e}")),
     }
+}
+
+/// Each golden case's answer.
+async fn golden(
+    http: &reqwest::Client,
+    t: &Target<'_>,
+    cases: &Cases,
+    r: &mut Report,
+    progress: &mut impl FnMut(String),
+) {
     for (i, case) in cases.cases.iter().enumerate() {
-        match predict(&http, t, &case.features).await {
+        match predict(http, t, &case.features).await {
             Ok(p) if p == case.expect => r.cases_passed += 1,
             Ok(p) => r.failures.push(format!(
                 "case {:?}: predicted {p}, expected {}",
@@ -183,12 +204,23 @@ pub async fn run(
         }
         progress(format!("cases {}/{}", i + 1, cases.cases.len()));
     }
+}
+
+/// `requests` predictions: none may fail, and their p95 latency must be within the budget.
+async fn latency(
+    http: &reqwest::Client,
+    t: &Target<'_>,
+    cases: &Cases,
+    requests: u32,
+    p95_budget_ms: u64,
+    r: &mut Report,
+) {
     let mut samples = Vec::with_capacity(requests as usize);
     let mut errors = 0;
     for i in 0..requests as usize {
         let case = &cases.cases[i % cases.cases.len().max(1)];
         let start = Instant::now();
-        if predict(&http, t, &case.features).await.is_err() {
+        if predict(http, t, &case.features).await.is_err() {
             errors += 1;
         }
         samples.push(start.elapsed().as_secs_f64() * 1000.0);
@@ -204,35 +236,43 @@ pub async fn run(
             r.p95_ms
         ));
     }
-    if let Some((live, min)) = live {
-        // The golden inputs and nearby ones: on golden inputs a passing candidate agrees with a
-        // correct live colour by construction, so the comparison looks around them too.
-        let inputs: Vec<Vec<f64>> = cases
-            .cases
-            .iter()
-            .flat_map(|c| comparison_inputs(&c.features))
-            .collect();
-        let mut agree = 0;
-        for features in &inputs {
-            if let (Ok(a), Ok(b)) = (
-                predict(&http, t, features).await,
-                predict(&http, live, features).await,
-            ) {
-                agree += usize::from(a == b);
-            }
-        }
-        let fraction = agree as f64 / inputs.len().max(1) as f64;
-        r.agreement = Some(fraction);
-        if fraction < min {
-            r.failures.push(format!(
-                "agrees with the live colour on {:.0}% of {} inputs, below {:.0}%",
-                fraction * 100.0,
-                inputs.len(),
-                min * 100.0
-            ));
+}
+
+/// The candidate agrees with the live colour on at least `min` of the inputs.
+async fn compare(
+    http: &reqwest::Client,
+    t: &Target<'_>,
+    live: &Target<'_>,
+    min: f64,
+    cases: &Cases,
+    r: &mut Report,
+) {
+    // The golden inputs and nearby ones: on golden inputs a passing candidate agrees with a
+    // correct live colour by construction, so the comparison looks around them too.
+    let inputs: Vec<Vec<f64>> = cases
+        .cases
+        .iter()
+        .flat_map(|c| comparison_inputs(&c.features))
+        .collect();
+    let mut agree = 0;
+    for features in &inputs {
+        if let (Ok(a), Ok(b)) = (
+            predict(http, t, features).await,
+            predict(http, live, features).await,
+        ) {
+            agree += usize::from(a == b);
         }
     }
-    r
+    let fraction = agree as f64 / inputs.len().max(1) as f64;
+    r.agreement = Some(fraction);
+    if fraction < min {
+        r.failures.push(format!(
+            "agrees with the live colour on {:.0}% of {} inputs, below {:.0}%",
+            fraction * 100.0,
+            inputs.len(),
+            min * 100.0
+        ));
+    }
 }
 
 #[cfg(test)]

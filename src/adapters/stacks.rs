@@ -402,6 +402,33 @@ impl Stacks {
             .await
     }
 
+    /// The stack as a deployment can start from: an operation in progress waited for first,
+    /// then a stack left failed refused and one an earlier failed create left behind deleted
+    /// (`true`: it will be made again).
+    async fn settle(
+        &self,
+        name: &str,
+        progress: &mut impl FnMut(&str),
+    ) -> Result<(Observed, bool)> {
+        let mut observed = self.observe(name).await?;
+        // What an operation in progress ends in is decided as a stack found that way would be (a
+        // create that failed meanwhile is made again).
+        if observed.phase() == StackPhase::InProgress {
+            let s = observed.status_text();
+            progress(&format!("waiting for the operation in progress ({s})"));
+            observed = self.wait(name, &mut *progress).await?;
+        }
+        match observed.phase() {
+            StackPhase::Failed => Err(left_failed(name, &observed.status_text())),
+            p if p.recreate() => {
+                progress("deleting the stack an earlier failed create left behind");
+                self.delete(name, &mut *progress).await?;
+                Ok((Observed::default(), true))
+            }
+            _ => Ok((observed, false)),
+        }
+    }
+
     /// [`Stacks::deploy`] with parameters as CloudFormation takes them (see [`keeping`]).
     pub async fn deploy_with(
         &self,
@@ -410,25 +437,7 @@ impl Stacks {
         parameters: Vec<Parameter>,
         mut progress: impl FnMut(&str),
     ) -> Result<(Change, Observed)> {
-        let mut observed = self.observe(name).await?;
-        // An operation in progress is waited for first; what it ends in is then decided as a
-        // stack found that way would be (a create that failed meanwhile is made again).
-        if observed.phase() == StackPhase::InProgress {
-            let s = observed.status_text();
-            progress(&format!("waiting for the operation in progress ({s})"));
-            observed = self.wait(name, &mut progress).await?;
-        }
-        let mut recreated = false;
-        match observed.phase() {
-            StackPhase::Failed => return Err(left_failed(name, &observed.status_text())),
-            p if p.recreate() => {
-                progress("deleting the stack an earlier failed create left behind");
-                self.delete(name, &mut progress).await?;
-                observed = Observed::default();
-                recreated = true;
-            }
-            _ => {}
-        }
+        let (observed, recreated) = self.settle(name, &mut progress).await?;
         let kind = if observed.exists() {
             ChangeSetType::Update
         } else {

@@ -141,6 +141,38 @@ struct FlipSummary {
     duration: String,
 }
 
+impl FlipSummary {
+    /// The summary of `plan` executed as `steps` in `release`; `left_exists`: the colour traffic
+    /// left was deployed.
+    fn of(
+        plan: &FlipPlan,
+        release: String,
+        left_exists: bool,
+        steps: Vec<String>,
+        started: Instant,
+    ) -> FlipSummary {
+        let (from, kind) = (plan.from, plan.kind);
+        let old = match (left_exists, kind.retires(), kind) {
+            (false, _, _) => "none".to_string(),
+            (true, true, _) => "retired".to_string(),
+            (true, false, Flip::Promote { .. }) => from.to_string(),
+            (true, false, Flip::Rollback { .. }) => format!("{from} (failed, kept)"),
+        };
+        let promoted = matches!(kind, Flip::Promote { .. });
+        FlipSummary {
+            release,
+            live: plan.to,
+            previous: promoted.then(|| old.clone()),
+            rolled_back_from: (!promoted).then_some(old),
+            image_digest: plan.digest.clone(),
+            model_version: plan.model_version.clone(),
+            public_url: plan.public_url.clone(),
+            steps,
+            duration: format!("{:.1} s", started.elapsed().as_secs_f64()),
+        }
+    }
+}
+
 async fn flip_to(
     ctx: &Ctx,
     force_unlock: bool,
@@ -213,25 +245,7 @@ async fn flip_to(
     )
     .await;
     let steps = result?;
-    let from = plan.from;
-    let old = match (world.colours[&from].exists, kind.retires(), kind) {
-        (false, _, _) => "none".to_string(),
-        (true, true, _) => "retired".to_string(),
-        (true, false, Flip::Promote { .. }) => from.to_string(),
-        (true, false, Flip::Rollback { .. }) => format!("{from} (failed, kept)"),
-    };
-    let promoted = matches!(kind, Flip::Promote { .. });
-    let summary = FlipSummary {
-        release: id,
-        live: plan.to,
-        previous: promoted.then(|| old.clone()),
-        rolled_back_from: (!promoted).then_some(old),
-        image_digest: plan.digest.clone(),
-        model_version: plan.model_version.clone(),
-        public_url: plan.public_url.clone(),
-        steps,
-        duration: format!("{:.1} s", started.elapsed().as_secs_f64()),
-    };
+    let summary = FlipSummary::of(&plan, id, world.colours[&plan.from].exists, steps, started);
     Ok(serde_json::to_value(summary).expect("a summary is plain data"))
 }
 

@@ -49,21 +49,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
             }),
         );
     }
-    // CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
-    let edge_state = match world.edge.outputs.get("DistributionId") {
-        Some(id) => crate::adapters::endpoint::cloudfront(&ctx.aws)
-            .get_distribution()
-            .id(id)
-            .send()
-            .await
-            .map(|d| {
-                d.distribution()
-                    .map(|d| d.status().to_string())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_else(|e| format!("unknown ({})", sdk(e))),
-        None => "absent".into(),
-    };
+    let edge_state = edge_status(ctx, &world.edge).await;
     let public = public_url(ctx, &world.edge);
     let public_colour = match &public {
         Some(u) => match http.get(format!("{u}/version")).send().await {
@@ -72,22 +58,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         },
         None => None,
     };
-    let lock = if store.bucket_exists().await? {
-        store.read_lock().await?.map(|l| {
-            let gone = l.holder_gone(
-                &crate::session::hostname(),
-                crate::adapters::store::process_alive,
-            );
-            let d = l.describe(crate::adapters::store::now());
-            if gone {
-                format!("{d}; its process is gone: the next command needs --force-unlock")
-            } else {
-                d
-            }
-        })
-    } else {
-        None
-    };
+    let lock = lock_status(&store).await?;
     Ok(json!({
         "app": c.app,
         "live": world.live,
@@ -101,6 +72,43 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         )),
         "stacks": stack_states,
         "lock": lock.unwrap_or_else(|| "free".into()),
+    }))
+}
+
+/// CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.
+async fn edge_status(ctx: &Ctx, edge: &crate::adapters::stacks::Observed) -> String {
+    match edge.outputs.get("DistributionId") {
+        Some(id) => crate::adapters::endpoint::cloudfront(&ctx.aws)
+            .get_distribution()
+            .id(id)
+            .send()
+            .await
+            .map(|d| {
+                d.distribution()
+                    .map(|d| d.status().to_string())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_else(|e| format!("unknown ({})", sdk(e))),
+        None => "absent".into(),
+    }
+}
+
+/// Who holds the lock, and whether its process is gone.
+async fn lock_status(store: &crate::adapters::store::StateStore) -> Result<Option<String>> {
+    if !store.bucket_exists().await? {
+        return Ok(None);
+    }
+    Ok(store.read_lock().await?.map(|l| {
+        let gone = l.holder_gone(
+            &crate::session::hostname(),
+            crate::adapters::store::process_alive,
+        );
+        let d = l.describe(crate::adapters::store::now());
+        if gone {
+            format!("{d}; its process is gone: the next command needs --force-unlock")
+        } else {
+            d
+        }
     }))
 }
 

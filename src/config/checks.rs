@@ -7,6 +7,13 @@ impl Config {
     /// Checks that need no AWS: names, values, and the files the config points at (relative
     /// paths are relative to `base`, the config file's directory).
     pub fn validate(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        self.check_identity(file)?;
+        self.check_stacks(file, base)?;
+        self.check_deploy(file, base)
+    }
+
+    /// The app's name, the state bucket and lease, the image's tag and source.
+    fn check_identity(&self, file: &str) -> Result<(), ConfigError> {
         if !is_dns_label(&self.app, 32) {
             return Err(err(
                 file,
@@ -61,6 +68,11 @@ impl Config {
             }
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The stack templates are there; the VPC block is one the network template takes.
+    fn check_stacks(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
         let dir = base.join(&self.stacks.templates);
         for t in TEMPLATES {
             exists(file, "stacks.templates", &dir.join(format!("{t}.yaml")))?;
@@ -75,6 +87,11 @@ impl Config {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// The Kubernetes templates and the model are there; the deploy, smoke and edge values.
+    fn check_deploy(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
         for t in ["deployment.yaml", "service.yaml", "pdb.yaml"] {
             exists(
                 file,

@@ -13,7 +13,7 @@ mod archive;
 mod push;
 
 pub use archive::read_archive;
-pub use push::{PushError, Pushed, push};
+pub use push::{PushError, Pushed, present_layers, push};
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_MEDIA_TYPE: &str = "application/vnd.oci.image.config.v1+json";
 const LAYER_MEDIA_TYPE: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

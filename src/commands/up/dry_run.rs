@@ -6,7 +6,7 @@ use super::deploy::{observe, settings};
 use crate::adapters::stacks::Stacks;
 use crate::adapters::store::StateStore;
 use crate::commands::up::UpArgs;
-use crate::error::{Exit, Failure, Result, sdk};
+use crate::error::{Exit, Failure, Result};
 use crate::plan::up::{ReleasePlan, plan_release};
 use crate::plan::{self, Outputs, UP_WAVES};
 use crate::session::{Ctx, hostname};
@@ -102,23 +102,9 @@ async fn image_push(
         ));
     };
     let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
-    let digests: Vec<String> = image.blobs().map(|b| b.digest.clone()).collect();
-    let check = ecr
-        .batch_check_layer_availability()
-        .repository_name(repo)
-        .set_layer_digests(Some(digests))
-        .send()
+    let present = crate::adapters::image::present_layers(&ecr, repo, image)
         .await
-        .map_err(|e| Failure::new(Exit::Aws, "image push", sdk(e), "check ECR access"))?;
-    let present: Vec<String> = check
-        .layers()
-        .iter()
-        .filter(|l| {
-            l.layer_availability()
-                .is_some_and(|a| a.as_str() == "AVAILABLE")
-        })
-        .filter_map(|l| l.layer_digest().map(str::to_string))
-        .collect();
+        .map_err(|e| Failure::new(Exit::Aws, "image push", e.to_string(), "check ECR access"))?;
     let missing: u64 = image
         .blobs()
         .filter(|b| !present.contains(&b.digest))
