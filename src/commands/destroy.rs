@@ -12,6 +12,10 @@ use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::plan::destroy::{DestroyStep, DestroyWorld, plan_destroy, printed};
 use crate::session::{Ctx, begin, finish_session};
+/// What the summary says of the registry stack destroy keeps.
+const KEPT: &str =
+    "kept: it holds the images (--delete-images removes them, the registry and the state bucket)";
+
 /// Delete one stack as a reported step; one already gone is "absent".
 async fn delete_stack(ctx: &Ctx, stacks: &Stacks, name: &str) -> Result<&'static str> {
     if !stacks.observe(name).await?.exists() {
@@ -156,6 +160,16 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
         .await;
     }
     let steps = result?;
+    // The keys the summary always had, whether or not there was anything to keep or delete.
+    if delete_images {
+        run.summary
+            .entry(c.state_bucket())
+            .or_insert_with(|| json!("deleted"));
+    } else {
+        run.summary
+            .entry(c.stack_name("registry"))
+            .or_insert_with(|| json!(KEPT));
+    }
     run.summary.insert("steps".into(), json!(steps));
     Ok(Value::Object(run.summary))
 }
@@ -257,7 +271,7 @@ impl Run<'_> {
                 self.summary.insert(name.clone(), json!(said));
             }
             DestroyStep::KeepRegistry { name } => {
-                self.summary.insert(name.clone(), json!("kept: it holds the images (--delete-images removes them, the registry and the state bucket)"));
+                self.summary.insert(name.clone(), json!(KEPT));
             }
             DestroyStep::Images { .. } => delete_images(ctx).await?,
             DestroyStep::Bucket { name } => {

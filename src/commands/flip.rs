@@ -75,9 +75,11 @@ async fn prepare(
     // Only a rollback may redeploy a retired colour: only it reads the ledger and the registry.
     if let (Flip::Rollback { .. }, Some(live)) = (kind, world.live) {
         let ledger = store.ledger().await?;
-        facts.previous_live = ledger.previous_live(live.as_str()).map(|r| GoLive {
-            digest: r.image_digest.clone().unwrap_or_default(),
-            model_version: r.model_version.clone(),
+        facts.previous_live = ledger.previous_live(live.as_str()).and_then(|r| {
+            Some(GoLive {
+                digest: r.image_digest.clone()?,
+                model_version: r.model_version.clone(),
+            })
         });
         let registry = stacks.observe(&c.stack_name("registry")).await?;
         facts.repository_uri = registry.outputs.get("RepositoryUri").cloned();
@@ -236,6 +238,7 @@ async fn flip_to(
         cases,
         plan: &plan,
         to_addr: world.colours[&plan.to].address.clone().unwrap_or_default(),
+        secret: None,
     };
     let result = run.execute().await;
     finish_session(
@@ -262,9 +265,21 @@ struct Run<'a> {
     plan: &'a FlipPlan,
     /// The target's load-balancer address: as observed, or the one `Redeploy` made.
     to_addr: String,
+    /// The origin Secret's value, once ensured.
+    secret: Option<String>,
 }
 
 impl Run<'_> {
+    /// The app's namespace and origin Secret, ensured once (the first step that deploys or
+    /// smoke-tests); returns the secret's value.
+    async fn secret(&mut self) -> Result<String> {
+        if self.secret.is_none() {
+            self.secret =
+                Some(colour::ensure_namespace_and_secret(&self.client, &self.ctx.config).await?);
+        }
+        Ok(self.secret.clone().unwrap_or_default())
+    }
+
     /// Execute every step in order; returns their names.
     async fn execute(&mut self) -> Result<Vec<String>> {
         let mut done = Vec::new();
@@ -300,12 +315,14 @@ impl Run<'_> {
                 digest,
                 model_version,
             } => {
+                // The pods read the origin Secret: in place before they are deployed.
+                self.secret().await?;
                 self.to_addr = self
                     .redeploy(&name, *colour, image, digest, model_version)
                     .await?;
             }
             FlipStep::Smoke { colour, .. } => {
-                let secret = colour::ensure_namespace_and_secret(&self.client, c).await?;
+                let secret = self.secret().await?;
                 let target = self.target(*colour, &secret);
                 step(ctx, self.store, self.id, &name, &target.base_url, async {
                     let summary = smoke_test(
@@ -442,7 +459,12 @@ impl Run<'_> {
             },
         )
         .await;
-        if let Err(f) = flipped.and(annotate(&self.client, ctx, to, None, None).await) {
+        // The pending mark stays while the edge may still serve `to` (a failed flip back): the
+        // next run then finishes this flip instead of deciding from roles it never wrote.
+        if let Err(f) = flipped {
+            return f;
+        }
+        if let Err(f) = annotate(&self.client, ctx, to, None, None).await {
             return f;
         }
         Failure::new(

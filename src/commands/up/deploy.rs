@@ -122,7 +122,7 @@ pub(super) async fn deploy(
         ));
     };
     let inputs = seen.inputs?;
-    let plan = plan_release(&seen.world, settings(ctx, force));
+    let mut plan = plan_release(&seen.world, settings(ctx, force));
     let mut run = Release {
         ctx,
         stacks,
@@ -140,10 +140,30 @@ pub(super) async fn deploy(
         public: String::new(),
         dist: String::new(),
     };
+    // The controller first; then the colours are read again (it is what gives a Service its
+    // address) and the rest decided from what is there now: the same steps as the dry run's
+    // unless the repair changed what is live.
+    let mut done = 0;
+    if let Some(first @ ReleaseStep::Controller { .. }) = plan.steps.first().cloned() {
+        run.run(&first).await?;
+        done = 1;
+        if let Some(again) = observe(ctx, stacks, outputs, image, digest, id).await? {
+            run.addresses = again.addresses;
+            let world = ReleaseWorld {
+                controller: None,
+                ..again.world
+            };
+            let rest = plan_release(&world, settings(ctx, force));
+            plan = ReleasePlan {
+                steps: std::iter::once(first).chain(rest.steps).collect(),
+                ..rest
+            };
+        }
+    }
     if let (None, Some(l)) = (plan.candidate, plan.live) {
         ctx.out.note(&format!("{l} is live with this image ({digest}) and these manifests: nothing to release (--force deploys a candidate anyway)"));
     }
-    for s in &plan.steps {
+    for s in &plan.steps[done..] {
         run.run(s).await?;
     }
     match (plan.candidate, plan.live) {

@@ -165,7 +165,12 @@ async fn dry_run_colour(
             crate::adapters::addons::LB_CONTROLLER_VERSION
         ),
     };
-    let plan = plan_release(&seen.world, settings(ctx, force));
+    // The stack update above adds the controller's role; the real run then installs it.
+    let mut world = seen.world;
+    if seen.inputs.is_err() {
+        world.controller = Some(controller.clone());
+    }
+    let plan = plan_release(&world, settings(ctx, force));
     let what = match (plan.candidate, plan.live) {
         (None, _) => format!(
             "nothing to release: {} is live with this image and these manifests (--force deploys a candidate anyway); verify it through the public URL",
