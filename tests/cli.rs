@@ -456,6 +456,12 @@ fn every_file_the_pipeline_names_exists_and_its_release_config_loads() {
         "RELEASE_STACKS_ROLE_ARN" => {
             Some("arn:aws:iam::123456789012:role/iris-release-stacks".to_string())
         }
+        "RELEASE_BOUNDARY_ARN" => {
+            Some("arn:aws:iam::123456789012:policy/iris-release-boundary".to_string())
+        }
+        "RELEASE_OPERATOR_ROLE_ARN" => {
+            Some("arn:aws:iam::123456789012:role/iris-release-operator".to_string())
+        }
         _ => None,
     };
     let file = root().join("examples/aws/release.yaml");
@@ -466,6 +472,12 @@ fn every_file_the_pipeline_names_exists_and_its_release_config_loads() {
         loaded.stacks.role_arn.as_deref(),
         Some("arn:aws:iam::123456789012:role/iris-release-stacks")
     );
+    // The roles the cluster stack makes carry the boundary ci-role.yaml's stacks role requires.
+    assert_eq!(
+        loaded.stacks.permissions_boundary_arn.as_deref(),
+        Some("arn:aws:iam::123456789012:policy/iris-release-boundary")
+    );
+
     // Its paths exist, but for the binary the `build` job makes.
     let base = file.parent().unwrap();
     for p in [

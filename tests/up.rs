@@ -532,3 +532,77 @@ async fn without_state_bucket_the_registry_stacks_own_bucket_is_kept() {
         "both runs in the bucket the registry stack made: {ledger}"
     );
 }
+
+/// An IAM query call on the sandbox (IAM's query protocol); returns the XML answer.
+async fn iam(sb: &Sandbox, params: &[(&str, &str)]) -> String {
+    let mut form = vec![("Version", "2010-05-08")];
+    form.extend_from_slice(params);
+    reqwest::Client::new()
+        .post(sb.var("AWS_ENDPOINT_URL"))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=sandbox/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .form(&form)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The roles the cluster stack makes carry the permissions boundary release.yaml names (what
+/// ci-role.yaml's stacks role requires to make them), and a boundary that names no policy stops
+/// the cluster stack, as IAM's CreateRole refuses it.
+#[tokio::test]
+async fn the_cluster_stacks_roles_get_the_configured_permissions_boundary() {
+    let sb = Sandbox::start(&[]);
+    let boundary = "arn:aws:iam::123456789012:policy/iris-release-boundary";
+    let cfg = config_with(
+        &sb.dir.join("cfg"),
+        &format!("  permissions_boundary_arn: {boundary}\n"),
+        "",
+    );
+    let out = release(&sb, &cfg, &["up"]);
+    exits_with(&out, 5);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("iris-release-boundary does not exist"),
+        "{error}"
+    );
+
+    let document = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:*","Resource":"*"}]}"#;
+    let made = iam(
+        &sb,
+        &[
+            ("Action", "CreatePolicy"),
+            ("PolicyName", "iris-release-boundary"),
+            ("PolicyDocument", document),
+        ],
+    )
+    .await;
+    assert!(made.contains(boundary), "{made}");
+    succeeded(&release(&sb, &cfg, &["up"]), "up with the boundary there");
+    let roles = iam(&sb, &[("Action", "ListRoles")]).await;
+    let names: Vec<&str> = roles
+        .split("<RoleName>")
+        .skip(1)
+        .filter_map(|r| r.split("</RoleName>").next())
+        .filter(|n| n.starts_with("iris-cluster-"))
+        .collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "the cluster, pod execution and controller roles: {roles}"
+    );
+    for name in names {
+        let role = iam(&sb, &[("Action", "GetRole"), ("RoleName", name)]).await;
+        assert!(
+            role.contains(&format!(
+                "<PermissionsBoundaryArn>{boundary}</PermissionsBoundaryArn>"
+            )),
+            "{name} has no boundary: {role}"
+        );
+    }
+}

@@ -495,6 +495,59 @@ def managed_policy_delete(self: Any, account_id: str, region_name: str) -> None:
 iam_models.ManagedPolicy.delete = managed_policy_delete  # type: ignore[attr-defined]
 
 
+_create_role = iam_models.IAMBackend.create_role
+
+
+def create_role_within_an_existing_boundary(
+    self: Any, role_name: str, assume_role_policy_document: str, path: str,
+    permissions_boundary: str | None, *args: Any, **kwargs: Any,
+) -> Any:
+    """IAM refuses a role whose permissions boundary names no policy (CreateRole:
+    "NoSuchEntity: Scope ARN ... does not exist or is not attachable"; IAM API Reference,
+    CreateRole, PermissionsBoundary); moto checked only the ARN's form, so a stack naming a
+    boundary nobody made created its roles anyway."""
+    from moto.iam.exceptions import NoSuchEntity
+
+    known = permissions_boundary in self.managed_policies or any(
+        p.arn == permissions_boundary for p in self.aws_managed_policies
+    )
+    if permissions_boundary and not known:
+        raise NoSuchEntity(
+            f"Scope ARN: {permissions_boundary} does not exist or is not attachable."
+        )
+    return _create_role(
+        self, role_name, assume_role_policy_document, path, permissions_boundary, *args, **kwargs
+    )
+
+
+iam_models.IAMBackend.create_role = create_role_within_an_existing_boundary  # type: ignore[method-assign]
+
+
+from moto.kms import models as kms_models  # noqa: E402
+
+_kms_key_from_cfn = kms_models.Key.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+
+def kms_key_from_cfn(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
+    """An AWS::KMS::Key's Tags are `Key`/`Value` in CloudFormation (its resource schema), as for
+    every other type; KMS's own API calls them `TagKey`/`TagValue`. moto passed the template's
+    tags to KMS as they were, and failed on the first with KeyError 'TagKey'."""
+    props = cloudformation_json.get("Properties") or {}
+    if props.get("Tags"):
+        props = {
+            **props,
+            "Tags": [
+                {"TagKey": t.get("Key", t.get("TagKey")), "TagValue": t.get("Value", t.get("TagValue"))}
+                for t in props["Tags"]
+            ],
+        }
+        cloudformation_json = {**cloudformation_json, "Properties": props}
+    return _kms_key_from_cfn(cls, resource_name, cloudformation_json, *args, **kwargs)
+
+
+kms_models.Key.create_from_cloudformation_json = classmethod(kms_key_from_cfn)  # type: ignore[method-assign]
+
+
 def lb_controller_check(query: dict[str, str]) -> dict[str, Any]:
     """What the AWS Load Balancer Controller meets when it starts with this role, service-account
     subject and VPC (`start`: why it cannot, or None) and when it makes a load balancer

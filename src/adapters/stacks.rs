@@ -24,6 +24,8 @@ pub const PARAMETERS: &[(&str, &[&str])] = &[
             "SubnetIds",
             "Namespace",
             "DeployerRoleArn",
+            "OperatorRoleArn",
+            "PermissionsBoundaryArn",
         ],
     ),
     (

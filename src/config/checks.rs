@@ -71,8 +71,32 @@ impl Config {
         Ok(())
     }
 
-    /// The stack templates are there; the VPC block is one the network template takes.
+    /// The stack templates are there; the VPC block is one the network template takes; the
+    /// roles and the boundary are IAM ARNs.
     fn check_stacks(&self, file: &str, base: &Path) -> Result<(), ConfigError> {
+        let s = &self.stacks;
+        for (field, value, kind) in [
+            ("stacks.role_arn", &s.role_arn, ":role/"),
+            ("stacks.deployer_role_arn", &s.deployer_role_arn, ":role/"),
+            ("stacks.operator_role_arn", &s.operator_role_arn, ":role/"),
+            (
+                "stacks.permissions_boundary_arn",
+                &s.permissions_boundary_arn,
+                ":policy/",
+            ),
+        ] {
+            if let Some(v) = value
+                && !(v.starts_with("arn:") && v.contains(":iam::") && v.contains(kind))
+            {
+                return Err(err(
+                    file,
+                    field,
+                    format!(
+                        "{v:?} is not an IAM ARN of the form arn:<partition>:iam::<account>{kind}<name> (cloudformation/ci-role.yaml's outputs)"
+                    ),
+                ));
+            }
+        }
         let dir = base.join(&self.stacks.templates);
         for t in TEMPLATES {
             exists(file, "stacks.templates", &dir.join(format!("{t}.yaml")))?;

@@ -83,6 +83,14 @@ pub struct StacksConfig {
     /// cluster stack (an EKS access entry).
     #[serde(default)]
     pub deployer_role_arn: Option<String>,
+    /// The role people run `release destroy` with (ci-role.yaml's operator role), given the same
+    /// access.
+    #[serde(default)]
+    pub operator_role_arn: Option<String>,
+    /// The permissions boundary of the roles the cluster stack makes (ci-role.yaml's
+    /// BoundaryArn): its stacks role makes roles only with it.
+    #[serde(default)]
+    pub permissions_boundary_arn: Option<String>,
 }
 
 impl Default for StacksConfig {
@@ -94,6 +102,8 @@ impl Default for StacksConfig {
             timeout_minutes: default_stack_timeout(),
             role_arn: None,
             deployer_role_arn: None,
+            operator_role_arn: None,
+            permissions_boundary_arn: None,
         }
     }
 }
@@ -517,6 +527,8 @@ mod tests {
         std::fs::write(dir.join("ms"), "").unwrap();
         let good = parse("app: iris\nimage: {binary: ms, tag: abc}\n", "f").unwrap();
         good.validate("f", &dir).unwrap();
+        let roles = "app: iris\nimage: {binary: ms, tag: abc}\nstacks: {role_arn: 'arn:aws:iam::1:role/s', permissions_boundary_arn: 'arn:aws:iam::1:policy/b', operator_role_arn: 'arn:aws:iam::1:role/o'}\n";
+        parse(roles, "f").unwrap().validate("f", &dir).unwrap();
         assert_eq!(
             good.state.lease_seconds, 120,
             "an absent section takes every field's default"
@@ -540,6 +552,14 @@ mod tests {
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nstate: {bucket: B}\n",
                 "state.bucket",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nstacks: {permissions_boundary_arn: 'arn:aws:iam::1:role/r'}\n",
+                "stacks.permissions_boundary_arn",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nstacks: {operator_role_arn: iris-release-operator}\n",
+                "stacks.operator_role_arn",
             ),
         ];
         for (text, field) in cases {

@@ -56,6 +56,18 @@ pub fn stack_parameters(
                 "DeployerRoleArn",
                 config.stacks.deployer_role_arn.clone().unwrap_or_default(),
             ),
+            p(
+                "OperatorRoleArn",
+                config.stacks.operator_role_arn.clone().unwrap_or_default(),
+            ),
+            p(
+                "PermissionsBoundaryArn",
+                config
+                    .stacks
+                    .permissions_boundary_arn
+                    .clone()
+                    .unwrap_or_default(),
+            ),
         ],
         other => return Err(format!("no parameters known for template {other}")),
     })
@@ -193,6 +205,14 @@ mod tests {
         let cluster = stack_parameters("cluster", &c, &outputs).unwrap();
         assert!(cluster.contains(&("SubnetIds".into(), "subnet-1,subnet-2".into())));
         assert!(cluster.contains(&("Namespace".into(), "ml".into())));
+        // The boundary and the operator's access are the config's (empty: none).
+        assert!(cluster.contains(&("PermissionsBoundaryArn".into(), String::new())));
+        c.stacks.permissions_boundary_arn = Some("arn:aws:iam::1:policy/b".into());
+        let cluster = stack_parameters("cluster", &c, &outputs).unwrap();
+        assert!(cluster.contains(&(
+            "PermissionsBoundaryArn".into(),
+            "arn:aws:iam::1:policy/b".into()
+        )));
         // Each wave only needs what earlier waves produce.
         let flat: Vec<&str> = UP_WAVES.iter().flat_map(|w| w.iter().copied()).collect();
         assert_eq!(flat, ["network", "registry", "cluster"]);
