@@ -62,6 +62,8 @@ pub struct Session {
     /// The error the session is being closed with, kept for a second `finish_session` when an
     /// interrupt cut the first one short (the first reason is the one that matters).
     pub closing: Option<String>,
+    /// The lock is another run's now (`fence`): closing the session writes nothing.
+    pub lost: bool,
 }
 
 impl Ctx {
@@ -336,6 +338,7 @@ pub async fn begin(
         renewal,
         candidate: None,
         closing: None,
+        lost: false,
     };
     // No await between taking the lock and keeping it here (a contended tokio mutex could yield):
     // nothing else holds the session now, so try_lock takes it at once.
@@ -379,6 +382,13 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
         return;
     };
     session.renewal.abort();
+    if session.lost || session.held.lost() {
+        ctx.out.note(
+            "the app's lock is another run's now: this run leaves its ledger entry and the lock alone (the next command closes the entry as abandoned)",
+        );
+        *held = None;
+        return;
+    }
     let error = match (session.closing.take(), error) {
         (Some(first), Some(now)) => Some(format!("{first}; then {now} while finishing")),
         (first, now) => first.or(now),
@@ -421,6 +431,45 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
     *held = None;
 }
 
+/// TEST-ONLY HOOK (docs/runbook.md): with `RELEASE_TEST_PAUSE_AT=<step>` the first run through
+/// that step stops itself (SIGSTOP) just before it, as a laptop that sleeps or a CI runner that
+/// freezes would, so that the tests can let its lease run out and resume it (SIGCONT).
+fn pause_hook(step: &str) {
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if std::env::var("RELEASE_TEST_PAUSE_AT").is_ok_and(|p| p == step)
+        && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
+    {
+        eprintln!("RELEASE_TEST_PAUSE_AT: stopping before {step}");
+        // SAFETY: raise(3) on our own process; it resumes on SIGCONT.
+        unsafe {
+            libc::raise(libc::SIGSTOP);
+        }
+    }
+}
+
+/// Fencing: before a step that changes anything, the app's lock must still be this run's. One a
+/// run lost (its lease ran out while it was stopped, or another run broke it) stops it here, and
+/// from then on it changes nothing: no teardown of a candidate another run may have made live,
+/// no ledger write, no lock release (the next command closes its entry as abandoned).
+pub async fn fence(ctx: &Ctx, step: &str) -> Result<()> {
+    pause_hook(step);
+    let mut slot = ctx.session.lock().await;
+    let Some(session) = slot.as_mut() else {
+        return Ok(());
+    };
+    if session.store.still_held(&session.held).await? {
+        return Ok(());
+    }
+    session.lost = true;
+    session.candidate = None;
+    Err(Failure::new(
+        Exit::Locked,
+        step,
+        "the app's lock is no longer this run's: another run has taken it (this one's lease ran out while it was stopped, or it was broken with --force-unlock); this run stopped before this step and changes nothing more",
+        "check `release status` and `release history`: what this run did so far is the other run's to judge now",
+    ))
+}
+
 /// Run `f` as a reported step recorded in the ledger.
 pub async fn step<T>(
     ctx: &Ctx,
@@ -430,6 +479,7 @@ pub async fn step<T>(
     what: &str,
     f: impl std::future::Future<Output = Result<(T, String)>>,
 ) -> Result<T> {
+    fence(ctx, name).await?;
     let start = Instant::now();
     ctx.out.start(name, what);
     match f.await {

@@ -389,6 +389,24 @@ fn every_job_is_reachable_and_every_requirement_and_command_is_defined() {
     }
     let unreached: Vec<_> = jobs.difference(&reached).collect();
     assert!(unreached.is_empty(), "jobs no workflow runs: {unreached:?}");
+    // The production binaries are built from the checkout alone: no cache, which any branch's
+    // job can write, is restored into the build job.
+    let cached = |step: &serde_yaml::Value| {
+        let name = step
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| {
+                step.as_mapping()
+                    .and_then(|m| m.keys().next()?.as_str().map(str::to_string))
+            })
+            .unwrap_or_default();
+        name.contains("cache")
+    };
+    let build = config["jobs"]["build"]["steps"].as_sequence().unwrap();
+    assert!(
+        !build.iter().any(cached),
+        "the build job restores a cache: {build:?}"
+    );
 
     const BUILT_IN: [&str; 8] = [
         "checkout",

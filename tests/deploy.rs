@@ -688,3 +688,102 @@ async fn a_colour_deployed_right_after_its_teardown_waits_for_its_old_service() 
     succeeded(&again, "up right after the failed candidate's teardown");
     assert_eq!(summary(&again)["candidate"], "green", "{}", summary(&again));
 }
+
+/// The versions of the ledger written so far.
+async fn ledger_versions(sb: &Sandbox) -> usize {
+    s3(sb)
+        .await
+        .list_object_versions()
+        .bucket(common::STATE_BUCKET)
+        .prefix("apps/iris/ledger.json")
+        .send()
+        .await
+        .unwrap()
+        .versions()
+        .len()
+}
+
+/// Fencing: a run stopped past its lease (a laptop asleep, a frozen CI runner) while another run
+/// takes the lock, deploys and finishes, changes nothing once it resumes. It stops at its next
+/// step with exit 4, tears nothing down (the colour it was deploying is the other run's now), and
+/// writes neither the ledger nor the lock.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_resumed_after_another_took_its_lock_changes_nothing() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    // The shortest lease the configuration takes.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("state:\n  lease_seconds: 30\n");
+    std::fs::write(&cfg, text).unwrap();
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+
+    // A: a candidate, stopped (SIGSTOP) just before its smoke test.
+    let mut a = release_command(&sb, &cfg, &["up", "--force"])
+        .env("RELEASE_TEST_PAUSE_AT", "smoke iris-green")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{}/stat", a.id())).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while !stopped() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never reached its smoke test"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Its lease runs out (no renewal while it is stopped); B breaks the expired lock (what
+    // --force-unlock may do once a lease has expired), deploys green again and releases the lock.
+    std::thread::sleep(Duration::from_secs(35));
+    let b = release(&sb, &cfg, &["up", "--force", "--force-unlock"]);
+    succeeded(&b, "B, after A's lease ran out");
+    let b_release = summary(&b)["release"].as_str().unwrap().to_string();
+    let before = ledger_versions(&sb).await;
+
+    // A resumes: it stops at once, with exit 4.
+    nix::sys::signal::kill(pid(&a), nix::sys::signal::Signal::SIGCONT).unwrap();
+    let status = a.wait().unwrap();
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "A goes on as if it still held the lock"
+    );
+    assert_eq!(
+        ledger_versions(&sb).await,
+        before,
+        "A wrote the ledger after it had lost the lock"
+    );
+    let s3 = s3(&sb).await;
+    assert_eq!(
+        object(&s3, "apps/iris/lock.json").await,
+        None,
+        "A wrote a lock"
+    );
+    // Green is B's candidate, untouched.
+    let green: Value = serde_json::from_str(&kubectl(
+        &sb,
+        &[
+            "get",
+            "deployment",
+            "iris-green",
+            "-n",
+            "models",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(
+        green["metadata"]["annotations"]["release/release-id"], b_release,
+        "green is not B's"
+    );
+    // The next run closes A's entry as abandoned and goes on.
+    succeeded(&release(&sb, &cfg, &["status"]), "status");
+}

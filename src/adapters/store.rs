@@ -32,12 +32,34 @@ pub struct StateStore {
     app: String,
 }
 
-/// A lock we hold: its ETag, for renewal and release.
+/// A lock we hold: its ETag, for renewal and release, and whether we have learnt that it is no
+/// longer ours (a renewal found another run's lock).
 #[derive(Clone)]
 pub struct HeldLock {
     etag: Arc<Mutex<String>>,
     pub lock: Lock,
     lease: u64,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HeldLock {
+    fn new(etag: String, lock: Lock, lease: u64) -> Self {
+        HeldLock {
+            etag: Arc::new(Mutex::new(etag)),
+            lock,
+            lease,
+            lost: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        }
+    }
+
+    /// This run has learnt that another one holds the lock now.
+    pub fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn mark_lost(&self) {
+        self.lost.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn conflict<E: ProvideErrorMetadata>(e: &E, status: Option<u16>) -> bool {
@@ -228,11 +250,7 @@ impl StateStore {
             lock.started = now;
             lock.lease_expires = now + lease;
             if let Some(etag) = self.write("lock.json", &lock, None).await? {
-                return Ok(HeldLock {
-                    etag: Arc::new(Mutex::new(etag)),
-                    lock,
-                    lease,
-                });
+                return Ok(HeldLock::new(etag, lock, lease));
             }
             let Some((existing, etag)) = self.read::<Lock>("lock.json").await? else {
                 continue;
@@ -241,11 +259,7 @@ impl StateStore {
             // Ok only when the lock may be broken (an expired lease, or --force-unlock --yes).
             self.decide(&existing, now, gone, force_unlock, yes)?;
             if let Some(new_etag) = self.write("lock.json", &lock, Some(&etag)).await? {
-                return Ok(HeldLock {
-                    etag: Arc::new(Mutex::new(new_etag)),
-                    lock,
-                    lease,
-                });
+                return Ok(HeldLock::new(new_etag, lock, lease));
             }
         }
         Err(Failure::new(
@@ -266,12 +280,44 @@ impl StateStore {
                 *etag = new;
                 Ok(())
             }
-            None => Err(Failure::new(
-                Exit::Locked,
-                "lock",
-                "our lock was broken by another run (--force-unlock)",
-                "check `release status` and the ledger before re-running",
-            )),
+            None => {
+                held.mark_lost();
+                Err(Failure::new(
+                    Exit::Locked,
+                    "lock",
+                    "our lock was broken by another run (--force-unlock)",
+                    "check `release status` and the ledger before re-running",
+                ))
+            }
+        }
+    }
+
+    /// The lock is still `held`'s: lock.json is the object this run last wrote (a conditional
+    /// HEAD on its ETag; S3 answers 412 for another run's lock, 404 for none). A lock another run
+    /// took, or one that is gone, is lost for good.
+    pub async fn still_held(&self, held: &HeldLock) -> Result<bool> {
+        if held.lost() {
+            return Ok(false);
+        }
+        let etag = held.etag.lock().await.clone();
+        let head = self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.key("lock.json"))
+            .if_match(etag.as_str())
+            .send()
+            .await;
+        match head {
+            Ok(_) => Ok(true),
+            Err(e) => {
+                let status = e.raw_response().map(|r| r.status().as_u16());
+                if matches!(status, Some(412) | Some(404)) {
+                    held.mark_lost();
+                    return Ok(false);
+                }
+                Err(step_failure("lock", sdk(e), &self.bucket))
+            }
         }
     }
 

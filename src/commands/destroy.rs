@@ -228,6 +228,9 @@ impl Run<'_> {
 
     async fn run(&mut self, s: &DestroyStep) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
+        if self.locked {
+            crate::session::fence(ctx, &s.name(&c.app)).await?;
+        }
         match s {
             DestroyStep::Lock => {}
             DestroyStep::Colour { colour, .. } => {

@@ -315,6 +315,7 @@ impl Run<'_> {
                 digest,
                 model_version,
             } => {
+                crate::session::fence(ctx, &name).await?;
                 // The pods read the origin Secret: in place before they are deployed.
                 self.secret().await?;
                 self.to_addr = self
@@ -348,6 +349,7 @@ impl Run<'_> {
                 from_addr,
                 ..
             } => {
+                crate::session::fence(ctx, &name).await?;
                 // Mark the flip before making it, so that a run dying after it is finished, not
                 // redone.
                 annotate(&self.client, ctx, *to, None, Some(plan.kind.pending())).await?;
@@ -376,6 +378,7 @@ impl Run<'_> {
                 }
             }
             FlipStep::Roles { live, old } => {
+                crate::session::fence(ctx, &name).await?;
                 annotate(&self.client, ctx, *live, Some(Role::Live), None).await?;
                 if let Some((c, role)) = old {
                     annotate(&self.client, ctx, *c, Some(*role), None).await?;

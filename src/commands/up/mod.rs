@@ -213,6 +213,8 @@ impl Provision<'_> {
     async fn waves(&mut self) -> Result<()> {
         let (ctx, stacks) = (self.ctx, self.stacks);
         for wave in UP_WAVES {
+            let first = format!("stack {}", ctx.config.stack_name(wave[0]));
+            crate::session::fence(ctx, &first).await?;
             let before: &Outputs = &self.outputs;
             let runs = wave
                 .iter()
@@ -261,6 +263,7 @@ impl Provision<'_> {
     /// Build (or read) the image and push it; its digest goes in the ledger. Returns the digest.
     async fn push_image(&mut self) -> Result<String> {
         let ctx = self.ctx;
+        crate::session::fence(ctx, "image push").await?;
         // The image: built (or read), pushed, its digest recorded.
         let repository = self
             .outputs
