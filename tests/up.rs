@@ -606,3 +606,54 @@ async fn the_cluster_stacks_roles_get_the_configured_permissions_boundary() {
         );
     }
 }
+
+/// The release that last deployed blue.
+fn blue_release(sb: &Sandbox) -> serde_json::Value {
+    let d: serde_json::Value = serde_json::from_str(&common::kubectl(
+        sb,
+        &[
+            "get",
+            "deployment",
+            "iris-blue",
+            "-n",
+            "models",
+            "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    d["metadata"]["annotations"]["release/release-id"].clone()
+}
+
+/// An edge that serves an origin neither colour has (here: blue's Service, and with it its load
+/// balancer, deleted by hand) is not a first release: `up` refuses to change any colour, dry run
+/// or not, instead of deploying over what the edge points at.
+#[tokio::test]
+async fn an_edge_serving_no_colours_address_is_refused_not_taken_for_a_first_release() {
+    let common::Given { sb, cfg } = common::given_blue_live();
+    let blue_before = blue_release(&sb);
+    common::kubectl(
+        &sb,
+        &[
+            "delete",
+            "service",
+            "iris-blue",
+            "-n",
+            "models",
+            "--wait=true",
+        ],
+    );
+    for args in [&["--dry-run", "up"][..], &["up"][..]] {
+        let out = release(&sb, &cfg, args);
+        exits_with(&out, 8);
+        let error = summary(&out)["error"].as_str().unwrap().to_string();
+        assert!(
+            error.contains("which is neither colour's load balancer"),
+            "{args:?}: {error}"
+        );
+    }
+    assert_eq!(common::deployments(&sb), ["iris-blue"]);
+    let blue_after = blue_release(&sb);
+    assert!(blue_before.is_string(), "{blue_before}");
+    assert_eq!(blue_after, blue_before, "blue was deployed over");
+}

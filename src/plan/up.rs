@@ -6,10 +6,60 @@
 use super::colour::{Colour, candidate_for};
 use super::{PlannedStep, planned};
 
+/// The edge as the release phase finds it: before `up` changes a colour, the edge must be
+/// settled and CloudFront done with its last change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum EdgeState {
+    /// No edge stack, or one whose create failed (the first release makes it again).
+    #[default]
+    Absent,
+    /// A usable edge stack with its origin, and whether CloudFront reports the distribution
+    /// `Deployed`.
+    Serving { origin: String, deployed: bool },
+    /// An edge stack in the middle of an operation, or left failed: its status.
+    Unsettled { status: String },
+}
+
+/// Why the release phase changes no colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReleaseRefusal {
+    /// The edge stack is in the middle of an operation, or failed.
+    EdgeUnsettled { status: String },
+    /// CloudFront is still deploying the edge's last change.
+    EdgeDeploying,
+    /// The edge serves an origin that is neither colour's load balancer: a "first release" here
+    /// would deploy over whatever serves traffic.
+    StrayOrigin { origin: String },
+}
+
+impl ReleaseRefusal {
+    /// What is wrong, and what to do.
+    pub fn explain(&self) -> (String, &'static str) {
+        match self {
+            ReleaseRefusal::EdgeUnsettled { status } => (
+                format!("the edge stack is {status}: no colour is changed until it is settled"),
+                "wait for its operation to end (release status), or resolve the failed stack in CloudFormation, then re-run",
+            ),
+            ReleaseRefusal::EdgeDeploying => (
+                "CloudFront is still deploying the edge's last change: no colour is changed until it is Deployed".into(),
+                "wait until `release status` shows the edge Deployed, then re-run",
+            ),
+            ReleaseRefusal::StrayOrigin { origin } => (
+                format!(
+                    "the edge serves {origin}, which is neither colour's load balancer: a first release would deploy over what serves traffic"
+                ),
+                "point the edge stack's OriginDomain back at a colour, or remove the edge (release destroy) before releasing again (docs/runbook.md)",
+            ),
+        }
+    }
+}
+
 /// What the release phase of `up` decides from, as observed.
 #[derive(Debug, Clone, Default)]
 pub struct ReleaseWorld {
     pub app: String,
+    /// The edge stack and CloudFront's state of it.
+    pub edge: EdgeState,
     /// The colour the edge serves.
     pub live: Option<Colour>,
     /// The live colour already runs this build's image digest and manifests.
@@ -142,8 +192,24 @@ impl ReleasePlan {
     }
 }
 
-/// Decide the release phase of `up` from `w`.
-pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> ReleasePlan {
+/// Decide the release phase of `up` from `w`, or refuse to change any colour.
+pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan, ReleaseRefusal> {
+    match &w.edge {
+        EdgeState::Unsettled { status } => {
+            return Err(ReleaseRefusal::EdgeUnsettled {
+                status: status.clone(),
+            });
+        }
+        EdgeState::Serving {
+            deployed: false, ..
+        } => return Err(ReleaseRefusal::EdgeDeploying),
+        EdgeState::Serving { origin, .. } if w.live.is_none() => {
+            return Err(ReleaseRefusal::StrayOrigin {
+                origin: origin.clone(),
+            });
+        }
+        _ => {}
+    }
     let mut steps = Vec::new();
     if let Some(what) = &w.controller {
         steps.push(ReleaseStep::Controller { what: what.clone() });
@@ -155,11 +221,11 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> ReleasePlan {
                 url: url.clone(),
             });
         }
-        return ReleasePlan {
+        return Ok(ReleasePlan {
             live: w.live,
             candidate: None,
             steps,
-        };
+        });
     }
     let colour = candidate_for(w.live);
     steps.push(ReleaseStep::Deploy {
@@ -180,11 +246,11 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> ReleasePlan {
             requests: s.requests.min(20),
         });
     }
-    ReleasePlan {
+    Ok(ReleasePlan {
         live: w.live,
         candidate: Some(colour),
         steps,
-    }
+    })
 }
 
 /// The provisioning steps of `up` before the release phase, in the order the real run takes
@@ -224,6 +290,10 @@ mod tests {
     fn blue_live() -> ReleaseWorld {
         ReleaseWorld {
             app: "iris".into(),
+            edge: EdgeState::Serving {
+                origin: "blue.lb".into(),
+                deployed: true,
+            },
             live: Some(Blue),
             live_runs_this_build: false,
             public_url: Some("https://d1.cloudfront.net".into()),
@@ -247,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_new_build_is_deployed_to_the_idle_colour_and_tested_as_a_candidate() {
-        let p = plan_release(&blue_live(), settings());
+        let p = plan_release(&blue_live(), settings()).unwrap();
         assert_eq!(names(&p), ["deploy iris-green", "smoke iris-green"]);
         assert_eq!(p.candidate, Some(Green));
         assert!(p.candidate_waits());
@@ -258,7 +328,8 @@ mod tests {
                 compare_live: true,
                 ..settings()
             },
-        );
+        )
+        .unwrap();
         assert!(
             compared.steps[1]
                 .what("iris")
@@ -272,7 +343,7 @@ mod tests {
             live_runs_this_build: true,
             ..blue_live()
         };
-        let p = plan_release(&same, settings());
+        let p = plan_release(&same, settings()).unwrap();
         assert_eq!(p.candidate, None);
         assert!(!p.candidate_waits());
         assert_eq!(names(&p), ["verify public URL"]);
@@ -280,14 +351,15 @@ mod tests {
             public_url: None,
             ..same.clone()
         };
-        assert!(plan_release(&no_edge, settings()).steps.is_empty());
+        assert!(plan_release(&no_edge, settings()).unwrap().steps.is_empty());
         let forced = plan_release(
             &same,
             ReleaseSettings {
                 force: true,
                 ..settings()
             },
-        );
+        )
+        .unwrap();
         assert_eq!(forced.candidate, Some(Green));
     }
 
@@ -324,14 +396,66 @@ mod tests {
     }
 
     #[test]
+    fn no_colour_changes_while_the_edge_is_unsettled_deploying_or_serving_a_stray_origin() {
+        let refused = |edge: EdgeState, live: Option<Colour>| {
+            let w = ReleaseWorld {
+                edge,
+                live,
+                ..blue_live()
+            };
+            plan_release(&w, settings()).unwrap_err()
+        };
+        assert_eq!(
+            refused(
+                EdgeState::Unsettled {
+                    status: "UPDATE_IN_PROGRESS".into()
+                },
+                Some(Blue)
+            ),
+            ReleaseRefusal::EdgeUnsettled {
+                status: "UPDATE_IN_PROGRESS".into()
+            }
+        );
+        let deploying = EdgeState::Serving {
+            origin: "blue.lb".into(),
+            deployed: false,
+        };
+        assert_eq!(
+            refused(deploying, Some(Blue)),
+            ReleaseRefusal::EdgeDeploying
+        );
+        // An edge whose origin is no colour's: not a first release.
+        let stray = EdgeState::Serving {
+            origin: "old.lb".into(),
+            deployed: true,
+        };
+        let r = refused(stray, None);
+        assert_eq!(
+            r,
+            ReleaseRefusal::StrayOrigin {
+                origin: "old.lb".into()
+            }
+        );
+        assert!(r.explain().0.contains("neither colour's load balancer"));
+        // A failed first create of the edge is made again: still a first release.
+        let w = ReleaseWorld {
+            edge: EdgeState::Absent,
+            live: None,
+            ..blue_live()
+        };
+        assert_eq!(plan_release(&w, settings()).unwrap().candidate, Some(Blue));
+    }
+
+    #[test]
     fn the_first_release_deploys_blue_and_puts_it_live_through_a_new_edge() {
         let w = ReleaseWorld {
             live: None,
+            edge: EdgeState::Absent,
             public_url: None,
             controller: Some("install".into()),
             ..blue_live()
         };
-        let p = plan_release(&w, settings());
+        let p = plan_release(&w, settings()).unwrap();
         assert_eq!(
             names(&p),
             [

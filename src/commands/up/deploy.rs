@@ -12,7 +12,9 @@ use crate::adapters::store::StateStore;
 use crate::commands::steps::{mark_live, roll_out, smoke_test, wait_deployed, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::Outputs;
-use crate::plan::up::{ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release};
+use crate::plan::up::{
+    EdgeState, ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release,
+};
 use crate::session::{Ctx, step};
 
 /// The cluster as the release phase sees it.
@@ -50,6 +52,7 @@ pub(super) async fn observe(
         Err(_) => None,
     };
     let edge = stacks.observe(&c.stack_name("edge")).await?;
+    let edge_state = edge_state(ctx, &edge).await?;
     let mut observed = BTreeMap::new();
     for col in Colour::ALL {
         observed.insert(col, colour::observe(&client, c, col).await?);
@@ -75,6 +78,7 @@ pub(super) async fn observe(
     Ok(Some(Observed {
         world: ReleaseWorld {
             app: c.app.clone(),
+            edge: edge_state,
             live,
             live_runs_this_build,
             public_url: crate::commands::observe::public_url(ctx, &edge),
@@ -85,6 +89,71 @@ pub(super) async fn observe(
         addresses,
         inputs,
     }))
+}
+
+/// The edge stack's phase and origin, and CloudFront's word on the distribution
+/// (`GetDistribution`'s `Status`: `InProgress` while a change spreads, then `Deployed`).
+async fn edge_state(ctx: &Ctx, edge: &crate::adapters::stacks::Observed) -> Result<EdgeState> {
+    use crate::plan::stack::StackPhase;
+    Ok(match edge.phase() {
+        StackPhase::Absent | StackPhase::FailedCreate => EdgeState::Absent,
+        StackPhase::Ready => {
+            let deployed = match edge.outputs.get("DistributionId") {
+                Some(id) => crate::adapters::endpoint::cloudfront(&ctx.aws)
+                    .get_distribution()
+                    .id(id)
+                    .send()
+                    .await
+                    .map_err(|e| {
+                        Failure::new(
+                            Exit::Aws,
+                            "edge",
+                            crate::error::sdk(e),
+                            "check CloudFront access and re-run",
+                        )
+                    })?
+                    .distribution()
+                    .is_some_and(|d| d.status() == "Deployed"),
+                None => true,
+            };
+            // Required before any colour changes: the real run waits for it (a run that died
+            // right after an edge change finds CloudFront still spreading it); a dry run says so.
+            let deployed = match (deployed, edge.outputs.get("DistributionId")) {
+                (false, Some(id)) if !ctx.dry_run => {
+                    crate::commands::steps::wait_deployed(
+                        ctx,
+                        id,
+                        "edge",
+                        "wait for CloudFront, then re-run",
+                    )
+                    .await?;
+                    true
+                }
+                (false, Some(_)) => {
+                    ctx.out.note("plan: edge: CloudFront is still deploying the edge's last change; up waits until it is Deployed before it changes any colour");
+                    true
+                }
+                (d, _) => d,
+            };
+            EdgeState::Serving {
+                origin: edge
+                    .parameters
+                    .get("OriginDomain")
+                    .cloned()
+                    .unwrap_or_default(),
+                deployed,
+            }
+        }
+        _ => EdgeState::Unsettled {
+            status: edge.status_text(),
+        },
+    })
+}
+
+/// A release phase refused: exit 8, the reason and what to do.
+pub(super) fn refused(r: crate::plan::up::ReleaseRefusal) -> Failure {
+    let (why, hint) = r.explain();
+    Failure::new(Exit::Precondition, "release", why, hint)
 }
 
 /// The release phase's settings, from the config and `--force`.
@@ -122,7 +191,7 @@ pub(super) async fn deploy(
         ));
     };
     let inputs = seen.inputs?;
-    let mut plan = plan_release(&seen.world, settings(ctx, force));
+    let mut plan = plan_release(&seen.world, settings(ctx, force)).map_err(refused)?;
     let mut run = Release {
         ctx,
         stacks,
@@ -153,7 +222,7 @@ pub(super) async fn deploy(
                 controller: None,
                 ..again.world
             };
-            let rest = plan_release(&world, settings(ctx, force));
+            let rest = plan_release(&world, settings(ctx, force)).map_err(refused)?;
             plan = ReleasePlan {
                 steps: std::iter::once(first).chain(rest.steps).collect(),
                 ..rest

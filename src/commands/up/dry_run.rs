@@ -170,7 +170,7 @@ async fn dry_run_colour(
     if seen.inputs.is_err() {
         world.controller = Some(controller.clone());
     }
-    let plan = plan_release(&world, settings(ctx, force));
+    let plan = plan_release(&world, settings(ctx, force)).map_err(super::deploy::refused)?;
     let what = match (plan.candidate, plan.live) {
         (None, _) => format!(
             "nothing to release: {} is live with this image and these manifests (--force deploys a candidate anyway); verify it through the public URL",
