@@ -49,13 +49,17 @@ pub struct Global {
     /// Answer yes to confirmations (needed without a TTY for destructive commands).
     #[arg(long, short = 'y', global = true, env = "RELEASE_YES")]
     pub yes: bool,
+    /// With --force-unlock: break even a live run's lock (its lease running). Its own flag, with
+    /// no environment variable: a script that exports RELEASE_YES must not break a live lock.
+    #[arg(long, global = true)]
+    pub break_live_lock: bool,
     /// More logs (-v: info, -vv: debug), on stderr.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
 /// The help of every command's --force-unlock.
-const FORCE_UNLOCK: &str = "Break a dead run's lock (its process gone from this host, or its lease expired; with --yes even a live one)";
+const FORCE_UNLOCK: &str = "Break a dead run's lock (its process gone from this host, or its lease expired; with --break-live-lock even a live one)";
 
 #[derive(Subcommand)]
 pub enum Command {

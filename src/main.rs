@@ -185,6 +185,7 @@ async fn context(cli: &Cli, out: &Reporter) -> Result<Ctx, ExitCode> {
         out: Reporter::new(g.output),
         dry_run: g.dry_run,
         yes: g.yes,
+        break_live_lock: g.break_live_lock,
         session: Arc::new(tokio::sync::Mutex::new(None)),
         closing: std::sync::atomic::AtomicBool::new(false),
         executed: std::sync::Mutex::new(Vec::new()),

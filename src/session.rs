@@ -25,6 +25,8 @@ pub struct Ctx {
     pub out: Reporter,
     pub dry_run: bool,
     pub yes: bool,
+    /// `--break-live-lock`: `--force-unlock` may break a live run's lock.
+    pub break_live_lock: bool,
     /// The lock and release this run holds, so that an interrupt can finish them.
     pub session: Arc<Mutex<Option<Session>>>,
     /// `finish_session` is running: a signal now waits for it (`interruptible`).
@@ -314,7 +316,12 @@ pub async fn begin(
         .start("lock", &format!("taking the lock on {}", ctx.config.app));
     let t = Instant::now();
     let held = match store
-        .acquire(lock, ctx.config.state.lease_seconds, force_unlock, ctx.yes)
+        .acquire(
+            lock,
+            ctx.config.state.lease_seconds,
+            force_unlock,
+            ctx.break_live_lock,
+        )
         .await
     {
         Ok(h) => h,

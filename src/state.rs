@@ -57,9 +57,9 @@ pub enum LockDecision {
     Held,
     /// Its lease expired and `--force-unlock` was given: take it over.
     BreakExpired,
-    /// `--force-unlock --yes` on a live lock: take it over anyway.
+    /// `--force-unlock --break-live-lock` on a live lock: take it over anyway.
     BreakLive,
-    /// `--force-unlock` on a live lock without `--yes`: refuse.
+    /// `--force-unlock` on a live lock without `--break-live-lock`: refuse.
     RefuseLive,
 }
 
@@ -70,9 +70,13 @@ pub fn decide_lock(
     now: u64,
     holder_gone: bool,
     force_unlock: bool,
-    yes: bool,
+    break_live: bool,
 ) -> LockDecision {
-    match (force_unlock, existing.expired(now) || holder_gone, yes) {
+    match (
+        force_unlock,
+        existing.expired(now) || holder_gone,
+        break_live,
+    ) {
         (false, _, _) => LockDecision::Held,
         (true, true, _) => LockDecision::BreakExpired,
         (true, false, true) => LockDecision::BreakLive,
@@ -217,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn a_live_lock_is_only_broken_with_force_and_yes() {
+    fn a_live_lock_is_only_broken_with_force_and_break_live_lock() {
         assert_eq!(
             decide_lock(&lock(200), 150, false, false, true),
             LockDecision::Held
@@ -258,7 +262,7 @@ mod tests {
         assert_eq!(
             decide_lock(&l, 150, true, true, false),
             LockDecision::BreakExpired,
-            "--force-unlock breaks a dead holder's lock without --yes"
+            "--force-unlock breaks a dead holder's lock without --break-live-lock"
         );
         assert_eq!(decide_lock(&l, 150, true, false, false), LockDecision::Held);
     }

@@ -188,7 +188,18 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
     assert_eq!(
         refused.status.code(),
         Some(4),
-        "a live lock is not broken without --yes"
+        "a live lock is not broken without --break-live-lock"
+    );
+    // Not with --yes either (what a scripted destroy exports as RELEASE_YES).
+    let yes = release(&sb, &cfg, &["--yes", "up", "--force-unlock"]);
+    assert_eq!(yes.status.code(), Some(4), "--yes broke a live lock");
+    assert!(
+        summary(&yes)["what_to_do"]
+            .as_str()
+            .unwrap()
+            .contains("--break-live-lock"),
+        "{}",
+        summary(&yes)
     );
     put_lock(now - 1).await.unwrap();
     assert_eq!(

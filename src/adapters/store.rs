@@ -218,7 +218,7 @@ impl StateStore {
                 Exit::Locked,
                 "lock",
                 format!("refusing to break a live lock: {}", existing.describe(now)),
-                "make sure that run is really gone, then add --yes to break it anyway",
+                "make sure that run is really gone, then add --break-live-lock to break it anyway (--yes does not)",
             )),
             d => Ok(d),
         }
@@ -256,7 +256,7 @@ impl StateStore {
                 continue;
             };
             let gone = existing.holder_gone(&lock.host, process_alive);
-            // Ok only when the lock may be broken (an expired lease, or --force-unlock --yes).
+            // Ok only when the lock may be broken (an expired lease, or --force-unlock --break-live-lock).
             self.decide(&existing, now, gone, force_unlock, yes)?;
             if let Some(new_etag) = self.write("lock.json", &lock, Some(&etag)).await? {
                 return Ok(HeldLock::new(new_etag, lock, lease));

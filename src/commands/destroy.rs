@@ -109,7 +109,11 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
     if ctx.dry_run {
         let bucket = store.bucket_exists().await?;
         store
-            .check_lock(&crate::session::hostname(), force_unlock, ctx.yes)
+            .check_lock(
+                &crate::session::hostname(),
+                force_unlock,
+                ctx.break_live_lock,
+            )
             .await?;
         let (world, _) = observe(ctx, &stacks, bucket, delete_images).await?;
         let plan = print_plan(

@@ -197,7 +197,9 @@ async fn flip_to(
     if ctx.dry_run {
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
-        store.check_lock(&hostname(), force_unlock, ctx.yes).await?;
+        store
+            .check_lock(&hostname(), force_unlock, ctx.break_live_lock)
+            .await?;
         let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest).await?;
         return Ok(print_plan(
             ctx,

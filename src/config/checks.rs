@@ -38,8 +38,14 @@ impl Config {
                 ));
             }
         }
-        if self.state.lease_seconds < 30 {
-            return Err(err(file, "state.lease_seconds", "must be at least 30"));
+        // Bounded above too: a lease of hours would leave a dead run's lock in the way for hours,
+        // and let a stopped run come back inside its lease.
+        if !(30..=3600).contains(&self.state.lease_seconds) {
+            return Err(err(
+                file,
+                "state.lease_seconds",
+                "between 30 and 3600 (seconds)",
+            ));
         }
         let tag_ok = !self.image.tag.is_empty()
             && self.image.tag.len() <= 128

@@ -554,6 +554,10 @@ mod tests {
                 "state.bucket",
             ),
             (
+                "app: iris\nimage: {binary: ms, tag: a}\nstate: {lease_seconds: 86400}\n",
+                "state.lease_seconds",
+            ),
+            (
                 "app: iris\nimage: {binary: ms, tag: a}\nstacks: {permissions_boundary_arn: 'arn:aws:iam::1:role/r'}\n",
                 "stacks.permissions_boundary_arn",
             ),

@@ -20,7 +20,7 @@ pub(super) async fn dry_run(
 ) -> Result<Value> {
     // First, as the real run: a lock held by someone else is exit 4, not a plan.
     store
-        .check_lock(&hostname(), args.force_unlock, ctx.yes)
+        .check_lock(&hostname(), args.force_unlock, ctx.break_live_lock)
         .await?;
     let bucket = store.bucket_exists().await?;
     let mut summary = serde_json::Map::new();
