@@ -665,6 +665,60 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
     }
 }
 
+/// An S3 endpoint that accepts connections and never answers does not hold a run (and the lock
+/// it may hold) for ever: each S3 call has a timeout, and the run ends with exit 5 naming it.
+#[test]
+fn an_s3_endpoint_that_never_answers_ends_the_run_with_a_timeout() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    // Accept and keep every connection open, answering nothing.
+    std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for conn in listener.incoming().flatten() {
+            open.push(conn);
+        }
+    });
+    let cfg = root().join("examples/sandbox/release-silent-s3.yaml");
+    let _cleanup = Remove(cfg.clone());
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(root().join("examples/sandbox/release.yaml")).unwrap()
+            + "state:\n  bucket: iris-state-of-our-own\n",
+    )
+    .unwrap();
+    let home = tempdir("silent-home");
+    let mut child = bin()
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &home)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["--output", "json", "--dry-run", "promote"])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "x")
+        .env("AWS_REGION", "us-east-1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A bound for the test itself, far above the call's timeout: without one the run never ends.
+    let bound = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > bound {
+            child.kill().unwrap();
+            panic!("the run still waits for S3 after 180 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = child.wait_with_output().unwrap();
+    exits_with(&out, 5);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("state bucket") && stdout.contains("timed out"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn a_smoke_case_file_without_cases_is_a_configuration_error_before_anything_runs() {
     let dir = tempdir("nocases");

@@ -172,13 +172,30 @@ pub fn cloudformation(aws: &aws_config::SdkConfig) -> aws_sdk_cloudformation::Cl
 /// S3 for the state bucket. A custom endpoint (the sandbox, a local S3) has no per-bucket host
 /// names: path-style URLs there.
 pub fn s3(aws: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    // S3 holds the lock and the ledger, and the SDK sets no operation timeout by default
+    // (aws-smithy-types `TimeoutConfig`: only the connect timeout): a call to an endpoint that
+    // accepts and never answers would hold the run, and its lock, for ever. Each attempt gets
+    // S3_ATTEMPT, each call S3_CALL with its retries; the connect timeout stays the SDK's.
+    let timeouts = aws
+        .timeout_config()
+        .map(|t| t.to_builder())
+        .unwrap_or_default()
+        .operation_attempt_timeout(S3_ATTEMPT)
+        .operation_timeout(S3_CALL)
+        .build();
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(aws)
             .force_path_style(aws.endpoint_url().is_some())
+            .timeout_config(timeouts)
             .interceptor(GiveUpOnUnreachable { service: "S3" })
             .build(),
     )
 }
+
+/// The longest one attempt of an S3 call may take (until its response's headers: a body is read
+/// after), and the longest the call may take with its retries.
+const S3_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(10);
+const S3_CALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub fn ecr(aws: &aws_config::SdkConfig) -> aws_sdk_ecr::Client {
     aws_sdk_ecr::Client::from_conf(
