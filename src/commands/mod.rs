@@ -13,14 +13,19 @@ use serde_json::{Value, json};
 
 use crate::session::Ctx;
 
+/// Print one planned step: `plan: <step>: <what>`, then what undoes it.
+pub fn print_step(ctx: &Ctx, s: &crate::plan::PlannedStep) {
+    ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
+    if let Some(undo) = &s.undo {
+        ctx.out.note(&format!("      undo: {undo}"));
+    }
+}
+
 /// Print a dry run's steps (`plan: <step>: <what>`, then what undoes it) and return them as the command's summary,
 /// with `extra`'s fields.
 pub fn print_plan(ctx: &Ctx, steps: &[crate::plan::PlannedStep], extra: Value) -> Value {
     for s in steps {
-        ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
-        if let Some(undo) = &s.undo {
-            ctx.out.note(&format!("      undo: {undo}"));
-        }
+        print_step(ctx, s);
     }
     let mut summary = match extra {
         Value::Object(m) => m,

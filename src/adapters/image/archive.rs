@@ -155,16 +155,7 @@ fn from_docker_save(files: &Files) -> std::io::Result<Image> {
         let tar = file(l.as_str().unwrap_or_default())?;
         layers.push(blob(LAYER_MEDIA_TYPE, gzip(&tar)?));
     }
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
-        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
-    });
-    Ok(Image {
-        config,
-        layers,
-        manifest: manifest.to_string(),
-    })
+    Ok(Image::of(config, layers))
 }
 
 pub(super) const INDEX_MEDIA_TYPES: [&str; 2] = [

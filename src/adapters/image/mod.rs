@@ -264,16 +264,23 @@ pub fn from_binary(
         serde_json::to_vec(&config).map_err(std::io::Error::other)?,
     );
     let layers: Vec<ImageBlob> = layers.into_iter().map(|(b, _)| b).collect();
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
-        "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
-        "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
-    });
-    Ok(Image {
-        config,
-        layers,
-        manifest: manifest.to_string(),
-    })
+    Ok(Image::of(config, layers))
+}
+
+impl Image {
+    /// The image made of `config` and `layers`, with the OCI manifest that names them.
+    fn of(config: ImageBlob, layers: Vec<ImageBlob>) -> Image {
+        let manifest = json!({
+            "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE,
+            "config": {"mediaType": config.media_type, "digest": config.digest, "size": config.size},
+            "layers": layers.iter().map(|l| json!({"mediaType": l.media_type, "digest": l.digest, "size": l.size})).collect::<Vec<_>>(),
+        });
+        Image {
+            config,
+            layers,
+            manifest: manifest.to_string(),
+        }
+    }
 }
 
 /// Write `image` as an OCI image layout (`oci-layout`, `index.json`, `blobs/sha256/...`).

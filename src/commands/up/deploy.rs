@@ -53,18 +53,11 @@ pub(super) async fn observe(
     };
     let edge = stacks.observe(&c.stack_name("edge")).await?;
     let edge_state = edge_state(ctx, &edge).await?;
-    let mut observed = BTreeMap::new();
-    for col in Colour::ALL {
-        observed.insert(col, colour::observe(&client, c, col).await?);
-    }
-    let addresses: BTreeMap<Colour, Option<String>> = observed
+    let (observed, live) = crate::commands::observe::colours(&client, c, &edge).await?;
+    let addresses = observed
         .iter()
         .map(|(k, v)| (*k, v.address.clone()))
         .collect();
-    let live = colour::live_colour(
-        edge.parameters.get("OriginDomain").map(String::as_str),
-        &addresses,
-    );
     let live_runs_this_build = match live {
         Some(l) => {
             let templates = ctx.base.join(&c.deploy.templates);

@@ -45,10 +45,7 @@ pub(super) async fn dry_run(
     match release {
         Some(r) => {
             for s in r.printed(&ctx.config.app) {
-                ctx.out.note(&format!("plan: {}: {}", s.step, s.what));
-                if let Some(undo) = &s.undo {
-                    ctx.out.note(&format!("      undo: {undo}"));
-                }
+                crate::commands::print_step(ctx, &s);
                 steps.push(s);
             }
         }
