@@ -178,6 +178,12 @@ async fn context(cli: &Cli, out: &Reporter) -> Result<Ctx, ExitCode> {
     {
         return Err(fail(out, &e));
     }
+    if config.state.bucket_owner.is_none() {
+        match caller_account(&aws, "the state bucket's owner").await {
+            Ok(account) => config.state.bucket_owner = Some(account),
+            Err(e) => return Err(fail(out, &e)),
+        }
+    }
     Ok(Ctx {
         config,
         base,
@@ -408,6 +414,19 @@ async fn resolve_state_bucket(
             "set AWS_REGION, --region or region in the config",
         )
     })?;
+    let account = caller_account(aws, "the default state bucket's name").await?;
+    config
+        .state
+        .bucket_owner
+        .get_or_insert_with(|| account.clone());
+    config
+        .resolve_state_bucket(&account, &region)
+        .map_err(|e| Failure::new(Exit::Config, "configuration", e, hint))
+}
+
+/// The caller's AWS account (STS GetCallerIdentity), for `what`.
+async fn caller_account(aws: &aws_config::SdkConfig, what: &str) -> Result<String, Failure> {
+    let hint = "check the AWS credentials and region, or set state.bucket and state.bucket_owner in the config";
     let who = release::adapters::endpoint::sts(aws)
         .get_caller_identity()
         .send()
@@ -417,23 +436,23 @@ async fn resolve_state_bucket(
                 Exit::Aws,
                 "state bucket",
                 format!(
-                    "cannot tell the account the default state bucket is named after: {}",
+                    "cannot tell the account for {what}: {}",
                     release::error::sdk(e)
                 ),
                 hint,
             )
         })?;
-    let account = who.account().filter(|a| !a.is_empty()).ok_or_else(|| {
-        Failure::new(
-            Exit::Aws,
-            "state bucket",
-            "STS GetCallerIdentity named no account: the default state bucket is named after it",
-            hint,
-        )
-    })?;
-    config
-        .resolve_state_bucket(account, &region)
-        .map_err(|e| Failure::new(Exit::Config, "configuration", e, hint))
+    who.account()
+        .filter(|a| !a.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Aws,
+                "state bucket",
+                format!("STS GetCallerIdentity named no account, needed for {what}"),
+                hint,
+            )
+        })
 }
 
 /// Whether `signal` was ignored when this process started (before any handler of ours).

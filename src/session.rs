@@ -79,7 +79,12 @@ impl Ctx {
 
     pub fn store(&self) -> StateStore {
         let s3 = crate::adapters::endpoint::s3(&self.aws);
-        StateStore::new(s3, self.config.state_bucket(), self.config.app.clone())
+        StateStore::new(
+            s3,
+            self.config.state_bucket(),
+            self.config.state.bucket_owner.clone(),
+            self.config.app.clone(),
+        )
     }
 
     pub fn template(&self, name: &str) -> Result<String> {
@@ -141,11 +146,7 @@ pub(crate) async fn record(
     step: StepRecord,
 ) -> Result<()> {
     let recorded = store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(id) {
-                r.steps.push(step.clone());
-            }
-        })
+        .update_release(id, |r| r.steps.push(step.clone()))
         .await
         .map(|_| ())
         .inspect_err(|e| {
@@ -265,31 +266,27 @@ async fn open_entry(
     ci: Option<String>,
     steps: Vec<StepRecord>,
 ) -> Result<String> {
-    let mut release_id = String::new();
     let now_s = now();
     store
-        .update_ledger(|l| {
-            release_id = l.next_id(now_s);
-            l.close_abandoned(&release_id, now_s);
-            l.releases.push(Release {
-                id: release_id.clone(),
-                action: action.into(),
-                actor: actor.to_string(),
-                ci_build_url: ci.clone(),
-                started: now_s,
-                finished: None,
-                outcome: Outcome::InProgress,
-                colour: None,
-                image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
-                image_digest: None,
-                model_version: (action == "up").then(|| ctx.config.model.version.clone()),
-                went_live: false,
-                steps: steps.clone(),
-                error: None,
-            });
+        .open_release(now_s, |seq, id| Release {
+            id,
+            seq,
+            action: action.into(),
+            actor: actor.to_string(),
+            ci_build_url: ci.clone(),
+            started: now_s,
+            finished: None,
+            outcome: Outcome::InProgress,
+            colour: None,
+            image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
+            image_digest: None,
+            model_version: (action == "up").then(|| ctx.config.model.version.clone()),
+            went_live: false,
+            live_below: None,
+            steps: steps.clone(),
+            error: None,
         })
-        .await?;
-    Ok(release_id)
+        .await
 }
 
 /// Take the app's lock (renewed until the session ends) and open a ledger entry for `action`;
@@ -310,7 +307,8 @@ pub async fn begin(
         ci_build_url: ci.clone(),
         started: 0,
         lease_expires: 0,
-        pid: Some(std::process::id()),
+        lease_seconds: None,
+        process: crate::adapters::store::this_process(),
     };
     ctx.out
         .start("lock", &format!("taking the lock on {}", ctx.config.app));
@@ -422,12 +420,10 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
         let id = session.release_id.clone();
         let _ = session
             .store
-            .update_ledger(|l| {
-                if let Some(r) = l.get_mut(&id) {
-                    r.outcome = outcome;
-                    r.finished = Some(finished);
-                    r.error = error.clone();
-                }
+            .update_release(&id, |r| {
+                r.outcome = outcome;
+                r.finished = Some(finished);
+                r.error = error.clone();
             })
             .await;
         session.release_id.clear();

@@ -15,10 +15,30 @@ pub struct Lock {
     /// Unix seconds.
     pub started: u64,
     pub lease_expires: u64,
-    /// The holder's process id on `host`: a lock whose process is gone from this very host is
+    /// How long the lease runs from each write of the lock: judged from the store's own clock
+    /// (the object's Last-Modified against the store's Date, [`Lock::on_store_clock`]), never
+    /// the holder's, whose clock may be off or whose laptop slept.
+    #[serde(default)]
+    pub lease_seconds: Option<u64>,
+    /// The holding process, as exactly as it can be told apart: a lock whose process is gone is
     /// dead, and `--force-unlock` breaks it without waiting for the lease.
     #[serde(default)]
-    pub pid: Option<u32>,
+    pub process: Option<Process>,
+}
+
+/// A process, told apart from every other: a hostname and a pid alone are not enough (hosts
+/// share names; containers share pids; pids are reused).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// The kernel's boot id (Linux: /proc/sys/kernel/random/boot_id): one machine, one boot.
+    pub boot_id: String,
+    /// The pid namespace it runs in (Linux: /proc/self/ns/pid): the same pid in two containers
+    /// is two processes.
+    pub pid_ns: String,
+    /// When it started, in clock ticks after boot (/proc/<pid>/stat, field 22): a later process
+    /// that reused the pid started at another time.
+    pub start_ticks: u64,
 }
 
 impl Lock {
@@ -26,9 +46,33 @@ impl Lock {
         now >= self.lease_expires
     }
 
-    /// Held by a process on `host` that no longer runs (`alive` answers for a pid on this host).
-    pub fn holder_gone(&self, host: &str, alive: impl Fn(u32) -> bool) -> bool {
-        self.host == host && self.pid.is_some_and(|p| !alive(p))
+    /// Held by a process that is known to be gone: it ran on this very machine and boot
+    /// (`here`: this process) in the same pid namespace, and `started` (when the process with
+    /// that pid started, if there is one) says it is no longer there. Anything else, a lock
+    /// from another host, even one of the same name, or one that names no process, is not
+    /// known to be dead.
+    pub fn holder_gone(
+        &self,
+        here: Option<&Process>,
+        started: impl Fn(u32) -> Option<u64>,
+    ) -> bool {
+        match (&self.process, here) {
+            (Some(holder), Some(here)) => {
+                holder.boot_id == here.boot_id
+                    && holder.pid_ns == here.pid_ns
+                    && started(holder.pid) != Some(holder.start_ticks)
+            }
+            _ => false,
+        }
+    }
+
+    /// The lock with its lease measured on the store's clock: from `written` (when the store
+    /// last wrote it), for its lease. A lock from before the lease was recorded keeps its own.
+    pub fn on_store_clock(mut self, written: u64) -> Lock {
+        if let Some(lease) = self.lease_seconds {
+            self.lease_expires = written + lease;
+        }
+        self
     }
 
     pub fn describe(&self, now: u64) -> String {
@@ -105,6 +149,9 @@ pub struct StepRecord {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Release {
     pub id: String,
+    /// Its number: it names the release's object, `releases/<seq>.json`.
+    #[serde(default)]
+    pub seq: u64,
     pub action: String,
     pub actor: String,
     #[serde(default)]
@@ -126,87 +173,201 @@ pub struct Release {
     /// promote or a rollback): what `rollback` redeploys from once the colour is retired.
     #[serde(default)]
     pub went_live: bool,
+    /// The go-live under this one on the rollback stack (its `seq`): what a rollback from this
+    /// release puts back. Set when it went live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_below: Option<u64>,
     #[serde(default)]
     pub steps: Vec<StepRecord>,
     #[serde(default)]
     pub error: Option<String>,
 }
 
+/// The ledger as one document, `ledger.json`: how releases were stored before the ledger became
+/// one object per release. Read once, to move it into the new layout ([`migrate`]).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Ledger {
     #[serde(default)]
     pub releases: Vec<Release>,
 }
 
-impl Ledger {
-    /// A new release id: the date and a counter, unique within this ledger.
-    pub fn next_id(&self, now: u64) -> String {
-        let day = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(now),
-        )
-        .to_string();
-        let day = day[..10].replace('-', "");
-        let n = self
-            .releases
-            .iter()
-            .filter(|r| r.id.starts_with(&day))
-            .count()
-            + 1;
-        format!("{day}-{n:03}")
-    }
+/// The ledger's small head (`ledger-head.json`): all a run reads to open its entry, close the
+/// entries of runs that died, and find what to roll back to. Each release is an object of its
+/// own (`releases/<seq>.json`), so what a run moves does not grow with the history.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The number the next release gets. Taken by rewriting the head with `If-Match`, so two runs
+    /// never get the same one, and a deleted entry never frees its number.
+    pub next: u64,
+    /// Releases opened and not closed yet: after a crash, the next run closes them.
+    #[serde(default)]
+    pub open: Vec<u64>,
+    /// The newest verified go-live still on the rollback stack (see [`Release::live_below`]).
+    #[serde(default)]
+    pub live_top: Option<u64>,
+}
 
-    pub fn get_mut(&mut self, id: &str) -> Option<&mut Release> {
-        self.releases.iter_mut().find(|r| r.id == id)
+impl Head {
+    /// Take the next release number and mark it open.
+    pub fn open_release(&mut self) -> u64 {
+        let seq = self.next.max(1);
+        self.next = seq + 1;
+        self.open.push(seq);
+        seq
     }
+}
 
-    /// The release that was live before the one now live (`live`): what `rollback` puts back, and
-    /// redeploys from its recorded image when that colour was retired. Verified go-lives stack up;
-    /// a rollback pops the one it undid, so rolling back twice does not bring the bad one back.
-    pub fn previous_live(&self, live: &str) -> Option<&Release> {
-        let mut stack: Vec<&Release> = Vec::new();
-        // `went_live` is written once the public URL answered from the colour, so it counts even
-        // when the run died before closing its ledger entry.
-        for r in self
-            .releases
-            .iter()
-            .filter(|r| r.went_live && r.image_digest.is_some())
-        {
-            if r.action == "rollback" {
-                stack.pop();
-            }
-            // The same colour going live again replaces its entry.
-            if stack.last().is_some_and(|top| top.colour == r.colour) {
-                stack.pop();
-            }
-            stack.push(r);
-        }
-        let top = stack.pop()?;
-        if top.colour.as_deref() != Some(live) {
-            return None;
-        }
-        stack.pop()
+/// A release's id: its day and its number (`20261205-000124`); the number names its object.
+pub fn release_id(seq: u64, now: u64) -> String {
+    let day = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(now),
+    )
+    .to_string();
+    format!("{}-{seq:06}", day[..10].replace('-', ""))
+}
+
+/// The number in an id made by [`release_id`].
+pub fn seq_of(id: &str) -> Option<u64> {
+    let (day, seq) = id.split_once('-')?;
+    (day.len() == 8 && day.bytes().all(|b| b.is_ascii_digit()) && seq.len() >= 6)
+        .then(|| seq.parse().ok())
+        .flatten()
+}
+
+/// The go-live a new one of `action` to `colour` goes on top of, from the rollback stack as it
+/// is (`stack`: the top, then each one below it, as far as it is known; three are enough).
+/// Verified go-lives stack up; a rollback pops the one it undid, and the same colour going live
+/// again replaces its entry, so rolling back twice does not bring the bad one back.
+pub fn go_live_below(action: &str, colour: &str, stack: &[Release]) -> Option<u64> {
+    let mut i = usize::from(action == "rollback");
+    if stack
+        .get(i)
+        .is_some_and(|t| t.colour.as_deref() == Some(colour))
+    {
+        i += 1;
     }
+    stack.get(i).map(|r| r.seq)
+}
 
-    /// Releases still marked in progress whose run is gone (the lock is ours now): a crash.
-    pub fn close_abandoned(&mut self, except: &str, now: u64) -> usize {
-        let mut n = 0;
-        for r in self
-            .releases
-            .iter_mut()
-            .filter(|r| r.outcome == Outcome::InProgress && r.id != except)
-        {
-            r.outcome = Outcome::Failed;
-            r.finished = Some(now);
-            r.error = Some("the run ended without finishing (crash or kill); the next command re-planned from what was really there".into());
-            n += 1;
+/// The release that was live before the one now live (`live`), from the rollback stack (its top
+/// first): what `rollback` puts back, and redeploys from its recorded image when that colour was
+/// retired.
+pub fn previous_live<'a>(live: &str, stack: &'a [Release]) -> Option<&'a Release> {
+    (stack.first()?.colour.as_deref() == Some(live))
+        .then(|| stack.get(1))
+        .flatten()
+}
+
+/// Whether `r` counts on the rollback stack: it went live (written once the public URL answered
+/// from its colour, so it counts even when its run died before closing its entry) with a known
+/// image.
+pub fn on_rollback_stack(r: &Release) -> bool {
+    r.went_live && r.image_digest.is_some()
+}
+
+/// The one-document ledger moved into the new layout: each release numbered in order (their ids
+/// stay as they were), the rollback stack linked, the open ones listed.
+pub fn migrate(legacy: Ledger) -> (Head, Vec<Release>) {
+    let mut head = Head::default();
+    let mut releases: Vec<Release> = Vec::new();
+    for mut r in legacy.releases {
+        r.seq = head.open_release();
+        if r.outcome != Outcome::InProgress {
+            head.open.pop();
         }
-        n
+        if on_rollback_stack(&r) {
+            let stack = stack_from(head.live_top, |s| releases.get(s as usize - 1).cloned());
+            r.live_below = go_live_below(&r.action, r.colour.as_deref().unwrap_or(""), &stack);
+            head.live_top = Some(r.seq);
+        }
+        releases.push(r);
+    }
+    (head, releases)
+}
+
+/// How much of the rollback stack a decision needs: [`go_live_below`] looks three deep.
+pub const STACK_DEPTH: usize = 3;
+
+/// The top of the rollback stack, from `top`, reading each release with `read`.
+pub fn stack_from(top: Option<u64>, mut read: impl FnMut(u64) -> Option<Release>) -> Vec<Release> {
+    let mut stack = Vec::new();
+    let mut at = top;
+    while let Some(seq) = at.filter(|_| stack.len() < STACK_DEPTH) {
+        let Some(r) = read(seq) else { break };
+        at = r.live_below;
+        stack.push(r);
+    }
+    stack
+}
+
+/// The reason a release that died without finishing is closed as failed.
+pub const ABANDONED: &str = "the run ended without finishing (crash or kill); the next command re-planned from what was really there";
+
+impl Release {
+    /// Close an entry whose run is gone (the lock is ours now): a crash. False when it was closed
+    /// already.
+    pub fn close_abandoned(&mut self, now: u64) -> bool {
+        if self.outcome != Outcome::InProgress {
+            return false;
+        }
+        self.outcome = Outcome::Failed;
+        self.finished = Some(now);
+        self.error = Some(ABANDONED.into());
+        true
+    }
+}
+
+/// What a rollback redeploys, read back from a release: its digest and model version, checked
+/// before they reach a manifest (whoever can write the state bucket must not be able to put
+/// anything else into a pod spec).
+pub fn go_live_of(r: &Release) -> std::result::Result<(String, Option<String>), String> {
+    let digest = r.image_digest.clone().ok_or("no image digest")?;
+    check_digest(&digest)?;
+    if let Some(v) = &r.model_version {
+        check_model_version(v)?;
+    }
+    Ok((digest, r.model_version.clone()))
+}
+
+/// An OCI image digest as ECR names it: `sha256:` and 64 lowercase hex digits.
+pub fn check_digest(d: &str) -> std::result::Result<(), String> {
+    let hex = d.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{d:?} is not an image digest (sha256: and 64 hex digits)"
+        ))
+    }
+}
+
+/// A model version: 1 to 64 of letters, digits and `.`, `_`, `+`, `-` (what an annotation and
+/// an environment variable carry without quoting).
+pub fn check_model_version(v: &str) -> std::result::Result<(), String> {
+    if (1..=64).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'+' | b'-'))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "{v:?} is not a model version (1 to 64 letters, digits, '.', '_', '+', '-')"
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn process(pid: u32) -> Process {
+        Process {
+            pid,
+            boot_id: "boot-a".into(),
+            pid_ns: "pid:[4026531836]".into(),
+            start_ticks: 1000,
+        }
+    }
 
     fn lock(expires: u64) -> Lock {
         Lock {
@@ -216,7 +377,8 @@ mod tests {
             ci_build_url: Some("https://ci/1".into()),
             started: 100,
             lease_expires: expires,
-            pid: Some(42),
+            lease_seconds: None,
+            process: Some(process(42)),
         }
     }
 
@@ -246,25 +408,71 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_whose_process_is_gone_from_this_host_counts_as_expired() {
+    fn a_holder_is_dead_only_when_its_very_process_is_gone_from_this_machine() {
         let l = lock(200);
-        assert!(l.holder_gone("h", |_| false));
-        assert!(!l.holder_gone("h", |p| p == 42), "its process still runs");
+        let here = process(7);
+        assert!(l.holder_gone(Some(&here), |_| None), "no process 42 here");
         assert!(
-            !l.holder_gone("other", |_| false),
-            "a pid on another host says nothing"
+            l.holder_gone(Some(&here), |_| Some(5000)),
+            "pid 42 reused by a process that started later"
         );
-        let no_pid = Lock {
-            pid: None,
+        assert!(
+            !l.holder_gone(Some(&here), |p| (p == 42).then_some(1000)),
+            "its process still runs"
+        );
+        let other_host = Process {
+            boot_id: "boot-b".into(),
+            ..here.clone()
+        };
+        assert!(
+            !l.holder_gone(Some(&other_host), |_| None),
+            "a pid on another machine (whatever its hostname) says nothing"
+        );
+        let other_container = Process {
+            pid_ns: "pid:[4026532000]".into(),
+            ..here.clone()
+        };
+        assert!(!l.holder_gone(Some(&other_container), |_| None));
+        let unknown = Lock {
+            process: None,
             ..l.clone()
         };
-        assert!(!no_pid.holder_gone("h", |_| false));
+        assert!(!unknown.holder_gone(Some(&here), |_| None));
+        assert!(!l.holder_gone(None, |_| None), "this machine cannot tell");
         assert_eq!(
             decide_lock(&l, 150, true, true, false),
             LockDecision::BreakExpired,
             "--force-unlock breaks a dead holder's lock without --break-live-lock"
         );
         assert_eq!(decide_lock(&l, 150, true, false, false), LockDecision::Held);
+    }
+
+    #[test]
+    fn the_lease_runs_on_the_stores_clock_not_the_holders() {
+        // The holder's clock was two hours behind: by it the lease ran out long ago.
+        let skewed = Lock {
+            started: 1_000,
+            lease_expires: 1_120,
+            lease_seconds: Some(120),
+            ..lock(0)
+        };
+        let judged = skewed.clone().on_store_clock(8_200);
+        assert_eq!(judged.lease_expires, 8_320);
+        assert!(
+            !judged.expired(8_250),
+            "written 50 s ago by the store's clock"
+        );
+        assert!(judged.expired(8_320));
+        assert_eq!(
+            Lock {
+                lease_seconds: None,
+                ..skewed.clone()
+            }
+            .on_store_clock(8_200)
+            .lease_expires,
+            1_120,
+            "a lock that recorded no lease keeps its own"
+        );
     }
 
     #[test]
@@ -281,36 +489,68 @@ mod tests {
     }
 
     #[test]
-    fn release_ids_are_unique_per_day_and_abandoned_runs_are_closed() {
-        let mut ledger = Ledger::default();
+    fn release_numbers_come_from_the_head_and_never_repeat() {
+        let mut head = Head::default();
         let now = 1_795_000_000; // 2026-11-18
-        let id = ledger.next_id(now);
-        assert_eq!(id, "20261118-001");
-        ledger.releases.push(Release {
-            id: id.clone(),
-            action: "up".into(),
-            actor: "a".into(),
-            ci_build_url: None,
-            started: now,
-            finished: None,
-            outcome: Outcome::InProgress,
-            colour: None,
-            image_tag: None,
-            image_digest: None,
-            model_version: None,
-            went_live: false,
-            steps: vec![],
-            error: None,
-        });
-        assert_eq!(ledger.next_id(now), "20261118-002");
-        assert_eq!(ledger.close_abandoned("other", now + 5), 1);
-        assert_eq!(ledger.releases[0].outcome, Outcome::Failed);
-        assert_eq!(ledger.close_abandoned("other", now + 6), 0);
+        let first = head.open_release();
+        assert_eq!(release_id(first, now), "20261118-000001");
+        assert_eq!(seq_of(&release_id(first, now)), Some(1));
+        let second = head.open_release();
+        assert_eq!((second, head.open.clone()), (2, vec![1, 2]));
+        // Closing (or deleting) an entry frees no number: ids do not collide.
+        head.open.clear();
+        assert_eq!(head.open_release(), 3);
+        assert_eq!(seq_of(&release_id(1_234_567, now)), Some(1_234_567));
+        for legacy in [
+            "20261118-001",
+            "x-000001",
+            "2026111-000001",
+            "20261118-00000a",
+        ] {
+            assert_eq!(seq_of(legacy), None, "{legacy}");
+        }
+    }
+
+    #[test]
+    fn an_abandoned_release_is_closed_once() {
+        let mut r = went_live("up", "blue", "d1", Outcome::InProgress);
+        assert!(r.close_abandoned(7));
+        assert_eq!((r.outcome, r.finished), (Outcome::Failed, Some(7)));
+        assert!(!r.close_abandoned(8), "closed already");
+        assert_eq!(r.finished, Some(7));
+    }
+
+    #[test]
+    fn values_read_back_from_the_ledger_are_checked_before_they_reach_a_manifest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let mut r = went_live("promote", "blue", &digest, Outcome::Succeeded);
+        assert_eq!(go_live_of(&r), Ok((digest.clone(), Some("1".into()))));
+        r.model_version = Some("1\"\n    evil: true".into());
+        assert!(go_live_of(&r).unwrap_err().contains("not a model version"));
+        r.model_version = Some("2.1.0+build_7-rc".into());
+        assert!(go_live_of(&r).is_ok());
+        for bad in [
+            "sha256:AB".to_string(),
+            format!("sha256:{}", "g".repeat(64)),
+            format!("sha512:{}", "a".repeat(64)),
+            format!("sha256:{}\nx", "a".repeat(64)),
+        ] {
+            r.image_digest = Some(bad.clone());
+            assert!(
+                go_live_of(&r).unwrap_err().contains("not an image digest"),
+                "{bad}"
+            );
+        }
+        r.image_digest = None;
+        assert!(go_live_of(&r).is_err());
+        assert!(check_model_version(&"a".repeat(65)).is_err());
+        assert!(check_model_version("").is_err());
     }
 
     fn went_live(action: &str, colour: &str, digest: &str, outcome: Outcome) -> Release {
         Release {
             id: digest.into(),
+            seq: 0,
             action: action.into(),
             actor: "a".into(),
             ci_build_url: None,
@@ -322,15 +562,18 @@ mod tests {
             image_digest: Some(digest.into()),
             model_version: Some("1".into()),
             went_live: true,
+            live_below: None,
             steps: vec![],
             error: None,
         }
     }
 
+    /// The digest a rollback from `live` puts back: the ledger moved into the new layout, then
+    /// the rollback stack read from its head.
     fn digest_before(ledger: &Ledger, live: &str) -> Option<String> {
-        ledger
-            .previous_live(live)
-            .and_then(|r| r.image_digest.clone())
+        let (head, releases) = migrate(ledger.clone());
+        let stack = stack_from(head.live_top, |s| releases.get(s as usize - 1).cloned());
+        previous_live(live, &stack).and_then(|r| r.image_digest.clone())
     }
 
     #[test]
@@ -370,6 +613,32 @@ mod tests {
             .releases
             .push(went_live("rollback", "blue", "d1", Outcome::Succeeded));
         assert_eq!(digest_before(&ledger, "blue"), None);
-        assert!(Ledger::default().previous_live("blue").is_none());
+        assert_eq!(digest_before(&Ledger::default(), "blue"), None);
+    }
+
+    #[test]
+    fn the_move_to_one_object_per_release_numbers_them_in_order_and_keeps_the_open_ones() {
+        let mut open = went_live("up", "green", "d2", Outcome::InProgress);
+        open.went_live = false;
+        let ledger = Ledger {
+            releases: vec![went_live("up", "blue", "d1", Outcome::Succeeded), open],
+        };
+        let (head, releases) = migrate(ledger);
+        assert_eq!(
+            releases
+                .iter()
+                .map(|r| (r.seq, r.id.as_str()))
+                .collect::<Vec<_>>(),
+            vec![(1, "d1"), (2, "d2")],
+            "numbered in order, ids kept"
+        );
+        assert_eq!(
+            head,
+            Head {
+                next: 3,
+                open: vec![2],
+                live_top: Some(1)
+            }
+        );
     }
 }

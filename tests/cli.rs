@@ -334,6 +334,37 @@ fn a_line_the_cli_would_refuse_is_caught() {
     assert!(Cli::try_parse_from(["release", "promote", "--retire-previous"]).is_ok());
 }
 
+/// Every Python requirement the project installs is pinned with its hashes (scripts/pin-hashes),
+/// so that `scripts/venv`'s `pip install --require-hashes` takes no file PyPI did not publish
+/// for that pin; an entry without them would make that install fail.
+#[test]
+fn every_python_requirement_is_pinned_with_its_hashes() {
+    let files = [
+        "sandbox/aws/requirements.txt",
+        "scripts/checks-requirements.txt",
+        "model-server/train/requirements.txt",
+        "bench/requirements.txt",
+    ];
+    for file in files {
+        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let joined = text.replace("\\\n", " ");
+        let mut pins = 0;
+        for line in joined.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') || line.starts_with("-r ") {
+                continue;
+            }
+            let (pin, hashes) = line.split_once(' ').unwrap_or((line, ""));
+            assert!(pin.contains("=="), "{file}: {pin} is not pinned");
+            assert!(
+                hashes.contains("--hash=sha256:"),
+                "{file}: {pin} has no hash (run scripts/pin-hashes {file})"
+            );
+            pins += 1;
+        }
+        assert!(pins > 0, "{file}: no requirement");
+    }
+}
+
 #[test]
 fn every_job_is_reachable_and_every_requirement_and_command_is_defined() {
     let config = circleci();
@@ -637,7 +668,8 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
     let endpoint = format!("http://127.0.0.1:{port}");
     let cfg = root().join("examples/sandbox/release.yaml");
     // Without a state bucket, the registry stack is read first (its bucket, if it is there);
-    // with one, status reads the stacks first and a dry-run promote the state bucket.
+    // with one but not its owner, STS first (the owner is the caller's account); with both,
+    // status reads the stacks first and a dry-run promote the state bucket.
     let named = root().join("examples/sandbox/release-named-bucket.yaml");
     let _cleanup = Remove(named.clone());
     std::fs::write(
@@ -645,10 +677,18 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
         std::fs::read_to_string(&cfg).unwrap() + "state:\n  bucket: iris-state-of-our-own\n",
     )
     .unwrap();
+    let owned = root().join("examples/sandbox/release-owned-bucket.yaml");
+    let _cleanup_owned = Remove(owned.clone());
+    std::fs::write(
+        &owned,
+        std::fs::read_to_string(&named).unwrap() + "  bucket_owner: \"123456789012\"\n",
+    )
+    .unwrap();
     for (cfg, args, service) in [
         (&cfg, &["status"][..], "CloudFormation"),
-        (&named, &["status"][..], "CloudFormation"),
-        (&named, &["--dry-run", "promote"][..], "S3"),
+        (&named, &["status"][..], "STS"),
+        (&owned, &["status"][..], "CloudFormation"),
+        (&owned, &["--dry-run", "promote"][..], "S3"),
     ] {
         let out = against(&endpoint, cfg, args);
         exits_with(&out, 5);
@@ -665,8 +705,8 @@ fn an_endpoint_that_refuses_connections_is_named_with_what_to_check() {
     }
 }
 
-/// An S3 endpoint that accepts connections and never answers does not hold a run (and the lock
-/// it may hold) for ever: each S3 call has a timeout, and the run ends with exit 5 naming it.
+/// An S3 (or STS) endpoint that accepts connections and never answers does not hold a run (and
+/// the lock it may hold) for ever: each call has a timeout, and the run ends with exit 5 naming it.
 #[test]
 fn an_s3_endpoint_that_never_answers_ends_the_run_with_a_timeout() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -678,45 +718,49 @@ fn an_s3_endpoint_that_never_answers_ends_the_run_with_a_timeout() {
             open.push(conn);
         }
     });
-    let cfg = root().join("examples/sandbox/release-silent-s3.yaml");
-    let _cleanup = Remove(cfg.clone());
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(root().join("examples/sandbox/release.yaml")).unwrap()
-            + "state:\n  bucket: iris-state-of-our-own\n",
-    )
-    .unwrap();
+    // With the bucket's owner given, S3 is the first call; without it, STS (the caller's account).
+    let owned = root().join("examples/sandbox/release-silent-s3.yaml");
+    let _cleanup = Remove(owned.clone());
+    let named = root().join("examples/sandbox/release-silent-sts.yaml");
+    let _cleanup_named = Remove(named.clone());
+    let base = std::fs::read_to_string(root().join("examples/sandbox/release.yaml")).unwrap()
+        + "state:\n  bucket: iris-state-of-our-own\n";
+    std::fs::write(&named, &base).unwrap();
+    std::fs::write(&owned, base + "  bucket_owner: \"123456789012\"\n").unwrap();
     let home = tempdir("silent-home");
-    let mut child = bin()
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", &home)
-        .arg("--config")
-        .arg(&cfg)
-        .args(["--output", "json", "--dry-run", "promote"])
-        .env("AWS_ENDPOINT_URL", &endpoint)
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "x")
-        .env("AWS_REGION", "us-east-1")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // A bound for the test itself, far above the call's timeout: without one the run never ends.
-    let bound = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > bound {
-            child.kill().unwrap();
-            panic!("the run still waits for S3 after 180 s");
+    for (cfg, service) in [(&owned, "S3"), (&named, "STS")] {
+        let mut child = bin()
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .arg("--config")
+            .arg(cfg)
+            .args(["--output", "json", "--dry-run", "promote"])
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "x")
+            .env("AWS_SECRET_ACCESS_KEY", "x")
+            .env("AWS_REGION", "us-east-1")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // A bound for the test itself, far above the call's timeout: without one the run never
+        // ends.
+        let bound = std::time::Instant::now() + std::time::Duration::from_secs(180);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > bound {
+                child.kill().unwrap();
+                panic!("the run still waits for {service} after 180 s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        let out = child.wait_with_output().unwrap();
+        exits_with(&out, 5);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("state bucket") && stdout.contains("timed out"),
+            "{service}: {stdout}"
+        );
     }
-    let out = child.wait_with_output().unwrap();
-    exits_with(&out, 5);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.contains("state bucket") && stdout.contains("timed out"),
-        "{stdout}"
-    );
 }
 
 #[test]

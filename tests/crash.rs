@@ -291,7 +291,7 @@ fn a_promote_killed_after_any_step_is_finished_by_the_next_promote() {
             },
         )
     });
-    assert_eq!(steps, 4, "smoke, flip, verify, retire");
+    assert_eq!(steps, 5, "smoke, flip, verify, retire, protect images");
     // Only a crash after the last step leaves nothing for the next promote to do.
     assert_eq!(codes[..steps - 1], vec![Some(0); steps - 1]);
 }
@@ -324,6 +324,9 @@ fn a_rollback_to_a_retired_colour_killed_after_any_step_is_finished_by_the_next_
             },
         )
     });
-    assert_eq!(steps, 5, "redeploy, smoke, flip, verify, retire");
+    assert_eq!(
+        steps, 6,
+        "redeploy, smoke, flip, verify, retire, protect images"
+    );
     assert_eq!(codes[..steps - 1], vec![Some(0); steps - 1]);
 }

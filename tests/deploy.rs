@@ -486,11 +486,7 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
             object(&s3, "apps/iris/lock.json").await.is_none(),
             "{signal}: the lock is released"
         );
-        let last = last_release(
-            &object(&s3, "apps/iris/ledger.json")
-                .await
-                .expect("a ledger"),
-        );
+        let last = last_release(&s3).await;
         assert_eq!(last["outcome"], "failed", "{signal}");
         assert!(
             last["error"].as_str().unwrap().contains(word),
@@ -548,7 +544,7 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
         object(&s3, "apps/iris/lock.json").await.is_none(),
         "the lock is released"
     );
-    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
+    let last = last_release(&s3).await;
     assert_eq!(last["outcome"], "failed", "{last}");
     let error = last["error"].as_str().unwrap();
     assert!(
@@ -572,7 +568,7 @@ async fn ctrl_c_sigterm_or_sighup_during_the_deployment_tear_the_candidate_down_
         object(&s3, "apps/iris/lock.json").await.is_none(),
         "destroy released the lock"
     );
-    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
+    let last = last_release(&s3).await;
     assert_eq!(last["action"], "destroy", "{last}");
     assert!(
         last["error"]
@@ -689,18 +685,20 @@ async fn a_colour_deployed_right_after_its_teardown_waits_for_its_old_service() 
     assert_eq!(summary(&again)["candidate"], "green", "{}", summary(&again));
 }
 
-/// The versions of the ledger written so far.
+/// The versions of the ledger (its head and its releases) written so far.
 async fn ledger_versions(sb: &Sandbox) -> usize {
     s3(sb)
         .await
         .list_object_versions()
         .bucket(common::STATE_BUCKET)
-        .prefix("apps/iris/ledger.json")
+        .prefix("apps/iris/")
         .send()
         .await
         .unwrap()
         .versions()
-        .len()
+        .iter()
+        .filter(|v| v.key() != Some("apps/iris/lock.json"))
+        .count()
 }
 
 /// Fencing: a run stopped past its lease (a laptop asleep, a frozen CI runner) while another run
@@ -786,4 +784,93 @@ async fn a_run_resumed_after_another_took_its_lock_changes_nothing() {
     );
     // The next run closes A's entry as abandoned and goes on.
     succeeded(&release(&sb, &cfg, &["status"]), "status");
+}
+
+/// Issue 15 "Images": the registry's lifecycle rule expires CI's images 30 days after their
+/// push, but never one a colour runs or a rollback would deploy again. Blue goes live (v1), two
+/// builds follow (v2, then v3 replacing it as the candidate), v3 is promoted and v4 becomes the
+/// candidate on blue: 31 days of the sandbox's ECR lifecycle evaluation (the registry stack's
+/// policy, applied by ECR's rules) then expire v2 alone. v1 is kept by the rollback slot only
+/// (blue runs v4 by then); without the keep tags every image is past 30 days and all four go.
+#[tokio::test]
+async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colours_run() {
+    let g = common::given_blue_live();
+    let bin = model_server_binary();
+    let dir = g.sb.dir.join("cfg");
+    let build =
+        |tag: &str, version: &str| config_versioned(&dir.join(tag), &bin, tag, &cases(), version);
+    for (tag, version, args) in [
+        ("v2", "2.0.0", &["up"][..]),
+        ("v3", "3.0.0", &["up"][..]),
+        ("v3", "3.0.0", &["promote"][..]),
+        ("v4", "4.0.0", &["up"][..]),
+    ] {
+        let out = release(&g.sb, &build(tag, version), args);
+        succeeded(&out, &format!("{tag} {args:?}"));
+        assert!(
+            common::executed_steps(&out).contains(&"protect images".to_string()),
+            "{}",
+            summary(&out)
+        );
+    }
+    let ecr = aws_sdk_ecr::Client::new(&aws(&g.sb).await);
+    let images = ecr
+        .describe_images()
+        .repository_name("iris")
+        .send()
+        .await
+        .unwrap();
+    let tags_of = |tag: &str| -> (String, Vec<String>) {
+        let i = images
+            .image_details()
+            .iter()
+            .find(|i| i.image_tags().iter().any(|t| t == tag))
+            .unwrap_or_else(|| panic!("no image tagged {tag}"));
+        let mut tags = i.image_tags().to_vec();
+        tags.sort();
+        (i.image_digest().unwrap().to_string(), tags)
+    };
+    let [(d1, t1), (d2, t2), (d3, t3), (d4, t4)] = ["v1", "v2", "v3", "v4"].map(tags_of);
+    assert_eq!(
+        t1,
+        ["release-keep-rollback", "v1"],
+        "v1: what a rollback redeploys"
+    );
+    assert_eq!(
+        t2,
+        ["v2"],
+        "v2: replaced as the candidate, its keep tag moved on"
+    );
+    assert_eq!(t3, ["release-keep-green", "v3"], "v3: live on green");
+    assert_eq!(t4, ["release-keep-blue", "v4"], "v4: the candidate on blue");
+    let expired: Value = reqwest::Client::new()
+        .post(format!(
+            "{}/_sandbox/ecr/lifecycle",
+            g.sb.var("AWS_ENDPOINT_URL")
+        ))
+        .json(&json!({"region": "us-east-1", "repository": "iris", "days_later": 31}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        expired["expired"],
+        json!([d2]),
+        "only the replaced build goes"
+    );
+    let left: Vec<String> = ecr
+        .list_images()
+        .repository_name("iris")
+        .send()
+        .await
+        .unwrap()
+        .image_ids()
+        .iter()
+        .filter_map(|i| i.image_digest().map(str::to_string))
+        .collect();
+    for d in [&d1, &d3, &d4] {
+        assert!(left.contains(d), "{d} kept: {left:?}");
+    }
 }

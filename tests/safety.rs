@@ -167,10 +167,7 @@ fn plan(out: &std::process::Output) -> Vec<(String, String)> {
 
 /// The steps the ledger's last release recorded.
 async fn recorded(sb: &Sandbox) -> Vec<String> {
-    let ledger = object(&s3(sb).await, "apps/iris/ledger.json")
-        .await
-        .unwrap();
-    last_release(&ledger)["steps"]
+    last_release(&s3(sb).await).await["steps"]
         .as_array()
         .unwrap()
         .iter()
@@ -208,6 +205,7 @@ async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
             "smoke iris-green",
             "flip",
             "verify public URL",
+            "protect images",
             "roles",
             "keep iris-blue"
         ]
@@ -250,7 +248,12 @@ async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
     );
     assert_eq!(
         recorded(&sb).await,
-        ["smoke iris-green", "flip", "verify public URL"]
+        [
+            "smoke iris-green",
+            "flip",
+            "verify public URL",
+            "protect images"
+        ]
     );
 }
 
@@ -339,7 +342,8 @@ async fn dry_runs_of_destroy_and_up_change_nothing_and_print_what_the_real_run_d
             "stack iris-cluster",
             "image push",
             "deploy iris-green",
-            "smoke iris-green"
+            "smoke iris-green",
+            "protect images"
         ]
     );
     let forced = when(&sb, &cfg, &["up", "--force"]);
@@ -357,7 +361,10 @@ async fn after_a_promote_rollback_and_a_held_lock_are_decided_as_the_real_run_de
     // Then `up --promote` on the same build has nothing to release: exit 0, after the steps its
     // dry run printed.
     let nothing_plan = planned_steps(&dry_run(&sb, &cfg, &["up"]).await);
-    assert_eq!(nothing_plan.last().unwrap(), "verify public URL");
+    assert_eq!(
+        nothing_plan[nothing_plan.len() - 2..],
+        ["verify public URL", "protect images"]
+    );
     let again = when(&sb, &cfg, &["up", "--promote"]);
     then_ok(&again, "up --promote with nothing to release");
     assert_eq!(executed_steps(&again), nothing_plan);
@@ -377,6 +384,7 @@ async fn after_a_promote_rollback_and_a_held_lock_are_decided_as_the_real_run_de
             "smoke iris-blue",
             "flip",
             "verify public URL",
+            "protect images",
             "roles",
             "retire iris-green"
         ]
@@ -390,7 +398,12 @@ async fn after_a_promote_rollback_and_a_held_lock_are_decided_as_the_real_run_de
     assert_eq!(executed_steps(&rolled), names(&rollback_plan));
     assert_eq!(
         recorded(&sb).await,
-        ["smoke iris-blue", "flip", "verify public URL"]
+        [
+            "smoke iris-blue",
+            "flip",
+            "verify public URL",
+            "protect images"
+        ]
     );
 
     // A lock held by a live run elsewhere: every dry run says so with exit 4, as the real run.
@@ -433,7 +446,7 @@ async fn a_panic_closes_the_ledger_and_releases_the_lock() {
     let Given { sb, cfg } = given_blue_live_and_a_green_candidate();
     // Which step deploys the candidate: the same in the next `up --force`, which replaces it.
     let s3 = s3(&sb).await;
-    let steps = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap())["steps"].clone();
+    let steps = last_release(&s3).await["steps"].clone();
     let deploy = steps
         .as_array()
         .unwrap()
@@ -459,7 +472,7 @@ async fn a_panic_closes_the_ledger_and_releases_the_lock() {
         None,
         "the lock is released"
     );
-    let last = last_release(&object(&s3, "apps/iris/ledger.json").await.unwrap());
+    let last = last_release(&s3).await;
     assert_eq!(last["outcome"], "failed", "{last}");
     assert!(
         last["error"].as_str().unwrap().contains("internal error"),

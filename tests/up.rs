@@ -12,6 +12,16 @@ use common::{
 };
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 
+/// This machine's name, as `release` reads it.
+fn hostname() -> String {
+    std::env::var("HOSTNAME").unwrap_or_else(|_| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string()
+    })
+}
+
 /// A release.yaml in its own directory, pointing at the repository's templates and cases.
 fn config(dir: &Path, extra: &str) -> PathBuf {
     config_with(dir, "", extra)
@@ -109,10 +119,7 @@ async fn up_creates_the_stacks_and_pushes_the_image_then_a_second_run_changes_no
     );
 
     // The ledger has both runs, with their steps; the lock is gone.
-    let ledger = object(&s3, "apps/iris/ledger.json")
-        .await
-        .expect("a ledger");
-    let releases = ledger["releases"].as_array().unwrap();
+    let releases = common::releases(&s3).await;
     assert_eq!(releases.len(), 2);
     assert_eq!(
         (
@@ -200,6 +207,52 @@ async fn a_held_lock_stops_a_second_run_and_only_an_expired_one_is_broken() {
             .contains("--break-live-lock"),
         "{}",
         summary(&yes)
+    );
+    // The lease runs on S3's clock: a holder whose clock was two hours behind wrote a lease that
+    // looks long over, but S3 wrote the lock just now, so it is live.
+    let put = |lock: serde_json::Value| {
+        s3.put_object()
+            .bucket(STATE_BUCKET)
+            .key("apps/iris/lock.json")
+            .body(ByteStream::from(lock.to_string().into_bytes()))
+            .send()
+    };
+    let lock = |lease_expires: u64, process: serde_json::Value| {
+        serde_json::json!({"owner": "ci@runner", "host": hostname(), "command": "up",
+            "started": now - 7200, "lease_expires": lease_expires, "lease_seconds": 600,
+            "process": process})
+    };
+    put(lock(now - 7080, serde_json::Value::Null))
+        .await
+        .unwrap();
+    let skewed = release(&sb, &cfg, &["up", "--force-unlock"]);
+    assert_eq!(
+        skewed.status.code(),
+        Some(4),
+        "a lease judged on the holder's clock"
+    );
+    // A holder on another machine that shares this one's hostname, whose pid runs nowhere here:
+    // not known to be dead, so not broken without --break-live-lock.
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let process = |boot_id: &str| {
+        serde_json::json!({"pid": 4_000_000, "boot_id": boot_id.trim(),
+            "pid_ns": pid_ns.to_string_lossy(), "start_ticks": 1})
+    };
+    put(lock(now + 600, process("another machine's boot")))
+        .await
+        .unwrap();
+    let elsewhere = release(&sb, &cfg, &["up", "--force-unlock"]);
+    assert_eq!(
+        elsewhere.status.code(),
+        Some(4),
+        "a lock from another host of the same name was broken"
+    );
+    // The same holder on this very machine and boot: its process is gone, so it is broken.
+    put(lock(now + 600, process(&boot_id))).await.unwrap();
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force-unlock"]),
+        "a dead holder's lock on this machine is broken",
     );
     put_lock(now - 1).await.unwrap();
     assert_eq!(
@@ -527,20 +580,24 @@ async fn without_state_bucket_the_registry_stacks_own_bucket_is_kept() {
     );
     let out = release(&sb, &config(&dir, ""), &["up"]);
     succeeded(&out, "up with state.bucket left out");
-    let ledger = s3(&sb)
-        .await
-        .get_object()
-        .bucket("iris-release-state")
-        .key("apps/iris/ledger.json")
-        .send()
-        .await
-        .unwrap();
-    let ledger: serde_json::Value =
-        serde_json::from_slice(&ledger.body.collect().await.unwrap().into_bytes()).unwrap();
+    let releases = common::releases_in(&s3(&sb).await, "iris-release-state").await;
     assert_eq!(
-        ledger["releases"].as_array().unwrap().len(),
+        releases.len(),
         2,
-        "both runs in the bucket the registry stack made: {ledger}"
+        "both runs in the bucket the registry stack made: {releases:?}"
+    );
+    // Every call names the account that must own the bucket: one that another account owns is
+    // refused, not read (the sandbox answers as S3 does to a wrong ExpectedBucketOwner).
+    let elsewhere = config(
+        &dir.join("owner"),
+        "state:\n  bucket_owner: \"111111111111\"\n",
+    );
+    let out = release(&sb, &elsewhere, &["history"]);
+    exits_with(&out, 5);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("iris-release-state exists but this identity may not read it"),
+        "{error}"
     );
 }
 
@@ -667,4 +724,89 @@ async fn an_edge_serving_no_colours_address_is_refused_not_taken_for_a_first_rel
     let blue_after = blue_release(&sb);
     assert!(blue_before.is_string(), "{blue_before}");
     assert_eq!(blue_after, blue_before, "blue was deployed over");
+}
+
+/// An app released by an older `release` keeps its ledger as one document, `ledger.json`. The
+/// first run under the lock moves it into one object per release: the history keeps every entry
+/// with its id, new ids cannot collide with them, and a rollback still finds the retired colour's
+/// image in it.
+#[tokio::test]
+async fn a_ledger_kept_as_one_document_is_moved_to_one_object_per_release() {
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    succeeded(
+        &release(&sb, &cfg, &["promote", "--retire-previous"]),
+        "promote, blue retired",
+    );
+    // The ledger as the older release wrote it: the same entries, ids by day and count, one
+    // document; no head and no per-release objects.
+    let s3 = s3(&sb).await;
+    let mut legacy = common::releases(&s3).await;
+    for (n, r) in legacy.iter_mut().enumerate() {
+        let obj = r.as_object_mut().unwrap();
+        obj.remove("seq");
+        obj.remove("live_below");
+        obj.insert("id".into(), format!("20260101-{:03}", n + 1).into());
+    }
+    let listed = s3
+        .list_objects_v2()
+        .bucket(STATE_BUCKET)
+        .prefix("apps/iris/")
+        .send()
+        .await
+        .unwrap();
+    for o in listed.contents() {
+        s3.delete_object()
+            .bucket(STATE_BUCKET)
+            .key(o.key().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    s3.put_object()
+        .bucket(STATE_BUCKET)
+        .key("apps/iris/ledger.json")
+        .body(ByteStream::from(
+            serde_json::to_vec(&serde_json::json!({ "releases": legacy })).unwrap(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    // History reads it as it is, before any run moved it.
+    let before = summary(&release(&sb, &cfg, &["history"]));
+    assert_eq!(before["releases"].as_array().unwrap().len(), legacy.len());
+
+    let out = release(&sb, &cfg, &["rollback"]);
+    succeeded(&out, "rollback to the retired blue, from the moved ledger");
+    let rolled = summary(&out);
+    assert_eq!(
+        (rolled["live"].as_str(), rolled["steps"][1].as_str()),
+        (Some("blue"), Some("redeploy iris-blue")),
+        "blue redeployed from its digest in the old ledger: {rolled}"
+    );
+    let moved = common::releases(&s3).await;
+    assert_eq!(moved.len(), legacy.len() + 1);
+    for (old, new) in legacy.iter().zip(&moved) {
+        assert_eq!(old["id"], new["id"], "the old entries keep their ids");
+    }
+    let newest = moved.last().unwrap();
+    assert_eq!(newest["action"], "rollback");
+    assert_eq!(
+        newest["seq"].as_u64(),
+        Some(legacy.len() as u64 + 1),
+        "numbered after the old entries: {newest}"
+    );
+    let history = summary(&release(&sb, &cfg, &["history", "--limit", "2"]));
+    let ids: Vec<&str> = history["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            legacy.last().unwrap()["id"].as_str().unwrap(),
+            newest["id"].as_str().unwrap()
+        ]
+    );
 }

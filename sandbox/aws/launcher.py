@@ -52,6 +52,7 @@ from moto.cloudformation.exceptions import ValidationError as CfnValidationError
 from moto.cloudfront import models as cf_models
 from moto.cloudfront.models import cloudfront_backends
 from moto.ecr import models as ecr_models
+import moto.core as moto_core
 from moto.iam import models as iam_models
 from moto.ecr import responses as ecr_responses
 from moto.eks import models as eks_models
@@ -546,6 +547,70 @@ def kms_key_from_cfn(cls: Any, resource_name: str, cloudformation_json: Any, *ar
 
 
 kms_models.Key.create_from_cloudformation_json = classmethod(kms_key_from_cfn)  # type: ignore[method-assign]
+
+
+_ecr_repo_from_cfn = ecr_models.Repository.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+_ecr_repo_update_from_cfn = ecr_models.Repository.update_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+
+def ecr_policy_of(cloudformation_json: Any) -> str | None:
+    policy = ((cloudformation_json.get("Properties") or {}).get("LifecyclePolicy") or {}).get("LifecyclePolicyText")
+    if policy is not None:
+        ecr_models.EcrLifecyclePolicyValidator(policy).validate()
+    return policy
+
+
+def ecr_repo_from_cfn(cls: Any, resource_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
+    """An AWS::ECR::Repository's LifecyclePolicy is the repository's lifecycle policy, as in AWS;
+    moto dropped it."""
+    repo = _ecr_repo_from_cfn(cls, resource_name, cloudformation_json, *args, **kwargs)
+    repo.lifecycle_policy = ecr_policy_of(cloudformation_json)
+    return repo
+
+
+def ecr_repo_update_from_cfn(cls: Any, original: Any, new_name: str, cloudformation_json: Any, *args: Any, **kwargs: Any) -> Any:
+    repo = _ecr_repo_update_from_cfn(cls, original, new_name, cloudformation_json, *args, **kwargs)
+    repo.lifecycle_policy = ecr_policy_of(cloudformation_json)
+    return repo
+
+
+ecr_models.Repository.create_from_cloudformation_json = classmethod(ecr_repo_from_cfn)  # type: ignore[method-assign]
+ecr_models.Repository.update_from_cloudformation_json = classmethod(ecr_repo_update_from_cfn)  # type: ignore[method-assign]
+
+
+def ecr_lifecycle(account: str, region: str, repository: str, days_later: float) -> list[str]:
+    """Expire what `repository`'s lifecycle policy expires `days_later` days from now, as ECR's
+    daily evaluation does (ECR User Guide, "Lifecycle policy evaluation rules"): rules in
+    priority order; an image that matches a rule's tag selection cannot be expired by a rule of
+    lower priority, though later rules still count it; imageCountMoreThan keeps the newest by
+    push time, sinceImagePushed expires the older; `tagPrefixList` matches an image when each
+    prefix starts one of its tags. moto stores the policy and never applies it. Returns the
+    expired digests."""
+    repo = ecr_models.ecr_backends[account][region].repositories[repository]
+    policy = json.loads(repo.lifecycle_policy or '{"rules": []}')
+    now = time.time() + days_later * 86400
+    taken: set[int] = set()
+    doomed: list[Any] = []
+    for rule in sorted(policy["rules"], key=lambda r: r["rulePriority"]):
+        sel = rule["selection"]
+
+        def selects(img: Any) -> bool:
+            if sel["tagStatus"] == "untagged":
+                return not img.image_tags
+            if sel["tagStatus"] == "tagged":
+                return bool(img.image_tags) and all(any(t.startswith(p) for t in img.image_tags) for p in sel.get("tagPrefixList", []))
+            return True
+
+        chosen = sorted((img for img in repo.images if selects(img)), key=lambda img: img.image_pushed_at, reverse=True)
+        if sel["countType"] == "imageCountMoreThan":
+            over = chosen[sel["countNumber"] :]
+        else:
+            over = [img for img in chosen if now - img.image_pushed_at > sel["countNumber"] * 86400]
+        doomed.extend(img for img in over if id(img) not in taken and img not in doomed)
+        taken.update(id(img) for img in chosen)
+    for img in doomed:
+        repo.images.remove(img)
+    return [img.get_image_digest() for img in doomed]
 
 
 def lb_controller_check(query: dict[str, str]) -> dict[str, Any]:
@@ -1492,6 +1557,18 @@ def taken_bucket_of(environ: dict[str, Any]) -> str | None:
     return name if name in TAKEN_BUCKETS else None
 
 
+def wrong_owner(environ: dict[str, Any]) -> bool:
+    """A path-style S3 request whose x-amz-expected-bucket-owner is not the bucket's account."""
+    expected = environ.get("HTTP_X_AMZ_EXPECTED_BUCKET_OWNER")
+    if not expected or service_of(environ) != "s3":
+        return False
+    from moto.s3.models import s3_backends
+
+    name = environ.get("PATH_INFO", "").lstrip("/").split("/", 1)[0]
+    owner = s3_backends.bucket_accounts.get(name)  # (partition, account)
+    return owner is not None and owner[1] != expected
+
+
 class SandboxApp:
     def __init__(self, inner: Any):
         self.inner = inner
@@ -1510,6 +1587,12 @@ class SandboxApp:
         if taken is not None:
             # Not the owner: no access to any of it (S3 says 403 to HEAD with no body).
             body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else f"<Error><Code>AccessDenied</Code><Message>Access Denied</Message><BucketName>{taken}</BucketName></Error>".encode()
+            start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
+            return [body]
+        if wrong_owner(environ):
+            # S3 refuses a request whose ExpectedBucketOwner is not the bucket's account (S3 User
+            # Guide, "Verifying bucket ownership with bucket owner condition": 403 Access Denied).
+            body = b"" if environ.get("REQUEST_METHOD") == "HEAD" else b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
             start_response("403 Forbidden", [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))])
             return [body]
         service = service_of(environ)
@@ -1575,6 +1658,14 @@ class SandboxApp:
         if m:
             made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE")
             return ("200 OK" if made else "404 Not Found"), as_json, json.dumps({"held": made}).encode()
+        if route == "ecr/lifecycle" and environ["REQUEST_METHOD"] == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                ask = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                expired = ecr_lifecycle(ask.get("account", moto_core.DEFAULT_ACCOUNT_ID), ask["region"], ask["repository"], float(ask.get("days_later", 0)))
+            except (ValueError, KeyError, AttributeError, TypeError) as e:
+                return "400 Bad Request", as_json, json.dumps({"error": repr(e)}).encode()
+            return "200 OK", as_json, json.dumps({"expired": expired}).encode()
         m = re.fullmatch(r"ecr/layers/(sha256:[0-9a-f]{64})", route)
         if m:
             path = os.path.join(CONFIG["layer_dir"], m.group(1).replace(":", "-"))

@@ -176,23 +176,26 @@ pub fn s3(aws: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
     // (aws-smithy-types `TimeoutConfig`: only the connect timeout): a call to an endpoint that
     // accepts and never answers would hold the run, and its lock, for ever. Each attempt gets
     // S3_ATTEMPT, each call S3_CALL with its retries; the connect timeout stays the SDK's.
-    let timeouts = aws
-        .timeout_config()
-        .map(|t| t.to_builder())
-        .unwrap_or_default()
-        .operation_attempt_timeout(S3_ATTEMPT)
-        .operation_timeout(S3_CALL)
-        .build();
     aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(aws)
             .force_path_style(aws.endpoint_url().is_some())
-            .timeout_config(timeouts)
+            .timeout_config(bounded(aws))
             .interceptor(GiveUpOnUnreachable { service: "S3" })
             .build(),
     )
 }
 
-/// The longest one attempt of an S3 call may take (until its response's headers: a body is read
+/// The SDK's timeouts with each attempt and each call bounded (S3_ATTEMPT, S3_CALL).
+fn bounded(aws: &aws_config::SdkConfig) -> aws_config::timeout::TimeoutConfig {
+    aws.timeout_config()
+        .map(|t| t.to_builder())
+        .unwrap_or_default()
+        .operation_attempt_timeout(S3_ATTEMPT)
+        .operation_timeout(S3_CALL)
+        .build()
+}
+
+/// The longest one attempt of an S3 (or STS) call may take (until its response's headers: a body is read
 /// after), and the longest the call may take with its retries.
 const S3_ATTEMPT: std::time::Duration = std::time::Duration::from_secs(10);
 const S3_CALL: std::time::Duration = std::time::Duration::from_secs(30);
@@ -214,8 +217,11 @@ pub fn eks(aws: &aws_config::SdkConfig) -> aws_sdk_eks::Client {
 }
 
 pub fn sts(aws: &aws_config::SdkConfig) -> aws_sdk_sts::Client {
+    // Every command that touches the state bucket asks STS first (the bucket's owner): bounded
+    // like S3, or an endpoint that never answers holds the run for ever.
     aws_sdk_sts::Client::from_conf(
         aws_sdk_sts::config::Builder::from(aws)
+            .timeout_config(bounded(aws))
             .interceptor(GiveUpOnUnreachable { service: "STS" })
             .build(),
     )

@@ -10,12 +10,105 @@ use aws_sdk_s3::primitives::ByteStream;
 use tokio::sync::Mutex;
 
 use crate::error::{Exit, Failure, Result, sdk};
-use crate::state::{Ledger, Lock, LockDecision, decide_lock};
+use crate::state::{
+    Head, Ledger, Lock, LockDecision, Process, Release, STACK_DEPTH, decide_lock, go_live_below,
+    migrate, on_rollback_stack, previous_live, release_id, seq_of,
+};
 
-/// Whether process `pid` runs on this host (Linux: /proc; elsewhere assume it does).
-pub fn process_alive(pid: u32) -> bool {
-    !std::path::Path::new("/proc/self").exists()
-        || std::path::Path::new(&format!("/proc/{pid}")).exists()
+/// The ledger's head (`state::Head`), and the one-document ledger it replaced.
+const HEAD: &str = "ledger-head.json";
+const LEGACY: &str = "ledger.json";
+
+/// Where release `seq` is kept.
+fn release_key(seq: u64) -> String {
+    format!("releases/{seq:010}.json")
+}
+
+/// When a write may happen.
+#[derive(Clone, Copy)]
+enum WriteIf<'a> {
+    /// Only if there is no such object yet (`If-None-Match: *`).
+    Absent,
+    /// Only if the object is still the one with this ETag (`If-Match`).
+    Unchanged(&'a str),
+    /// Whatever is there (only for what one run alone writes under the lock).
+    Always,
+}
+
+/// The head as stored (with its ETag), or, while there is none, what the one-document ledger
+/// becomes in the new layout (its releases not written yet).
+struct HeadRead {
+    head: Head,
+    etag: Option<String>,
+    migrated: Vec<Release>,
+}
+
+/// This process as a lock records it (Linux: /proc); None where /proc cannot tell, and then no
+/// holder is ever taken for dead.
+pub fn this_process() -> Option<Process> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let pid_ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    let pid = std::process::id();
+    Some(Process {
+        pid,
+        boot_id: boot_id.trim().to_string(),
+        pid_ns: pid_ns.to_string_lossy().into_owned(),
+        start_ticks: started_at(pid)?,
+    })
+}
+
+/// When process `pid` of this pid namespace started (clock ticks after boot, proc(5)'s
+/// `/proc/<pid>/stat` field 22), or None when there is no such process.
+pub fn started_at(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether `lock`'s holder is known to be gone (`Lock::holder_gone` for this process).
+pub fn holder_gone(lock: &Lock) -> bool {
+    lock.holder_gone(this_process().as_ref(), started_at)
+}
+
+/// The `Date` an S3 answer carries: the store's clock, which a lease is judged by.
+#[derive(Debug, Clone, Default)]
+struct StoreClock(Arc<std::sync::Mutex<Option<u64>>>);
+
+impl aws_sdk_s3::config::Intercept for StoreClock {
+    fn name(&self) -> &'static str {
+        "StoreClock"
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &aws_sdk_s3::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _: &aws_sdk_s3::config::RuntimeComponents,
+        _: &mut aws_sdk_s3::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_s3::error::BoxError> {
+        let date = context
+            .response()
+            .headers()
+            .get("date")
+            .and_then(|d| {
+                aws_sdk_s3::primitives::DateTime::from_str(
+                    d,
+                    aws_sdk_s3::primitives::DateTimeFormat::HttpDate,
+                )
+                .ok()
+            })
+            .and_then(|d| u64::try_from(d.secs()).ok());
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = date;
+        Ok(())
+    }
+}
+
+/// A lock as found, judged on the store's clock: its lease from when S3 last wrote it, and
+/// S3's time now.
+pub struct FoundLock {
+    pub lock: Lock,
+    etag: String,
+    pub now: u64,
 }
 
 pub fn now() -> u64 {
@@ -29,6 +122,10 @@ pub fn now() -> u64 {
 pub struct StateStore {
     s3: aws_sdk_s3::Client,
     pub bucket: String,
+    /// The account that must own the bucket: every call says so (`ExpectedBucketOwner`; S3
+    /// answers 403 when another account owns it, S3 User Guide, "Verifying bucket ownership with
+    /// bucket owner condition").
+    owner: Option<String>,
     app: String,
 }
 
@@ -81,8 +178,13 @@ fn step_failure(step: &str, what: String, bucket: &str) -> Failure {
 }
 
 impl StateStore {
-    pub fn new(s3: aws_sdk_s3::Client, bucket: String, app: String) -> Self {
-        StateStore { s3, bucket, app }
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String, owner: Option<String>, app: String) -> Self {
+        StateStore {
+            s3,
+            bucket,
+            owner,
+            app,
+        }
     }
 
     fn key(&self, name: &str) -> String {
@@ -90,7 +192,14 @@ impl StateStore {
     }
 
     pub async fn bucket_exists(&self) -> Result<bool> {
-        match self.s3.head_bucket().bucket(&self.bucket).send().await {
+        match self
+            .s3
+            .head_bucket()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .send()
+            .await
+        {
             Ok(_) => Ok(true),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(false),
             // HeadBucket answers 403 when the bucket exists and this identity may not read it:
@@ -119,6 +228,7 @@ impl StateStore {
             .s3
             .get_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(self.key(name))
             .send()
             .await
@@ -146,25 +256,26 @@ impl StateStore {
         }
     }
 
-    /// Write `value`: only if the object still has `etag`, or (None) only if it does not exist.
-    /// `Ok(None)` is a lost race: someone wrote first.
+    /// Write `value` if `when` allows. `Ok(None)` is a lost race: someone wrote first.
     async fn write<T: serde::Serialize>(
         &self,
         name: &str,
         value: &T,
-        etag: Option<&str>,
+        when: WriteIf<'_>,
     ) -> Result<Option<String>> {
         let body = serde_json::to_vec_pretty(value).expect("state serialises");
         let mut put = self
             .s3
             .put_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(self.key(name))
             .content_type("application/json")
             .body(ByteStream::from(body));
-        put = match etag {
-            Some(e) => put.if_match(e),
-            None => put.if_none_match("*"),
+        put = match when {
+            WriteIf::Unchanged(e) => put.if_match(e),
+            WriteIf::Absent => put.if_none_match("*"),
+            WriteIf::Always => put,
         };
         match put.send().await {
             Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
@@ -179,8 +290,56 @@ impl StateStore {
         }
     }
 
-    pub async fn read_lock(&self) -> Result<Option<Lock>> {
-        Ok(self.read::<Lock>("lock.json").await?.map(|(l, _)| l))
+    /// The lock, if any, judged on S3's clock (`Lock::on_store_clock`; this host's clock only
+    /// where S3 says no time).
+    pub async fn read_lock(&self) -> Result<Option<FoundLock>> {
+        let clock = StoreClock::default();
+        let got = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .key(self.key("lock.json"))
+            .customize()
+            .interceptor(clock.clone())
+            .send()
+            .await;
+        let out = match got {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(step_failure("lock", sdk(e), &self.bucket)),
+        };
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        let written = out
+            .last_modified()
+            .and_then(|t| u64::try_from(t.secs()).ok());
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| step_failure("lock", e.to_string(), &self.bucket))?
+            .into_bytes();
+        let lock: Lock = serde_json::from_slice(&bytes).map_err(|e| {
+            Failure::new(
+                Exit::Aws,
+                "lock",
+                format!(
+                    "s3://{}/{} is not a lock: {e}",
+                    self.bucket,
+                    self.key("lock.json")
+                ),
+                "if no run is going, delete it (or restore an earlier version)",
+            )
+        })?;
+        let store_now = *clock.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(FoundLock {
+            lock: match written {
+                Some(w) => lock.on_store_clock(w),
+                None => lock,
+            },
+            etag,
+            now: store_now.unwrap_or_else(now),
+        }))
     }
 
     /// What `acquire` would do about `existing`: break it, or the failure that says who holds it.
@@ -200,7 +359,7 @@ impl StateStore {
                     "{} is locked by a run that died: {} (process {} is gone from this host)",
                     self.app,
                     existing.describe(now),
-                    existing.pid.unwrap_or_default()
+                    existing.process.as_ref().map_or(0, |p| p.pid)
                 ),
                 "re-run with --force-unlock; the command re-plans from what is really there",
             )),
@@ -226,13 +385,13 @@ impl StateStore {
 
     /// `--dry-run`'s lock check: fail as `acquire` would (exit 4 when another run holds the
     /// lock), write nothing.
-    pub async fn check_lock(&self, host: &str, force_unlock: bool, yes: bool) -> Result<()> {
+    pub async fn check_lock(&self, force_unlock: bool, yes: bool) -> Result<()> {
         if !self.bucket_exists().await? {
             return Ok(());
         }
-        if let Some((existing, _)) = self.read::<Lock>("lock.json").await? {
-            let gone = existing.holder_gone(host, process_alive);
-            self.decide(&existing, now(), gone, force_unlock, yes)?;
+        if let Some(found) = self.read_lock().await? {
+            let gone = holder_gone(&found.lock);
+            self.decide(&found.lock, found.now, gone, force_unlock, yes)?;
         }
         Ok(())
     }
@@ -249,16 +408,20 @@ impl StateStore {
             let now = now();
             lock.started = now;
             lock.lease_expires = now + lease;
-            if let Some(etag) = self.write("lock.json", &lock, None).await? {
+            lock.lease_seconds = Some(lease);
+            if let Some(etag) = self.write("lock.json", &lock, WriteIf::Absent).await? {
                 return Ok(HeldLock::new(etag, lock, lease));
             }
-            let Some((existing, etag)) = self.read::<Lock>("lock.json").await? else {
+            let Some(found) = self.read_lock().await? else {
                 continue;
             };
-            let gone = existing.holder_gone(&lock.host, process_alive);
+            let gone = holder_gone(&found.lock);
             // Ok only when the lock may be broken (an expired lease, or --force-unlock --break-live-lock).
-            self.decide(&existing, now, gone, force_unlock, yes)?;
-            if let Some(new_etag) = self.write("lock.json", &lock, Some(&etag)).await? {
+            self.decide(&found.lock, found.now, gone, force_unlock, yes)?;
+            if let Some(new_etag) = self
+                .write("lock.json", &lock, WriteIf::Unchanged(&found.etag))
+                .await?
+            {
                 return Ok(HeldLock::new(new_etag, lock, lease));
             }
         }
@@ -275,7 +438,10 @@ impl StateStore {
         let mut etag = held.etag.lock().await;
         let mut lock = held.lock.clone();
         lock.lease_expires = now() + held.lease;
-        match self.write("lock.json", &lock, Some(&etag)).await? {
+        match self
+            .write("lock.json", &lock, WriteIf::Unchanged(&etag))
+            .await?
+        {
             Some(new) => {
                 *etag = new;
                 Ok(())
@@ -304,6 +470,7 @@ impl StateStore {
             .s3
             .head_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(self.key("lock.json"))
             .if_match(etag.as_str())
             .send()
@@ -341,6 +508,7 @@ impl StateStore {
             .s3
             .delete_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(self.key("lock.json"))
             .if_match(etag.as_str())
             .send()
@@ -351,35 +519,200 @@ impl StateStore {
         }
     }
 
-    pub async fn ledger(&self) -> Result<Ledger> {
-        Ok(self
-            .read::<Ledger>("ledger.json")
-            .await?
-            .map(|(l, _)| l)
-            .unwrap_or_default())
+    async fn head(&self) -> Result<HeadRead> {
+        if let Some((head, etag)) = self.read::<Head>(HEAD).await? {
+            return Ok(HeadRead {
+                head,
+                etag: Some(etag),
+                migrated: Vec::new(),
+            });
+        }
+        let (head, migrated) = match self.read::<Ledger>(LEGACY).await? {
+            Some((legacy, _)) => migrate(legacy),
+            None => (Head::default(), Vec::new()),
+        };
+        Ok(HeadRead {
+            head,
+            etag: None,
+            migrated,
+        })
     }
 
-    /// Read the ledger, change it, write it back only if nobody wrote in between; retried.
-    pub async fn update_ledger(&self, mut change: impl FnMut(&mut Ledger)) -> Result<Ledger> {
-        for _ in 0..10 {
-            let (mut ledger, etag) = match self.read::<Ledger>("ledger.json").await? {
-                Some((l, e)) => (l, Some(e)),
-                None => (Ledger::default(), None),
+    async fn read_release(&self, seq: u64) -> Result<Option<(Release, String)>> {
+        self.read::<Release>(&release_key(seq)).await
+    }
+
+    /// Release `seq`, from what a migration has not written yet or from its object.
+    async fn release_at(&self, seq: u64, migrated: &[Release]) -> Result<Option<Release>> {
+        if let Some(r) = migrated.iter().find(|r| r.seq == seq) {
+            return Ok(Some(r.clone()));
+        }
+        Ok(self.read_release(seq).await?.map(|(r, _)| r))
+    }
+
+    /// The top of the rollback stack, as `state::stack_from` makes it, one release read at a
+    /// time.
+    async fn rollback_stack(&self, at: &HeadRead) -> Result<Vec<Release>> {
+        let mut stack = Vec::new();
+        let mut next = at.head.live_top;
+        while let Some(seq) = next.filter(|_| stack.len() < STACK_DEPTH) {
+            let Some(r) = self.release_at(seq, &at.migrated).await? else {
+                break;
             };
-            change(&mut ledger);
+            next = r.live_below;
+            stack.push(r);
+        }
+        Ok(stack)
+    }
+
+    /// Open the ledger entry of a run (its number taken from the head, so no two runs get the
+    /// same one), after closing the entries of runs that died; `make` builds it from its number
+    /// and id. The one-document ledger of an older `release` is moved into one object per release
+    /// here, under the lock.
+    pub async fn open_release(
+        &self,
+        now: u64,
+        make: impl Fn(u64, String) -> Release,
+    ) -> Result<String> {
+        for _ in 0..10 {
+            let mut at = self.head().await?;
+            for r in &at.migrated {
+                self.write(&release_key(r.seq), r, WriteIf::Always).await?;
+            }
+            for seq in std::mem::take(&mut at.head.open) {
+                let Some((mut dead, etag)) = self.read_release(seq).await? else {
+                    continue;
+                };
+                if dead.close_abandoned(now) {
+                    self.write(&release_key(seq), &dead, WriteIf::Unchanged(&etag))
+                        .await?;
+                }
+                // It went live and died before the head said so: it is the top of the stack.
+                if on_rollback_stack(&dead) && at.head.live_top.is_none_or(|top| top < seq) {
+                    at.head.live_top = Some(seq);
+                }
+            }
+            let seq = at.head.open_release();
+            let id = release_id(seq, now);
+            let when = at
+                .etag
+                .as_deref()
+                .map_or(WriteIf::Absent, WriteIf::Unchanged);
+            if self.write(HEAD, &at.head, when).await?.is_some() {
+                self.write(&release_key(seq), &make(seq, id.clone()), WriteIf::Absent)
+                    .await?;
+                return Ok(id);
+            }
+        }
+        Err(conflicts("ledger head"))
+    }
+
+    /// Change release `id` (read, changed, written back with `If-Match`; retried on a conflict).
+    pub async fn update_release(
+        &self,
+        id: &str,
+        mut change: impl FnMut(&mut Release),
+    ) -> Result<Release> {
+        let seq = seq_of(id).ok_or_else(|| {
+            Failure::new(
+                Exit::Internal,
+                "ledger",
+                format!("{id:?} is not a release id"),
+                "report it",
+            )
+        })?;
+        for _ in 0..10 {
+            let Some((mut release, etag)) = self.read_release(seq).await? else {
+                return Err(Failure::new(
+                    Exit::Aws,
+                    "ledger",
+                    format!(
+                        "release {id} is missing from s3://{}/{}",
+                        self.bucket,
+                        self.key(&release_key(seq))
+                    ),
+                    "something deleted it while the run was going: check the bucket's object versions",
+                ));
+            };
+            change(&mut release);
             if self
-                .write("ledger.json", &ledger, etag.as_deref())
+                .write(&release_key(seq), &release, WriteIf::Unchanged(&etag))
                 .await?
                 .is_some()
             {
-                return Ok(ledger);
+                return Ok(release);
             }
         }
-        Err(Failure::new(
-            Exit::Aws,
-            "ledger",
-            "the ledger kept changing under us (10 conflicting writes)",
-            "retry; if it persists, look for a runaway process writing the state bucket",
-        ))
+        Err(conflicts("ledger"))
     }
+
+    /// Record that release `id`'s colour answers through the public URL, and put it on top of
+    /// the rollback stack (what `rollback` finds the previous live release by).
+    pub async fn mark_live(&self, id: &str, colour: &str) -> Result<()> {
+        for _ in 0..10 {
+            let at = self.head().await?;
+            let already = at.head.live_top.is_some() && at.head.live_top == seq_of(id);
+            let stack = if already {
+                Vec::new()
+            } else {
+                self.rollback_stack(&at).await?
+            };
+            let release = self
+                .update_release(id, |r| {
+                    r.colour = Some(colour.to_string());
+                    r.went_live = true;
+                    if !already {
+                        r.live_below = go_live_below(&r.action, colour, &stack);
+                    }
+                })
+                .await?;
+            if already || !on_rollback_stack(&release) {
+                return Ok(());
+            }
+            let mut head = at.head;
+            head.live_top = Some(release.seq);
+            let when = at
+                .etag
+                .as_deref()
+                .map_or(WriteIf::Absent, WriteIf::Unchanged);
+            if self.write(HEAD, &head, when).await?.is_some() {
+                return Ok(());
+            }
+        }
+        Err(conflicts("ledger head"))
+    }
+
+    /// The release that was live before `live` (`state::previous_live`): read from the head and
+    /// at most two releases, whatever the length of the history.
+    pub async fn previous_live(&self, live: &str) -> Result<Option<Release>> {
+        let at = self.head().await?;
+        let stack = self.rollback_stack(&at).await?;
+        Ok(previous_live(live, &stack).cloned())
+    }
+
+    /// The newest `limit` releases, oldest first: the head and those releases' objects only.
+    pub async fn history(&self, limit: usize) -> Result<Vec<Release>> {
+        use futures_util::{StreamExt, TryStreamExt};
+        let at = self.head().await?;
+        if !at.migrated.is_empty() {
+            let skip = at.migrated.len().saturating_sub(limit);
+            return Ok(at.migrated.into_iter().skip(skip).collect());
+        }
+        let first = at.head.next.saturating_sub(limit as u64).max(1);
+        let found: Vec<Option<(Release, String)>> = futures_util::stream::iter(first..at.head.next)
+            .map(|seq| self.read_release(seq))
+            .buffered(16)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().map(|(r, _)| r).collect())
+    }
+}
+
+fn conflicts(what: &str) -> Failure {
+    Failure::new(
+        Exit::Aws,
+        "ledger",
+        format!("the {what} kept changing under us (10 conflicting writes)"),
+        "retry; if it persists, look for a runaway process writing the state bucket",
+    )
 }

@@ -77,13 +77,14 @@ async fn observe(
         world.stacks.push((name, observed.status));
     }
     if delete_images {
-        world.images = crate::adapters::endpoint::ecr(&ctx.aws)
-            .list_images()
-            .repository_name(&c.app)
-            .send()
-            .await
-            .ok()
-            .map(|i| i.image_ids().len());
+        // Images, not tags: ListImages names an image once per tag.
+        world.images = crate::adapters::image::keep::tags_by_digest(
+            &crate::adapters::endpoint::ecr(&ctx.aws),
+            &c.app,
+        )
+        .await
+        .ok()
+        .map(|images| images.len());
     }
     Ok((world, client))
 }
@@ -108,13 +109,7 @@ pub async fn destroy(ctx: &Ctx, force_unlock: bool, delete_images: bool) -> Resu
     // refused (2) where it could not ask.
     if ctx.dry_run {
         let bucket = store.bucket_exists().await?;
-        store
-            .check_lock(
-                &crate::session::hostname(),
-                force_unlock,
-                ctx.break_live_lock,
-            )
-            .await?;
+        store.check_lock(force_unlock, ctx.break_live_lock).await?;
         let (world, _) = observe(ctx, &stacks, bucket, delete_images).await?;
         let plan = print_plan(
             ctx,
@@ -301,33 +296,55 @@ fn aws_failure(step: &str, e: String) -> Failure {
     )
 }
 
-/// Every image in the app's repository.
+/// Every image in the app's repository, by digest (every page of ListImages), in batches of
+/// 100, BatchDeleteImage's limit (ECR API reference).
 async fn delete_images(ctx: &Ctx) -> Result<()> {
+    use aws_sdk_ecr::types::ImageIdentifier;
     let app = &ctx.config.app;
     let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
-    if let Ok(images) = ecr.list_images().repository_name(app).send().await {
-        let ids: Vec<_> = images.image_ids().to_vec();
-        if !ids.is_empty() {
-            ecr.batch_delete_image()
-                .repository_name(app)
-                .set_image_ids(Some(ids))
-                .send()
-                .await
-                .map_err(|e| aws_failure("delete images", sdk(e)))?;
+    let Ok(images) = crate::adapters::image::keep::tags_by_digest(&ecr, app).await else {
+        return Ok(());
+    };
+    let digests: Vec<&String> = images.keys().collect();
+    for batch in digests.chunks(100) {
+        let ids = batch
+            .iter()
+            .map(|d| ImageIdentifier::builder().image_digest(d.as_str()).build())
+            .collect();
+        let out = ecr
+            .batch_delete_image()
+            .repository_name(app)
+            .set_image_ids(Some(ids))
+            .send()
+            .await
+            .map_err(|e| aws_failure("delete images", sdk(e)))?;
+        if let Some(f) = out.failures().first() {
+            return Err(aws_failure(
+                "delete images",
+                format!(
+                    "{}: {}",
+                    f.image_id()
+                        .and_then(|i| i.image_digest())
+                        .unwrap_or("an image"),
+                    f.failure_reason().unwrap_or("not deleted")
+                ),
+            ));
         }
     }
     Ok(())
 }
 
-/// Every version of every object in the state bucket (the ledger has one per write), a page at a
+/// Every version of every object in the state bucket (each ledger object has one per write), a page at a
 /// time (each page deleted is gone from the next listing), then the bucket.
 async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<()> {
     let fail = aws_failure;
     let s3 = crate::adapters::endpoint::s3(&ctx.aws);
+    let owner = ctx.config.state.bucket_owner.clone();
     loop {
         let page = s3
             .list_object_versions()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.clone())
             .send()
             .await
             .map_err(|e| fail("state bucket", sdk(e)))?;
@@ -358,6 +375,7 @@ async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<()> {
         let deleted = s3
             .delete_objects()
             .bucket(bucket)
+            .set_expected_bucket_owner(owner.clone())
             .delete(delete)
             .send()
             .await
@@ -375,6 +393,7 @@ async fn delete_bucket(ctx: &Ctx, bucket: &str) -> Result<()> {
     }
     s3.delete_bucket()
         .bucket(bucket)
+        .set_expected_bucket_owner(owner)
         .send()
         .await
         .map_err(|e| fail("state bucket", sdk(e)))?;

@@ -14,10 +14,10 @@ use crate::adapters::stacks::{Observed, Stacks};
 use crate::adapters::store::StateStore;
 use crate::commands::observe::{World, observe, public_url};
 use crate::commands::print_plan;
-use crate::commands::steps::{annotate, flip, mark_live, smoke_test, wait_public};
+use crate::commands::steps::{annotate, flip, mark_live, protect_images, smoke_test, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, GoLive, Refusal};
-use crate::session::{Ctx, begin, finish_session, hostname, step};
+use crate::session::{Ctx, begin, finish_session, step};
 
 /// `expect_digest`: promote only if the candidate runs this image (CI passes the digest its own
 /// `release up` deployed, so that an approval never promotes another pipeline's candidate).
@@ -63,9 +63,11 @@ async fn prepare(
 ) -> Result<(World, FlipPlan, crate::adapters::smoke::Cases)> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
+    let edge = crate::commands::observe::edge_state(ctx, &world.edge, kind.action()).await?;
     let mut facts = FlipWorld {
         app: c.app.clone(),
         live: world.live,
+        edge,
         colours: world.colours.clone(),
         previous_live: None,
         repository_uri: None,
@@ -74,13 +76,20 @@ async fn prepare(
     };
     // Only a rollback may redeploy a retired colour: only it reads the ledger and the registry.
     if let (Flip::Rollback { .. }, Some(live)) = (kind, world.live) {
-        let ledger = store.ledger().await?;
-        facts.previous_live = ledger.previous_live(live.as_str()).and_then(|r| {
-            Some(GoLive {
-                digest: r.image_digest.clone()?,
-                model_version: r.model_version.clone(),
-            })
-        });
+        if let Some(r) = store.previous_live(live.as_str()).await? {
+            let (digest, model_version) = crate::state::go_live_of(&r).map_err(|e| {
+                Failure::new(
+                    Exit::Aws,
+                    "ledger",
+                    format!("release {} in the ledger cannot be redeployed: {e}", r.id),
+                    "the state bucket holds a value release never wrote: check who wrote it (its object versions, CloudTrail) before rolling back",
+                )
+            })?;
+            facts.previous_live = Some(GoLive {
+                digest,
+                model_version,
+            });
+        }
         let registry = stacks.observe(&c.stack_name("registry")).await?;
         facts.repository_uri = registry.outputs.get("RepositoryUri").cloned();
     }
@@ -114,6 +123,10 @@ fn refused(ctx: &Ctx, kind: Flip, r: Refusal) -> Failure {
             "the edge stack has no public URL",
             "run `release up` to finish the edge stack",
         ),
+        Refusal::Edge(r) => {
+            let (why, hint) = r.explain();
+            Failure::new(Exit::Precondition, action, why, hint)
+        }
         Refusal::NoRepository => Failure::new(
             Exit::Aws,
             format!("stack {}", ctx.config.stack_name("registry")),
@@ -197,9 +210,7 @@ async fn flip_to(
     if ctx.dry_run {
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
-        store
-            .check_lock(&hostname(), force_unlock, ctx.break_live_lock)
-            .await?;
+        store.check_lock(force_unlock, ctx.break_live_lock).await?;
         let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest).await?;
         return Ok(print_plan(
             ctx,
@@ -302,12 +313,10 @@ impl Run<'_> {
                 // before anything changes.
                 let _ = self
                     .store
-                    .update_ledger(|l| {
-                        if let Some(r) = l.get_mut(self.id) {
-                            r.colour = Some(plan.to.to_string());
-                            r.image_digest = plan.digest.clone();
-                            r.model_version = Some(plan.model_version.clone());
-                        }
+                    .update_release(self.id, |r| {
+                        r.colour = Some(plan.to.to_string());
+                        r.image_digest = plan.digest.clone();
+                        r.model_version = Some(plan.model_version.clone());
                     })
                     .await;
             }
@@ -391,6 +400,18 @@ impl Run<'_> {
                     colour::teardown(&self.client, c, *colour).await?;
                     Ok(((), "removed".to_string()))
                 })
+                .await?;
+            }
+            FlipStep::ProtectImages { in_use } => {
+                protect_images(
+                    ctx,
+                    self.stacks,
+                    self.store,
+                    self.id,
+                    &name,
+                    in_use,
+                    Some(plan.to),
+                )
                 .await?;
             }
         }

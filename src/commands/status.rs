@@ -98,12 +98,9 @@ async fn lock_status(store: &crate::adapters::store::StateStore) -> Result<Optio
     if !store.bucket_exists().await? {
         return Ok(None);
     }
-    Ok(store.read_lock().await?.map(|l| {
-        let gone = l.holder_gone(
-            &crate::session::hostname(),
-            crate::adapters::store::process_alive,
-        );
-        let d = l.describe(crate::adapters::store::now());
+    Ok(store.read_lock().await?.map(|found| {
+        let gone = crate::adapters::store::holder_gone(&found.lock);
+        let d = found.lock.describe(found.now);
         if gone {
             format!("{d}; its process is gone: the next command needs --force-unlock")
         } else {
@@ -118,12 +115,10 @@ pub async fn history(ctx: &Ctx, limit: usize) -> Result<Value> {
     if !store.bucket_exists().await? {
         return Ok(json!({"releases": []}));
     }
-    let ledger = store.ledger().await?;
-    let skip = ledger.releases.len().saturating_sub(limit);
-    let rows: Vec<Value> = ledger
-        .releases
+    let rows: Vec<Value> = store
+        .history(limit)
+        .await?
         .iter()
-        .skip(skip)
         .map(|r| {
             json!({
                 "id": r.id, "action": r.action, "colour": r.colour, "image": r.image_tag, "digest": r.image_digest,

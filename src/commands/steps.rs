@@ -118,15 +118,7 @@ pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -
 /// finds the previous live release by). Written inside the verifying step, so a run that dies
 /// right after it still counts.
 pub async fn mark_live(store: &StateStore, id: &str, colour: Colour) -> Result<()> {
-    store
-        .update_ledger(|l| {
-            if let Some(r) = l.get_mut(id) {
-                r.colour = Some(colour.to_string());
-                r.went_live = true;
-            }
-        })
-        .await
-        .map(|_| ())
+    store.mark_live(id, colour.as_str()).await
 }
 
 /// Poll the public URL until `/version` reports `colour`.
@@ -235,4 +227,57 @@ pub async fn annotate(
             "re-run the command; the roles are annotations on the Deployments",
         )
     })
+}
+
+/// Tag the images in use (`in_use`, and the one a rollback from `live` would deploy again, from
+/// the ledger) so that the registry's 30-day lifecycle rule does not expire them
+/// (`plan::images`). Recorded as the step `name`; a registry that cannot be changed now is a
+/// warning, not a failed release: the next release command tries again.
+pub async fn protect_images(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    store: &StateStore,
+    id: &str,
+    name: &str,
+    in_use: &std::collections::BTreeMap<String, String>,
+    live: Option<Colour>,
+) -> Result<()> {
+    let what = crate::plan::images::protect_what(in_use);
+    crate::session::step(ctx, store, id, name, &what, async {
+        let kept = async {
+            let mut in_use = in_use.clone();
+            let rollback = crate::plan::images::ROLLBACK_SLOT;
+            if !in_use.contains_key(rollback)
+                && let Some(live) = live
+                && let Some(r) = store.previous_live(live.as_str()).await?
+                && let Ok((digest, _)) = crate::state::go_live_of(&r)
+            {
+                in_use.insert(rollback.to_string(), digest);
+            }
+            let registry = stacks
+                .observe(&ctx.config.stack_name("registry"))
+                .await?;
+            let Some(repository) = registry.outputs.get("RepositoryName") else {
+                return Ok("no repository yet".to_string());
+            };
+            let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
+            crate::adapters::image::keep::protect(&ecr, repository, &in_use)
+                .await
+                .map_err(|e| {
+                    Failure::new(Exit::Aws, name, e.to_string(), "the next release command retries")
+                })
+        }
+        .await;
+        Ok((
+            (),
+            kept.unwrap_or_else(|e| {
+                ctx.out.note(&format!(
+                    "warning: the images in use are not protected from the registry's lifecycle rule yet ({}); the next release command retries",
+                    e.message
+                ));
+                format!("not done: {}", e.message)
+            }),
+        ))
+    })
+    .await
 }

@@ -38,6 +38,15 @@ impl Config {
                 ));
             }
         }
+        if let Some(owner) = &self.state.bucket_owner
+            && !(owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit()))
+        {
+            return Err(err(
+                file,
+                "state.bucket_owner",
+                format!("{owner:?} is not an AWS account id (12 digits)"),
+            ));
+        }
         // Bounded above too: a lease of hours would leave a dead run's lock in the way for hours,
         // and let a stopped run come back inside its lease.
         if !(30..=3600).contains(&self.state.lease_seconds) {
@@ -64,6 +73,9 @@ impl Config {
                 ),
             ));
         }
+        // It reaches an annotation, an environment variable and the ledger as it is.
+        crate::state::check_model_version(&self.model.version)
+            .map_err(|e| err(file, "model.version", e))?;
         match (&self.image.binary, &self.image.archive) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(err(

@@ -44,6 +44,11 @@ pub struct StateConfig {
     /// makes it.
     #[serde(default)]
     pub bucket: Option<String>,
+    /// The AWS account that must own the bucket: every S3 call names it (`ExpectedBucketOwner`),
+    /// so a bucket of that name in another account is refused instead of trusted. Default: the
+    /// caller's account.
+    #[serde(default)]
+    pub bucket_owner: Option<String>,
     /// Seconds a lock stays valid without renewal.
     #[serde(default = "default_lease")]
     pub lease_seconds: u64,
@@ -53,6 +58,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             bucket: None,
+            bucket_owner: None,
             lease_seconds: default_lease(),
         }
     }

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::colour::{Colour, Observed, Pending, Role, roles};
+use super::up::{EdgeState, ReleaseRefusal, edge_ready};
 use super::{PlannedStep, planned};
 
 /// Which flip: promote (to the tested candidate) or rollback (to the previous colour).
@@ -59,6 +60,8 @@ pub struct FlipWorld {
     pub app: String,
     /// The colour the edge's origin points at.
     pub live: Option<Colour>,
+    /// The edge stack and CloudFront's state of it.
+    pub edge: EdgeState,
     /// Both colours (empty when there is no cluster yet).
     pub colours: BTreeMap<Colour, Observed>,
     /// The ledger's go-live before the live colour's (read for a rollback only).
@@ -128,6 +131,9 @@ pub enum FlipStep {
     Retire { colour: Colour },
     /// Leave the colour deployed.
     Keep { colour: Colour, why: &'static str },
+    /// Keep the images the colours run after the flip, and the one a rollback would deploy
+    /// again (`plan::images`): the digest of each keep slot.
+    ProtectImages { in_use: BTreeMap<String, String> },
 }
 
 fn name(app: &str, colour: Colour) -> String {
@@ -146,6 +152,7 @@ impl FlipStep {
             FlipStep::Roles { .. } => "roles".into(),
             FlipStep::Retire { colour } => format!("retire {}", name(app, *colour)),
             FlipStep::Keep { colour, .. } => format!("keep {}", name(app, *colour)),
+            FlipStep::ProtectImages { .. } => super::images::PROTECT_STEP.into(),
         }
     }
 
@@ -158,6 +165,7 @@ impl FlipStep {
                 | FlipStep::Flip { .. }
                 | FlipStep::Verify { .. }
                 | FlipStep::Retire { .. }
+                | FlipStep::ProtectImages { .. }
         )
     }
 
@@ -234,6 +242,7 @@ impl FlipStep {
             }
             FlipStep::Retire { .. } => "delete its Deployment and Service".into(),
             FlipStep::Keep { why, .. } => (*why).into(),
+            FlipStep::ProtectImages { in_use } => super::images::protect_what(in_use),
         }
     }
 
@@ -294,6 +303,8 @@ pub enum Refusal {
     NoPublicUrl,
     /// A retired colour must be redeployed and the registry stack names no repository (exit 5).
     NoRepository,
+    /// The edge is not settled, not Deployed, or serves no colour (exit 8): no colour changes.
+    Edge(ReleaseRefusal),
 }
 
 /// Decide a flip of `kind` from `w`. `expect_digest`: promote only if the candidate runs this
@@ -305,6 +316,7 @@ pub fn plan_flip(
     expect_digest: Option<&str>,
     s: FlipSettings,
 ) -> Result<FlipPlan, Refusal> {
+    edge_ready(&w.edge, w.live).map_err(Refusal::Edge)?;
     let t = target(w, kind)?;
     if let Some(want) = expect_digest {
         expected(w, kind, &t, want)?;
@@ -339,13 +351,14 @@ pub fn plan_flip(
         }
         None => None,
     };
+    let steps = steps(w, kind, &t, redeploy, digest.clone(), &public_url, s);
     Ok(FlipPlan {
         kind,
         from: t.from,
         to: t.to,
         digest,
         model_version,
-        steps: steps(w, kind, &t, redeploy, &public_url, s),
+        steps,
         public_url,
         finishing: t.finishing,
     })
@@ -465,6 +478,7 @@ fn steps(
     kind: Flip,
     t: &Target,
     redeploy: Option<FlipStep>,
+    digest: Option<String>,
     public_url: &str,
     s: FlipSettings,
 ) -> Vec<FlipStep> {
@@ -500,6 +514,24 @@ fn steps(
         from,
         back: from_o.address.clone().filter(|_| from_o.exists),
     });
+    // Before the roles are written: until then a run that died is finished by the same command
+    // again (`Pending`), so the keep tags are never left undone by a crash.
+    // What live runs after the flip; what traffic left while it stays deployed; after a
+    // promote, what traffic left is also what a rollback deploys again (retired or not). After a
+    // rollback the ledger names the next rollback's image.
+    let mut in_use = BTreeMap::new();
+    if let Some(d) = digest {
+        in_use.insert(to.as_str().to_string(), d);
+    }
+    if let Some(d) = from_o.digest.clone() {
+        if from_o.exists && !kind.retires() {
+            in_use.insert(from.as_str().to_string(), d.clone());
+        }
+        if matches!(kind, Flip::Promote { .. }) {
+            in_use.insert(super::images::ROLLBACK_SLOT.to_string(), d);
+        }
+    }
+    steps.push(FlipStep::ProtectImages { in_use });
     steps.push(FlipStep::Roles {
         live: to,
         old: from_o.exists.then_some((from, kind.old_role())),
@@ -543,6 +575,10 @@ mod tests {
         FlipWorld {
             app: "iris".into(),
             live: Some(Blue),
+            edge: EdgeState::Serving {
+                origin: "blue.lb".into(),
+                deployed: true,
+            },
             colours: BTreeMap::from([
                 (Blue, deployed(Role::Live, "blue.lb", "sha256:b1")),
                 (Green, deployed(Role::Candidate, "green.lb", "sha256:g2")),
@@ -603,6 +639,12 @@ mod tests {
         }
     }
 
+    fn slots(s: &[(&str, &str)]) -> BTreeMap<String, String> {
+        s.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     fn names(p: &FlipPlan) -> Vec<String> {
         p.steps.iter().map(|s| s.name("iris")).collect()
     }
@@ -628,6 +670,13 @@ mod tests {
         };
         let p = plan_flip(&blue_live_green_candidate(), kind, None, s).unwrap();
         assert_eq!(names(&p).last().unwrap(), "retire iris-blue");
+        // Retired, blue's image is still what a rollback deploys again: it stays protected.
+        assert_eq!(
+            &p.steps[p.steps.len() - 3],
+            &FlipStep::ProtectImages {
+                in_use: slots(&[("green", "sha256:g2"), ("rollback", "sha256:b1")])
+            }
+        );
         assert!(p.steps[2].what("iris").ends_with("then invalidate /*"));
         assert_eq!(p.digest.as_deref(), Some("sha256:g2"));
         assert_eq!(p.model_version, "model-of-sha256:g2");
@@ -656,7 +705,44 @@ mod tests {
         assert!(refusal(&w).ends_with("is not a tested candidate (absent)"));
         let mut w = blue_live_green_candidate();
         w.live = None;
+        w.edge = EdgeState::Absent;
         assert!(refusal(&w).starts_with("nothing to promote: nothing is live yet"));
+    }
+
+    #[test]
+    fn no_colour_changes_while_the_edge_is_unsettled_deploying_or_serves_no_colour() {
+        let refused = |w: &FlipWorld, kind| match plan_flip(w, kind, None, settings()) {
+            Err(Refusal::Edge(r)) => r,
+            other => panic!("not refused for the edge: {other:?}"),
+        };
+        let mut w = blue_live_green_candidate();
+        w.edge = EdgeState::Unsettled {
+            status: "UPDATE_IN_PROGRESS".into(),
+        };
+        assert_eq!(
+            refused(&w, PROMOTE),
+            ReleaseRefusal::EdgeUnsettled {
+                status: "UPDATE_IN_PROGRESS".into()
+            }
+        );
+        w.edge = EdgeState::Serving {
+            origin: "blue.lb".into(),
+            deployed: false,
+        };
+        assert_eq!(refused(&w, ROLLBACK), ReleaseRefusal::EdgeDeploying);
+        // An edge whose origin is neither colour's address: nothing is live that a flip could
+        // leave, and the edge serves something release did not put there.
+        w.edge = EdgeState::Serving {
+            origin: "elsewhere.example".into(),
+            deployed: true,
+        };
+        w.live = None;
+        assert_eq!(
+            refused(&w, PROMOTE),
+            ReleaseRefusal::StrayOrigin {
+                origin: "elsewhere.example".into()
+            }
+        );
     }
 
     #[test]
@@ -704,17 +790,31 @@ mod tests {
                 "smoke iris-blue",
                 "flip",
                 "verify public URL",
+                "protect images",
                 "roles",
                 "retire iris-green"
             ]
         );
-        assert_eq!(p.steps[4].what("iris"), "iris-blue live, iris-green failed");
+        assert_eq!(p.steps[5].what("iris"), "iris-blue live, iris-green failed");
+        // The failed image is let go once retired, kept while its colour stays deployed.
+        assert_eq!(
+            p.steps[4],
+            FlipStep::ProtectImages {
+                in_use: slots(&[("blue", "sha256:b1")])
+            }
+        );
         let kept = plan_flip(&w, Flip::Rollback { keep_failed: true }, None, settings()).unwrap();
         assert_eq!(
             kept.steps.last().unwrap(),
             &FlipStep::Keep {
                 colour: Green,
                 why: "kept for inspection (--keep-failed)"
+            }
+        );
+        assert_eq!(
+            &kept.steps[kept.steps.len() - 3],
+            &FlipStep::ProtectImages {
+                in_use: slots(&[("blue", "sha256:b1"), ("green", "sha256:g2")])
             }
         );
     }
@@ -766,12 +866,21 @@ mod tests {
         ]);
         w.colours.get_mut(&Green).unwrap().pending = Some(Pending::Promote);
         let p = plan_flip(&w, PROMOTE, None, settings()).unwrap();
-        assert_eq!(names(&p), ["lock", "flip", "verify public URL", "roles"]);
+        assert_eq!(
+            names(&p),
+            [
+                "lock",
+                "flip",
+                "verify public URL",
+                "protect images",
+                "roles"
+            ]
+        );
         assert!(
             p.steps[2]
                 .what("iris")
                 .ends_with("iris-blue is gone: nothing to flip back to on failure")
         );
-        assert_eq!(p.steps[3].what("iris"), "iris-green live");
+        assert_eq!(p.steps[4].what("iris"), "iris-green live");
     }
 }

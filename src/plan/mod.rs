@@ -8,6 +8,7 @@ use crate::config::Config;
 pub mod colour;
 pub mod destroy;
 pub mod flip;
+pub mod images;
 pub mod stack;
 pub mod up;
 

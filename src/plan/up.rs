@@ -3,6 +3,8 @@
 //! and smoke-tested, and whether it goes live at once (the first release). `--dry-run` prints
 //! this plan; the real run executes the same one (`commands::up::deploy`).
 
+use std::collections::BTreeMap;
+
 use super::colour::{Colour, candidate_for};
 use super::{PlannedStep, planned};
 
@@ -70,6 +72,8 @@ pub struct ReleaseWorld {
     pub controller: Option<String>,
     /// The image this build deploys, `<repository>@<digest>`.
     pub image: String,
+    /// The image digest each colour that exists runs.
+    pub digests: BTreeMap<Colour, String>,
 }
 
 /// What the configuration asks of the release phase.
@@ -111,6 +115,12 @@ pub enum ReleaseStep {
     EdgeDeployed,
     /// The smoke requests through the public URL; the release is then live.
     SmokePublic { colour: Colour, requests: u32 },
+    /// Keep the images the colours run once this release is done, and the one a rollback from
+    /// `live` (live then) would deploy again (`plan::images`).
+    ProtectImages {
+        in_use: BTreeMap<String, String>,
+        live: Option<Colour>,
+    },
 }
 
 impl ReleaseStep {
@@ -124,6 +134,7 @@ impl ReleaseStep {
             ReleaseStep::Edge { .. } => format!("stack {app}-edge"),
             ReleaseStep::EdgeDeployed => "edge deployed".into(),
             ReleaseStep::SmokePublic { .. } => "smoke public URL".into(),
+            ReleaseStep::ProtectImages { .. } => super::images::PROTECT_STEP.into(),
         }
     }
 
@@ -153,6 +164,7 @@ impl ReleaseStep {
             ReleaseStep::SmokePublic { colour, requests } => format!(
                 "{requests} requests through the public URL answer from {app}-{colour}; then it is live"
             ),
+            ReleaseStep::ProtectImages { in_use, .. } => super::images::protect_what(in_use),
         }
     }
 
@@ -192,24 +204,27 @@ impl ReleasePlan {
     }
 }
 
-/// Decide the release phase of `up` from `w`, or refuse to change any colour.
-pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan, ReleaseRefusal> {
-    match &w.edge {
-        EdgeState::Unsettled { status } => {
-            return Err(ReleaseRefusal::EdgeUnsettled {
-                status: status.clone(),
-            });
-        }
+/// Whether any colour may change, for `up`, `promote` and `rollback` alike: the edge stack is
+/// absent or settled (`*_COMPLETE`), CloudFront reports its distribution `Deployed`, and an edge
+/// that exists points at a colour (`live`).
+pub fn edge_ready(edge: &EdgeState, live: Option<Colour>) -> Result<(), ReleaseRefusal> {
+    match edge {
+        EdgeState::Unsettled { status } => Err(ReleaseRefusal::EdgeUnsettled {
+            status: status.clone(),
+        }),
         EdgeState::Serving {
             deployed: false, ..
-        } => return Err(ReleaseRefusal::EdgeDeploying),
-        EdgeState::Serving { origin, .. } if w.live.is_none() => {
-            return Err(ReleaseRefusal::StrayOrigin {
-                origin: origin.clone(),
-            });
-        }
-        _ => {}
+        } => Err(ReleaseRefusal::EdgeDeploying),
+        EdgeState::Serving { origin, .. } if live.is_none() => Err(ReleaseRefusal::StrayOrigin {
+            origin: origin.clone(),
+        }),
+        _ => Ok(()),
     }
+}
+
+/// Decide the release phase of `up` from `w`, or refuse to change any colour.
+pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan, ReleaseRefusal> {
+    edge_ready(&w.edge, w.live)?;
     let mut steps = Vec::new();
     if let Some(what) = &w.controller {
         steps.push(ReleaseStep::Controller { what: what.clone() });
@@ -221,6 +236,14 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan,
                 url: url.clone(),
             });
         }
+        steps.push(ReleaseStep::ProtectImages {
+            in_use: w
+                .digests
+                .iter()
+                .map(|(c, d)| (c.as_str().to_string(), d.clone()))
+                .collect(),
+            live: w.live,
+        });
         return Ok(ReleasePlan {
             live: w.live,
             candidate: None,
@@ -246,6 +269,22 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan,
             requests: s.requests.min(20),
         });
     }
+    // The candidate replaces whatever the idle colour ran.
+    let in_use = w
+        .live
+        .and_then(|l| Some((l, w.digests.get(&l)?.clone())))
+        .into_iter()
+        .chain(
+            w.image
+                .split_once('@')
+                .map(|(_, d)| (colour, d.to_string())),
+        )
+        .map(|(c, d)| (c.as_str().to_string(), d))
+        .collect();
+    steps.push(ReleaseStep::ProtectImages {
+        in_use,
+        live: w.live.or(Some(colour)),
+    });
     Ok(ReleasePlan {
         live: w.live,
         candidate: Some(colour),
@@ -299,6 +338,7 @@ mod tests {
             public_url: Some("https://d1.cloudfront.net".into()),
             controller: None,
             image: "repo/iris@sha256:new".into(),
+            digests: BTreeMap::from([(Blue, "sha256:live".to_string())]),
         }
     }
 
@@ -318,7 +358,16 @@ mod tests {
     #[test]
     fn a_new_build_is_deployed_to_the_idle_colour_and_tested_as_a_candidate() {
         let p = plan_release(&blue_live(), settings()).unwrap();
-        assert_eq!(names(&p), ["deploy iris-green", "smoke iris-green"]);
+        assert_eq!(
+            names(&p),
+            ["deploy iris-green", "smoke iris-green", "protect images"]
+        );
+        // Kept: what live runs and the candidate; not what the idle colour ran before.
+        assert!(matches!(
+            &p.steps[2],
+            ReleaseStep::ProtectImages { in_use, live: Some(Blue) }
+                if in_use.iter().eq([(&"blue".to_string(), &"sha256:live".to_string()), (&"green".to_string(), &"sha256:new".to_string())])
+        ));
         assert_eq!(p.candidate, Some(Green));
         assert!(p.candidate_waits());
         assert_eq!(p.steps[0].what("iris"), "repo/iris@sha256:new (2 replicas)");
@@ -346,12 +395,15 @@ mod tests {
         let p = plan_release(&same, settings()).unwrap();
         assert_eq!(p.candidate, None);
         assert!(!p.candidate_waits());
-        assert_eq!(names(&p), ["verify public URL"]);
+        assert_eq!(names(&p), ["verify public URL", "protect images"]);
         let no_edge = ReleaseWorld {
             public_url: None,
             ..same.clone()
         };
-        assert!(plan_release(&no_edge, settings()).unwrap().steps.is_empty());
+        assert_eq!(
+            names(&plan_release(&no_edge, settings()).unwrap()),
+            ["protect images"]
+        );
         let forced = plan_release(
             &same,
             ReleaseSettings {
@@ -464,9 +516,15 @@ mod tests {
                 "smoke iris-blue",
                 "stack iris-edge",
                 "edge deployed",
-                "smoke public URL"
+                "smoke public URL",
+                "protect images"
             ]
         );
+        assert!(matches!(
+            &p.steps[6],
+            ReleaseStep::ProtectImages { in_use, live: Some(Blue) }
+                if in_use.iter().eq([(&"blue".to_string(), &"sha256:new".to_string())])
+        ));
         assert!(!p.candidate_waits());
         assert_eq!(
             p.steps[5],

@@ -108,14 +108,33 @@ pub async fn object(s3: &aws_sdk_s3::Client, key: &str) -> Option<Value> {
 /// with moto's account and the sandbox's region.
 pub const STATE_BUCKET: &str = "iris-release-123456789012-us-east-1";
 
-/// The newest entry of a ledger.
-pub fn last_release(ledger: &Value) -> Value {
-    ledger["releases"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone()
+/// Every release in the ledger in `bucket`, oldest first: the head says how many were
+/// numbered, each is an object of its own.
+pub async fn releases_in(s3: &aws_sdk_s3::Client, bucket: &str) -> Vec<Value> {
+    let get = |key: String| async move {
+        let out = s3.get_object().bucket(bucket).key(key).send().await.ok()?;
+        serde_json::from_slice::<Value>(&out.body.collect().await.unwrap().into_bytes()).ok()
+    };
+    let head = get("apps/iris/ledger-head.json".into())
+        .await
+        .expect("a ledger head");
+    let mut releases = Vec::new();
+    for seq in 1..head["next"].as_u64().unwrap() {
+        if let Some(r) = get(format!("apps/iris/releases/{seq:010}.json")).await {
+            releases.push(r);
+        }
+    }
+    releases
+}
+
+/// Every release in the app's ledger, oldest first.
+pub async fn releases(s3: &aws_sdk_s3::Client) -> Vec<Value> {
+    releases_in(s3, STATE_BUCKET).await
+}
+
+/// The newest entry of the ledger.
+pub async fn last_release(s3: &aws_sdk_s3::Client) -> Value {
+    releases(s3).await.pop().expect("a release in the ledger")
 }
 
 /// One request through the edge: when it was sent and answered, and which colour answered it

@@ -49,6 +49,12 @@ pub fn render(
 ) -> std::result::Result<(Vec<Value>, String), String> {
     let mut env = minijinja::Environment::new();
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+    // Every string goes into a double-quoted YAML scalar (or is a checked name): escaped for it,
+    // so no value (a model version, a digest read back from the ledger) can add YAML of its own.
+    env.set_formatter(|out, _, value| match value.as_str() {
+        Some(s) => out.write_str(&yaml_escaped(s)).map_err(Into::into),
+        None => write!(out, "{value}").map_err(Into::into),
+    });
     let mut sources = Vec::new();
     for t in TEMPLATES {
         let path = dir.join(t);
@@ -92,6 +98,21 @@ pub fn render(
     )[..16]
         .to_string();
     Ok((render_all(release_id, &hash, role)?, hash))
+}
+
+/// `s` escaped for the inside of a double-quoted YAML scalar: backslash, quote and every control
+/// character (YAML 1.2, "Double-Quoted Style": `\\`, `\"`, `\uXXXX`).
+fn yaml_escaped(s: &str) -> String {
+    let mut escaped = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => escaped.push_str("\\\\"),
+            '"' => escaped.push_str("\\\""),
+            c if c.is_control() => escaped.push_str(&format!("\\u{:04x}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    escaped
 }
 
 fn failure(exit: Exit, step: &str, message: String, hint: &str) -> Failure {
@@ -359,6 +380,37 @@ mod tests {
         assert!(hopeless("InvalidImageName", 0, now));
         assert!(hopeless("CreateContainerConfigError", 0, now));
         assert!(!hopeless("ContainerCreating", 0, Duration::from_secs(600)));
+    }
+
+    #[test]
+    fn a_value_cannot_add_yaml_to_the_manifests() {
+        let mut c = config();
+        let sly = "1\"\n  annotations: {evil: \"yes\"}\n  x: \\\"";
+        c.model.version = sly.into();
+        let (m, _) = render(
+            &templates(),
+            &c,
+            Colour::Blue,
+            "repo@sha256:abc",
+            "sha256:abc",
+            "r1",
+            "candidate",
+        )
+        .unwrap();
+        let deployment = &m[0];
+        assert_eq!(
+            deployment["metadata"]["annotations"]["release/model-version"].as_str(),
+            Some(sly),
+            "the value arrives whole, as one string"
+        );
+        assert!(!serde_json::to_string(&m).unwrap().contains("\"evil\":"));
+        let env = &deployment["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["value"].as_str() == Some(sly))
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 mod archive;
+pub mod keep;
 mod push;
 
 pub use archive::read_archive;

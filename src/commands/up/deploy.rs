@@ -9,12 +9,12 @@ use serde_json::{Value, json};
 use crate::adapters::colour::{self, Colour};
 use crate::adapters::stacks::Stacks;
 use crate::adapters::store::StateStore;
-use crate::commands::steps::{mark_live, roll_out, smoke_test, wait_deployed, wait_public};
+use crate::commands::steps::{
+    mark_live, protect_images, roll_out, smoke_test, wait_deployed, wait_public,
+};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::Outputs;
-use crate::plan::up::{
-    EdgeState, ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release,
-};
+use crate::plan::up::{ReleasePlan, ReleaseSettings, ReleaseStep, ReleaseWorld, plan_release};
 use crate::session::{Ctx, step};
 
 /// The cluster as the release phase sees it.
@@ -52,7 +52,7 @@ pub(super) async fn observe(
         Err(_) => None,
     };
     let edge = stacks.observe(&c.stack_name("edge")).await?;
-    let edge_state = edge_state(ctx, &edge).await?;
+    let edge_state = crate::commands::observe::edge_state(ctx, &edge, "up").await?;
     let (observed, live) = crate::commands::observe::colours(&client, c, &edge).await?;
     let addresses = observed
         .iter()
@@ -77,70 +77,15 @@ pub(super) async fn observe(
             public_url: crate::commands::observe::public_url(ctx, &edge),
             controller,
             image: image.to_string(),
+            digests: observed
+                .iter()
+                .filter_map(|(c, o)| Some((*c, o.digest.clone()?)))
+                .collect(),
         },
         client,
         addresses,
         inputs,
     }))
-}
-
-/// The edge stack's phase and origin, and CloudFront's word on the distribution
-/// (`GetDistribution`'s `Status`: `InProgress` while a change spreads, then `Deployed`).
-async fn edge_state(ctx: &Ctx, edge: &crate::adapters::stacks::Observed) -> Result<EdgeState> {
-    use crate::plan::stack::StackPhase;
-    Ok(match edge.phase() {
-        StackPhase::Absent | StackPhase::FailedCreate => EdgeState::Absent,
-        StackPhase::Ready => {
-            let deployed = match edge.outputs.get("DistributionId") {
-                Some(id) => crate::adapters::endpoint::cloudfront(&ctx.aws)
-                    .get_distribution()
-                    .id(id)
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        Failure::new(
-                            Exit::Aws,
-                            "edge",
-                            crate::error::sdk(e),
-                            "check CloudFront access and re-run",
-                        )
-                    })?
-                    .distribution()
-                    .is_some_and(|d| d.status() == "Deployed"),
-                None => true,
-            };
-            // Required before any colour changes: the real run waits for it (a run that died
-            // right after an edge change finds CloudFront still spreading it); a dry run says so.
-            let deployed = match (deployed, edge.outputs.get("DistributionId")) {
-                (false, Some(id)) if !ctx.dry_run => {
-                    crate::commands::steps::wait_deployed(
-                        ctx,
-                        id,
-                        "edge",
-                        "wait for CloudFront, then re-run",
-                    )
-                    .await?;
-                    true
-                }
-                (false, Some(_)) => {
-                    ctx.out.note("plan: edge: CloudFront is still deploying the edge's last change; up waits until it is Deployed before it changes any colour");
-                    true
-                }
-                (d, _) => d,
-            };
-            EdgeState::Serving {
-                origin: edge
-                    .parameters
-                    .get("OriginDomain")
-                    .cloned()
-                    .unwrap_or_default(),
-                deployed,
-            }
-        }
-        _ => EdgeState::Unsettled {
-            status: edge.status_text(),
-        },
-    })
 }
 
 /// A release phase refused: exit 8, the reason and what to do.
@@ -329,6 +274,9 @@ impl Release<'_> {
                 })
                 .await?;
             }
+            ReleaseStep::ProtectImages { in_use, live } => {
+                protect_images(ctx, self.stacks, store, id, &name, in_use, *live).await?;
+            }
             ReleaseStep::SmokePublic { colour, requests } => {
                 // No origin header through the public URL: the edge must add it.
                 let target = crate::adapters::smoke::Target {
@@ -383,11 +331,7 @@ impl Release<'_> {
         let id = self.id;
         let _ = self
             .store
-            .update_ledger(|l| {
-                if let Some(r) = l.get_mut(id) {
-                    r.colour = Some(candidate.to_string());
-                }
-            })
+            .update_release(id, |r| r.colour = Some(candidate.to_string()))
             .await;
         let client = &self.client;
         let what = format!("{image} ({} replicas)", c.deploy.replicas);

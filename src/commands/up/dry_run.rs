@@ -9,7 +9,7 @@ use crate::commands::up::UpArgs;
 use crate::error::{Exit, Failure, Result};
 use crate::plan::up::{ReleasePlan, plan_release};
 use crate::plan::{self, Outputs, UP_WAVES};
-use crate::session::{Ctx, hostname};
+use crate::session::Ctx;
 
 /// `--dry-run`: what `up` would do, changing nothing.
 pub(super) async fn dry_run(
@@ -20,7 +20,7 @@ pub(super) async fn dry_run(
 ) -> Result<Value> {
     // First, as the real run: a lock held by someone else is exit 4, not a plan.
     store
-        .check_lock(&hostname(), args.force_unlock, ctx.break_live_lock)
+        .check_lock(args.force_unlock, ctx.break_live_lock)
         .await?;
     let bucket = store.bucket_exists().await?;
     let mut summary = serde_json::Map::new();

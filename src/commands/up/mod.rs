@@ -329,11 +329,7 @@ impl Provision<'_> {
         let digest = pushed.digest.clone();
         let id = self.id;
         self.store
-            .update_ledger(|l| {
-                if let Some(r) = l.get_mut(id) {
-                    r.image_digest = Some(digest.clone());
-                }
-            })
+            .update_release(id, |r| r.image_digest = Some(digest.clone()))
             .await?;
         self.summary.insert(
             "image".into(),
