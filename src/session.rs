@@ -37,6 +37,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// This run's generation: the number of its open ledger entry (`state::seq_of`), stamped on
+    /// the colour objects it writes (`adapters::colour::fence`); `None` without one.
+    pub async fn generation(&self) -> Option<u64> {
+        let session = self.session.lock().await;
+        crate::state::seq_of(&session.as_ref()?.release_id)
+    }
+
     fn executed(&self, step: &str) {
         self.executed
             .lock()
@@ -403,7 +410,10 @@ pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bo
         let name = crate::adapters::colour::name(&ctx.config, colour);
         ctx.out.note(&format!("tearing down the candidate {name}"));
         hold_hook(&format!("teardown {name}")).await;
-        if let Err(e) = crate::adapters::colour::teardown(&client, &ctx.config, colour).await {
+        let generation = crate::state::seq_of(&session.release_id);
+        if let Err(e) =
+            crate::adapters::colour::teardown(&client, &ctx.config, colour, generation).await
+        {
             ctx.out.note(&format!(
                 "warning: the candidate was not torn down ({e}); the next release up replaces it"
             ));
@@ -471,6 +481,30 @@ pub async fn fence(ctx: &Ctx, step: &str) -> Result<()> {
         "the app's lock is no longer this run's: another run has taken it (this one's lease ran out while it was stopped, or it was broken with --force-unlock); this run stopped before this step and changes nothing more",
         "check `release status` and `release history`: what this run did so far is the other run's to judge now",
     ))
+}
+
+/// The generation fence on a colour (`adapters::colour::fence`): a colour a later run wrote
+/// stops this run as one that lost its lock (nothing more written, the ledger entry left for the
+/// next run to close).
+pub async fn fence_colour(
+    ctx: &Ctx,
+    client: &kube::Client,
+    colour: crate::adapters::colour::Colour,
+) -> Result<()> {
+    let name = crate::adapters::colour::name(&ctx.config, colour);
+    let generation = ctx.generation().await;
+    let fenced = crate::adapters::colour::fence(client, &ctx.config, &name, generation).await;
+    if fenced
+        .as_ref()
+        .is_err_and(|e| matches!(e.exit, Exit::Locked))
+    {
+        let mut slot = ctx.session.lock().await;
+        if let Some(session) = slot.as_mut() {
+            session.lost = true;
+            session.candidate = None;
+        }
+    }
+    fenced
 }
 
 /// Run `f` as a reported step recorded in the ledger.

@@ -874,3 +874,75 @@ async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colour
         assert!(left.contains(d), "{d} kept: {left:?}");
     }
 }
+
+/// Issue 15 "The lock": two promotes (each retiring the previous colour) started at the same
+/// instant end with one live colour: one promotes, the other is stopped by the lock (exit 4) or,
+/// started after the first ended, finds nothing to promote (exit 8); the colour retired is never
+/// the one the edge serves, and the edge answers from green throughout the end state. Then the
+/// generation fence: with green stamped by a later run than the one a rollback opens, the
+/// rollback stops before its first change (exit 4): blue is not redeployed, the edge unchanged.
+#[tokio::test]
+async fn two_promotes_racing_end_with_one_live_colour_and_a_later_runs_colour_is_fenced() {
+    let g = common::given_blue_live_and_a_green_candidate();
+    let racing: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            release_command(&g.sb, &g.cfg, &["promote", "--retire-previous"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<std::process::Output> = racing
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut codes: Vec<i32> = outs.iter().map(|o| o.status.code().unwrap()).collect();
+    codes.sort();
+    assert!(
+        codes == [0, 4] || codes == [0, 8],
+        "one promote, the other locked out or with nothing left: {codes:?}\n{}",
+        outs.iter()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        deployments(&g.sb),
+        ["iris-green"],
+        "blue retired, green kept"
+    );
+    let edge = g.sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    for _ in 0..10 {
+        assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+    }
+
+    // A later generation on green (as a run that took the lock after this one would leave it):
+    // the rollback, whose own release number is lower, must not write or retire green.
+    let later = last_release(&s3(&g.sb).await).await["seq"]
+        .as_u64()
+        .unwrap()
+        + 100;
+    kubectl(
+        &g.sb,
+        &[
+            "annotate",
+            "--overwrite",
+            "deployment/iris-green",
+            "-n",
+            "models",
+            &format!("release/generation={later}"),
+        ],
+    );
+    let out = release(&g.sb, &g.cfg, &["rollback"]);
+    exits_with(&out, 4);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(error.contains("written by a later run"), "{error}");
+    assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+    assert_eq!(
+        deployments(&g.sb),
+        ["iris-green"],
+        "stopped before anything: blue not redeployed, green not retired"
+    );
+}

@@ -233,7 +233,7 @@ impl Run<'_> {
         match s {
             DestroyStep::Lock => {}
             DestroyStep::Colour { colour, .. } => {
-                colour::teardown(self.client(), c, *colour).await?;
+                colour::teardown(self.client(), c, *colour, ctx.generation().await).await?;
             }
             DestroyStep::AppObjects { .. } => {
                 colour::remove_app(self.client(), c).await?;

@@ -309,6 +309,11 @@ impl Run<'_> {
         let plan = self.plan;
         match s {
             FlipStep::Lock => {
+                // Neither colour written by a run that took the lock after this one (the
+                // generation fence), before anything changes.
+                for c in [plan.from, plan.to] {
+                    crate::session::fence_colour(ctx, &self.client, c).await?;
+                }
                 // Taken before observing; what this run moves traffic to goes in its entry now,
                 // before anything changes.
                 let _ = self
@@ -361,6 +366,11 @@ impl Run<'_> {
                 ..
             } => {
                 crate::session::fence(ctx, &name).await?;
+                // Neither colour written by a later run (the generation fence), before the edge
+                // moves.
+                for c in [*from, *to] {
+                    crate::session::fence_colour(ctx, &self.client, c).await?;
+                }
                 // Mark the flip before making it, so that a run dying after it is finished, not
                 // redone.
                 annotate(&self.client, ctx, *to, None, Some(plan.kind.pending())).await?;
@@ -397,7 +407,7 @@ impl Run<'_> {
             }
             FlipStep::Retire { colour } => {
                 step(ctx, self.store, self.id, &name, "", async {
-                    colour::teardown(&self.client, c, *colour).await?;
+                    colour::teardown(&self.client, c, *colour, ctx.generation().await).await?;
                     Ok(((), "removed".to_string()))
                 })
                 .await?;

@@ -66,7 +66,7 @@ pub async fn roll_out(
 ) -> Result<String> {
     let c = &ctx.config;
     let timeout = std::time::Duration::from_secs(c.deploy.rollout_timeout_seconds);
-    crate::adapters::colour::apply(client, c, manifests).await?;
+    crate::adapters::colour::apply(client, c, manifests, ctx.generation().await).await?;
     crate::adapters::colour::wait_rollout(client, c, colour, timeout, |p| {
         ctx.out.progress(step_name, &p)
     })
@@ -208,12 +208,18 @@ pub async fn annotate(
     pending: Option<Pending>,
 ) -> Result<()> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
+    let name = colour::name(&ctx.config, colour);
+    let generation = ctx.generation().await;
+    colour::fence(client, &ctx.config, &name, generation).await?;
     let mut annotations = json!({"release/pending": pending.map(Pending::as_str)});
     if let Some(r) = role {
         annotations["release/role"] = json!(r.as_str());
     }
+    if let Some(g) = generation {
+        annotations[colour::GENERATION] = json!(g.to_string());
+    }
     api.patch(
-        &colour::name(&ctx.config, colour),
+        &name,
         &PatchParams::default(),
         &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
     )

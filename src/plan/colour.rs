@@ -192,8 +192,34 @@ pub fn live_colour(
         .map(|(c, _)| *c)
 }
 
+/// The annotation every run stamps on the colour objects it writes: its release's number in the
+/// ledger (`state::seq_of`), a counter that only grows.
+pub const GENERATION: &str = "release/generation";
+
+/// A fencing token check: the generation a colour was last written with (`found`, its
+/// annotation) is newer than this run's (`mine`), so a run that took the lock after this one has
+/// written it, and this run must not touch it. Returns that newer generation.
+pub fn fenced_out(found: Option<&str>, mine: u64) -> Option<u64> {
+    found
+        .and_then(|g| g.parse::<u64>().ok())
+        .filter(|&g| g > mine)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_newer_generation_fences_a_run_out() {
+        assert_eq!(super::fenced_out(Some("12"), 11), Some(12));
+        assert_eq!(super::fenced_out(Some("11"), 11), None, "its own write");
+        assert_eq!(super::fenced_out(Some("3"), 11), None, "an older run's");
+        assert_eq!(
+            super::fenced_out(None, 11),
+            None,
+            "written before generations"
+        );
+        assert_eq!(super::fenced_out(Some("x"), 11), None);
+    }
+
     use super::*;
     use Colour::{Blue, Green};
 

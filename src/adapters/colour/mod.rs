@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::error::{Exit, Failure, Result};
 use crate::wait::{self, Check, Deadline};
 
-pub use crate::plan::colour::{Colour, Observed, Pending, Role, Roles, live_colour, roles};
+pub use crate::plan::colour::{
+    Colour, GENERATION, Observed, Pending, Role, Roles, fenced_out, live_colour, roles,
+};
 
 mod rollout;
 
@@ -176,8 +178,69 @@ pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config)
     Ok(value)
 }
 
-pub async fn apply(client: &kube::Client, config: &Config, manifests: &[Value]) -> Result<()> {
+/// Stop unless this run (`generation`, `None`: a run with no ledger entry) may write the colour
+/// objects named `name`: a run that took the lock after this one wrote them (their
+/// `release/generation` is newer) owns them now. Checked before every write to a colour, after
+/// the lock's own fencing check (`session::step`), so a run that lost its lock in between still
+/// leaves a colour another run has written alone.
+pub async fn fence(
+    client: &kube::Client,
+    config: &Config,
+    name: &str,
+    generation: Option<u64>,
+) -> Result<()> {
+    let Some(mine) = generation else {
+        return Ok(());
+    };
+    let found = Api::<Deployment>::namespaced(client.clone(), &config.deploy.namespace)
+        .get_opt(name)
+        .await
+        .map_err(kube_err("fence"))?;
+    let stamp = found
+        .as_ref()
+        .and_then(|d| d.metadata.annotations.as_ref())
+        .and_then(|a| a.get(GENERATION));
+    match fenced_out(stamp.map(String::as_str), mine) {
+        Some(newer) => Err(failure(
+            Exit::Locked,
+            "fence",
+            format!(
+                "{name} was written by a later run (release number {newer}; this run is {mine}): the app's lock is no longer this run's"
+            ),
+            "look at release status and release history: the later run decides what is there now",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Apply the manifests of a colour, stamped with this run's `generation` (`fence` first).
+pub async fn apply(
+    client: &kube::Client,
+    config: &Config,
+    manifests: &[Value],
+    generation: Option<u64>,
+) -> Result<()> {
     let step = "deploy";
+    if let Some(d) = manifests.iter().find(|m| m["kind"] == "Deployment") {
+        fence(
+            client,
+            config,
+            d["metadata"]["name"].as_str().unwrap_or_default(),
+            generation,
+        )
+        .await?;
+    }
+    let stamped: Vec<Value> = manifests
+        .iter()
+        .cloned()
+        .map(|mut m| {
+            if let Some(g) = generation {
+                m["metadata"]["annotations"][GENERATION] = json!(g.to_string());
+            }
+            m
+        })
+        .collect();
+    let manifests = &stamped;
     let pp = PatchParams::apply(MANAGER).force();
     let ns = &config.deploy.namespace;
     // A Service of this name still being deleted (its NLB held by the controller's finalizer,
@@ -271,9 +334,16 @@ pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
     Ok(())
 }
 
-pub async fn teardown(client: &kube::Client, config: &Config, colour: Colour) -> Result<()> {
+/// Remove a colour, unless a later run wrote it (`fence`).
+pub async fn teardown(
+    client: &kube::Client,
+    config: &Config,
+    colour: Colour,
+    generation: Option<u64>,
+) -> Result<()> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
+    fence(client, config, &n, generation).await?;
     delete_if_present(Api::<Deployment>::namespaced(client.clone(), ns), &n).await?;
     delete_if_present(Api::<Service>::namespaced(client.clone(), ns), &n).await?;
     delete_if_present(
