@@ -63,11 +63,12 @@ async fn tag(
         .await;
     match put {
         Ok(_) => Ok(()),
-        // Tagged already (a run that died after this call): done.
+        // Tagged already (a run that died after this call): done. ImageTagAlreadyExists is not:
+        // the tag is on another image and the repository would not move it (its keep tags are
+        // not excluded from immutability yet), so the image stays unprotected.
         Err(e)
-            if e.as_service_error().is_some_and(|s| {
-                s.is_image_already_exists_exception() || s.is_image_tag_already_exists_exception()
-            }) =>
+            if e.as_service_error()
+                .is_some_and(|s| s.is_image_already_exists_exception()) =>
         {
             Ok(())
         }
