@@ -253,9 +253,18 @@ pub fn go_live_below(action: &str, colour: &str, stack: &[Release]) -> Option<u6
 /// first): what `rollback` puts back, and redeploys from its recorded image when that colour was
 /// retired.
 pub fn previous_live<'a>(live: &str, stack: &'a [Release]) -> Option<&'a Release> {
-    (stack.first()?.colour.as_deref() == Some(live))
-        .then(|| stack.get(1))
-        .flatten()
+    rollback_line(live, stack).first().copied()
+}
+
+/// What successive rollbacks from `live` put back, the next one first: the rest of the rollback
+/// stack under the top, when the top is what is live (a rollback pops the one it undid, so the
+/// second rollback brings back the one under the first's). Empty when the ledger does not know
+/// what is live.
+pub fn rollback_line<'a>(live: &str, stack: &'a [Release]) -> Vec<&'a Release> {
+    match stack.first() {
+        Some(top) if top.colour.as_deref() == Some(live) => stack[1..].iter().collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Whether `r` counts on the rollback stack: it went live (written once the public URL answered
@@ -614,6 +623,39 @@ mod tests {
             .push(went_live("rollback", "blue", "d1", Outcome::Succeeded));
         assert_eq!(digest_before(&ledger, "blue"), None);
         assert_eq!(digest_before(&Ledger::default(), "blue"), None);
+    }
+
+    /// The images every rollback in a row puts back are what the rollback slots keep: the
+    /// line from the top of the stack is what the rollbacks, one after another, really deploy.
+    #[test]
+    fn the_rollback_line_is_what_rollbacks_in_a_row_put_back() {
+        let mut ledger = Ledger {
+            releases: vec![
+                went_live("up", "blue", "d1", Outcome::Succeeded),
+                went_live("promote", "green", "d2", Outcome::Succeeded),
+                went_live("promote", "blue", "d3", Outcome::Succeeded),
+            ],
+        };
+        let line = |ledger: &Ledger, live: &str| {
+            let (head, releases) = migrate(ledger.clone());
+            let stack = stack_from(head.live_top, |s| releases.get(s as usize - 1).cloned());
+            rollback_line(live, &stack)
+                .iter()
+                .map(|r| r.image_digest.clone().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(line(&ledger, "blue"), ["d2", "d1"]);
+        assert_eq!(
+            line(&ledger, "green"),
+            Vec::<String>::new(),
+            "not what is live"
+        );
+        // The first rollback puts d2 back; the next one deploys d1, as the line said.
+        ledger
+            .releases
+            .push(went_live("rollback", "green", "d2", Outcome::Succeeded));
+        assert_eq!(line(&ledger, "green"), ["d1"]);
+        assert_eq!(digest_before(&ledger, "green").as_deref(), Some("d1"));
     }
 
     #[test]

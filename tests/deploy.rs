@@ -787,11 +787,12 @@ async fn a_run_resumed_after_another_took_its_lock_changes_nothing() {
 }
 
 /// Issue 15 "Images": the registry's lifecycle rule expires CI's images 30 days after their
-/// push, but never one a colour runs or a rollback would deploy again. Blue goes live (v1), two
-/// builds follow (v2, then v3 replacing it as the candidate), v3 is promoted and v4 becomes the
-/// candidate on blue: 31 days of the sandbox's ECR lifecycle evaluation (the registry stack's
-/// policy, applied by ECR's rules) then expire v2 alone. v1 is kept by the rollback slot only
-/// (blue runs v4 by then); without the keep tags every image is past 30 days and all four go.
+/// push, but never one a colour runs or a rollback would deploy again, however many rollbacks in
+/// a row. Blue goes live (v1), two builds follow (v2, then v3 replacing it as the candidate), v3
+/// is promoted, then v4 on blue is promoted too: 31 days of the sandbox's ECR lifecycle
+/// evaluation (the registry stack's policy, applied by ECR's rules) then expire v2 alone. v1 is
+/// kept by the second rollback slot only (blue runs v4 by then), and two rollbacks in a row then
+/// redeploy it; without the keep tags every image is past 30 days and all four go.
 #[tokio::test]
 async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colours_run() {
     let g = common::given_blue_live();
@@ -804,6 +805,7 @@ async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colour
         ("v3", "3.0.0", &["up"][..]),
         ("v3", "3.0.0", &["promote"][..]),
         ("v4", "4.0.0", &["up"][..]),
+        ("v4", "4.0.0", &["promote"][..]),
     ] {
         let out = release(&g.sb, &build(tag, version), args);
         succeeded(&out, &format!("{tag} {args:?}"));
@@ -830,16 +832,20 @@ async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colour
     let [(d1, t1), (d2, t2), (d3, t3), (d4, t4)] = ["v1", "v2", "v3", "v4"].map(tags_of);
     assert_eq!(
         t1,
-        ["release-keep-rollback", "v1"],
-        "v1: what a rollback redeploys"
+        ["release-keep-rollback-2", "v1"],
+        "v1: what the second rollback in a row redeploys"
     );
     assert_eq!(
         t2,
         ["v2"],
         "v2: replaced as the candidate, its keep tag moved on"
     );
-    assert_eq!(t3, ["release-keep-green", "v3"], "v3: live on green");
-    assert_eq!(t4, ["release-keep-blue", "v4"], "v4: the candidate on blue");
+    assert_eq!(
+        t3,
+        ["release-keep-green", "release-keep-rollback", "v3"],
+        "v3: on green, what a rollback puts back"
+    );
+    assert_eq!(t4, ["release-keep-blue", "v4"], "v4: live on blue");
     let expired: Value = reqwest::Client::new()
         .post(format!(
             "{}/_sandbox/ecr/lifecycle",
@@ -863,6 +869,13 @@ async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colour
     for d in [&d1, &d3, &d4] {
         assert!(left.contains_key(d), "{d} kept: {left:?}");
     }
+    // Two rollbacks in a row: green (v3) back, then blue redeployed with v1 from the registry.
+    succeeded(&release(&g.sb, &g.cfg, &["rollback"]), "rollback to v3");
+    let out = release(&g.sb, &g.cfg, &["rollback"]);
+    succeeded(&out, "rollback to v1, pulled again");
+    assert_eq!(summary(&out)["live"], "blue");
+    let version = edge_version(&reqwest::Client::new(), &g.sb.var("SANDBOX_EDGE_URL")).await;
+    assert_eq!(version["model_version"], "1.0.0", "{version}");
 }
 
 /// Issue 15 "The lock": two promotes (each retiring the previous colour) started at the same

@@ -795,6 +795,11 @@ async fn a_ledger_kept_as_one_document_is_moved_to_one_object_per_release() {
         Some(legacy.len() as u64 + 1),
         "numbered after the old entries: {newest}"
     );
+    // What is left in ledger.json: a document an older release refuses (its `releases` is not
+    // a list) instead of reading it as an empty ledger and starting over.
+    let left = object(&s3, "apps/iris/ledger.json").await.unwrap();
+    assert!(left["releases"].is_string(), "{left}");
+    assert_eq!(left["moved_to"], "ledger-head.json");
     let history = summary(&release(&sb, &cfg, &["history", "--limit", "2"]));
     let ids: Vec<&str> = history["releases"]
         .as_array()
@@ -809,4 +814,60 @@ async fn a_ledger_kept_as_one_document_is_moved_to_one_object_per_release() {
             newest["id"].as_str().unwrap()
         ]
     );
+}
+
+/// A ledger head restored from an older version (the bucket is versioned), or deleted, must not
+/// make a run take a number a kept release already has: its object would be written over, and
+/// two releases would share an id and a fencing generation. The run finds the number taken,
+/// moves the counter past every kept release and takes the next; a missing head is rebuilt from
+/// the releases kept, its rollback stack included.
+#[tokio::test]
+async fn a_rewound_or_deleted_ledger_head_never_gives_a_release_number_twice() {
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let s3 = s3(&sb).await;
+    let old_head = object(&s3, "apps/iris/ledger-head.json").await.unwrap();
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    let promoted = common::last_release(&s3).await;
+    assert_eq!(promoted["action"], "promote");
+    let put_head = |head: serde_json::Value| {
+        s3.put_object()
+            .bucket(STATE_BUCKET)
+            .key("apps/iris/ledger-head.json")
+            .body(ByteStream::from(serde_json::to_vec(&head).unwrap()))
+            .send()
+    };
+    put_head(old_head).await.unwrap();
+
+    succeeded(&release(&sb, &cfg, &["up"]), "up, nothing to release");
+    let releases = common::releases(&s3).await;
+    let seqs: Vec<u64> = releases
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    let ids: std::collections::BTreeSet<&str> =
+        releases.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), releases.len(), "an id given twice: {seqs:?}");
+    let promote_seq = promoted["seq"].as_u64().unwrap();
+    let kept = releases
+        .iter()
+        .find(|r| r["seq"].as_u64() == Some(promote_seq))
+        .unwrap();
+    assert_eq!(kept, &promoted, "the promote's entry was written over");
+    let after_rewind = releases.last().unwrap().clone();
+    assert_eq!(after_rewind["seq"].as_u64(), Some(promote_seq + 1));
+    assert_eq!(after_rewind["action"], "up");
+
+    s3.delete_object()
+        .bucket(STATE_BUCKET)
+        .key("apps/iris/ledger-head.json")
+        .send()
+        .await
+        .unwrap();
+    succeeded(&release(&sb, &cfg, &["up"]), "up, no head");
+    let newest = common::last_release(&s3).await;
+    assert_eq!(newest["seq"].as_u64(), Some(promote_seq + 2));
+    // The rebuilt head found the rollback stack: blue, live before the promote, comes back.
+    let out = release(&sb, &cfg, &["rollback"]);
+    succeeded(&out, "rollback after the head was rebuilt");
+    assert_eq!(summary(&out)["live"], "blue");
 }

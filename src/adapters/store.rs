@@ -11,13 +11,25 @@ use tokio::sync::Mutex;
 
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::state::{
-    Head, Ledger, Lock, LockDecision, Process, Release, STACK_DEPTH, decide_lock, go_live_below,
-    migrate, on_rollback_stack, previous_live, release_id, seq_of,
+    Head, Ledger, Lock, LockDecision, Outcome, Process, Release, STACK_DEPTH, decide_lock,
+    go_live_below, migrate, on_rollback_stack, previous_live, release_id, rollback_line, seq_of,
 };
 
 /// The ledger's head (`state::Head`), and the one-document ledger it replaced.
 const HEAD: &str = "ledger-head.json";
 const LEGACY: &str = "ledger.json";
+
+/// The field that marks `ledger.json` as moved. What is left there after a migration: its
+/// `releases` a string, so an older `release`, which would read a missing list as an empty
+/// ledger and start over, refuses it instead and says why.
+const MOVED: &str = "moved_to";
+
+fn moved_ledger() -> serde_json::Value {
+    serde_json::json!({
+        MOVED: HEAD,
+        "releases": "moved to ledger-head.json and releases/ by a newer release: upgrade release to read this ledger",
+    })
+}
 
 /// Where release `seq` is kept.
 fn release_key(seq: u64) -> String {
@@ -527,15 +539,83 @@ impl StateStore {
                 migrated: Vec::new(),
             });
         }
-        let (head, migrated) = match self.read::<Ledger>(LEGACY).await? {
-            Some((legacy, _)) => migrate(legacy),
-            None => (Head::default(), Vec::new()),
-        };
+        if let Some((legacy, _)) = self.read::<serde_json::Value>(LEGACY).await?
+            && legacy.get(MOVED).is_none()
+        {
+            let legacy: Ledger = serde_json::from_value(legacy).map_err(|e| {
+                Failure::new(
+                    Exit::Aws,
+                    "state",
+                    format!(
+                        "s3://{}/{} is not valid: {e}",
+                        self.bucket,
+                        self.key(LEGACY)
+                    ),
+                    "restore an earlier version from the bucket's versioning",
+                )
+            })?;
+            let (head, migrated) = migrate(legacy);
+            return Ok(HeadRead {
+                head,
+                etag: None,
+                migrated,
+            });
+        }
         Ok(HeadRead {
-            head,
+            head: self.recovered_head().await?,
             etag: None,
-            migrated,
+            migrated: Vec::new(),
         })
+    }
+
+    /// The head when there is none but releases may exist (it was deleted, or never written
+    /// after a migration): the counter past the highest release kept, so no number is ever given
+    /// twice, and the rollback stack's top found from the newest release down.
+    async fn recovered_head(&self) -> Result<Head> {
+        let seqs = self.release_numbers().await?;
+        let mut head = Head {
+            next: seqs.last().map_or(1, |s| s + 1),
+            ..Head::default()
+        };
+        for &seq in seqs.iter().rev() {
+            let Some((r, _)) = self.read_release(seq).await? else {
+                continue;
+            };
+            if r.outcome == Outcome::InProgress {
+                head.open.push(seq);
+            }
+            if on_rollback_stack(&r) {
+                head.live_top = Some(seq);
+                break;
+            }
+        }
+        Ok(head)
+    }
+
+    /// The numbers of the releases kept (`releases/<seq>.json`), in order, over every page.
+    async fn release_numbers(&self) -> Result<Vec<u64>> {
+        let prefix = self.key("releases/");
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .prefix(&prefix)
+            .into_paginator()
+            .send();
+        let mut seqs = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| step_failure("state", sdk(e), &self.bucket))?;
+            seqs.extend(page.contents().iter().filter_map(|o| {
+                o.key()?
+                    .strip_prefix(&prefix)?
+                    .strip_suffix(".json")?
+                    .parse::<u64>()
+                    .ok()
+            }));
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
     }
 
     async fn read_release(&self, seq: u64) -> Result<Option<(Release, String)>> {
@@ -598,11 +678,28 @@ impl StateStore {
                 .etag
                 .as_deref()
                 .map_or(WriteIf::Absent, WriteIf::Unchanged);
-            if self.write(HEAD, &at.head, when).await?.is_some() {
-                self.write(&release_key(seq), &make(seq, id.clone()), WriteIf::Absent)
-                    .await?;
+            if !at.migrated.is_empty() {
+                // Before the head: a crash in between leaves releases and no head, which
+                // `recovered_head` reads back.
+                self.write(LEGACY, &moved_ledger(), WriteIf::Always).await?;
+            }
+            let Some(etag) = self.write(HEAD, &at.head, when).await? else {
+                continue;
+            };
+            if self
+                .write(&release_key(seq), &make(seq, id.clone()), WriteIf::Absent)
+                .await?
+                .is_some()
+            {
                 return Ok(id);
             }
+            // That number is taken: the head was rewound (an older version restored). Move the
+            // counter past every release kept and take another; a number is never given twice.
+            let highest = self.release_numbers().await?.last().copied().unwrap_or(seq);
+            at.head.open.retain(|&s| s != seq);
+            at.head.next = at.head.next.max(highest + 1);
+            self.write(HEAD, &at.head, WriteIf::Unchanged(&etag))
+                .await?;
         }
         Err(conflicts("ledger head"))
     }
@@ -688,6 +785,14 @@ impl StateStore {
         let at = self.head().await?;
         let stack = self.rollback_stack(&at).await?;
         Ok(previous_live(live, &stack).cloned())
+    }
+
+    /// What successive rollbacks from `live` put back (`state::rollback_line`), as far as the
+    /// rollback stack is read (`STACK_DEPTH`).
+    pub async fn rollback_line(&self, live: &str) -> Result<Vec<Release>> {
+        let at = self.head().await?;
+        let stack = self.rollback_stack(&at).await?;
+        Ok(rollback_line(live, &stack).into_iter().cloned().collect())
     }
 
     /// The newest `limit` releases, oldest first: the head and those releases' objects only.

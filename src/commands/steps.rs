@@ -235,8 +235,8 @@ pub async fn annotate(
     })
 }
 
-/// Tag the images in use (`in_use`, and the one a rollback from `live` would deploy again, from
-/// the ledger) so that the registry's 30-day lifecycle rule does not expire them
+/// Tag the images in use (`in_use`, and those the rollbacks in a row from `live` would deploy
+/// again, from the ledger) so that the registry's 30-day lifecycle rule does not expire them
 /// (`plan::images`). Recorded as the step `name`; a registry that cannot be changed now is a
 /// warning, not a failed release: the next release command tries again.
 pub async fn protect_images(
@@ -252,13 +252,16 @@ pub async fn protect_images(
     crate::session::step(ctx, store, id, name, &what, async {
         let kept = async {
             let mut in_use = in_use.clone();
-            let rollback = crate::plan::images::ROLLBACK_SLOT;
-            if !in_use.contains_key(rollback)
-                && let Some(live) = live
-                && let Some(r) = store.previous_live(live.as_str()).await?
-                && let Ok((digest, _)) = crate::state::go_live_of(&r)
-            {
-                in_use.insert(rollback.to_string(), digest);
+            if let Some(live) = live {
+                let line = store.rollback_line(live.as_str()).await?;
+                for (level, r) in line.iter().enumerate() {
+                    let slot = crate::plan::images::rollback_slot(level + 1);
+                    if let (false, Ok((digest, _))) =
+                        (in_use.contains_key(&slot), crate::state::go_live_of(r))
+                    {
+                        in_use.insert(slot, digest);
+                    }
+                }
             }
             let registry = stacks
                 .observe(&ctx.config.stack_name("registry"))

@@ -2,9 +2,10 @@
 //! 30 days after their push, but never one carrying a `release-keep-` tag: an image that matches
 //! a rule's tags cannot be expired by a rule of lower priority (ECR User Guide, "Lifecycle policy
 //! evaluation rules"). The keep tags are slots, one per colour (`release-keep-blue`: the image
-//! that colour runs) and one for the image a rollback would deploy again (`release-keep-rollback`,
-//! from the ledger), so a pod rescheduled onto a new node can always pull what it runs however
-//! many builds CI pushed since, and at most three images are kept.
+//! that colour runs) and one for each image the rollbacks in a row would deploy again
+//! (`release-keep-rollback`, `release-keep-rollback-2`, from the ledger), so a pod rescheduled
+//! onto a new node can always pull what it runs, and every rollback the ledger offers finds its
+//! image, however many builds CI pushed since; at most four images are kept.
 //!
 //! A slot moves by putting the image's manifest again under the tag (PutImage), which the
 //! repository allows for these tags alone (`IMMUTABLE_WITH_EXCLUSION`, filter `release-keep-*`;
@@ -20,6 +21,16 @@ pub const KEEP_PREFIX: &str = "release-keep-";
 
 /// The slot of the image a rollback would deploy again.
 pub const ROLLBACK_SLOT: &str = "rollback";
+
+/// The slot of the image the `level`th rollback in a row would deploy again: `rollback`, then
+/// `rollback-2`, as deep as the ledger's rollback stack is read (`state::STACK_DEPTH`), so each
+/// rollback in a row finds its image even when it was pushed more than 30 days before.
+pub fn rollback_slot(level: usize) -> String {
+    match level {
+        0 | 1 => ROLLBACK_SLOT.to_string(),
+        n => format!("{ROLLBACK_SLOT}-{n}"),
+    }
+}
 
 /// The keep tag of a slot (a colour's name, or `ROLLBACK_SLOT`).
 pub fn keep_tag(slot: &str) -> String {
@@ -38,12 +49,17 @@ pub fn protect_what(in_use: &BTreeMap<String, String>) -> String {
             format!("{} {short}", keep_tag(slot))
         })
         .collect();
-    let rollback = if in_use.contains_key(ROLLBACK_SLOT) {
+    let from_ledger: Vec<String> = (1..crate::state::STACK_DEPTH)
+        .map(rollback_slot)
+        .filter(|slot| !in_use.contains_key(slot))
+        .map(|slot| keep_tag(&slot))
+        .collect();
+    let rollback = if from_ledger.is_empty() {
         String::new()
     } else {
         format!(
-            ", and {} to the ledger's previous live image",
-            keep_tag(ROLLBACK_SLOT)
+            ", and {} to what the rollbacks in a row would deploy again, from the ledger",
+            from_ledger.join(", ")
         )
     };
     format!(
