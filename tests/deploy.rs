@@ -874,7 +874,7 @@ async fn the_registrys_lifecycle_rule_expires_old_builds_but_not_what_the_colour
     let out = release(&g.sb, &g.cfg, &["rollback"]);
     succeeded(&out, "rollback to v1, pulled again");
     assert_eq!(summary(&out)["live"], "blue");
-    let version = edge_version(&reqwest::Client::new(), &g.sb.var("SANDBOX_EDGE_URL")).await;
+    let version = edge_version(&reqwest::Client::new(), g.sb.var("SANDBOX_EDGE_URL")).await;
     assert_eq!(version["model_version"], "1.0.0", "{version}");
 }
 
