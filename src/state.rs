@@ -41,6 +41,18 @@ pub struct Process {
     pub start_ticks: u64,
 }
 
+/// What this machine can tell of a pid in its own pid namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidState {
+    /// No process has it (kill(2) with signal 0 says ESRCH).
+    Gone,
+    /// A process has it, started at these clock ticks after boot.
+    Started(u64),
+    /// A process has it, and when it started cannot be read (`/proc` mounted with `hidepid`,
+    /// another user's process): it may be the holder, so it is never taken for gone.
+    Unknown,
+}
+
 impl Lock {
     pub fn expired(&self, now: u64) -> bool {
         now >= self.lease_expires
@@ -51,16 +63,16 @@ impl Lock {
     /// that pid started, if there is one) says it is no longer there. Anything else, a lock
     /// from another host, even one of the same name, or one that names no process, is not
     /// known to be dead.
-    pub fn holder_gone(
-        &self,
-        here: Option<&Process>,
-        started: impl Fn(u32) -> Option<u64>,
-    ) -> bool {
+    pub fn holder_gone(&self, here: Option<&Process>, pid: impl Fn(u32) -> PidState) -> bool {
         match (&self.process, here) {
-            (Some(holder), Some(here)) => {
-                holder.boot_id == here.boot_id
-                    && holder.pid_ns == here.pid_ns
-                    && started(holder.pid) != Some(holder.start_ticks)
+            (Some(holder), Some(here))
+                if holder.boot_id == here.boot_id && holder.pid_ns == here.pid_ns =>
+            {
+                match pid(holder.pid) {
+                    PidState::Gone => true,
+                    PidState::Started(at) => at != holder.start_ticks,
+                    PidState::Unknown => false,
+                }
             }
             _ => false,
         }
@@ -420,34 +432,39 @@ mod tests {
     fn a_holder_is_dead_only_when_its_very_process_is_gone_from_this_machine() {
         let l = lock(200);
         let here = process(7);
-        assert!(l.holder_gone(Some(&here), |_| None), "no process 42 here");
+        use PidState::{Gone, Started, Unknown};
+        assert!(l.holder_gone(Some(&here), |_| Gone), "no process 42 here");
         assert!(
-            l.holder_gone(Some(&here), |_| Some(5000)),
+            l.holder_gone(Some(&here), |_| Started(5000)),
             "pid 42 reused by a process that started later"
         );
         assert!(
-            !l.holder_gone(Some(&here), |p| (p == 42).then_some(1000)),
+            !l.holder_gone(Some(&here), |p| if p == 42 { Started(1000) } else { Gone }),
             "its process still runs"
+        );
+        assert!(
+            !l.holder_gone(Some(&here), |_| Unknown),
+            "a process has the pid and /proc hides when it started (hidepid)"
         );
         let other_host = Process {
             boot_id: "boot-b".into(),
             ..here.clone()
         };
         assert!(
-            !l.holder_gone(Some(&other_host), |_| None),
+            !l.holder_gone(Some(&other_host), |_| Gone),
             "a pid on another machine (whatever its hostname) says nothing"
         );
         let other_container = Process {
             pid_ns: "pid:[4026532000]".into(),
             ..here.clone()
         };
-        assert!(!l.holder_gone(Some(&other_container), |_| None));
+        assert!(!l.holder_gone(Some(&other_container), |_| Gone));
         let unknown = Lock {
             process: None,
             ..l.clone()
         };
-        assert!(!unknown.holder_gone(Some(&here), |_| None));
-        assert!(!l.holder_gone(None, |_| None), "this machine cannot tell");
+        assert!(!unknown.holder_gone(Some(&here), |_| Gone));
+        assert!(!l.holder_gone(None, |_| Gone), "this machine cannot tell");
         assert_eq!(
             decide_lock(&l, 150, true, true, false),
             LockDecision::BreakExpired,

@@ -546,7 +546,7 @@ async fn a_state_bucket_name_another_account_owns_is_named_as_such() {
         s["error"]
             .as_str()
             .unwrap()
-            .contains("another AWS account owns that name"),
+            .contains("an AWS account other than 123456789012 owns that name"),
         "{s}"
     );
     // A name of one's own works.
@@ -596,8 +596,15 @@ async fn without_state_bucket_the_registry_stacks_own_bucket_is_kept() {
     exits_with(&out, 5);
     let error = summary(&out)["error"].as_str().unwrap().to_string();
     assert!(
-        error.contains("iris-release-state exists but this identity may not read it"),
+        error.contains("iris-release-state exists but this identity may not read it: an AWS account other than 111111111111 owns that name"),
         "{error}"
+    );
+    assert!(
+        summary(&out)["what_to_do"]
+            .as_str()
+            .is_some_and(|h| h.contains("state.bucket_owner")),
+        "{}",
+        summary(&out)
     );
 }
 
@@ -720,6 +727,23 @@ async fn an_edge_serving_no_colours_address_is_refused_not_taken_for_a_first_rel
             "{args:?}: {error}"
         );
     }
+    // A promote is refused the same way, and its ledger entry says it failed and why: a
+    // refusal for the edge is not "nothing to do".
+    let out = release(&sb, &cfg, &["promote"]);
+    exits_with(&out, 8);
+    let s3 = s3(&sb).await;
+    let promote = common::last_release(&s3).await;
+    assert_eq!(
+        (&promote["action"], &promote["outcome"]),
+        (&"promote".into(), &"failed".into()),
+        "{promote}"
+    );
+    assert!(
+        promote["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("which is neither colour's load balancer")),
+        "{promote}"
+    );
     assert_eq!(common::deployments(&sb), ["iris-blue"]);
     let blue_after = blue_release(&sb);
     assert!(blue_before.is_string(), "{blue_before}");

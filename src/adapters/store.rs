@@ -11,8 +11,9 @@ use tokio::sync::Mutex;
 
 use crate::error::{Exit, Failure, Result, sdk};
 use crate::state::{
-    Head, Ledger, Lock, LockDecision, Outcome, Process, Release, STACK_DEPTH, decide_lock,
-    go_live_below, migrate, on_rollback_stack, previous_live, release_id, rollback_line, seq_of,
+    Head, Ledger, Lock, LockDecision, Outcome, PidState, Process, Release, STACK_DEPTH,
+    decide_lock, go_live_below, migrate, on_rollback_stack, previous_live, release_id,
+    rollback_line, seq_of,
 };
 
 /// The ledger's head (`state::Head`), and the one-document ledger it replaced.
@@ -78,9 +79,25 @@ pub fn started_at(pid: u32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// What this machine knows of `pid`: kill(2) with signal 0 tells whether a process has it
+/// (ESRCH: none; EPERM: one, of another user), then `/proc` when it started. Only ESRCH makes it
+/// gone: an unreadable `/proc/<pid>` (hidepid) is not taken for a missing process.
+pub fn pid_state(pid: u32) -> PidState {
+    let Ok(raw) = i32::try_from(pid) else {
+        return PidState::Unknown;
+    };
+    // SAFETY: signal 0 sends nothing; kill only checks that the process exists.
+    if unsafe { libc::kill(raw, 0) } != 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    {
+        return PidState::Gone;
+    }
+    started_at(pid).map_or(PidState::Unknown, PidState::Started)
+}
+
 /// Whether `lock`'s holder is known to be gone (`Lock::holder_gone` for this process).
 pub fn holder_gone(lock: &Lock) -> bool {
-    lock.holder_gone(this_process().as_ref(), started_at)
+    lock.holder_gone(this_process().as_ref(), pid_state)
 }
 
 /// The `Date` an S3 answer carries: the store's clock, which a lease is judged by.
@@ -222,10 +239,11 @@ impl StateStore {
                     Exit::Aws,
                     "state bucket",
                     format!(
-                        "{} exists but this identity may not read it: another AWS account owns that name (bucket names are global), or the role lacks s3:ListBucket on it",
-                        self.bucket
+                        "{} exists but this identity may not read it: an AWS account other than {} owns that name (every call names that owner; bucket names are global), or the role lacks s3:ListBucket on it",
+                        self.bucket,
+                        self.owner.as_deref().unwrap_or("(unknown)")
                     ),
-                    "leave state.bucket out (the default is unique to the account and region) or choose a name of your own; if the bucket is yours, grant the role access to it",
+                    "leave state.bucket out (the default is unique to the account and region) or choose a name of your own; if the bucket is yours but in another account, set state.bucket_owner to that account's id; else grant the role access to it",
                 ))
             }
             Err(e) => Err(step_failure("state bucket", sdk(e), &self.bucket)),
@@ -820,4 +838,24 @@ fn conflicts(what: &str) -> Failure {
         format!("the {what} kept changing under us (10 conflicting writes)"),
         "retry; if it persists, look for a runaway process writing the state bucket",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pid_is_gone_only_when_no_process_has_it() {
+        let me = std::process::id();
+        assert_eq!(pid_state(me), PidState::Started(started_at(me).unwrap()));
+        // A child that has been reaped: its pid is free (unless the kernel reuses it within
+        // these lines, which a 4-million pid space makes vanishingly rare).
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        assert_eq!(pid_state(pid), PidState::Gone);
+        // pid 1 exists in every pid namespace; whether /proc shows when it started or not,
+        // it is never gone.
+        assert_ne!(pid_state(1), PidState::Gone);
+    }
 }

@@ -52,15 +52,20 @@ pub async fn rollback(
     .await
 }
 
+/// What a flip decides from, and its plan.
+type Prepared = (World, FlipPlan, crate::adapters::smoke::Cases);
+
 /// Observe what a flip of `kind` decides from, and decide it: the part of a promote or rollback
-/// that changes nothing, shared by the real run (under the lock) and `--dry-run`.
+/// that changes nothing, shared by the real run (under the lock) and `--dry-run`. The inner
+/// error is the planner's refusal, kept apart so that the ledger can tell "nothing to do" from a
+/// refusal (an unsettled or stray edge) that is a failed release.
 async fn prepare(
     ctx: &Ctx,
     stacks: &Stacks,
     store: &StateStore,
     kind: Flip,
     expect_digest: Option<&str>,
-) -> Result<(World, FlipPlan, crate::adapters::smoke::Cases)> {
+) -> Result<std::result::Result<Prepared, Refusal>> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
     let edge = crate::commands::observe::edge_state(ctx, &world.edge, kind.action()).await?;
@@ -100,8 +105,10 @@ async fn prepare(
         requests: c.smoke.requests,
         invalidate: c.edge.invalidate,
     };
-    let plan = crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings)
-        .map_err(|r| refused(ctx, kind, r))?;
+    let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
+        Ok(plan) => plan,
+        Err(r) => return Ok(Err(r)),
+    };
     if plan.finishing {
         ctx.out.note(&format!(
             "an earlier {} moved the edge to {} but did not finish: verifying it and writing the roles",
@@ -109,7 +116,7 @@ async fn prepare(
             colour::name(c, plan.to)
         ));
     }
-    Ok((world, plan, cases))
+    Ok(Ok((world, plan, cases)))
 }
 
 /// A refused flip as the command's failure: exit 8, or 5 for a registry stack without its output.
@@ -211,7 +218,9 @@ async fn flip_to(
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
         store.check_lock(force_unlock, ctx.break_live_lock).await?;
-        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest).await?;
+        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest)
+            .await?
+            .map_err(|r| refused(ctx, kind, r))?;
         return Ok(print_plan(
             ctx,
             &plan.printed(&c.app),
@@ -222,21 +231,32 @@ async fn flip_to(
     // The lock first, so that what is observed cannot change under this run.
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let prepared = async {
-        let (world, plan, cases) = prepare(ctx, &stacks, &store, kind, expect_digest).await?;
+        let failed = |e: Failure| (e, false);
+        let (world, plan, cases) = match prepare(ctx, &stacks, &store, kind, expect_digest)
+            .await
+            .map_err(failed)?
+        {
+            Ok(p) => p,
+            Err(r) => {
+                let nothing = matches!(r, Refusal::Nothing { .. });
+                return Err((refused(ctx, kind, r), nothing));
+            }
+        };
         let client = world
             .cluster
             .as_ref()
             .expect("a live colour implies a cluster")
             .client()
-            .await?;
-        Ok::<_, Failure>((world, plan, cases, client))
+            .await
+            .map_err(failed)?;
+        Ok::<_, (Failure, bool)>((world, plan, cases, client))
     }
     .await;
     let (world, plan, cases, client) = match prepared {
         Ok(p) => p,
-        Err(e) => {
-            // Nothing to do is not a failed release: the ledger says so.
-            let nothing = e.exit == Exit::Precondition;
+        Err((e, nothing)) => {
+            // Nothing to do is not a failed release: the ledger says so. A refusal for another
+            // reason (the edge unsettled or serving a stray origin) is, with its reason.
             finish_session(ctx, (!nothing).then(|| e.to_string()), Some(!nothing)).await;
             return Err(e);
         }
