@@ -117,6 +117,19 @@ pub enum Command {
         #[arg(long, value_name = "sha256:...")]
         expect_digest: Option<String>,
     },
+    /// Replace the origin-verify value CloudFront sends and the colours require, refusing no
+    /// request on the way.
+    ///
+    /// The Secret gets a new value and keeps the old one as `previous`; each colour restarts
+    /// (rolling) to accept both; the edge stack's OriginSecret becomes the new value and CloudFront
+    /// deploys it (its edge locations change over minutes, sending either value meanwhile); the
+    /// public URL is verified; the old value is dropped and the colours restart to refuse it. A
+    /// rotation a failure or crash left unfinished is finished by running the command again.
+    /// Exit 8: nothing is live, or the edge is not settled.
+    RotateOriginSecret {
+        #[arg(long, help = FORCE_UNLOCK)]
+        force_unlock: bool,
+    },
     /// Remove everything release made for the app.
     ///
     /// In dependency order: both colours (and the origin Secret, and the namespace if release made

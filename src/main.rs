@@ -147,7 +147,10 @@ async fn context(cli: &Cli, out: &Reporter) -> Result<Ctx, ExitCode> {
     // image of an up (exit 3).
     if matches!(
         cli.command,
-        Command::Up { .. } | Command::Promote { .. } | Command::Rollback { .. }
+        Command::Up { .. }
+            | Command::Promote { .. }
+            | Command::Rollback { .. }
+            | Command::RotateOriginSecret { .. }
     ) && let Err(e) = config.check_cases("the configuration", &base)
     {
         return Err(fail(
@@ -272,6 +275,13 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             )
             .await
         }
+        Command::RotateOriginSecret { force_unlock } => interruptible(
+            ctx,
+            "rotate-origin-secret",
+            "re-run release rotate-origin-secret; the colours accept both values until it finishes",
+            release::commands::rotate::rotate_origin_secret(ctx, *force_unlock),
+        )
+        .await,
         Command::Destroy {
             force_unlock,
             delete_images,

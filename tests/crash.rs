@@ -57,10 +57,14 @@ fn edge_answer(sb: &Sandbox) -> Value {
 fn status_tells_the_truth(sb: &Sandbox, config: &Path, what: &str) -> Value {
     let status = summary(&release(sb, config, &["status"]));
     let answer = edge_answer(sb);
-    assert_eq!(
-        status["public url answers from"], answer["colour"],
-        "{what}: status says who answers through the edge: {status}"
-    );
+    // While CloudFront propagates a change, a request meets the old or the new origin (the
+    // sandbox picks per request, as edge locations differ): only a deployed edge answers alike.
+    if status["edge"] == "Deployed" {
+        assert_eq!(
+            status["public url answers from"], answer["colour"],
+            "{what}: status says who answers through the edge: {status}"
+        );
+    }
     if let Some(live) = status["live"].as_str() {
         // While a new distribution deploys nothing answers yet; once deployed, the live colour.
         if status["edge"] == "Deployed" {

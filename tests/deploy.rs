@@ -949,3 +949,163 @@ async fn two_promotes_racing_end_with_one_live_colour_and_a_later_runs_colour_is
         "stopped before anything: blue not redeployed, green not retired"
     );
 }
+
+/// The origin-verify value the colours require (`<app>-origin`'s keys, decoded).
+fn origin_secret(sb: &Sandbox) -> Value {
+    use base64::Engine;
+    let secret: Value = serde_json::from_str(&common::kubectl(
+        sb,
+        &["get", "secret", "iris-origin", "-n", "models", "-o", "json"],
+    ))
+    .unwrap();
+    let decoded: serde_json::Map<String, Value> = secret["data"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
+            (k.clone(), String::from_utf8(bytes).unwrap().into())
+        })
+        .collect();
+    Value::Object(decoded)
+}
+
+/// Issue 15 "The origin": the origin secret rotates with no request refused. Under a steady
+/// stream of `/predict` requests through the edge (whose locations send either value while
+/// CloudFront propagates the change, as the sandbox's edge does), both colours first accept both
+/// values, the edge then sends the new one, and the old one is dropped: no request fails, and
+/// afterwards the colours refuse the old value and take the new. A Secret left staged by an
+/// unfinished rotation is finished, not staged again; a dry run changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_origin_secret_rotates_with_no_request_refused_then_the_old_value_is() {
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let old = origin_secret(&sb)["secret"].as_str().unwrap().to_string();
+
+    let dry = release(&sb, &cfg, &["--dry-run", "rotate-origin-secret"]);
+    succeeded(&dry, "dry run");
+    let planned = common::planned_steps(&dry);
+    assert_eq!(
+        planned.first().map(String::as_str),
+        Some("stage origin secret")
+    );
+    assert!(
+        planned.contains(&"edge origin secret".to_string()),
+        "{planned:?}"
+    );
+    assert_eq!(
+        origin_secret(&sb)["secret"],
+        old.as_str(),
+        "a dry run changed it"
+    );
+
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (edge, stop) = (edge.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let http = reqwest::blocking::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let status = http
+                    .post(format!("{edge}/predict"))
+                    .json(&json!({"features": [6.9, 3.1, 5.4, 2.1]}))
+                    .send()
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                statuses.push(status);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            statuses
+        })
+    };
+    let out = release(&sb, &cfg, &["rotate-origin-secret"]);
+    stop.store(true, Ordering::Relaxed);
+    let statuses = traffic.join().unwrap();
+    succeeded(&out, "rotate-origin-secret");
+    let refused: Vec<&u16> = statuses.iter().filter(|&&s| s != 200).collect();
+    assert!(
+        statuses.len() > 50 && refused.is_empty(),
+        "{} requests, not answered 200: {refused:?}",
+        statuses.len()
+    );
+    let steps = common::executed_steps(&out);
+    for s in [
+        "restart iris-blue",
+        "restart iris-green",
+        "edge origin secret",
+    ] {
+        assert!(steps.contains(&s.to_string()), "{s}: {steps:?}");
+    }
+
+    let after = origin_secret(&sb);
+    let new = after["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    assert!(
+        after.get("previous").is_none(),
+        "the old value stays: {after}"
+    );
+    // Each colour, at its own address: the old value refused, the new one taken.
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    let http = reqwest::Client::new();
+    for colour in ["iris-blue", "iris-green"] {
+        let address = status["colours"][colour]["address"].as_str().unwrap();
+        for (value, expected) in [(&old, 403), (&new, 200)] {
+            let answer = http
+                .post(format!("http://{address}:80/predict"))
+                .header("x-origin-verify", value.as_str())
+                .json(&json!({"features": [6.9, 3.1, 5.4, 2.1]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status().as_u16(), expected, "{colour}");
+        }
+    }
+    let s3 = s3(&sb).await;
+    let entry = common::last_release(&s3).await;
+    assert_eq!(
+        (&entry["action"], &entry["outcome"]),
+        (&"rotate-origin-secret".into(), &"succeeded".into())
+    );
+
+    // A rotation left staged (as a crash after the first step leaves it) is finished with the
+    // value staged then: no new value is made over it.
+    common::kubectl(
+        &sb,
+        &[
+            "patch",
+            "secret",
+            "iris-origin",
+            "-n",
+            "models",
+            "--type=merge",
+            "-p",
+            &json!({"stringData": {"secret": "staged-value-0123456789abcdef", "previous": new}})
+                .to_string(),
+        ],
+    );
+    let finish = release(&sb, &cfg, &["rotate-origin-secret"]);
+    succeeded(&finish, "finishing a staged rotation");
+    assert!(
+        !common::executed_steps(&finish).contains(&"stage origin secret".to_string()),
+        "{:?}",
+        common::executed_steps(&finish)
+    );
+    let finished = origin_secret(&sb);
+    assert_eq!(finished["secret"], "staged-value-0123456789abcdef");
+    assert!(finished.get("previous").is_none(), "{finished}");
+    let version = edge_version(&http, &edge).await;
+    assert!(version["colour"].is_string(), "{version}");
+    let answer = http
+        .post(format!("{edge}/predict"))
+        .json(&json!({"features": [6.9, 3.1, 5.4, 2.1]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "the edge sends the staged value"
+    );
+}

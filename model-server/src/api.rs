@@ -262,13 +262,19 @@ fn body_error(error: &axum::Error, limit: usize) -> ApiError {
     )
 }
 
-/// When an origin-verify secret is configured, `/predict` requires it in `X-Origin-Verify`.
+/// When an origin-verify secret is configured, `/predict` requires it (or, during a rotation,
+/// the previous value) in `X-Origin-Verify`.
 fn verify_origin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(secret) = &state.origin_verify_secret else {
         return Ok(());
     };
     let presented = headers.get(ORIGIN_VERIFY_HEADER).map(HeaderValue::as_bytes);
-    if presented.is_some_and(|p| bool::from(p.ct_eq(secret.as_bytes()))) {
+    let accepted = |p: &[u8]| {
+        std::iter::once(secret)
+            .chain(&state.origin_verify_previous)
+            .any(|s| bool::from(p.ct_eq(s.as_bytes())))
+    };
+    if presented.is_some_and(accepted) {
         Ok(())
     } else {
         Err(ApiError::new(

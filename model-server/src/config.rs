@@ -50,6 +50,15 @@ pub struct Config {
     )]
     pub origin_verify_secret: Option<String>,
 
+    /// During an origin-secret rotation, the value being replaced: accepted as well as the
+    /// secret until the edge sends only the new one (`release rotate-origin-secret`). Never logged.
+    #[arg(
+        long,
+        env = "MODEL_SERVER_ORIGIN_VERIFY_PREVIOUS",
+        hide_env_values = true
+    )]
+    pub origin_verify_previous: Option<String>,
+
     /// Seconds to keep serving after SIGTERM (with /readyz at 503) before closing the listener.
     #[arg(long, env = "MODEL_SERVER_DRAIN_SECONDS", default_value_t = 15.0, value_parser = parse_seconds)]
     pub drain_seconds: f64,
@@ -107,6 +116,10 @@ impl std::fmt::Debug for Config {
             .field(
                 "origin_verify_secret",
                 &self.origin_verify_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "origin_verify_previous",
+                &self.origin_verify_previous.as_ref().map(|_| "<redacted>"),
             )
             .field("drain_seconds", &self.drain_seconds)
             .field("body_limit", &self.body_limit)

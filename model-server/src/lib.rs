@@ -34,6 +34,8 @@ pub struct AppState {
     pub model_version: String,
     pub colour: String,
     pub origin_verify_secret: Option<String>,
+    /// The value a rotation replaces, accepted too while it lasts.
+    pub origin_verify_previous: Option<String>,
     pub body_limit: usize,
     pub max_batch: usize,
     pub lifecycle: Arc<Lifecycle>,
@@ -87,6 +89,10 @@ impl AppState {
             colour: config.colour.clone(),
             origin_verify_secret: config
                 .origin_verify_secret
+                .clone()
+                .filter(|s| !s.is_empty()),
+            origin_verify_previous: config
+                .origin_verify_previous
                 .clone()
                 .filter(|s| !s.is_empty()),
             body_limit: config.body_limit,

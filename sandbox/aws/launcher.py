@@ -7,7 +7,8 @@ On top of moto 5.2 (pinned in requirements.txt) it adds:
 - CloudFormation models for AWS::EKS::Cluster, AWS::EKS::FargateProfile and
   AWS::CloudFront::Distribution, delegating to moto's own EKS and CloudFront backends;
 - CloudFront: If-Match checked against a fresh ETag per change, InProgress -> Deployed after the
-  propagation delay, and an edge proxy (the distribution's public URL) that follows the deployed origin;
+  propagation delay, and an edge proxy (the distribution's public URL) that follows the deployed origin
+  (while a change propagates, each request meets the old or the new configuration);
 - ECR: image digest = sha256 of the manifest bytes, layer bytes kept, GetDownloadUrlForLayer;
 - EKS: a cluster's endpoint and CA are the sandbox cluster's;
 - CloudFormation: a resource that fails leaves the stack in ROLLBACK_COMPLETE (or
@@ -708,6 +709,19 @@ def deployed_snapshot(dist: Any) -> dict[str, Any] | None:
     return ready[-1] if ready else None
 
 
+def serving_snapshot(dist: Any) -> dict[str, Any] | None:
+    """The configuration one request through the edge meets. While a change propagates
+    (InProgress) it is the deployed one or the new one, at random: CloudFront's edge locations
+    take a change at different times and serve the previous configuration until they have it
+    (CloudFront Developer Guide, "Update a distribution"). So an origin flip sends some requests
+    to each colour for a while, and a changed origin header arrives with either value."""
+    deployed = deployed_snapshot(dist)
+    versions = getattr(dist, "_sandbox_versions", [])
+    if deployed is None or not versions or now() - versions[-1][0] >= CONFIG["edge_delay"]:
+        return deployed
+    return random.choice([deployed, versions[-1][1]])
+
+
 def dist_status(self: Any) -> str:
     versions = getattr(self, "_sandbox_versions", [])
     if versions and now() - versions[-1][0] < CONFIG["edge_delay"]:
@@ -862,7 +876,7 @@ class EdgeHandler(BaseHTTPRequestHandler):
         named = [d for d in dists if d.domain_name == host]
         if named:
             dists = named
-        live = [(d, deployed_snapshot(d)) for d in dists]
+        live = [(d, serving_snapshot(d)) for d in dists]
         live = [(d, s) for (d, s) in live if s and s["enabled"]]
         if not live:
             return None, "no deployed, enabled CloudFront distribution"

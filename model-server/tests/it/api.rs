@@ -284,6 +284,29 @@ async fn origin_secret_guards_predict_but_not_the_probes() {
     }
 }
 
+/// During a rotation both values pass, and nothing else does.
+#[tokio::test]
+async fn during_a_rotation_the_previous_origin_secret_is_accepted_too() {
+    let state = state(&[
+        "--origin-verify-secret",
+        "new-value",
+        "--origin-verify-previous",
+        "old-value",
+    ]);
+    for (value, status) in [
+        ("new-value", StatusCode::OK),
+        ("old-value", StatusCode::OK),
+        ("other", StatusCode::FORBIDDEN),
+    ] {
+        let request = Request::post("/predict")
+            .header("content-type", "application/json")
+            .header("x-origin-verify", value)
+            .body(Body::from(SETOSA))
+            .unwrap();
+        assert_eq!(send(&state, request).await.status, status, "{value}");
+    }
+}
+
 #[tokio::test]
 async fn no_secret_configured_means_no_header_needed() {
     let state = state(&[]);

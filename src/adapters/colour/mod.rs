@@ -312,6 +312,122 @@ pub async fn apply(
 }
 
 /// Remove a colour (Deployment, Service, PDB); absent objects are fine.
+/// The origin-verify Secret's values: `current`, what the edge sends (key `secret`), and during
+/// a rotation `previous`, the value it replaces (key `previous`), which the pods accept too.
+#[derive(Clone, PartialEq, Eq)]
+pub struct OriginSecret {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl OriginSecret {
+    /// What a pod started now accepts, as a stamp for its template (a digest: the values never
+    /// reach an annotation). A colour whose pods carry another stamp must restart to take it.
+    pub fn stamp(&self) -> String {
+        let mut h = Sha256::new();
+        h.update(self.current.as_bytes());
+        h.update(b"\n");
+        h.update(self.previous.as_deref().unwrap_or_default().as_bytes());
+        h.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+/// The annotation on a colour's pod template naming the secret values its pods accept.
+pub const SECRET_STAMP: &str = "release/origin-secret";
+
+fn secret_name(config: &Config) -> String {
+    format!("{}-origin", config.app)
+}
+
+/// The origin-verify Secret's values, if it exists.
+pub async fn origin_secret(client: &kube::Client, config: &Config) -> Result<Option<OriginSecret>> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &config.deploy.namespace);
+    let Some(found) = secrets
+        .get_opt(&secret_name(config))
+        .await
+        .map_err(kube_err("origin secret"))?
+    else {
+        return Ok(None);
+    };
+    let data = found.data.unwrap_or_default();
+    let text = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(&v.0).to_string())
+    };
+    Ok(text("secret").map(|current| OriginSecret {
+        current,
+        previous: text("previous"),
+    }))
+}
+
+/// Write the origin-verify Secret's values (a merge patch: `previous: None` removes the key).
+pub async fn set_origin_secret(
+    client: &kube::Client,
+    config: &Config,
+    value: &OriginSecret,
+) -> Result<()> {
+    use base64::Engine;
+    let b64 = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    let patch = json!({"data": {
+        "secret": b64(&value.current),
+        "previous": value.previous.as_deref().map(b64),
+    }});
+    Api::<Secret>::namespaced(client.clone(), &config.deploy.namespace)
+        .patch(
+            &secret_name(config),
+            &PatchParams::default(),
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(kube_err("origin secret"))?;
+    Ok(())
+}
+
+/// Restart `colour`'s pods (a rolling update, as `kubectl rollout restart` makes one) unless they
+/// already accept what `stamp` names: environment variables from a Secret are read when a pod
+/// starts. Written by a field manager of its own, so the next apply of the colour keeps it.
+/// Returns whether a restart was started; refuses a colour a later run wrote (`fence`).
+pub async fn restart_for_secret(
+    client: &kube::Client,
+    config: &Config,
+    colour: Colour,
+    stamp: &str,
+    generation: Option<u64>,
+) -> Result<bool> {
+    let n = name(config, colour);
+    fence(client, config, &n, generation).await?;
+    let api = Api::<Deployment>::namespaced(client.clone(), &config.deploy.namespace);
+    let d = api.get(&n).await.map_err(kube_err("restart"))?;
+    let current = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(SECRET_STAMP));
+    if current.map(String::as_str) == Some(stamp) {
+        return Ok(false);
+    }
+    let mut patch =
+        json!({"spec": {"template": {"metadata": {"annotations": {SECRET_STAMP: stamp}}}}});
+    if let Some(g) = generation {
+        patch["metadata"] = json!({"annotations": {GENERATION: g.to_string()}});
+    }
+    api.patch(
+        &n,
+        &PatchParams {
+            field_manager: Some(format!("{MANAGER}-origin-secret")),
+            ..PatchParams::default()
+        },
+        &Patch::Merge(patch),
+    )
+    .await
+    .map_err(kube_err("restart"))?;
+    Ok(true)
+}
+
 /// What `destroy` removes after both colours: the origin-verify Secret, and the namespace when
 /// release created it for this app.
 pub async fn remove_app(client: &kube::Client, config: &Config) -> Result<()> {
