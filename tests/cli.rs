@@ -339,14 +339,41 @@ fn a_line_the_cli_would_refuse_is_caught() {
 /// for that pin; an entry without them would make that install fail.
 #[test]
 fn every_python_requirement_is_pinned_with_its_hashes() {
-    let files = [
+    // Every requirements file in the repository (not a list kept by hand, which a new file would
+    // miss), outside hidden directories (venvs) and build output.
+    fn find(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            if path.is_dir() {
+                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                    find(&path, root, out);
+                }
+            } else if name.ends_with(".txt") && name.contains("requirements") {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    let mut files = Vec::new();
+    find(&root(), &root(), &mut files);
+    for known in [
         "sandbox/aws/requirements.txt",
         "scripts/checks-requirements.txt",
         "model-server/train/requirements.txt",
         "bench/requirements.txt",
-    ];
+    ] {
+        assert!(
+            files.iter().any(|f| f == known),
+            "{known} not found: {files:?}"
+        );
+    }
     for file in files {
-        let text = std::fs::read_to_string(root().join(file)).unwrap();
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
         let joined = text.replace("\\\n", " ");
         let mut pins = 0;
         for line in joined.lines().map(str::trim) {
