@@ -33,7 +33,7 @@ measure() {
   local what="$1"; shift
   count "?reset=1" > /dev/null
   release "$@" > "$work/out" 2>&1 || { echo "release $* failed:" >&2; cat "$work/out" >&2; exit 1; }
-  printf '%-52s %s\n' "$what" "$(count "" | "$python" -c 'import json,sys; c=json.load(sys.stdin); print(f"{c[\"requests\"]:4} requests, {c[\"written\"]:9,} bytes written, {c[\"read\"]:11,} bytes read")')"
+  printf '%-52s %s\n' "$what" "$(count "" | "$python" -c 'import json,sys; c=json.load(sys.stdin); print("%4d requests, %9s bytes written, %11s bytes read" % (c["requests"], format(c["written"], ","), format(c["read"], ",")))')"
 }
 
 echo "the first release (not counted)" >&2

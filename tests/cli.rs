@@ -360,7 +360,7 @@ fn every_python_requirement_is_pinned_with_its_hashes() {
         }
     }
     let mut files = Vec::new();
-    find(&root(), &root(), &mut files);
+    find(root(), root(), &mut files);
     for known in [
         "sandbox/aws/requirements.txt",
         "scripts/checks-requirements.txt",
