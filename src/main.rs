@@ -278,7 +278,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
         Command::RotateOriginSecret { force_unlock } => interruptible(
             ctx,
             "rotate-origin-secret",
-            "re-run release rotate-origin-secret; the colours accept both values until it finishes",
+            "re-run release rotate-origin-secret; the edge's value stays accepted until it finishes",
             release::commands::rotate::rotate_origin_secret(ctx, *force_unlock),
         )
         .await,

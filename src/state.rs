@@ -217,6 +217,10 @@ pub struct Head {
     /// The newest verified go-live still on the rollback stack (see [`Release::live_below`]).
     #[serde(default)]
     pub live_top: Option<u64>,
+    /// `ledger.json` holds the note that the ledger moved, which an older `release` refuses
+    /// (written once per bucket, whether or not an old ledger was there).
+    #[serde(default)]
+    pub legacy_marked: bool,
 }
 
 impl Head {
@@ -696,7 +700,8 @@ mod tests {
             Head {
                 next: 3,
                 open: vec![2],
-                live_top: Some(1)
+                live_top: Some(1),
+                legacy_marked: false,
             }
         );
     }

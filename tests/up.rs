@@ -842,17 +842,14 @@ async fn a_ledger_kept_as_one_document_is_moved_to_one_object_per_release() {
 
 /// A ledger head restored from an older version (the bucket is versioned), or deleted, must not
 /// make a run take a number a kept release already has: its object would be written over, and
-/// two releases would share an id and a fencing generation. The run finds the number taken,
-/// moves the counter past every kept release and takes the next; a missing head is rebuilt from
-/// the releases kept, its rollback stack included.
+/// two releases would share an id and a fencing generation. The run finds the number taken and
+/// rebuilds the head from the releases kept: the counter past them all and the rollback stack's
+/// top, so that a rollback to a retired colour (which needs the ledger's record of it) still
+/// works; a missing head is rebuilt the same way.
 #[tokio::test]
 async fn a_rewound_or_deleted_ledger_head_never_gives_a_release_number_twice() {
     let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
     let s3 = s3(&sb).await;
-    let old_head = object(&s3, "apps/iris/ledger-head.json").await.unwrap();
-    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
-    let promoted = common::last_release(&s3).await;
-    assert_eq!(promoted["action"], "promote");
     let put_head = |head: serde_json::Value| {
         s3.put_object()
             .bucket(STATE_BUCKET)
@@ -860,38 +857,59 @@ async fn a_rewound_or_deleted_ledger_head_never_gives_a_release_number_twice() {
             .body(ByteStream::from(serde_json::to_vec(&head).unwrap()))
             .send()
     };
-    put_head(old_head).await.unwrap();
+    let rolled_back_to_blue = |out: &std::process::Output, what: &str| {
+        succeeded(out, what);
+        let s = summary(out);
+        assert_eq!(
+            (s["live"].as_str(), s["steps"][1].as_str()),
+            (Some("blue"), Some("redeploy iris-blue")),
+            "{what}: blue redeployed from the ledger's record: {s}"
+        );
+    };
 
-    succeeded(&release(&sb, &cfg, &["up"]), "up, nothing to release");
+    // Rewound: the head as it was before the promote.
+    let old_head = object(&s3, "apps/iris/ledger-head.json").await.unwrap();
+    succeeded(
+        &release(&sb, &cfg, &["promote", "--retire-previous"]),
+        "promote, blue retired",
+    );
+    let promoted = common::last_release(&s3).await;
+    let promote_seq = promoted["seq"].as_u64().unwrap();
+    put_head(old_head).await.unwrap();
+    rolled_back_to_blue(
+        &release(&sb, &cfg, &["rollback"]),
+        "rollback after the head was rewound",
+    );
     let releases = common::releases(&s3).await;
-    let seqs: Vec<u64> = releases
-        .iter()
-        .map(|r| r["seq"].as_u64().unwrap())
-        .collect();
     let ids: std::collections::BTreeSet<&str> =
         releases.iter().map(|r| r["id"].as_str().unwrap()).collect();
-    assert_eq!(ids.len(), releases.len(), "an id given twice: {seqs:?}");
-    let promote_seq = promoted["seq"].as_u64().unwrap();
+    assert_eq!(ids.len(), releases.len(), "an id given twice");
     let kept = releases
         .iter()
         .find(|r| r["seq"].as_u64() == Some(promote_seq))
         .unwrap();
     assert_eq!(kept, &promoted, "the promote's entry was written over");
-    let after_rewind = releases.last().unwrap().clone();
-    assert_eq!(after_rewind["seq"].as_u64(), Some(promote_seq + 1));
-    assert_eq!(after_rewind["action"], "up");
+    let rollback = releases.last().unwrap();
+    assert_eq!(rollback["seq"].as_u64(), Some(promote_seq + 1));
+    assert_eq!(rollback["action"], "rollback");
 
+    // Deleted: green a candidate again, promoted (blue retired), then the head goes.
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    succeeded(
+        &release(&sb, &cfg, &["promote", "--retire-previous"]),
+        "promote, blue retired again",
+    );
+    let before = common::last_release(&s3).await["seq"].as_u64().unwrap();
     s3.delete_object()
         .bucket(STATE_BUCKET)
         .key("apps/iris/ledger-head.json")
         .send()
         .await
         .unwrap();
-    succeeded(&release(&sb, &cfg, &["up"]), "up, no head");
+    rolled_back_to_blue(
+        &release(&sb, &cfg, &["rollback"]),
+        "rollback after the head was deleted",
+    );
     let newest = common::last_release(&s3).await;
-    assert_eq!(newest["seq"].as_u64(), Some(promote_seq + 2));
-    // The rebuilt head found the rollback stack: blue, live before the promote, comes back.
-    let out = release(&sb, &cfg, &["rollback"]);
-    succeeded(&out, "rollback after the head was rebuilt");
-    assert_eq!(summary(&out)["live"], "blue");
+    assert_eq!(newest["seq"].as_u64(), Some(before + 1));
 }

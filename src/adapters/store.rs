@@ -557,6 +557,15 @@ impl StateStore {
                 migrated: Vec::new(),
             });
         }
+        // Releases kept mean the ledger was moved before (perhaps by a release that left the old
+        // document readable): the head is rebuilt from them, never from the old document again.
+        if !self.release_numbers().await?.is_empty() {
+            return Ok(HeadRead {
+                head: self.recovered_head().await?,
+                etag: None,
+                migrated: Vec::new(),
+            });
+        }
         if let Some((legacy, _)) = self.read::<serde_json::Value>(LEGACY).await?
             && legacy.get(MOVED).is_none()
         {
@@ -580,7 +589,7 @@ impl StateStore {
             });
         }
         Ok(HeadRead {
-            head: self.recovered_head().await?,
+            head: Head::default(),
             etag: None,
             migrated: Vec::new(),
         })
@@ -696,27 +705,43 @@ impl StateStore {
                 .etag
                 .as_deref()
                 .map_or(WriteIf::Absent, WriteIf::Unchanged);
-            if !at.migrated.is_empty() {
+            if !at.head.legacy_marked {
                 // Before the head: a crash in between leaves releases and no head, which
                 // `recovered_head` reads back.
                 self.write(LEGACY, &moved_ledger(), WriteIf::Always).await?;
+                at.head.legacy_marked = true;
             }
             let Some(etag) = self.write(HEAD, &at.head, when).await? else {
                 continue;
             };
+            let mine = make(seq, id.clone());
             if self
-                .write(&release_key(seq), &make(seq, id.clone()), WriteIf::Absent)
+                .write(&release_key(seq), &mine, WriteIf::Absent)
                 .await?
                 .is_some()
             {
                 return Ok(id);
             }
-            // That number is taken: the head was rewound (an older version restored). Move the
-            // counter past every release kept and take another; a number is never given twice.
-            let highest = self.release_numbers().await?.last().copied().unwrap_or(seq);
-            at.head.open.retain(|&s| s != seq);
-            at.head.next = at.head.next.max(highest + 1);
-            self.write(HEAD, &at.head, WriteIf::Unchanged(&etag))
+            // A retried write whose first answer was lost finds its own object: it is ours.
+            if self
+                .read_release(seq)
+                .await?
+                .is_some_and(|(found, _)| found == mine)
+            {
+                return Ok(id);
+            }
+            // That number is taken: the head was rewound (an older version restored). Rebuild it
+            // from the releases kept (the counter past them all, the rollback stack's top, the
+            // open ones) and take another number; a number is never given twice.
+            let mut rebuilt = self.recovered_head().await?;
+            for s in at.head.open.into_iter().filter(|&s| s != seq) {
+                if !rebuilt.open.contains(&s) {
+                    rebuilt.open.push(s);
+                }
+            }
+            rebuilt.next = rebuilt.next.max(at.head.next);
+            rebuilt.legacy_marked = true;
+            self.write(HEAD, &rebuilt, WriteIf::Unchanged(&etag))
                 .await?;
         }
         Err(conflicts("ledger head"))

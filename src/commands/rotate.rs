@@ -35,6 +35,15 @@ fn refused(ctx: &Ctx, r: RotateRefusal) -> Failure {
             ),
             "run `release up` first; the first release makes the value",
         ),
+        RotateRefusal::NoSecret => Failure::new(
+            Exit::Precondition,
+            ACTION,
+            format!(
+                "the origin-verify Secret {}-origin is missing from namespace {}",
+                ctx.config.app, ctx.config.deploy.namespace
+            ),
+            "run `release up --force`: it makes the Secret and a candidate that reads it, then promote",
+        ),
         RotateRefusal::Edge(r) => {
             let (why, hint) = r.explain();
             Failure::new(Exit::Precondition, ACTION, why, hint)
@@ -51,10 +60,19 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
     let prepare = async || {
         let world = observe(ctx, &stacks).await?;
         let edge = edge_state(ctx, &world.edge, ACTION).await?;
-        let secret = match &world.cluster {
-            Some(cluster) => colour::origin_secret(&cluster.client().await?, c).await?,
-            None => None,
-        };
+        let (mut secret, mut stale) = (None, Vec::new());
+        if let Some(cluster) = &world.cluster {
+            let client = cluster.client().await?;
+            secret = colour::origin_secret(&client, c).await?;
+            for (&col, o) in &world.colours {
+                let stamp = colour::secret_stamp(&client, c, col).await?;
+                if let (true, Some(stamp), Some(s)) = (o.exists, stamp, &secret)
+                    && stamp != s.stamp()
+                {
+                    stale.push(col);
+                }
+            }
+        }
         let facts = RotateWorld {
             app: c.app.clone(),
             edge,
@@ -65,7 +83,9 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                 .filter(|(_, o)| o.exists)
                 .map(|(&colour, _)| colour)
                 .collect(),
+            secret: secret.is_some(),
             staged: secret.as_ref().is_some_and(|s| s.previous.is_some()),
+            stale,
         };
         Ok::<_, Failure>((world, secret, plan_rotation(&facts)))
     };
@@ -80,12 +100,18 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
         ));
     }
     let id = begin(ctx, &store, ACTION, force_unlock, vec![]).await?;
+    // Nothing to rotate is not a failed run: the ledger says so (as for a flip).
+    let mut nothing = false;
     let result = async {
         let (world, secret, plan) = prepare().await?;
-        let steps = plan.map_err(|r| refused(ctx, r))?;
+        let steps = plan.map_err(|r| {
+            nothing = r == RotateRefusal::NothingLive;
+            refused(ctx, r)
+        })?;
         let (Some(cluster), Some(secret), Some(url)) =
             (&world.cluster, secret, public_url(ctx, &world.edge))
         else {
+            nothing = true;
             return Err(refused(ctx, RotateRefusal::NothingLive));
         };
         let client = cluster.client().await?;
@@ -108,8 +134,13 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                     })
                     .await?
                 }
-                RotateStep::Restart { colour: col, .. } => {
-                    step(ctx, &store, &id, &name, &what, async {
+                RotateStep::Restart {
+                    colour: col,
+                    both,
+                    optional,
+                } => {
+                    let restarted = step(ctx, &store, &id, &name, &what, async {
+                        let timeout = Duration::from_secs(c.deploy.rollout_timeout_seconds);
                         let restarted = colour::restart_for_secret(
                             &client,
                             c,
@@ -118,14 +149,14 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                             ctx.generation().await,
                         )
                         .await?;
-                        crate::adapters::colour::wait_rollout(
-                            &client,
-                            c,
-                            *col,
-                            Duration::from_secs(c.deploy.rollout_timeout_seconds),
-                            |p| ctx.out.progress(&name, &p),
-                        )
+                        colour::wait_rollout(&client, c, *col, timeout, |p| {
+                            ctx.out.progress(&name, &p)
+                        })
                         .await?;
+                        if *both {
+                            // A draining pod still accepts only what it started with.
+                            colour::wait_old_pods_gone(&client, c, *col, timeout).await?;
+                        }
                         Ok((
                             (),
                             if restarted {
@@ -135,7 +166,17 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                             },
                         ))
                     })
-                    .await?
+                    .await;
+                    match restarted {
+                        Err(e) if *optional && e.exit != Exit::Locked => {
+                            ctx.out.note(&format!(
+                                "warning: {name} failed ({}); it is not live, so the rotation goes on: it refuses the edge's new value until the next `release up` replaces it",
+                                e.message
+                            ));
+                            continue;
+                        }
+                        other => other?,
+                    }
                 }
                 RotateStep::Edge => {
                     step(ctx, &store, &id, &name, &what, async {
@@ -154,7 +195,7 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                             ctx,
                             &dist,
                             &name,
-                            "run release rotate-origin-secret again: the colours accept both values until it finishes",
+                            "run release rotate-origin-secret again: the edge's value stays accepted until it finishes",
                         )
                         .await?;
                         Ok(((), change.describe()))
@@ -196,13 +237,17 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
     .await;
     finish_session(
         ctx,
-        result.as_ref().err().map(|e| e.to_string()),
-        Some(true),
+        result
+            .as_ref()
+            .err()
+            .filter(|_| !nothing)
+            .map(|e| e.to_string()),
+        Some(!nothing),
     )
     .await;
     let done = result.map_err(|mut e| {
         if e.hint.is_empty() {
-            e.hint = "run release rotate-origin-secret again: it finishes the rotation, and the colours accept both values until then".into();
+            e.hint = "run release rotate-origin-secret again: it finishes the rotation; the edge's value stays accepted until then".into();
         }
         e
     })?;

@@ -134,6 +134,9 @@ fn kube_err(step: &str) -> impl Fn(kube::Error) -> Failure + '_ {
 }
 
 /// Ensure the namespace and the origin-verify Secret; the secret value is kept if it exists.
+/// Returns the value every pod accepts, to send to a colour's own address: during a rotation
+/// (`release rotate-origin-secret`) the value being replaced, which pods started before it and
+/// pods started during it both take; otherwise the one value.
 pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config) -> Result<String> {
     let step = "deploy";
     let pp = PatchParams::apply(MANAGER).force();
@@ -161,7 +164,8 @@ pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config)
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let name = format!("{}-origin", config.app);
     if let Some(existing) = secrets.get_opt(&name).await.map_err(kube_err(step))?
-        && let Some(v) = existing.data.as_ref().and_then(|d| d.get("secret"))
+        && let Some(data) = existing.data.as_ref()
+        && let Some(v) = data.get("previous").or_else(|| data.get("secret"))
     {
         return Ok(String::from_utf8_lossy(&v.0).to_string());
     }
@@ -311,7 +315,6 @@ pub async fn apply(
     Ok(())
 }
 
-/// Remove a colour (Deployment, Service, PDB); absent objects are fine.
 /// The origin-verify Secret's values: `current`, what the edge sends (key `secret`), and during
 /// a rotation `previous`, the value it replaces (key `previous`), which the pods accept too.
 #[derive(Clone, PartialEq, Eq)]
@@ -384,6 +387,73 @@ pub async fn set_origin_secret(
         .await
         .map_err(kube_err("origin secret"))?;
     Ok(())
+}
+
+/// The origin-secret stamp on `colour`'s pod template (`SECRET_STAMP`), if it has one: what
+/// values its pods were last restarted to accept.
+pub async fn secret_stamp(
+    client: &kube::Client,
+    config: &Config,
+    colour: Colour,
+) -> Result<Option<String>> {
+    let d = Api::<Deployment>::namespaced(client.clone(), &config.deploy.namespace)
+        .get_opt(&name(config, colour))
+        .await
+        .map_err(kube_err("observe"))?;
+    Ok(d.and_then(|d| d.spec?.template.metadata?.annotations?.remove(SECRET_STAMP)))
+}
+
+/// Wait until `colour` has no pods but the ones its Deployment wants: none terminating (a pod
+/// draining after a restart still serves what it accepted when it started).
+pub async fn wait_old_pods_gone(
+    client: &kube::Client,
+    config: &Config,
+    colour: Colour,
+    timeout: Duration,
+) -> Result<()> {
+    let ns = &config.deploy.namespace;
+    let n = name(config, colour);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/name={},release/colour={colour}",
+        config.app
+    );
+    wait::until(
+        Deadline::new(timeout, Duration::from_millis(500)),
+        async || {
+            let want = deployments
+                .get(&n)
+                .await
+                .map_err(kube_err("restart"))?
+                .spec
+                .and_then(|s| s.replicas)
+                .unwrap_or(1);
+            let all = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(kube_err("restart"))?
+                .items;
+            let leaving = all
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_some())
+                .count();
+            Ok(if leaving == 0 && all.len() as i32 <= want {
+                Check::Done(())
+            } else {
+                Check::Pending(format!("{leaving} old pods still draining"))
+            })
+        },
+        |last, _| {
+            failure(
+                Exit::Deploy,
+                "restart",
+                format!("{n}'s old pods did not go within {timeout:?} ({last})"),
+                "check the pods' drain (MODEL_SERVER_DRAIN_SECONDS) and re-run",
+            )
+        },
+    )
+    .await
 }
 
 /// Restart `colour`'s pods (a rolling update, as `kubectl rollout restart` makes one) unless they
