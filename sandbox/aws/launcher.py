@@ -688,6 +688,7 @@ def origin_snapshot(dist: Any) -> dict[str, Any]:
     for o in config.Origins["Items"]:
         custom = getattr(o, "custom_origin_config", None)
         origins[o.id] = {
+            "vpc_origin": (getattr(o, "vpc_origin_config", None) or {}).get("VpcOriginId"),
             "domain": o.domain_name,
             "path": o.origin_path or "",
             "http_port": int(custom.http_port or 80) if custom else 80,
@@ -851,6 +852,151 @@ class CloudFrontDistribution(CloudFormationModel):
             backend.delete_distribution(self.dist_id, dist.etag)
 
 
+# CloudFront VPC origins (moto has none): an origin reached from inside a VPC, through network
+# interfaces CloudFront puts there, to a load balancer named by its ARN; the distribution's origin
+# names it in VpcOriginConfig. A VPC origin that a distribution uses cannot be updated or deleted
+# (409 CannotUpdateEntityWhileInUse / CannotDeleteEntityWhileInUse: UpdateVpcOrigin and
+# DeleteVpcOrigin in the CloudFront API reference), so each origin a distribution may switch to
+# needs its own.
+VPC_ORIGINS: dict[str, dict[str, Any]] = {}
+_original_origin_init = cf_models.Origin.__init__
+
+
+def origin_init(self: Any, origin: dict[str, Any]) -> None:
+    _original_origin_init(self, origin)
+    config = origin.get("VpcOriginConfig")
+    self.vpc_origin_config = dict(config) if config else None
+
+
+cf_models.Origin.__init__ = origin_init  # type: ignore[method-assign]
+
+
+class CannotChangeEntityWhileInUse(Exception):
+    pass
+
+
+def vpc_origin_in_use(vpc_origin_id: str) -> list[str]:
+    """The distributions whose origins name this VPC origin."""
+    users = []
+    for dist in all_distributions():
+        for o in dist.distribution_config.Origins["Items"]:
+            if (getattr(o, "vpc_origin_config", None) or {}).get("VpcOriginId") == vpc_origin_id:
+                users.append(dist.distribution_id)
+    return users
+
+
+class CloudFrontVpcOrigin(CloudFormationModel):
+    __module__ = "moto.cloudfront.sandbox"
+
+    def __init__(self, vpc_origin_id: str, account_id: str):
+        self.vpc_origin_id = vpc_origin_id
+        self.account_id = account_id
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.vpc_origin_id
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return ""
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::CloudFront::VpcOrigin"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in ("Id", "Arn", "Status")
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        held = VPC_ORIGINS[self.vpc_origin_id]
+        if attribute_name == "Id":
+            return self.vpc_origin_id
+        if attribute_name == "Arn":
+            return held["arn"]
+        if attribute_name == "Status":
+            return vpc_origin_status(held)
+        raise UnformattedGetAttTemplateException()
+
+    @staticmethod
+    def endpoint(cloudformation_json: Any) -> dict[str, Any]:
+        config = dict(cloudformation_json["Properties"]["VpcOriginEndpointConfig"])
+        for key in ("Name", "Arn"):
+            if not config.get(key):
+                raise ValueError(f"VpcOriginEndpointConfig.{key} is required")
+        if ":loadbalancer/" not in config["Arn"] and ":instance/" not in config["Arn"]:
+            raise ValueError(f"{config['Arn']} is not a load balancer or an instance ARN")
+        config.setdefault("HTTPPort", 80)
+        config.setdefault("HTTPSPort", 443)
+        return config
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "CloudFrontVpcOrigin":
+        vpc_origin_id = "vo_" + cf_models.random_id(length=22)
+        VPC_ORIGINS[vpc_origin_id] = {
+            "arn": f"arn:aws:cloudfront::{account_id}:vpcorigin/{vpc_origin_id}",
+            "endpoint": cls.endpoint(cloudformation_json),
+            "changed": now(),
+        }
+        return cls(vpc_origin_id, account_id)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "CloudFrontVpcOrigin":
+        held = VPC_ORIGINS[original_resource.vpc_origin_id]
+        endpoint = cls.endpoint(cloudformation_json)
+        if endpoint != held["endpoint"]:
+            users = vpc_origin_in_use(original_resource.vpc_origin_id)
+            if users:
+                raise CannotChangeEntityWhileInUse(
+                    f"CannotUpdateEntityWhileInUse: the VPC origin {original_resource.vpc_origin_id} is associated with "
+                    f"distribution(s) {', '.join(users)}; disassociate it before updating it"
+                )
+            held["endpoint"] = endpoint
+            held["changed"] = now()
+        return original_resource
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        users = vpc_origin_in_use(self.vpc_origin_id)
+        if users:
+            raise CannotChangeEntityWhileInUse(
+                f"CannotDeleteEntityWhileInUse: the VPC origin {self.vpc_origin_id} is associated with distribution(s) {', '.join(users)}"
+            )
+        VPC_ORIGINS.pop(self.vpc_origin_id, None)
+
+
+def vpc_origin_status(held: dict[str, Any]) -> str:
+    """Deploying for as long as a distribution change takes (the edge delay), then Deployed."""
+    return "Deploying" if now() - held["changed"] < CONFIG["edge_delay"] else "Deployed"
+
+
+def vpc_origin_target(vpc_origin_id: str) -> tuple[str, int] | str:
+    """Where a VPC origin sends requests: its load balancer's address (the DNS name ELBv2 shows)
+    and port, or why it cannot."""
+    from moto.elbv2.models import elbv2_backends
+
+    held = VPC_ORIGINS.get(vpc_origin_id)
+    if held is None:
+        return f"no VPC origin {vpc_origin_id}"
+    if vpc_origin_status(held) != "Deployed":
+        return f"the VPC origin {vpc_origin_id} is still Deploying"
+    arn = held["endpoint"]["Arn"]
+    for regions in elbv2_backends.values():
+        for backend in regions.values():
+            lb = backend.load_balancers.get(arn)
+            if lb is not None:
+                return lb.dns_name, int(held["endpoint"]["HTTPPort"])
+    return f"no load balancer {arn}"
+
+
+# The source address of the VPC origins' network interfaces: inside the VPC, where internal load
+# balancers answer (sandbox/src/lb.rs, from_vpc).
+VPC_SOURCE = ("127.30.0.1", 0)
+
+
 cfn_parsing.get_model_list.cache_clear()
 cfn_parsing.get_model_map.cache_clear()
 cfn_parsing.get_name_type_map.cache_clear()
@@ -909,8 +1055,16 @@ class EdgeHandler(BaseHTTPRequestHandler):
         headers["Via"] = "1.1 sandbox-edge (CloudFront)"
         for name, value in origin["headers"]:
             headers[name] = value
+        host, port, source = origin["domain"], origin["http_port"], None
+        if origin.get("vpc_origin"):
+            # Through the VPC origin: to its load balancer, from inside the VPC.
+            target = vpc_origin_target(origin["vpc_origin"])
+            if isinstance(target, str):
+                self.reply(502, json.dumps({"error": "origin_unreachable", "detail": target}).encode())
+                return
+            (host, port), source = target, VPC_SOURCE
         try:
-            conn = http.client.HTTPConnection(origin["domain"], origin["http_port"], timeout=30)
+            conn = http.client.HTTPConnection(host, port, timeout=30, source_address=source)
             conn.request(self.command, origin["path"] + self.path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
@@ -1234,19 +1388,60 @@ class DependencyViolation(Exception):
 # The network interfaces of the cluster's load balancers, by Service uid (set by the cluster's
 # load-balancer controller through /_sandbox/load-balancers/<uid>).
 LOAD_BALANCER_ENIS: dict[str, tuple[str, str, str]] = {}
+# The Elastic Load Balancing v2 record of each of those NLBs, by Service uid: account, region, ARN.
+LOAD_BALANCERS: dict[str, tuple[str, str, str]] = {}
 
 
-def load_balancer_eni(uid: str, present: bool) -> bool:
-    """Make (or delete) a load balancer's network interface in a subnet of the EKS cluster's VPC;
-    False when there is no cluster to put it in."""
+def load_balancer_name(cluster: str, uid: str, namespace: str, service: str, scheme: str) -> str:
+    """The name the AWS Load Balancer Controller gives a Service's NLB: k8s-<namespace, 8>-<name,
+    8>-<10 hex of a hash of the cluster, the Service's uid and the scheme>
+    (pkg/service/model_build_load_balancer.go)."""
+    digest = hashlib.sha256(f"{cluster}{uid}{scheme}".encode()).hexdigest()[:10]
+    return f"k8s-{namespace[:8]}-{service[:8]}-{digest}"
+
+
+def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subnets: list[str], info: dict[str, Any]) -> None:
+    """The NLB as ELBv2 describes it: type network, the Service's scheme, the controller's name and
+    tags, its DNS name the address in the Service's status, active. A changed scheme is a new NLB
+    (a scheme cannot be modified), as the controller replaces it."""
+    from moto.elbv2.models import elbv2_backends
+
+    backend = elbv2_backends[account][region]
+    scheme = info.get("scheme") or "internal"
+    held = LOAD_BALANCERS.get(uid)
+    if held is not None:
+        lb = backend.load_balancers.get(held[2])
+        if lb is not None and lb.scheme == scheme:
+            lb.dns_name = info["address"]
+            return
+        backend.delete_load_balancer(held[2])
+    name = load_balancer_name(cluster.name, uid, info["namespace"], info["service"], scheme)
+    tags = [
+        {"Key": "elbv2.k8s.aws/cluster", "Value": cluster.name},
+        {"Key": "service.k8s.aws/stack", "Value": f"{info['namespace']}/{info['service']}"},
+        {"Key": "service.k8s.aws/resource", "Value": "LoadBalancer"},
+    ]
+    lb = backend.create_load_balancer(name, [], subnets, scheme=scheme, loadbalancer_type="network", tags=tags)
+    lb.dns_name = info["address"]
+    lb.state = "active"
+    LOAD_BALANCERS[uid] = (account, region, lb.arn)
+
+
+def load_balancer_eni(uid: str, present: bool, info: dict[str, Any] | None = None) -> bool:
+    """Make (or delete) a load balancer's network interface in a subnet of the EKS cluster's VPC,
+    and its ELBv2 record when `info` describes it (namespace, service, scheme, address); False
+    when there is no cluster to put it in."""
 
     if not present:
         held = LOAD_BALANCER_ENIS.pop(uid, None)
         if held is not None:
             account, region, eni = held
             ec2_backends[account][region].enis.pop(eni, None)
-        return True
-    if uid in LOAD_BALANCER_ENIS:
+        record = LOAD_BALANCERS.pop(uid, None)
+        if record is not None:
+            from moto.elbv2.models import elbv2_backends
+
+            elbv2_backends[record[0]][record[1]].delete_load_balancer(record[2])
         return True
     for account, regions in list(eks_backends.items()):
         for region, backend in list(regions.items()):
@@ -1260,8 +1455,11 @@ def load_balancer_eni(uid: str, present: bool) -> bool:
                     subnet = ec2.get_subnet(subnets[0])
                 except Exception:  # noqa: BLE001 - a cluster whose subnets are gone holds nothing
                     continue
-                eni = ec2.create_network_interface(subnet, None, description=f"ELB net/k8s-{uid[:8]}")
-                LOAD_BALANCER_ENIS[uid] = (account, region, eni.id)
+                if uid not in LOAD_BALANCER_ENIS:
+                    eni = ec2.create_network_interface(subnet, None, description=f"ELB net/k8s-{uid[:8]}")
+                    LOAD_BALANCER_ENIS[uid] = (account, region, eni.id)
+                if info:
+                    upsert_load_balancer(uid, account, region, cluster, list(subnets), info)
                 return True
     return False
 
@@ -1670,7 +1868,12 @@ class SandboxApp:
             return "200 OK", as_json, json.dumps(lb_controller_check(query)).encode()
         m = re.fullmatch(r"load-balancers/([0-9a-f-]+)", route)
         if m:
-            made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE")
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                info = json.loads(environ["wsgi.input"].read(length) or b"{}") if length else None
+            except ValueError as e:
+                return "400 Bad Request", as_json, json.dumps({"error": repr(e)}).encode()
+            made = load_balancer_eni(m.group(1), environ["REQUEST_METHOD"] != "DELETE", info)
             return ("200 OK" if made else "404 Not Found"), as_json, json.dumps({"held": made}).encode()
         if route == "ecr/lifecycle" and environ["REQUEST_METHOD"] == "POST":
             length = int(environ.get("CONTENT_LENGTH") or 0)

@@ -217,6 +217,29 @@ async fn handle(
     if let Some(doc) = discovery {
         return json_response(200, &doc);
     }
+    if let [
+        "api",
+        "v1",
+        "namespaces",
+        namespace,
+        "services",
+        service,
+        "proxy",
+        rest @ ..,
+    ] = segments.as_slice()
+    {
+        return service_proxy(
+            &state,
+            method,
+            namespace,
+            service,
+            &rest.join("/"),
+            uri.query(),
+            &headers,
+            body,
+        )
+        .await;
+    }
     let Some(target) = parse_target(&segments) else {
         return error_response(&ApiError::new(
             404,
@@ -587,4 +610,118 @@ fn watch(state: &ApiState, target: &Target, query: &Query) -> Response {
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .expect("a valid response")
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service proxy (`/api/v1/namespaces/<ns>/services/[<scheme>:]<name>[:<port>]/proxy/<path>`),
+// as kube-apiserver serves it: the request goes to one ready endpoint of the Service (a pod, not
+// its load balancer) on the port named or numbered, with its method, query, body and headers;
+// the caller's bearer token is not passed on (the authentication filter removes Authorization
+// once it has authenticated the request). No ready endpoint: 503 "no endpoints available for
+// service". The caller needs `services/proxy` in RBAC (Kubernetes API reference, Service v1,
+// "Proxy Operations").
+
+/// Headers that describe one hop or the caller's credentials, not the request.
+const NOT_PROXIED: [&str; 7] = [
+    "authorization",
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "keep-alive",
+    "upgrade",
+];
+
+#[allow(clippy::too_many_arguments)]
+async fn service_proxy(
+    state: &ApiState,
+    method: Method,
+    namespace: &str,
+    service: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let parts: Vec<&str> = service.split(':').collect();
+    let (scheme, name, port) = match parts.as_slice() {
+        [name] => ("http", *name, ""),
+        [name, port] => ("http", *name, *port),
+        [scheme, name, port] => (*scheme, *name, *port),
+        _ => {
+            return error_response(&ApiError::bad_request(format!(
+                "invalid service request {service:?}"
+            )));
+        }
+    };
+    if scheme != "http" && !scheme.is_empty() {
+        return error_response(&ApiError::bad_request(format!(
+            "the sandbox proxies http only, not {scheme}"
+        )));
+    }
+    let services = resources::by_kind("Service").expect("served");
+    let svc = match state.store.get(services, namespace, name) {
+        Ok(s) => s,
+        Err(e) => return error_response(&e),
+    };
+    let unavailable = || {
+        error_response(&ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("no endpoints available for service \"{name}\""),
+        ))
+    };
+    let ports = svc["spec"]["ports"].as_array().cloned().unwrap_or_default();
+    let chosen = ports.iter().find(|p| {
+        (port.is_empty() && ports.len() == 1)
+            || p["name"] == json!(port)
+            || p["port"].as_u64().is_some_and(|n| n.to_string() == port)
+    });
+    let Some(chosen) = chosen else {
+        return unavailable();
+    };
+    let backends = crate::lb::ready_backends(
+        &state.store,
+        namespace,
+        &svc["spec"]["selector"],
+        &chosen["targetPort"],
+    );
+    if backends.is_empty() {
+        return unavailable();
+    }
+    let pick = &backends[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % backends.len()];
+    let mut url = format!("http://{pick}/{path}");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(q);
+    }
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
+    let mut req = http.request(method, &url).body(body.to_vec());
+    for (k, v) in headers {
+        if !NOT_PROXIED.contains(&k.as_str()) {
+            req = req.header(k, v);
+        }
+    }
+    match req.send().await {
+        Ok(resp) => {
+            let status = resp.status();
+            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            let mut out = Response::new(Body::from(bytes));
+            *out.status_mut() = status;
+            if let Some(ct) = content_type {
+                out.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            out
+        }
+        Err(e) => error_response(&ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("error trying to reach service: {e}"),
+        )),
+    }
 }

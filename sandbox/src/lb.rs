@@ -31,6 +31,26 @@ use crate::system;
 /// The AWS Load Balancer Controller's finalizer on the Services it serves.
 pub const FINALIZER: &str = "service.k8s.aws/resources";
 
+/// The Service annotation that makes an NLB `internet-facing`; without it the controller makes an
+/// `internal` one (AWS Load Balancer Controller, Service annotations: `aws-load-balancer-scheme`,
+/// default `internal`).
+pub const SCHEME: &str = "service.beta.kubernetes.io/aws-load-balancer-scheme";
+
+/// The Service's load-balancer scheme, as the controller reads it.
+pub fn scheme(svc: &Value) -> &str {
+    svc["metadata"]["annotations"][SCHEME]
+        .as_str()
+        .unwrap_or("internal")
+}
+
+/// Whether a connection from `peer` comes from inside the cluster's VPC. The sandbox's AWS-side
+/// components that sit in the VPC (a CloudFront VPC origin's network interfaces) connect from
+/// 127.30.0.0/16; everything else on the machine (the CLI, the tests, the edge reaching a public
+/// origin) is the internet, which an internal load balancer's address is not routable from.
+pub fn from_vpc(peer: std::net::IpAddr) -> bool {
+    matches!(peer, std::net::IpAddr::V4(v4) if v4.octets()[..2] == [127, 30])
+}
+
 struct Balancer {
     ip: String,
     created: Instant,
@@ -77,14 +97,20 @@ impl Controller {
         }
     }
 
-    /// The NLB's network interface in the VPC: made (`present`) or deleted. The AWS side may
-    /// have no cluster to put it in (tests of the cluster alone): nothing to hold, then.
-    async fn network_interface(&self, uid: &str, present: bool) {
+    /// The NLB's network interface in the VPC and its ELBv2 record (name, scheme, DNS name:
+    /// what `DescribeLoadBalancers` shows): made or brought up to date (`Some(svc, address)`), or
+    /// deleted (`None`). The AWS side may have no cluster to put it in (tests of the cluster
+    /// alone): nothing to hold, then.
+    async fn network_interface(&self, uid: &str, present: Option<(&Value, &str)>) {
         let url = format!("{}/_sandbox/load-balancers/{uid}", self.aws_url);
-        let call = if present {
-            self.http.put(&url)
-        } else {
-            self.http.delete(&url)
+        let call = match present {
+            Some((svc, address)) => self.http.put(&url).json(&json!({
+                "namespace": meta(svc, "namespace").unwrap_or("default"),
+                "service": meta(svc, "name").unwrap_or_default(),
+                "scheme": scheme(svc),
+                "address": address,
+            })),
+            None => self.http.delete(&url),
         };
         if let Err(e) = call.send().await {
             tracing::warn!(%uid, error = %e, "the load balancer's network interface");
@@ -139,7 +165,7 @@ impl Controller {
                 .entry(uid.clone())
                 .or_insert_with(Instant::now);
             if since.elapsed() >= self.delay {
-                self.network_interface(&uid, false).await;
+                self.network_interface(&uid, None).await;
                 self.finalizer(svc, false);
                 self.releasing.remove(&uid);
             }
@@ -189,6 +215,7 @@ impl Controller {
             .collect();
         self.balancers.retain(|uid, _| keep.contains(uid));
         let mut to_hold = Vec::new();
+        let mut to_record = Vec::new();
         for svc in wanted {
             let uid = meta(svc, "uid").unwrap_or_default().to_string();
             if let Some(why) = &refused
@@ -206,7 +233,9 @@ impl Controller {
                 }
                 continue;
             }
-            let ports = svc["spec"]["ports"].clone();
+            // A change of ports or of scheme binds the listeners anew (the controller replaces
+            // an NLB whose scheme changes: a scheme cannot be modified).
+            let ports = json!([svc["spec"]["ports"], scheme(svc)]);
             let store = &self.store;
             let balancer = self
                 .balancers
@@ -239,6 +268,9 @@ impl Controller {
                     Ok(listeners) => {
                         balancer.listeners = listeners;
                         balancer.bound = Some(ports);
+                        if balancer.held {
+                            to_record.push((uid.clone(), svc.clone(), balancer.ip.clone()));
+                        }
                         store.event(
                             svc,
                             "Service",
@@ -275,12 +307,16 @@ impl Controller {
             }
             if !balancer.held {
                 balancer.held = true;
-                to_hold.push((uid, svc.clone()));
+                to_hold.push((uid, svc.clone(), balancer.ip.clone()));
             }
         }
-        for (uid, svc) in to_hold {
+        for (uid, svc, ip) in to_hold {
             self.finalizer(&svc, true);
-            self.network_interface(&uid, true).await;
+            self.network_interface(&uid, Some((&svc, &ip))).await;
+        }
+        // A load balancer bound anew (ports or scheme changed): its record follows.
+        for (uid, svc, ip) in to_record {
+            self.network_interface(&uid, Some((&svc, &ip))).await;
         }
     }
 }
@@ -291,6 +327,7 @@ async fn bind_all(
     ip: &str,
 ) -> Result<Vec<JoinHandle<()>>, String> {
     let mut listeners = Vec::new();
+    let internal = scheme(svc) != "internet-facing";
     for port in svc["spec"]["ports"].as_array().into_iter().flatten() {
         let number = port["port"].as_u64().ok_or("a port without a number")?;
         let listener = TcpListener::bind((ip, number as u16))
@@ -303,9 +340,14 @@ async fn bind_all(
         let next = Arc::new(AtomicUsize::new(0));
         listeners.push(tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((mut inbound, peer)) = listener.accept().await else {
                     continue;
                 };
+                if internal && !from_vpc(peer.ip()) {
+                    // Not routable from outside the VPC: nothing answers.
+                    drop(inbound);
+                    continue;
+                }
                 let backends = ready_backends(&store, &ns, &selector, &target);
                 if backends.is_empty() {
                     // No healthy target: the connection is refused, as an NLB resets it.

@@ -32,6 +32,7 @@ pub struct Cluster {
     ca_der: Vec<u8>,
     tokens: Arc<Tokens>,
     client: Mutex<Option<kube::Client>>,
+    proxy: Mutex<Option<kube::Client>>,
 }
 
 /// The cluster's bearer token, made on demand and shared by every clone of its client.
@@ -138,12 +139,25 @@ impl Cluster {
                 current: Mutex::new(None),
             }),
             client: Mutex::new(None),
+            proxy: Mutex::new(None),
         })
     }
 
     /// The cluster's kube client; its requests carry a token kept fresh by [`Authorize`].
     pub async fn client(&self) -> Result<kube::Client> {
-        let mut slot = self.client.lock().await;
+        self.build(&self.client, true).await
+    }
+
+    /// A client for the API server's service proxy: the same, except that an answer of 429, 503
+    /// or 504 is returned as it is instead of retried (kube-client's default retry policy retries
+    /// them up to 15 times). Through the proxy those are the pod's own answers (or the API
+    /// server's "no endpoints available"), which a smoke test must see, not wait out.
+    pub async fn proxy_client(&self) -> Result<kube::Client> {
+        self.build(&self.proxy, false).await
+    }
+
+    async fn build(&self, slot: &Mutex<Option<kube::Client>>, retry: bool) -> Result<kube::Client> {
+        let mut slot = slot.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
@@ -155,6 +169,7 @@ impl Cluster {
         let mut config = kube::Config::new(uri);
         config.root_cert = Some(vec![self.ca_der.clone()]);
         config.read_timeout = Some(Duration::from_secs(60));
+        config.default_retry = retry;
         let client = kube::client::ClientBuilder::try_from(config)
             .map_err(|e| {
                 failure(format!("a Kubernetes client for {}: {e}", self.endpoint)).because(e)

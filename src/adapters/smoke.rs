@@ -1,6 +1,14 @@
-//! The smoke test of a colour, against its own load balancer (before promotion) or the public URL
-//! (after): health and readiness, `/version` (colour and model version), every golden case, a p95
-//! latency budget with zero errors, and optionally agreement with the live colour.
+//! The smoke test of a colour, through the Kubernetes API server's service proxy (before
+//! promotion) or the public URL (after): health and readiness, `/version` (colour and model
+//! version), every golden case, a p95 latency budget with zero errors, and optionally agreement
+//! with the live colour.
+//!
+//! Why the service proxy: a colour's load balancer is CloudFront's origin, not CI's. Reaching the
+//! Service through `…/services/<name>:http/proxy/…` needs only what `release` already has (the
+//! cluster endpoint and its EKS token, RBAC `services/proxy`), so no network path from CI to the
+//! load balancer is needed, and a load balancer that only CloudFront may reach stays testable
+//! (Kubernetes API reference, Service v1, "Proxy Operations"). The latency it measures includes
+//! the API server's hop.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -37,8 +45,117 @@ pub fn load_cases(path: &Path) -> Result<Cases, String> {
     Ok(cases)
 }
 
+/// Where a smoke test's requests go.
+#[derive(Clone)]
+pub enum Base {
+    /// A URL reached directly: the public URL, through the edge.
+    Url(String),
+    /// A colour's Service through the API server's service proxy: `prefix` is the path up to
+    /// and including `/proxy`.
+    Proxy {
+        client: kube::Client,
+        prefix: String,
+    },
+}
+
+impl Base {
+    /// The colour `name`'s Service port `http` in `namespace`, through the service proxy.
+    pub fn proxy(client: &kube::Client, namespace: &str, name: &str) -> Base {
+        Base::Proxy {
+            client: client.clone(),
+            prefix: format!("/api/v1/namespaces/{namespace}/services/{name}:http/proxy"),
+        }
+    }
+
+    /// What the step reports as its target.
+    pub fn describe(&self) -> String {
+        match self {
+            Base::Url(u) => u.clone(),
+            Base::Proxy { prefix, .. } => format!("API server {prefix}"),
+        }
+    }
+}
+
+/// One answer: HTTP status and body.
+pub struct Answer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn json(&self) -> Result<Value, String> {
+        serde_json::from_slice(&self.body).map_err(|e| format!("HTTP {}: {e}", self.status))
+    }
+}
+
+/// Every request the proxy path makes gives up after this, as the direct client does.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `method path` at `base`, with the origin-verify header when `secret` is set and a JSON body
+/// when given.
+pub async fn call(
+    http: &reqwest::Client,
+    base: &Base,
+    method: http::Method,
+    path: &str,
+    secret: &str,
+    body: Option<&Value>,
+) -> Result<Answer, String> {
+    match base {
+        Base::Url(url) => {
+            let mut req = http.request(method, format!("{url}{path}"));
+            if !secret.is_empty() {
+                req = req.header("X-Origin-Verify", secret);
+            }
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            let resp = req.send().await.map_err(|e| e.to_string())?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
+            Ok(Answer { status, body })
+        }
+        Base::Proxy { client, prefix } => {
+            let mut req = http::Request::builder()
+                .method(method)
+                .uri(format!("{prefix}{path}"));
+            if !secret.is_empty() {
+                req = req.header("X-Origin-Verify", secret);
+            }
+            let bytes = match body {
+                Some(b) => {
+                    req = req.header(http::header::CONTENT_TYPE, "application/json");
+                    b.to_string().into_bytes()
+                }
+                None => Vec::new(),
+            };
+            let req = req
+                .body(kube::client::Body::from(bytes))
+                .map_err(|e| e.to_string())?;
+            let answer = async {
+                let resp = client.send(req).await.map_err(|e| e.to_string())?;
+                let status = resp.status().as_u16();
+                let body = resp
+                    .into_body()
+                    .collect_bytes()
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .to_vec();
+                Ok(Answer { status, body })
+            };
+            tokio::time::timeout(PROXY_TIMEOUT, answer)
+                .await
+                .map_err(|_| format!("no answer within {PROXY_TIMEOUT:?}"))?
+        }
+    }
+}
+
 pub struct Target<'a> {
-    pub base_url: String,
+    pub base: Base,
     pub colour: crate::plan::colour::Colour,
     /// Checked against `/version`; empty: not checked (a rollback's colour may serve an older model).
     pub model_version: &'a str,
@@ -84,26 +201,23 @@ pub fn p95(samples: &mut [f64]) -> f64 {
 }
 
 async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Result<i64, String> {
-    let mut req = http.post(format!("{}/predict", t.base_url));
-    if !t.secret.is_empty() {
-        req = req.header("X-Origin-Verify", t.secret);
+    let body = json!({"features": features});
+    let answer = call(
+        http,
+        &t.base,
+        http::Method::POST,
+        "/predict",
+        t.secret,
+        Some(&body),
+    )
+    .await?;
+    let value = answer.json()?;
+    if !answer.ok() {
+        return Err(format!("HTTP {}: {value}", answer.status));
     }
-    let resp = req
-        .json(&json!({"features": features}))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .map_err(|e| format!("HTTP {status}: {e}"))?;
-    if !status.is_success() {
-        return Err(format!("HTTP {status}: {body}"));
-    }
-    body["prediction"]
+    value["prediction"]
         .as_i64()
-        .ok_or_else(|| format!("no prediction in {body}"))
+        .ok_or_else(|| format!("no prediction in {value}"))
 }
 
 /// A plain HTTP client whose every request gives up after `timeout` (smoke tests, address and
@@ -157,30 +271,30 @@ pub async fn run(
 /// `/healthz`, `/readyz`, and the colour and model version `/version` reports.
 async fn probe(http: &reqwest::Client, t: &Target<'_>, r: &mut Report) {
     for path in ["/healthz", "/readyz"] {
-        match http.get(format!("{}{path}", t.base_url)).send().await {
-            Ok(resp) if resp.status().is_success() => {}
-            Ok(resp) => r.failures.push(format!("{path}: HTTP {}", resp.status())),
+        match call(http, &t.base, http::Method::GET, path, "", None).await {
+            Ok(a) if a.ok() => {}
+            Ok(a) => r.failures.push(format!("{path}: HTTP {}", a.status)),
             Err(e) => r.failures.push(format!("{path}: {e}")),
         }
     }
-    match http.get(format!("{}/version", t.base_url)).send().await {
-        Ok(resp) => match resp.json::<Value>().await {
-            Ok(v) => {
-                if v["colour"] != t.colour.as_str() {
-                    r.failures.push(format!(
-                        "/version reports colour {} (expected {})",
-                        v["colour"], t.colour
-                    ));
-                }
-                if !t.model_version.is_empty() && v["model_version"] != t.model_version {
-                    r.failures.push(format!(
-                        "/version reports model version {} (expected {})",
-                        v["model_version"], t.model_version
-                    ));
-                }
+    match call(http, &t.base, http::Method::GET, "/version", "", None)
+        .await
+        .and_then(|a| a.json())
+    {
+        Ok(v) => {
+            if v["colour"] != t.colour.as_str() {
+                r.failures.push(format!(
+                    "/version reports colour {} (expected {})",
+                    v["colour"], t.colour
+                ));
             }
-            Err(e) => r.failures.push(format!("/version: {e}")),
-        },
+            if !t.model_version.is_empty() && v["model_version"] != t.model_version {
+                r.failures.push(format!(
+                    "/version reports model version {} (expected {})",
+                    v["model_version"], t.model_version
+                ));
+            }
+        }
         Err(e) => r.failures.push(format!("/version: {e}")),
     }
 }
@@ -345,8 +459,8 @@ mod tests {
                 })
                 .collect(),
         };
-        let target = |base_url: String, colour| Target {
-            base_url,
+        let target = |url: String, colour| Target {
+            base: Base::Url(url),
             colour,
             model_version: "1",
             secret: "",

@@ -242,17 +242,16 @@ async fn flip_to(
                 return Err((refused(ctx, kind, r), nothing));
             }
         };
-        let client = world
+        let cluster = world
             .cluster
             .as_ref()
-            .expect("a live colour implies a cluster")
-            .client()
-            .await
-            .map_err(failed)?;
-        Ok::<_, (Failure, bool)>((world, plan, cases, client))
+            .expect("a live colour implies a cluster");
+        let client = cluster.client().await.map_err(failed)?;
+        let proxy = cluster.proxy_client().await.map_err(failed)?;
+        Ok::<_, (Failure, bool)>((world, plan, cases, client, proxy))
     }
     .await;
-    let (world, plan, cases, client) = match prepared {
+    let (world, plan, cases, client, proxy) = match prepared {
         Ok(p) => p,
         Err((e, nothing)) => {
             // Nothing to do is not a failed release: the ledger says so. A refusal for another
@@ -267,6 +266,7 @@ async fn flip_to(
         store: &store,
         id: &id,
         client,
+        proxy,
         edge: &world.edge,
         cases,
         plan: &plan,
@@ -293,6 +293,8 @@ struct Run<'a> {
     store: &'a StateStore,
     id: &'a str,
     client: kube::Client,
+    /// The same cluster for the service proxy (no retries: the smoke test sees every answer).
+    proxy: kube::Client,
     edge: &'a Observed,
     cases: crate::adapters::smoke::Cases,
     plan: &'a FlipPlan,
@@ -361,18 +363,25 @@ impl Run<'_> {
             FlipStep::Smoke { colour, .. } => {
                 let secret = self.secret().await?;
                 let target = self.target(*colour, &secret);
-                step(ctx, self.store, self.id, &name, &target.base_url, async {
-                    let summary = smoke_test(
-                        ctx,
-                        &target,
-                        &self.cases,
-                        c.smoke.requests,
-                        None,
-                        Some(&name),
-                    )
-                    .await?;
-                    Ok(((), summary))
-                })
+                step(
+                    ctx,
+                    self.store,
+                    self.id,
+                    &name,
+                    &target.base.describe(),
+                    async {
+                        let summary = smoke_test(
+                            ctx,
+                            &target,
+                            &self.cases,
+                            c.smoke.requests,
+                            None,
+                            Some(&name),
+                        )
+                        .await?;
+                        Ok(((), summary))
+                    },
+                )
                 .await?;
                 // A redeployed colour is torn down on failure no longer: it is tested.
                 if let Some(s) = ctx.session.lock().await.as_mut() {
@@ -448,12 +457,14 @@ impl Run<'_> {
         Ok(())
     }
 
-    /// The target as the smoke test sees it, at its own load balancer.
+    /// The target as the smoke test sees it: its Service through the API server's service proxy.
     fn target<'s>(&'s self, colour: Colour, secret: &'s str) -> crate::adapters::smoke::Target<'s> {
+        let c = &self.ctx.config;
         crate::adapters::smoke::Target {
-            base_url: format!(
-                "http://{}:{}",
-                self.to_addr, self.ctx.config.deploy.service_port
+            base: crate::adapters::smoke::Base::proxy(
+                &self.proxy,
+                &c.deploy.namespace,
+                &colour::name(c, colour),
             ),
             colour,
             model_version: &self.plan.model_version,
@@ -467,12 +478,12 @@ impl Run<'_> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         // No origin header through the public URL: the edge must add it.
         let public = crate::adapters::smoke::Target {
-            base_url: url.trim_end_matches('/').to_string(),
+            base: crate::adapters::smoke::Base::Url(url.trim_end_matches('/').to_string()),
             ..self.target(colour, "")
         };
         step(ctx, self.store, self.id, "verify public URL", url, async {
             wait_public(
-                &public.base_url,
+                url.trim_end_matches('/'),
                 colour,
                 Duration::from_secs(c.edge.verify_timeout_seconds),
             )

@@ -204,14 +204,15 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                 }
                 RotateStep::Verify { colour: col } => {
                     step(ctx, &store, &id, &name, &url, async {
+                        let base = url.trim_end_matches('/').to_string();
                         let public = crate::adapters::smoke::Target {
-                            base_url: url.trim_end_matches('/').to_string(),
+                            base: crate::adapters::smoke::Base::Url(base.clone()),
                             colour: *col,
                             model_version: "",
                             secret: "",
                         };
                         let timeout = Duration::from_secs(c.edge.verify_timeout_seconds);
-                        wait_public(&public.base_url, *col, timeout)
+                        wait_public(&base, *col, timeout)
                             .await
                             .map_err(|e| Failure::new(Exit::Verify, name.as_str(), e, ""))?;
                         let summary =

@@ -24,6 +24,10 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     }
     let world = observe(ctx, &stacks).await?;
     let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
+    let client = match &world.cluster {
+        Some(conn) => Some(conn.proxy_client().await?),
+        None => None,
+    };
     let roles = colour::roles(world.live, &world.colours);
     let now = crate::adapters::store::now() as i64;
     let mut colours = serde_json::Map::new();
@@ -31,13 +35,20 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         if !o.exists {
             continue;
         }
-        let healthy = match &o.address {
-            Some(a) => http
-                .get(format!("http://{a}:{}/readyz", c.deploy.service_port))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success()),
-            None => false,
+        // Ready through the API server's service proxy: status needs no path to the colour's
+        // load balancer, which is CloudFront's origin, not the operator's.
+        let healthy = match (&o.address, &client) {
+            (Some(_), Some(client)) => {
+                let base = crate::adapters::smoke::Base::proxy(
+                    client,
+                    &c.deploy.namespace,
+                    &colour::name(c, *col),
+                );
+                crate::adapters::smoke::call(&http, &base, http::Method::GET, "/readyz", "", None)
+                    .await
+                    .is_ok_and(|a| a.ok())
+            }
+            _ => false,
         };
         colours.insert(
             colour::name(c, *col),

@@ -95,11 +95,10 @@ pub enum FlipStep {
         digest: String,
         model_version: String,
     },
-    /// The golden cases and the request burst against the colour's own load balancer
-    /// (`addr: None`: the one `Redeploy` made).
+    /// The golden cases and the request burst at the colour's Service, through the API server's
+    /// service proxy (no network path from CI to its load balancer needed).
     Smoke {
         colour: Colour,
-        addr: Option<String>,
         cases: usize,
         requests: u32,
     },
@@ -184,13 +183,12 @@ impl FlipStep {
                 name(app, *colour)
             ),
             FlipStep::Smoke {
-                addr,
+                colour,
                 cases,
                 requests,
-                ..
             } => format!(
-                "{cases} golden cases and {requests} requests against {}",
-                addr.clone().unwrap_or_else(new_lb)
+                "{cases} golden cases and {requests} requests to {} through the API server's service proxy",
+                name(app, *colour)
             ),
             FlipStep::Flip {
                 from,
@@ -495,7 +493,6 @@ fn steps(
     } else {
         steps.push(FlipStep::Smoke {
             colour: to,
-            addr: to_addr.clone(),
             cases: s.cases,
             requests: s.requests,
         });

@@ -154,7 +154,7 @@ impl ReleaseStep {
                     .map(|l| format!(", answers compared with {app}-{l}'s"))
                     .unwrap_or_default();
                 format!(
-                    "the golden cases and {requests} requests against its load balancer{compare}"
+                    "the golden cases and {requests} requests through the API server's service proxy{compare}"
                 )
             }
             ReleaseStep::Edge { colour } => format!(

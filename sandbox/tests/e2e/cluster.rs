@@ -71,7 +71,8 @@ fn manifests(image: &str, name: &str, args: Option<Value>) -> (Value, Value) {
                  "template": {"metadata": {"labels": {"app": name}}, "spec": {"terminationGracePeriodSeconds": 5, "containers": [container]}}}
     });
     let service = json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "app"},
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "app", "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internet-facing"}},
         "spec": {"type": "LoadBalancer", "selector": {"app": name}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}
     });
     (deployment, service)
@@ -301,6 +302,81 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
         "the secret came from the Secret, through secretKeyRef"
     );
 
+    // Without the scheme annotation the controller makes an internal NLB: nothing answers from
+    // outside the VPC, a connection from inside it (the sandbox's 127.30.0.0/16) is served.
+    let mut private = service.clone();
+    private["metadata"] = json!({"name": "blue-private", "namespace": "app"});
+    services
+        .create(
+            &Default::default(),
+            &serde_json::from_value(private).unwrap(),
+        )
+        .await
+        .unwrap();
+    let internal = eventually("an internal address", Duration::from_secs(10), || {
+        let services = services.clone();
+        async move {
+            services
+                .get("blue-private")
+                .await
+                .unwrap()
+                .status?
+                .load_balancer?
+                .ingress?
+                .first()?
+                .ip
+                .clone()
+        }
+    })
+    .await;
+    assert!(
+        http.get(format!("http://{internal}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "an internal load balancer answers nobody outside the VPC"
+    );
+    assert!(
+        healthz_from(&internal, "127.30.0.1")
+            .await
+            .contains(" 200 "),
+        "from inside the VPC it forwards as any NLB"
+    );
+    assert!(
+        healthz_from(&lb, "127.30.0.1").await.contains(" 200 "),
+        "an internet-facing one answers from anywhere"
+    );
+    vpc_origin_reaches_an_internal_load_balancer(&sb, &internal, &lb).await;
+
+    // The API server's service proxy reaches a pod of the Service by its port's name or number,
+    // with the method, body and headers (the origin-verify header included) passed on.
+    let raw = sb.kube_without_retries();
+    let version = proxy(&raw, "GET", "blue:http", "/version", None, None).await;
+    assert_eq!(version.0, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&version.1).unwrap()["colour"],
+        "blue"
+    );
+    let features = json!({"features": [4.6, 3.6, 1.0, 0.2]});
+    let (code, body) = proxy(
+        &raw,
+        "POST",
+        "blue:80",
+        "/predict",
+        Some("s3cret"),
+        Some(&features),
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["prediction"],
+        0
+    );
+    let (code, _) = proxy(&raw, "POST", "blue:http", "/predict", None, Some(&features)).await;
+    assert_eq!(code, 403, "the pod's own answer comes back");
+    let (code, _) = proxy(&raw, "GET", "nothere:http", "/version", None, None).await;
+    assert_eq!(code, 404);
+
     // Deleting the Deployment stops the processes (preStop, SIGTERM) and removes the pods.
     deps.delete("blue", &DeleteParams::default()).await.unwrap();
     eventually("the pods to go", Duration::from_secs(15), || {
@@ -330,6 +406,40 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
             .is_err(),
         "no backend: the load balancer refuses"
     );
+    let (code, body) = proxy(&raw, "GET", "blue:http", "/version", None, None).await;
+    assert_eq!(code, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("no endpoints available for service"));
+}
+
+/// `method path` at the Service `service` (`name:port`) in `app` through the API server's
+/// service proxy, as the client's own identity: the status and body.
+async fn proxy(
+    client: &kube::Client,
+    method: &str,
+    service: &str,
+    path: &str,
+    secret: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Vec<u8>) {
+    let mut req = http::Request::builder().method(method).uri(format!(
+        "/api/v1/namespaces/app/services/{service}/proxy{path}"
+    ));
+    if let Some(s) = secret {
+        req = req.header("X-Origin-Verify", s);
+    }
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    if body.is_some() {
+        req = req.header("Content-Type", "application/json");
+    }
+    let resp = client
+        .send(req.body(kube::client::Body::from(bytes)).unwrap())
+        .await
+        .unwrap();
+    let code = resp.status().as_u16();
+    (
+        code,
+        resp.into_body().collect_bytes().await.unwrap().to_vec(),
+    )
 }
 
 async fn waiting_reason(pods: &Api<Pod>, app: &str) -> Option<(String, i32)> {
@@ -624,4 +734,164 @@ async fn load_balancers_need_the_controller_its_dns_its_role_and_its_webhook() {
     )
     .await;
     assert!(log.contains("no-such-role"), "{log}");
+}
+
+/// The raw answer to `GET /healthz` at `addr`:80 from the local address `source`.
+async fn healthz_from(addr: &str, source: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket
+        .connect(format!("{addr}:80").parse().unwrap())
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out).await;
+    out
+}
+
+const VPC_EDGE: &str = r#"
+Parameters:
+  OriginArn: {Type: String}
+  OriginDomain: {Type: String}
+Resources:
+  Origin:
+    Type: AWS::CloudFront::VpcOrigin
+    Properties:
+      VpcOriginEndpointConfig:
+        Name: blue
+        Arn: !Ref OriginArn
+        HTTPPort: 80
+        HTTPSPort: 443
+        OriginProtocolPolicy: http-only
+  Distribution:
+    Type: AWS::CloudFront::Distribution
+    Properties:
+      DistributionConfig:
+        Enabled: true
+        Origins:
+          - Id: live
+            DomainName: !Ref OriginDomain
+            VpcOriginConfig:
+              VpcOriginId: !GetAtt Origin.Id
+              OriginReadTimeout: 30
+            OriginCustomHeaders:
+              - {HeaderName: X-Origin-Verify, HeaderValue: s3cret}
+        DefaultCacheBehavior:
+          TargetOriginId: live
+          ViewerProtocolPolicy: redirect-to-https
+          CachePolicyId: 4135ea2d-6df8-44a3-9df3-4b5a84be39ad
+"#;
+
+/// The controller's internal NLB is in ELBv2 (by its DNS name, with the controller's name and
+/// scheme); a CloudFront VPC origin naming its ARN serves it through the edge, from inside the
+/// VPC; a VPC origin a distribution uses cannot be changed, so the stack update fails and rolls
+/// back, and the edge keeps serving.
+async fn vpc_origin_reaches_an_internal_load_balancer(sb: &Sandbox, internal: &str, public: &str) {
+    let config = sb.aws().await;
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&config);
+    let all = elb.describe_load_balancers().send().await.unwrap();
+    let find = |dns: &str| {
+        all.load_balancers()
+            .iter()
+            .find(|l| l.dns_name() == Some(dns))
+            .cloned()
+            .unwrap_or_else(|| panic!("no load balancer with DNS name {dns}: {all:?}"))
+    };
+    let (private, open) = (find(internal), find(public));
+    assert_eq!(private.scheme().map(|s| s.as_str()), Some("internal"));
+    assert_eq!(open.scheme().map(|s| s.as_str()), Some("internet-facing"));
+    assert_eq!(private.r#type().map(|t| t.as_str()), Some("network"));
+    assert!(
+        private
+            .load_balancer_name()
+            .unwrap()
+            .starts_with("k8s-app-blue-pri-"),
+        "{private:?}"
+    );
+    let params = |arn: &str, domain: &str| {
+        [("OriginArn", arn), ("OriginDomain", domain)]
+            .iter()
+            .map(|(k, v)| {
+                aws_sdk_cloudformation::types::Parameter::builder()
+                    .parameter_key(*k)
+                    .parameter_value(*v)
+                    .build()
+            })
+            .collect::<Vec<_>>()
+    };
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    cfn.create_stack()
+        .stack_name("vpc-edge")
+        .template_body(VPC_EDGE)
+        .set_parameters(Some(params(private.load_balancer_arn().unwrap(), internal)))
+        .send()
+        .await
+        .unwrap();
+    let status = |cfn: aws_sdk_cloudformation::Client| async move {
+        cfn.describe_stacks()
+            .stack_name("vpc-edge")
+            .send()
+            .await
+            .unwrap()
+            .stacks()[0]
+            .stack_status()
+            .unwrap()
+            .as_str()
+            .to_string()
+    };
+    assert_eq!(status(cfn.clone()).await, "CREATE_COMPLETE");
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    let version = eventually("the edge to serve blue", Duration::from_secs(10), || {
+        let (http, edge) = (http.clone(), edge.clone());
+        async move {
+            let r = http.get(format!("{edge}/version")).send().await.ok()?;
+            r.status().is_success().then_some(())?;
+            r.json::<Value>().await.ok()
+        }
+    })
+    .await;
+    assert_eq!(version["colour"], "blue");
+    let answer = http
+        .post(format!("{edge}/predict"))
+        .json(&json!({"features": [4.6, 3.6, 1.0, 0.2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "the edge added the origin header");
+
+    // Pointing the VPC origin in use at another load balancer is refused.
+    cfn.update_stack()
+        .stack_name("vpc-edge")
+        .template_body(VPC_EDGE)
+        .set_parameters(Some(params(open.load_balancer_arn().unwrap(), public)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(cfn.clone()).await, "UPDATE_ROLLBACK_COMPLETE");
+    let events = cfn
+        .describe_stack_events()
+        .stack_name("vpc-edge")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        events.stack_events().iter().any(|e| e
+            .resource_status_reason()
+            .is_some_and(|r| r.contains("CannotUpdateEntityWhileInUse"))),
+        "{events:?}"
+    );
+    let r = http.get(format!("{edge}/version")).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["colour"], "blue");
+    // Deleting the stack deletes the distribution first, then its VPC origin.
+    cfn.delete_stack()
+        .stack_name("vpc-edge")
+        .send()
+        .await
+        .unwrap();
 }

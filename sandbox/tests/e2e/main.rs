@@ -17,6 +17,9 @@ pub use sandbox::harness::{Sandbox, model_server_binary};
 pub trait Clients {
     fn aws(&self) -> impl std::future::Future<Output = aws_config::SdkConfig>;
     fn kube(&self) -> kube::Client;
+    /// The same, with kube-client's retry of 429/503/504 off: what the service proxy answers
+    /// arrives as it is.
+    fn kube_without_retries(&self) -> kube::Client;
 }
 
 impl Clients for Sandbox {
@@ -36,13 +39,22 @@ impl Clients for Sandbox {
     }
 
     fn kube(&self) -> kube::Client {
-        // Both ring (ours) and aws-lc-rs (the AWS SDK's) are linked in: pick one for kube's TLS.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut config = kube::Config::new(self.var("SANDBOX_CLUSTER_URL").parse().unwrap());
-        config.root_cert = Some(vec![self.ca_der()]);
-        config.auth_info.token = Some(sandbox::sandbox_token("e2e", SystemTime::now()).into());
-        kube::Client::try_from(config).expect("a kube client")
+        kube_client(self, true)
     }
+
+    fn kube_without_retries(&self) -> kube::Client {
+        kube_client(self, false)
+    }
+}
+
+fn kube_client(sb: &Sandbox, retry: bool) -> kube::Client {
+    // Both ring (ours) and aws-lc-rs (the AWS SDK's) are linked in: pick one for kube's TLS.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut config = kube::Config::new(sb.var("SANDBOX_CLUSTER_URL").parse().unwrap());
+    config.root_cert = Some(vec![sb.ca_der()]);
+    config.auth_info.token = Some(sandbox::sandbox_token("e2e", SystemTime::now()).into());
+    config.default_retry = retry;
+    kube::Client::try_from(config).expect("a kube client")
 }
 
 /// Poll `f` until it gives `Some`, or panic after `limit` naming `what`.

@@ -21,6 +21,8 @@ use crate::session::{Ctx, step};
 pub(super) struct Observed {
     pub world: ReleaseWorld,
     pub client: kube::Client,
+    /// The same cluster for the service proxy (no retries: the smoke test sees every answer).
+    pub proxy: kube::Client,
     /// Each colour's load-balancer address.
     pub addresses: BTreeMap<Colour, Option<String>>,
     /// What the controller is installed for; `Err`: the stacks do not have its inputs yet.
@@ -44,6 +46,7 @@ pub(super) async fn observe(
     };
     let cluster = crate::adapters::eks::Cluster::connect(&ctx.aws, cluster_name).await?;
     let client = cluster.client().await?;
+    let proxy = cluster.proxy_client().await?;
     let inputs = controller_inputs(ctx, cluster_name, outputs);
     let controller = match &inputs {
         Ok(i) => {
@@ -83,6 +86,7 @@ pub(super) async fn observe(
                 .collect(),
         },
         client,
+        proxy,
         addresses,
         inputs,
     }))
@@ -137,6 +141,7 @@ pub(super) async fn deploy(
         id,
         digest,
         client: seen.client,
+        proxy: seen.proxy,
         inputs,
         addresses: seen.addresses,
         summary,
@@ -203,6 +208,7 @@ struct Release<'a> {
     id: &'a str,
     digest: &'a str,
     client: kube::Client,
+    proxy: kube::Client,
     inputs: crate::adapters::addons::Inputs,
     addresses: BTreeMap<Colour, Option<String>>,
     summary: &'a mut serde_json::Map<String, Value>,
@@ -280,7 +286,9 @@ impl Release<'_> {
             ReleaseStep::SmokePublic { colour, requests } => {
                 // No origin header through the public URL: the edge must add it.
                 let target = crate::adapters::smoke::Target {
-                    base_url: self.public.trim_end_matches('/').to_string(),
+                    base: crate::adapters::smoke::Base::Url(
+                        self.public.trim_end_matches('/').to_string(),
+                    ),
                     colour: *colour,
                     model_version: &c.model.version,
                     secret: "",
@@ -355,25 +363,37 @@ impl Release<'_> {
             crate::adapters::smoke::load_cases(&ctx.base.join(&c.smoke.cases))
                 .map_err(|e| Failure::new(Exit::Config, "smoke", e, "fix smoke.cases"))?,
         );
-        let at = |colour: Colour, addr: &str| crate::adapters::smoke::Target {
-            base_url: format!("http://{addr}:{}", c.deploy.service_port),
+        // Each colour's Service through the API server's service proxy, not its load balancer.
+        let at = |colour: Colour| crate::adapters::smoke::Target {
+            base: crate::adapters::smoke::Base::proxy(
+                &self.proxy,
+                &c.deploy.namespace,
+                &crate::adapters::colour::name(c, colour),
+            ),
             colour,
             model_version: &c.model.version,
             secret: &self.secret,
         };
-        let target = at(candidate, &self.addr);
-        let live = compare.and_then(|l| self.addresses[&l].clone().map(|a| (l, a)));
-        let live_target = live.as_ref().map(|(l, a)| at(*l, a));
+        let target = at(candidate);
+        let live = compare.filter(|l| self.addresses[l].is_some());
+        let live_target = live.map(at);
         let compare = match (&live_target, c.smoke.compare_live) {
             (Some(t), Some(f)) => Some((t, f)),
             _ => None,
         };
         let cases = self.cases.as_ref().expect("loaded above");
-        step(ctx, self.store, self.id, name, &target.base_url, async {
-            let summary =
-                smoke_test(ctx, &target, cases, c.smoke.requests, compare, Some(name)).await?;
-            Ok(((), summary))
-        })
+        step(
+            ctx,
+            self.store,
+            self.id,
+            name,
+            &target.base.describe(),
+            async {
+                let summary =
+                    smoke_test(ctx, &target, cases, c.smoke.requests, compare, Some(name)).await?;
+                Ok(((), summary))
+            },
+        )
         .await?;
         self.summary.insert("candidate".into(), json!(candidate));
         self.summary
