@@ -1109,3 +1109,85 @@ async fn the_origin_secret_rotates_with_no_request_refused_then_the_old_value_is
         "the edge sends the staged value"
     );
 }
+
+/// The edge stack's parameters, as DescribeStacks shows them.
+async fn edge_parameters(sb: &Sandbox) -> std::collections::BTreeMap<String, String> {
+    let cfn = aws_sdk_cloudformation::Client::new(&aws(sb).await);
+    let stack = cfn
+        .describe_stacks()
+        .stack_name("iris-edge")
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .clone();
+    stack
+        .parameters()
+        .iter()
+        .map(|p| {
+            (
+                p.parameter_key().unwrap().to_string(),
+                p.parameter_value().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 15 "The origin": with `edge.origin_access: vpc` each colour is an internal NLB that
+/// nothing outside the VPC reaches (`release` itself tests it through the API server's service
+/// proxy), and CloudFront reaches the live one through that colour's own VPC origin: the first
+/// release, a promote (the distribution switches VPC origins; the one in use is never changed,
+/// which CloudFront refuses) and a rollback all serve through the edge.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("edge:\n", "edge:\n  origin_access: vpc\n");
+    std::fs::write(&cfg, text).unwrap();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    let blue = status["colours"]["iris-blue"].clone();
+    assert_eq!(
+        blue["healthy"], true,
+        "ready through the service proxy: {status}"
+    );
+    let address = blue["address"].as_str().unwrap().to_string();
+    assert!(
+        http.get(format!("http://{address}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "an internal load balancer answers nobody outside the VPC"
+    );
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (p["OriginAccess"].as_str(), p["LiveColour"].as_str()),
+        ("vpc", "blue")
+    );
+    assert!(
+        p["BlueOriginArn"].contains(":loadbalancer/net/k8s-models-iris-blu"),
+        "{p:?}"
+    );
+    assert_eq!(p["GreenOriginArn"], "");
+
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+    let p = edge_parameters(&sb).await;
+    assert_eq!(p["LiveColour"], "green");
+    assert!(
+        p["GreenOriginArn"].contains(":loadbalancer/net/k8s-models-iris-gre"),
+        "{p:?}"
+    );
+    assert!(p["BlueOriginArn"].contains(":loadbalancer/net/"), "{p:?}");
+
+    succeeded(&release(&sb, &cfg, &["rollback"]), "rollback");
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    assert_eq!(edge_parameters(&sb).await["LiveColour"], "blue");
+}

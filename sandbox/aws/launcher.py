@@ -1422,6 +1422,11 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
         {"Key": "service.k8s.aws/resource", "Value": "LoadBalancer"},
     ]
     lb = backend.create_load_balancer(name, [], subnets, scheme=scheme, loadbalancer_type="network", tags=tags)
+    # An NLB's ARN says net/ (moto writes app/ for every type).
+    net_arn = lb.arn.replace(":loadbalancer/app/", ":loadbalancer/net/")
+    backend.load_balancers[net_arn] = backend.load_balancers.pop(lb.arn)
+    backend.tagging_service.tag_resource(net_arn, tags)
+    lb.arn = net_arn
     lb.dns_name = info["address"]
     lb.state = "active"
     LOAD_BALANCERS[uid] = (account, region, lb.arn)

@@ -237,6 +237,16 @@ pub fn cloudfront(aws: &aws_config::SdkConfig) -> aws_sdk_cloudfront::Client {
     )
 }
 
+pub fn elbv2(aws: &aws_config::SdkConfig) -> aws_sdk_elasticloadbalancingv2::Client {
+    aws_sdk_elasticloadbalancingv2::Client::from_conf(
+        aws_sdk_elasticloadbalancingv2::config::Builder::from(aws)
+            .interceptor(GiveUpOnUnreachable {
+                service: "Elastic Load Balancing",
+            })
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

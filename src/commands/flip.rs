@@ -409,7 +409,7 @@ impl Run<'_> {
                     from_addr.as_deref().unwrap_or("-")
                 );
                 step(ctx, self.store, self.id, "flip", &what, async {
-                    flip(ctx, self.stacks, self.edge, &to_addr, "flip").await?;
+                    flip(ctx, self.stacks, self.edge, *to, &to_addr, "flip").await?;
                     Ok(((), format!("{from} -> {to}")))
                 })
                 .await?;
@@ -521,7 +521,7 @@ impl Run<'_> {
             "flip back",
             &format!("edge origin -> {back}"),
             async {
-                flip(ctx, self.stacks, self.edge, back, "flip back").await?;
+                flip(ctx, self.stacks, self.edge, from, back, "flip back").await?;
                 Ok(((), format!("{from} is live again")))
             },
         )

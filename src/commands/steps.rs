@@ -72,7 +72,8 @@ pub async fn roll_out(
     })
     .await?;
     let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
-    crate::adapters::colour::wait_address(client, c, colour, address).await
+    let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
+    crate::adapters::colour::wait_address(client, &elb, c, colour, address).await
 }
 
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
@@ -145,19 +146,68 @@ pub async fn wait_public(
     .await
 }
 
-/// Point the edge stack at `addr` and wait until CloudFront has deployed it.
+/// The edge stack's parameters that make `colour`'s load balancer at `addr` the origin. With
+/// `edge.origin_access: public` (and an edge that never used a VPC origin), only `OriginDomain`,
+/// as always. Otherwise the way in follows the colour's NLB as ELBv2 shows it: an internal one
+/// through the colour's own VPC origin (`OriginAccess` vpc, `LiveColour`, and `<Colour>OriginArn`
+/// its ARN: that VPC origin is not in use, so it may be made or changed), an internet-facing one
+/// (a colour deployed before the switch to vpc, or a rollback to it) as a custom origin.
+pub async fn origin_params(
+    ctx: &Ctx,
+    edge: Option<&Observed>,
+    colour: Colour,
+    addr: &str,
+    step_name: &str,
+) -> Result<Vec<(String, String)>> {
+    let mut set = vec![("OriginDomain".to_string(), addr.to_string())];
+    let edge_uses_vpc = edge
+        .and_then(|e| e.parameters.get("OriginAccess"))
+        .is_some_and(|a| a == "vpc");
+    if ctx.config.edge.origin_access == crate::config::OriginAccess::Public && !edge_uses_vpc {
+        return Ok(set);
+    }
+    let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
+    let lb = crate::adapters::balancer::by_dns_name(&elb, addr)
+        .await?
+        .ok_or_else(|| {
+            Failure::new(
+                Exit::Deploy,
+                step_name,
+                format!("no load balancer has the DNS name {addr} (DescribeLoadBalancers)"),
+                "check the AWS Load Balancer Controller's events on the colour's Service, then run the command again",
+            )
+        })?;
+    if lb.scheme == "internal" {
+        let arn_key = match colour {
+            Colour::Blue => "BlueOriginArn",
+            Colour::Green => "GreenOriginArn",
+        };
+        set.extend([
+            ("OriginAccess".to_string(), "vpc".to_string()),
+            ("LiveColour".to_string(), colour.to_string()),
+            (arn_key.to_string(), lb.arn),
+        ]);
+    } else {
+        set.push(("OriginAccess".to_string(), "public".to_string()));
+    }
+    Ok(set)
+}
+
+/// Point the edge stack at `colour`'s load balancer at `addr` and wait until CloudFront has
+/// deployed it.
 pub async fn flip(
     ctx: &Ctx,
     stacks: &Stacks,
     edge: &Observed,
+    colour: Colour,
     addr: &str,
     step_name: &str,
 ) -> Result<()> {
     let c = &ctx.config;
     let name = c.stack_name("edge");
     // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
-    let params =
-        crate::adapters::stacks::keeping(edge, &[("OriginDomain".to_string(), addr.to_string())]);
+    let set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
+    let params = crate::adapters::stacks::keeping(edge, &set);
     let body = ctx.template("edge")?;
     let (_, after) = stacks
         .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))

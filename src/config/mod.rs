@@ -286,6 +286,40 @@ pub struct EdgeConfig {
     /// new colour before the flip is undone.
     #[serde(default = "default_verify_timeout")]
     pub verify_timeout_seconds: u64,
+    /// How CloudFront reaches a colour's load balancer.
+    #[serde(default)]
+    pub origin_access: OriginAccess,
+}
+
+/// How CloudFront reaches the live colour's load balancer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginAccess {
+    /// An internet-facing NLB, a custom origin over HTTP: the origin-verify header is the only
+    /// guard, and it crosses the internet in clear.
+    #[default]
+    Public,
+    /// An internal NLB reached through a CloudFront VPC origin (one per colour), so nothing
+    /// outside the VPC can reach a colour (CloudFront Developer Guide, "Restrict access with VPC
+    /// origins").
+    Vpc,
+}
+
+impl OriginAccess {
+    /// The NLB scheme the colour's Service asks the AWS Load Balancer Controller for.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            OriginAccess::Public => "internet-facing",
+            OriginAccess::Vpc => "internal",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginAccess::Public => "public",
+            OriginAccess::Vpc => "vpc",
+        }
+    }
 }
 
 impl Default for EdgeConfig {
@@ -294,6 +328,7 @@ impl Default for EdgeConfig {
             public_url: None,
             invalidate: false,
             verify_timeout_seconds: default_verify_timeout(),
+            origin_access: OriginAccess::default(),
         }
     }
 }

@@ -77,6 +77,7 @@ pub fn render(
             model_version => config.model.version, release_id => release_id, manifest_hash => hash,
             progress_deadline_seconds => d.rollout_timeout_seconds.min(600), grace_seconds => 20,
             pre_stop_seconds => 2, drain_seconds => 3,
+            lb_scheme => config.edge.origin_access.scheme(),
         }
     };
     let render_all =

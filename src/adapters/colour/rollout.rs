@@ -278,9 +278,14 @@ async fn recent_events(client: &kube::Client, ns: &str, pod: &str) -> String {
     }
 }
 
-/// Wait for the colour's load-balancer address and for it to answer `/healthz`.
+/// Wait for the colour's load-balancer address and for it to answer `/healthz`. An internal NLB
+/// (`edge.origin_access: vpc`) answers nobody outside the VPC, `release` included: there, the
+/// address must be an `active` load balancer in ELBv2 instead (its targets are the pods the
+/// roll-out already saw ready; the public URL's verification after a flip is what proves
+/// CloudFront reaches it, and undoes the flip when it does not).
 pub async fn wait_address(
     client: &kube::Client,
+    elb: &aws_sdk_elasticloadbalancingv2::Client,
     config: &Config,
     colour: Colour,
     timeout: Duration,
@@ -294,6 +299,13 @@ pub async fn wait_address(
         async || {
             let s = services.get(&n).await.map_err(kube_err(step))?;
             if let Some(addr) = address_of(&s) {
+                if config.edge.origin_access == crate::config::OriginAccess::Vpc {
+                    let lb = crate::adapters::balancer::by_dns_name(elb, &addr).await?;
+                    if lb.is_some_and(|b| b.state == "active") {
+                        return Ok(Check::Done(addr));
+                    }
+                    return Ok(Check::Pending(()));
+                }
                 let url = format!("http://{addr}:{}/healthz", config.deploy.service_port);
                 if http
                     .get(&url)

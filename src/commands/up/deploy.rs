@@ -271,7 +271,7 @@ impl Release<'_> {
             } => {
                 self.smoke(&name, *colour, *compare).await?;
             }
-            ReleaseStep::Edge { .. } => self.edge(&name).await?,
+            ReleaseStep::Edge { colour } => self.edge(&name, *colour).await?,
             ReleaseStep::EdgeDeployed => {
                 let dist = self.dist.clone();
                 step(ctx, store, id, &name, &dist, async {
@@ -402,18 +402,19 @@ impl Release<'_> {
     }
 
     /// The first release's edge stack, with the candidate as its origin.
-    async fn edge(&mut self, name: &str) -> Result<()> {
+    async fn edge(&mut self, name: &str, colour: Colour) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let stack = c.stack_name("edge");
-        let params = vec![
+        let mut params =
+            crate::commands::steps::origin_params(ctx, None, colour, &self.addr, name).await?;
+        params.extend([
             ("AppName".to_string(), c.app.clone()),
-            ("OriginDomain".to_string(), self.addr.clone()),
             (
                 "OriginHttpPort".to_string(),
                 c.deploy.service_port.to_string(),
             ),
             ("OriginSecret".to_string(), self.secret.clone()),
-        ];
+        ]);
         let body = ctx.template("edge")?;
         let stacks = self.stacks;
         let what = format!("origin {}", self.addr);
