@@ -1373,6 +1373,72 @@ def stack_update(self: Any, *args: Any, **kwargs: Any) -> None:
 cfn_models.Stack.create_resources = create_resources  # type: ignore[method-assign]
 cfn_models.Stack.update = stack_update  # type: ignore[method-assign]
 
+# `!Condition Name` is the short form of {"Condition": "Name"} (CloudFormation User Guide,
+# "Condition functions"); moto's YAML loader made it {"Fn::Condition": ...}, which its condition
+# parser does not know, so a condition built from others (Fn::And of !Condition) was false.
+_moto_yaml_tag_constructor = cfn_models.yaml_tag_constructor
+
+
+def yaml_tag_constructor(loader: Any, tag: Any, node: Any) -> Any:
+    if tag == "!Condition":
+        return {"Condition": loader.construct_scalar(node)}
+    return _moto_yaml_tag_constructor(loader, tag, node)
+
+
+cfn_models.yaml_tag_constructor = yaml_tag_constructor
+
+_original_build_resource_diff = cfn_parsing.ResourceMap.build_resource_diff
+
+
+def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An update follows the resources' conditions under the new parameters, as CloudFormation
+    does: a resource whose condition turns false is deleted, one whose condition turns true is
+    created, one whose condition stays false is left alone. moto diffed the template text only, so
+    it "updated" a resource that was never created and kept one whose condition had turned false."""
+    diff = _original_build_resource_diff(self, other_template, parameters)
+    if not getattr(self, "_sandbox_updating", False) or not other_template.get("Conditions"):
+        # A change set's preview (CreateChangeSet) must not load the new parameters into the
+        # stack: only an update does.
+        return diff
+    self._template = other_template
+    if parameters:
+        self.input_parameters = parameters
+    self.load_mapping()
+    self.load_parameters()
+    self.load_conditions()
+    for name, resource in other_template["Resources"].items():
+        condition = resource.get("Condition") if isinstance(resource, dict) else None
+        if condition is None:
+            continue
+        exists = self._parsed_resources.get(name) is not None
+        wanted = bool(self.lazy_condition_map[condition])
+        changed = name in diff["Modify"] or name in diff["Add"]
+        for action in ("Add", "Modify", "Remove"):
+            if name in diff[action]:
+                diff[action].remove(name)
+        if wanted and not exists:
+            diff["Add"].append(name)
+        elif wanted and changed:
+            diff["Modify"].append(name)
+        elif not wanted and exists:
+            diff["Remove"].append(name)
+    return diff
+
+
+cfn_parsing.ResourceMap.build_resource_diff = build_resource_diff  # type: ignore[method-assign]
+_original_resource_map_update = cfn_parsing.ResourceMap.update
+
+
+def resource_map_update(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
+    self._sandbox_updating = True
+    try:
+        _original_resource_map_update(self, template, parameters)
+    finally:
+        self._sandbox_updating = False
+
+
+cfn_parsing.ResourceMap.update = resource_map_update  # type: ignore[method-assign]
+
 # Deleting a stack deletes its EC2 network resources, as CloudFormation does. moto's EC2 models
 # have no CloudFormation delete for NAT gateways, EIPs, gateway attachments, routes, route tables,
 # subnet associations, internet gateways or subnets, so the VPC's deletion failed with
@@ -1564,6 +1630,8 @@ cfn_parsing.ResourceMap._delete_resource = delete_resource  # type: ignore[metho
 # resources that use the parameter; executing one updates the stack's template, parameters and
 # outputs (moto keeps the old outputs).
 from moto.cloudformation import responses as cfn_responses  # noqa: E402
+
+cfn_responses.yaml_tag_constructor = yaml_tag_constructor
 
 _original_validate_update = cfn_responses.CloudFormationResponse._validate_different_update
 _original_create_change_set = cfn_responses.CloudFormationResponse.create_change_set

@@ -769,3 +769,104 @@ async fn deletion_policies_hold_across_a_rollback_and_a_stack_deletion() {
         "kept when the stack is deleted"
     );
 }
+
+const CONDITIONAL: &str = r#"
+Parameters:
+  Mode: {Type: String, Default: disabled}
+  Name: {Type: String, Default: ""}
+Conditions:
+  IsEnabled: !Equals [!Ref Mode, enabled]
+  Named: !Not [!Equals [!Ref Name, ""]]
+  Both: !And [!Condition IsEnabled, !Condition Named]
+Resources:
+  Bucket:
+    Type: AWS::S3::Bucket
+    Condition: Both
+    Properties:
+      BucketName: !Ref Name
+  Always:
+    Type: AWS::S3::Bucket
+    Properties:
+      BucketName: e2e-always
+"#;
+
+/// An update follows the resources' conditions under its new parameters, as CloudFormation does:
+/// a condition that turns true creates its resource, one that turns false deletes it, one that
+/// stays false touches nothing; `!Condition` inside `Fn::And` is the condition it names.
+#[tokio::test]
+async fn conditions_decide_what_an_update_creates_and_deletes() {
+    let sb = Sandbox::start(&[]);
+    let config = sb.aws().await;
+    let cfn = aws_sdk_cloudformation::Client::new(&config);
+    let s3 = aws_sdk_s3::Client::new(&config);
+    let set = |mode: &str, name: &str| {
+        Some(vec![
+            Parameter::builder()
+                .parameter_key("Mode")
+                .parameter_value(mode)
+                .build(),
+            Parameter::builder()
+                .parameter_key("Name")
+                .parameter_value(name)
+                .build(),
+        ])
+    };
+    let buckets = |s3: aws_sdk_s3::Client| async move {
+        let mut names: Vec<String> = s3
+            .list_buckets()
+            .send()
+            .await
+            .unwrap()
+            .buckets()
+            .iter()
+            .filter_map(|b| b.name().map(str::to_string))
+            .collect();
+        names.sort();
+        names
+    };
+    let status = |cfn: aws_sdk_cloudformation::Client| async move {
+        cfn.describe_stacks()
+            .stack_name("cond")
+            .send()
+            .await
+            .unwrap()
+            .stacks()[0]
+            .stack_status()
+            .unwrap()
+            .clone()
+    };
+    cfn.create_stack()
+        .stack_name("cond")
+        .template_body(CONDITIONAL)
+        .set_parameters(set("disabled", "e2e-conditional"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(buckets(s3.clone()).await, ["e2e-always"]);
+    cfn.update_stack()
+        .stack_name("cond")
+        .template_body(CONDITIONAL)
+        .set_parameters(set("enabled", "e2e-conditional"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(cfn.clone()).await, StackStatus::UpdateComplete);
+    assert_eq!(
+        buckets(s3.clone()).await,
+        ["e2e-always", "e2e-conditional"],
+        "both conditions true: made"
+    );
+    cfn.update_stack()
+        .stack_name("cond")
+        .template_body(CONDITIONAL)
+        .set_parameters(set("disabled", "e2e-conditional"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(cfn.clone()).await, StackStatus::UpdateComplete);
+    assert_eq!(
+        buckets(s3.clone()).await,
+        ["e2e-always"],
+        "the condition turned false: deleted"
+    );
+}
