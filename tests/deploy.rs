@@ -1191,3 +1191,75 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
     assert_eq!(edge_parameters(&sb).await["LiveColour"], "blue");
 }
+
+/// Issue 15 "The origin", switching an app's `edge.origin_access` either way: the way in follows
+/// each colour's own NLB, so a rollback across a switch serves (an internal colour through its VPC
+/// origin even after the config went back to public; an internet-facing one as the custom
+/// origin), and a colour redeployed with a new NLB gets its VPC origin changed while unused (the
+/// sandbox, as CloudFormation, updates the VPC origin before the distribution that switches to it).
+#[tokio::test(flavor = "multi_thread")]
+async fn switching_origin_access_either_way_keeps_the_edge_serving() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let public = std::fs::read_to_string(&cfg).unwrap();
+    let vpc = public.replace("edge:\n", "edge:\n  origin_access: vpc\n");
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    let serves = |colour: &'static str| {
+        let (http, edge) = (http.clone(), edge.clone());
+        async move {
+            let v = edge_version(&http, &edge).await;
+            assert_eq!(v["colour"], colour, "{v}");
+        }
+    };
+
+    std::fs::write(&cfg, &vpc).unwrap();
+    succeeded(&release(&sb, &cfg, &["up"]), "blue, internal");
+    serves("blue").await;
+
+    std::fs::write(&cfg, &public).unwrap();
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "green, internet-facing",
+    );
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote to public green");
+    serves("green").await;
+    assert_eq!(edge_parameters(&sb).await["OriginAccess"], "public");
+    succeeded(
+        &release(&sb, &cfg, &["rollback"]),
+        "rollback to internal blue",
+    );
+    serves("blue").await;
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (p["OriginAccess"].as_str(), p["LiveColour"].as_str()),
+        ("vpc", "blue"),
+        "blue is internal: through its VPC origin although the config says public"
+    );
+
+    std::fs::write(&cfg, &vpc).unwrap();
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "green, internal");
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    serves("green").await;
+    let first_green = edge_parameters(&sb).await["GreenOriginArn"].clone();
+    succeeded(
+        &release(&sb, &cfg, &["rollback"]),
+        "rollback: green retired",
+    );
+    serves("blue").await;
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "green anew: another NLB",
+    );
+    succeeded(
+        &release(&sb, &cfg, &["promote"]),
+        "promote to the new green",
+    );
+    serves("green").await;
+    let p = edge_parameters(&sb).await;
+    assert_ne!(
+        p["GreenOriginArn"], first_green,
+        "green's VPC origin names its new NLB"
+    );
+    assert_eq!(p["LiveColour"], "green");
+}

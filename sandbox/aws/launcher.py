@@ -1396,6 +1396,7 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
     created, one whose condition stays false is left alone. moto diffed the template text only, so
     it "updated" a resource that was never created and kept one whose condition had turned false."""
     diff = _original_build_resource_diff(self, other_template, parameters)
+    late: list[str] = []
     if not getattr(self, "_sandbox_updating", False) or not other_template.get("Conditions"):
         # A change set's preview (CreateChangeSet) must not load the new parameters into the
         # stack: only an update does.
@@ -1421,8 +1422,30 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
         elif wanted and changed:
             diff["Modify"].append(name)
         elif not wanted and exists:
-            diff["Remove"].append(name)
+            # Deleted in the clean-up after every update, as CloudFormation does: a resource
+            # that another one stops using in this same update is still in use until then.
+            late.append(name)
+    self._sandbox_late_removals = late
+    # Modified in dependency order (what a resource names by Ref or GetAtt first), as
+    # CloudFormation does; moto took the list's order and retried failures blindly.
+    diff["Modify"] = dependency_order(diff["Modify"], other_template["Resources"])
     return diff
+
+
+def dependency_order(names: list[str], resources: dict[str, Any]) -> list[str]:
+    ordered: list[str] = []
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in ordered or name in path:
+            return
+        for dep in sorted(references(resources.get(name, {}))):
+            if dep in names:
+                visit(dep, path + (name,))
+        ordered.append(name)
+
+    for name in names:
+        visit(name, ())
+    return ordered
 
 
 cfn_parsing.ResourceMap.build_resource_diff = build_resource_diff  # type: ignore[method-assign]
@@ -1431,10 +1454,16 @@ _original_resource_map_update = cfn_parsing.ResourceMap.update
 
 def resource_map_update(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
     self._sandbox_updating = True
+    self._sandbox_late_removals = []
     try:
         _original_resource_map_update(self, template, parameters)
     finally:
         self._sandbox_updating = False
+    for name in self._sandbox_late_removals:
+        resource = self._parsed_resources.get(name)
+        if resource is not None:
+            self._delete_resource(resource, self._resource_json_map[name])
+            self._parsed_resources.pop(name, None)
 
 
 cfn_parsing.ResourceMap.update = resource_map_update  # type: ignore[method-assign]

@@ -252,6 +252,11 @@ impl Controller {
                 if balancer.created.elapsed() < self.delay {
                     continue;
                 }
+                if balancer.bound.as_ref().is_some_and(|b| b[1] != ports[1]) {
+                    // A scheme cannot change: the controller makes another NLB, at another
+                    // address (and ELBv2 shows another load balancer).
+                    balancer.ip = store.allocate_ip(20);
+                }
                 for l in balancer.listeners.drain(..) {
                     l.abort();
                 }

@@ -30,7 +30,16 @@ pub const PARAMETERS: &[(&str, &[&str])] = &[
     ),
     (
         "edge",
-        &["AppName", "OriginDomain", "OriginHttpPort", "OriginSecret"],
+        &[
+            "AppName",
+            "OriginDomain",
+            "OriginHttpPort",
+            "OriginSecret",
+            "OriginAccess",
+            "LiveColour",
+            "BlueOriginArn",
+            "GreenOriginArn",
+        ],
     ),
 ];
 pub const OUTPUTS: &[(&str, &[&str])] = &[

@@ -14,7 +14,9 @@ use crate::adapters::stacks::{Observed, Stacks};
 use crate::adapters::store::StateStore;
 use crate::commands::observe::{World, observe, public_url};
 use crate::commands::print_plan;
-use crate::commands::steps::{annotate, flip, mark_live, protect_images, smoke_test, wait_public};
+use crate::commands::steps::{
+    Towards, annotate, flip, mark_live, protect_images, smoke_test, wait_public,
+};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, GoLive, Refusal};
 use crate::session::{Ctx, begin, finish_session, step};
@@ -409,7 +411,14 @@ impl Run<'_> {
                     from_addr.as_deref().unwrap_or("-")
                 );
                 step(ctx, self.store, self.id, "flip", &what, async {
-                    flip(ctx, self.stacks, self.edge, *to, &to_addr, "flip").await?;
+                    flip(
+                        ctx,
+                        self.stacks,
+                        self.edge,
+                        Towards::Colour(*to, &to_addr),
+                        "flip",
+                    )
+                    .await?;
                     Ok(((), format!("{from} -> {to}")))
                 })
                 .await?;
@@ -521,7 +530,14 @@ impl Run<'_> {
             "flip back",
             &format!("edge origin -> {back}"),
             async {
-                flip(ctx, self.stacks, self.edge, from, back, "flip back").await?;
+                flip(
+                    ctx,
+                    self.stacks,
+                    self.edge,
+                    Towards::Back(self.edge),
+                    "flip back",
+                )
+                .await?;
                 Ok(((), format!("{from} is live again")))
             },
         )

@@ -160,10 +160,15 @@ pub async fn origin_params(
     step_name: &str,
 ) -> Result<Vec<(String, String)>> {
     let mut set = vec![("OriginDomain".to_string(), addr.to_string())];
-    let edge_uses_vpc = edge
-        .and_then(|e| e.parameters.get("OriginAccess"))
-        .is_some_and(|a| a == "vpc");
-    if ctx.config.edge.origin_access == crate::config::OriginAccess::Public && !edge_uses_vpc {
+    // An app that ever had a VPC origin may have an internal colour whatever the config says now
+    // (switched back to public, then a rollback): the target's own NLB decides.
+    let ever_vpc = edge.is_some_and(|e| {
+        e.parameters.get("OriginAccess").is_some_and(|a| a == "vpc")
+            || ["BlueOriginArn", "GreenOriginArn"]
+                .iter()
+                .any(|k| e.parameters.get(*k).is_some_and(|v| !v.is_empty()))
+    });
+    if ctx.config.edge.origin_access == crate::config::OriginAccess::Public && !ever_vpc {
         return Ok(set);
     }
     let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
@@ -193,21 +198,49 @@ pub async fn origin_params(
     Ok(set)
 }
 
-/// Point the edge stack at `colour`'s load balancer at `addr` and wait until CloudFront has
-/// deployed it.
+/// Where a flip points the edge.
+pub enum Towards<'a> {
+    /// `colour`'s load balancer at `addr`, the way in decided by `origin_params`.
+    Colour(Colour, &'a str),
+    /// Back to what `before` (the edge observed before the flip) served: its origin domain and
+    /// its way in, as they were; every other parameter (the VPC origins' ARNs included) kept as
+    /// the flip left it, so no VPC origin is deleted and nothing is looked up on the way back.
+    Back(&'a Observed),
+}
+
+/// Point the edge stack at a colour's load balancer and wait until CloudFront has deployed it.
 pub async fn flip(
     ctx: &Ctx,
     stacks: &Stacks,
     edge: &Observed,
-    colour: Colour,
-    addr: &str,
+    towards: Towards<'_>,
     step_name: &str,
 ) -> Result<()> {
     let c = &ctx.config;
     let name = c.stack_name("edge");
     // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
-    let set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
-    let params = crate::adapters::stacks::keeping(edge, &set);
+    let params = match towards {
+        Towards::Colour(colour, addr) => {
+            let set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
+            crate::adapters::stacks::keeping(edge, &set)
+        }
+        Towards::Back(before) => {
+            let now = stacks.observe(&name).await?;
+            let was = |k: &str, default: &str| {
+                before
+                    .parameters
+                    .get(k)
+                    .cloned()
+                    .unwrap_or_else(|| default.to_string())
+            };
+            let mut set = vec![("OriginDomain".to_string(), was("OriginDomain", ""))];
+            if now.parameters.contains_key("OriginAccess") {
+                set.push(("OriginAccess".to_string(), was("OriginAccess", "public")));
+                set.push(("LiveColour".to_string(), was("LiveColour", "")));
+            }
+            crate::adapters::stacks::keeping(&now, &set)
+        }
+    };
     let body = ctx.template("edge")?;
     let (_, after) = stacks
         .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))

@@ -300,8 +300,10 @@ pub async fn wait_address(
             let s = services.get(&n).await.map_err(kube_err(step))?;
             if let Some(addr) = address_of(&s) {
                 if config.edge.origin_access == crate::config::OriginAccess::Vpc {
+                    // Internal and active: an internet-facing one is the NLB from before a switch
+                    // to vpc that the controller has not replaced yet (a scheme cannot change).
                     let lb = crate::adapters::balancer::by_dns_name(elb, &addr).await?;
-                    if lb.is_some_and(|b| b.state == "active") {
+                    if lb.is_some_and(|b| b.state == "active" && b.scheme == "internal") {
                         return Ok(Check::Done(addr));
                     }
                     return Ok(Check::Pending(()));
@@ -323,7 +325,11 @@ pub async fn wait_address(
                 Exit::Deploy,
                 step,
                 format!("{n} has no load-balancer address that answers after {timeout:?}"),
-                "check the AWS Load Balancer Controller and the public subnets' tags, or raise deploy.address_timeout_seconds; the candidate was torn down",
+                if config.edge.origin_access == crate::config::OriginAccess::Vpc {
+                    "check the AWS Load Balancer Controller's events on the Service, the private subnets' kubernetes.io/role/internal-elb tags, and that ELBv2 shows an active internal NLB at the Service's hostname, or raise deploy.address_timeout_seconds; the candidate was torn down"
+                } else {
+                    "check the AWS Load Balancer Controller and the public subnets' tags, or raise deploy.address_timeout_seconds; the candidate was torn down"
+                },
             )
         },
     )

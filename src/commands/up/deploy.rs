@@ -405,20 +405,23 @@ impl Release<'_> {
     async fn edge(&mut self, name: &str, colour: Colour) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let stack = c.stack_name("edge");
-        let mut params =
-            crate::commands::steps::origin_params(ctx, None, colour, &self.addr, name).await?;
-        params.extend([
+        let fixed = [
             ("AppName".to_string(), c.app.clone()),
             (
                 "OriginHttpPort".to_string(),
                 c.deploy.service_port.to_string(),
             ),
             ("OriginSecret".to_string(), self.secret.clone()),
-        ]);
+        ];
         let body = ctx.template("edge")?;
         let stacks = self.stacks;
         let what = format!("origin {}", self.addr);
+        let addr = self.addr.clone();
         let observed = step(ctx, self.store, self.id, name, &what, async {
+            // Inside the step: a failed load-balancer lookup is this step's failure.
+            let mut params =
+                crate::commands::steps::origin_params(ctx, None, colour, &addr, name).await?;
+            params.extend(fixed);
             let (change, observed) = stacks
                 .deploy(&stack, &body, &params, |p| ctx.out.progress(name, p))
                 .await?;
