@@ -1190,6 +1190,38 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     succeeded(&release(&sb, &cfg, &["rollback"]), "rollback");
     assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
     assert_eq!(edge_parameters(&sb).await["LiveColour"], "blue");
+
+    // A promote whose public URL fails flips back to blue's VPC origin, keeping green's.
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("edge:\n", "edge:\n  verify_timeout_seconds: 3\n");
+    std::fs::write(&cfg, text).unwrap();
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "green again");
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    let green = status["colours"]["iris-green"]["address"].as_str().unwrap();
+    http.put(sb.control("edge"))
+        .body(format!(r#"{{"unreachable": ["{green}"]}}"#))
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    exits_with(&release(&sb, &cfg, &["promote"]), 9);
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (p["OriginAccess"].as_str(), p["LiveColour"].as_str()),
+        ("vpc", "blue")
+    );
+    assert!(p["GreenOriginArn"].contains(":loadbalancer/net/"), "{p:?}");
+
+    // destroy removes the edge with its VPC origins, and everything else.
+    succeeded(
+        &release(&sb, &cfg, &["destroy", "--yes", "--delete-images"]),
+        "destroy",
+    );
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert_eq!(status["stacks"]["iris-edge"], "absent", "{status}");
 }
 
 /// Issue 15 "The origin", switching an app's `edge.origin_access` either way: the way in follows
