@@ -106,6 +106,7 @@ async fn prepare(
         cases: cases.cases.len(),
         requests: c.smoke.requests,
         invalidate: c.edge.invalidate,
+        vpc: c.edge.origin_access == crate::config::OriginAccess::Vpc,
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,

@@ -81,6 +81,9 @@ pub struct FlipSettings {
     pub cases: usize,
     pub requests: u32,
     pub invalidate: bool,
+    /// `edge.origin_access: vpc`: the flip goes through the target's VPC origin when its NLB is
+    /// internal.
+    pub vpc: bool,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -109,6 +112,7 @@ pub enum FlipStep {
         from_addr: Option<String>,
         to_addr: Option<String>,
         invalidate: bool,
+        vpc: bool,
     },
     /// An earlier run flipped to `to` and died: nothing to flip.
     Flipped { to: Colour, action: &'static str },
@@ -196,12 +200,21 @@ impl FlipStep {
                 from_addr,
                 to_addr,
                 invalidate,
+                vpc,
             } => format!(
-                "edge stack parameter OriginDomain: {} -> {} ({} -> {}); wait until CloudFront is Deployed{}",
+                "edge stack parameter OriginDomain: {} -> {} ({} -> {}){}; wait until CloudFront is Deployed{}",
                 from_addr.as_deref().unwrap_or("-"),
                 to_addr.clone().unwrap_or_else(new_lb),
                 name(app, *from),
                 name(app, *to),
+                if *vpc {
+                    format!(
+                        ", through {}'s own VPC origin when its NLB is internal (LiveColour {to}; the VPC origin made or changed first, while nothing uses it: minutes on AWS)",
+                        name(app, *to)
+                    )
+                } else {
+                    String::new()
+                },
                 if *invalidate {
                     ", then invalidate /*"
                 } else {
@@ -502,6 +515,7 @@ fn steps(
             from_addr: from_o.address.clone(),
             to_addr,
             invalidate: s.invalidate,
+            vpc: s.vpc,
         });
     }
     steps.push(FlipStep::Verify {
@@ -613,6 +627,7 @@ mod tests {
             cases: 6,
             requests: 50,
             invalidate: false,
+            vpc: false,
         }
     }
 
@@ -677,6 +692,25 @@ mod tests {
         assert!(p.steps[2].what("iris").ends_with("then invalidate /*"));
         assert_eq!(p.digest.as_deref(), Some("sha256:g2"));
         assert_eq!(p.model_version, "model-of-sha256:g2");
+    }
+
+    #[test]
+    fn with_vpc_origins_the_flip_says_it_goes_through_the_targets_vpc_origin() {
+        let flip_line = |vpc: bool| {
+            let s = FlipSettings { vpc, ..settings() };
+            let p = plan_flip(&blue_live_green_candidate(), PROMOTE, None, s).unwrap();
+            p.steps
+                .iter()
+                .find(|s| matches!(s, FlipStep::Flip { .. }))
+                .unwrap()
+                .what("iris")
+        };
+        let vpc = flip_line(true);
+        assert!(
+            vpc.contains("through iris-green's own VPC origin") && vpc.contains("LiveColour green"),
+            "{vpc}"
+        );
+        assert!(!flip_line(false).contains("VPC origin"));
     }
 
     #[test]
