@@ -16,6 +16,18 @@ use common::{
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
 
+/// The sandbox's edge cannot reach these origins (as a security group between CloudFront and a
+/// load balancer would make it); `&[]` lifts that.
+async fn edge_cannot_reach(http: &reqwest::Client, sb: &Sandbox, origins: &[&str]) {
+    http.put(sb.control("edge"))
+        .body(json!({ "unreachable": origins }).to_string())
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+}
+
 /// What the edge's `/version` says (which colour, which model).
 async fn edge_version(http: &reqwest::Client, edge: &str) -> Value {
     http.get(format!("{edge}/version"))
@@ -402,13 +414,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     let status = summary(&release(&sb, &strict, &["status"]));
     let green = status["colours"]["iris-green"]["address"].as_str().unwrap();
     let http = reqwest::Client::new();
-    http.put(sb.control("edge"))
-        .body(format!(r#"{{"unreachable": ["{green}"]}}"#))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    edge_cannot_reach(&http, &sb, &[green]).await;
     let out = release(&sb, &strict, &["promote"]);
     exits_with(&out, 9);
     let s = summary(&out);
@@ -443,11 +449,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         "the flip and the flip back"
     );
     // Once CloudFront can reach green, the same candidate promotes.
-    http.put(sb.control("edge"))
-        .body(r#"{"unreachable": []}"#)
-        .send()
-        .await
-        .unwrap();
+    edge_cannot_reach(&http, &sb, &[]).await;
     let promoted = release(&sb, &strict, &["promote"]);
     succeeded(&promoted, "promote once green is reachable");
 }
@@ -1199,13 +1201,7 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     succeeded(&release(&sb, &cfg, &["up", "--force"]), "green again");
     let status = summary(&release(&sb, &cfg, &["status"]));
     let green = status["colours"]["iris-green"]["address"].as_str().unwrap();
-    http.put(sb.control("edge"))
-        .body(format!(r#"{{"unreachable": ["{green}"]}}"#))
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap();
+    edge_cannot_reach(&http, &sb, &[green]).await;
     exits_with(&release(&sb, &cfg, &["promote"]), 9);
     assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
     let p = edge_parameters(&sb).await;

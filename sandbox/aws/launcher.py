@@ -58,6 +58,7 @@ from moto.iam import models as iam_models
 from moto.ecr import responses as ecr_responses
 from moto.eks import models as eks_models
 from moto.eks.models import eks_backends
+from moto.elbv2.models import elbv2_backends
 from moto.core.responses import ActionResult
 
 CONFIG: dict[str, Any] = {
@@ -976,8 +977,6 @@ def vpc_origin_status(held: dict[str, Any]) -> str:
 def vpc_origin_target(vpc_origin_id: str) -> tuple[str, int] | str:
     """Where a VPC origin sends requests: its load balancer's address (the DNS name ELBv2 shows)
     and port, or why it cannot."""
-    from moto.elbv2.models import elbv2_backends
-
     held = VPC_ORIGINS.get(vpc_origin_id)
     if held is None:
         return f"no VPC origin {vpc_origin_id}"
@@ -1499,8 +1498,6 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
     """The NLB as ELBv2 describes it: type network, the Service's scheme, the controller's name and
     tags, its DNS name the address in the Service's status, active. A changed scheme is a new NLB
     (a scheme cannot be modified), as the controller replaces it."""
-    from moto.elbv2.models import elbv2_backends
-
     backend = elbv2_backends[account][region]
     scheme = info.get("scheme") or "internal"
     held = LOAD_BALANCERS.get(uid)
@@ -1539,9 +1536,7 @@ def load_balancer_eni(uid: str, present: bool, info: dict[str, Any] | None = Non
             ec2_backends[account][region].enis.pop(eni, None)
         record = LOAD_BALANCERS.pop(uid, None)
         if record is not None:
-            from moto.elbv2.models import elbv2_backends
-
-            elbv2_backends[record[0]][record[1]].delete_load_balancer(record[2])
+                    elbv2_backends[record[0]][record[1]].delete_load_balancer(record[2])
         return True
     for account, regions in list(eks_backends.items()):
         for region, backend in list(regions.items()):

@@ -59,11 +59,19 @@ pub enum Base {
 }
 
 impl Base {
-    /// The colour `name`'s Service port `http` in `namespace`, through the service proxy.
-    pub fn proxy(client: &kube::Client, namespace: &str, name: &str) -> Base {
+    /// `colour`'s Service (its port `http`, in the app's namespace), through the service proxy.
+    pub fn proxy(
+        client: &kube::Client,
+        config: &crate::config::Config,
+        colour: crate::plan::colour::Colour,
+    ) -> Base {
         Base::Proxy {
             client: client.clone(),
-            prefix: format!("/api/v1/namespaces/{namespace}/services/{name}:http/proxy"),
+            prefix: format!(
+                "/api/v1/namespaces/{}/services/{}:http/proxy",
+                config.deploy.namespace,
+                crate::adapters::colour::name(config, colour)
+            ),
         }
     }
 

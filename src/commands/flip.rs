@@ -471,11 +471,7 @@ impl Run<'_> {
     fn target<'s>(&'s self, colour: Colour, secret: &'s str) -> crate::adapters::smoke::Target<'s> {
         let c = &self.ctx.config;
         crate::adapters::smoke::Target {
-            base: crate::adapters::smoke::Base::proxy(
-                &self.proxy,
-                &c.deploy.namespace,
-                &colour::name(c, colour),
-            ),
+            base: crate::adapters::smoke::Base::proxy(&self.proxy, c, colour),
             colour,
             model_version: &self.plan.model_version,
             secret,
@@ -531,14 +527,7 @@ impl Run<'_> {
             "flip back",
             &format!("edge origin -> {back}"),
             async {
-                flip(
-                    ctx,
-                    self.stacks,
-                    self.edge,
-                    Towards::Back(self.edge),
-                    "flip back",
-                )
-                .await?;
+                flip(ctx, self.stacks, self.edge, Towards::Back, "flip back").await?;
                 Ok(((), format!("{from} is live again")))
             },
         )

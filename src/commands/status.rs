@@ -39,11 +39,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         // load balancer, which is CloudFront's origin, not the operator's.
         let healthy = match (&o.address, &client) {
             (Some(_), Some(client)) => {
-                let base = crate::adapters::smoke::Base::proxy(
-                    client,
-                    &c.deploy.namespace,
-                    &colour::name(c, *col),
-                );
+                let base = crate::adapters::smoke::Base::proxy(client, c, *col);
                 crate::adapters::smoke::call(&http, &base, http::Method::GET, "/readyz", "", None)
                     .await
                     .is_ok_and(|a| a.ok())

@@ -202,10 +202,10 @@ pub async fn origin_params(
 pub enum Towards<'a> {
     /// `colour`'s load balancer at `addr`, the way in decided by `origin_params`.
     Colour(Colour, &'a str),
-    /// Back to what `before` (the edge observed before the flip) served: its origin domain and
-    /// its way in, as they were; every other parameter (the VPC origins' ARNs included) kept as
-    /// the flip left it, so no VPC origin is deleted and nothing is looked up on the way back.
-    Back(&'a Observed),
+    /// Back to what `edge` (observed before the flip) served: its origin domain and its way in,
+    /// as they were; every other parameter (the VPC origins' ARNs included) kept as the flip left
+    /// it, so no VPC origin is deleted and nothing is looked up on the way back.
+    Back,
 }
 
 /// Point the edge stack at a colour's load balancer and wait until CloudFront has deployed it.
@@ -224,11 +224,10 @@ pub async fn flip(
             let set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
             crate::adapters::stacks::keeping(edge, &set)
         }
-        Towards::Back(before) => {
+        Towards::Back => {
             let now = stacks.observe(&name).await?;
             let was = |k: &str, default: &str| {
-                before
-                    .parameters
+                edge.parameters
                     .get(k)
                     .cloned()
                     .unwrap_or_else(|| default.to_string())

@@ -10,7 +10,7 @@ use aws_sdk_cloudformation::types::{Parameter, StackStatus};
 use base64::Engine;
 use serde_json::json;
 
-use crate::{Clients, Sandbox, eventually};
+use crate::{Clients, Sandbox, eventually, parameters, stack_status};
 
 fn template() -> String {
     json!({
@@ -42,19 +42,11 @@ fn template() -> String {
 }
 
 fn params(origin: &str, port: u16) -> Vec<Parameter> {
-    [
-        ("OriginDomain", origin.to_string()),
-        ("OriginPort", port.to_string()),
-        ("Secret", "s3cret".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| {
-        Parameter::builder()
-            .parameter_key(k)
-            .parameter_value(v)
-            .build()
-    })
-    .collect()
+    parameters(&[
+        ("OriginDomain", origin),
+        ("OriginPort", &port.to_string()),
+        ("Secret", "s3cret"),
+    ])
 }
 
 /// A one-line HTTP server on 127.0.0.1 answering `name` and echoing the origin-verify header.
@@ -724,16 +716,10 @@ async fn deletion_policies_hold_across_a_rollback_and_a_stack_deletion() {
         .send()
         .await
         .unwrap();
-    let status = cfn
-        .describe_stacks()
-        .stack_name("policies")
-        .send()
-        .await
-        .unwrap()
-        .stacks()[0]
-        .stack_status()
-        .cloned();
-    assert_eq!(status, Some(StackStatus::RollbackComplete));
+    assert_eq!(
+        stack_status(&cfn, "policies").await,
+        StackStatus::RollbackComplete
+    );
     assert!(
         exists("kept-on-rollback").await,
         "Retain survives the rollback"
@@ -799,18 +785,7 @@ async fn conditions_decide_what_an_update_creates_and_deletes() {
     let config = sb.aws().await;
     let cfn = aws_sdk_cloudformation::Client::new(&config);
     let s3 = aws_sdk_s3::Client::new(&config);
-    let set = |mode: &str, name: &str| {
-        Some(vec![
-            Parameter::builder()
-                .parameter_key("Mode")
-                .parameter_value(mode)
-                .build(),
-            Parameter::builder()
-                .parameter_key("Name")
-                .parameter_value(name)
-                .build(),
-        ])
-    };
+    let set = |mode: &str, name: &str| Some(parameters(&[("Mode", mode), ("Name", name)]));
     let buckets = |s3: aws_sdk_s3::Client| async move {
         let mut names: Vec<String> = s3
             .list_buckets()
@@ -823,17 +798,6 @@ async fn conditions_decide_what_an_update_creates_and_deletes() {
             .collect();
         names.sort();
         names
-    };
-    let status = |cfn: aws_sdk_cloudformation::Client| async move {
-        cfn.describe_stacks()
-            .stack_name("cond")
-            .send()
-            .await
-            .unwrap()
-            .stacks()[0]
-            .stack_status()
-            .unwrap()
-            .clone()
     };
     cfn.create_stack()
         .stack_name("cond")
@@ -850,7 +814,10 @@ async fn conditions_decide_what_an_update_creates_and_deletes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(status(cfn.clone()).await, StackStatus::UpdateComplete);
+    assert_eq!(
+        stack_status(&cfn, "cond").await,
+        StackStatus::UpdateComplete
+    );
     assert_eq!(
         buckets(s3.clone()).await,
         ["e2e-always", "e2e-conditional"],
@@ -863,7 +830,10 @@ async fn conditions_decide_what_an_update_creates_and_deletes() {
         .send()
         .await
         .unwrap();
-    assert_eq!(status(cfn.clone()).await, StackStatus::UpdateComplete);
+    assert_eq!(
+        stack_status(&cfn, "cond").await,
+        StackStatus::UpdateComplete
+    );
     assert_eq!(
         buckets(s3.clone()).await,
         ["e2e-always"],

@@ -255,18 +255,7 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
     let services: Api<Service> = Api::namespaced(client.clone(), "app");
     let lb = eventually("a load-balancer address", Duration::from_secs(10), || {
         let services = services.clone();
-        async move {
-            services
-                .get("blue")
-                .await
-                .unwrap()
-                .status?
-                .load_balancer?
-                .ingress?
-                .first()?
-                .ip
-                .clone()
-        }
+        async move { service_address(&services, "blue").await }
     })
     .await;
     let http = reqwest::Client::new();
@@ -315,18 +304,7 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
         .unwrap();
     let internal = eventually("an internal address", Duration::from_secs(10), || {
         let services = services.clone();
-        async move {
-            services
-                .get("blue-private")
-                .await
-                .unwrap()
-                .status?
-                .load_balancer?
-                .ingress?
-                .first()?
-                .ip
-                .clone()
-        }
+        async move { service_address(&services, "blue-private").await }
     })
     .await;
     assert!(
@@ -814,15 +792,7 @@ async fn vpc_origin_reaches_an_internal_load_balancer(sb: &Sandbox, internal: &s
         "{private:?}"
     );
     let params = |arn: &str, domain: &str| {
-        [("OriginArn", arn), ("OriginDomain", domain)]
-            .iter()
-            .map(|(k, v)| {
-                aws_sdk_cloudformation::types::Parameter::builder()
-                    .parameter_key(*k)
-                    .parameter_value(*v)
-                    .build()
-            })
-            .collect::<Vec<_>>()
+        crate::parameters(&[("OriginArn", arn), ("OriginDomain", domain)])
     };
     let cfn = aws_sdk_cloudformation::Client::new(&config);
     cfn.create_stack()
@@ -832,19 +802,10 @@ async fn vpc_origin_reaches_an_internal_load_balancer(sb: &Sandbox, internal: &s
         .send()
         .await
         .unwrap();
-    let status = |cfn: aws_sdk_cloudformation::Client| async move {
-        cfn.describe_stacks()
-            .stack_name("vpc-edge")
-            .send()
-            .await
-            .unwrap()
-            .stacks()[0]
-            .stack_status()
-            .unwrap()
-            .as_str()
-            .to_string()
-    };
-    assert_eq!(status(cfn.clone()).await, "CREATE_COMPLETE");
+    assert_eq!(
+        crate::stack_status(&cfn, "vpc-edge").await.as_str(),
+        "CREATE_COMPLETE"
+    );
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
     let version = eventually("the edge to serve blue", Duration::from_secs(10), || {
@@ -873,7 +834,10 @@ async fn vpc_origin_reaches_an_internal_load_balancer(sb: &Sandbox, internal: &s
         .send()
         .await
         .unwrap();
-    assert_eq!(status(cfn.clone()).await, "UPDATE_ROLLBACK_COMPLETE");
+    assert_eq!(
+        crate::stack_status(&cfn, "vpc-edge").await.as_str(),
+        "UPDATE_ROLLBACK_COMPLETE"
+    );
     let events = cfn
         .describe_stack_events()
         .stack_name("vpc-edge")

@@ -57,6 +57,35 @@ fn kube_client(sb: &Sandbox, retry: bool) -> kube::Client {
     kube::Client::try_from(config).expect("a kube client")
 }
 
+/// CloudFormation parameters from keys and values.
+pub fn parameters(pairs: &[(&str, &str)]) -> Vec<aws_sdk_cloudformation::types::Parameter> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            aws_sdk_cloudformation::types::Parameter::builder()
+                .parameter_key(*k)
+                .parameter_value(*v)
+                .build()
+        })
+        .collect()
+}
+
+/// A stack's status as DescribeStacks shows it.
+pub async fn stack_status(
+    cfn: &aws_sdk_cloudformation::Client,
+    name: &str,
+) -> aws_sdk_cloudformation::types::StackStatus {
+    cfn.describe_stacks()
+        .stack_name(name)
+        .send()
+        .await
+        .unwrap()
+        .stacks()[0]
+        .stack_status()
+        .unwrap()
+        .clone()
+}
+
 /// Poll `f` until it gives `Some`, or panic after `limit` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
 where

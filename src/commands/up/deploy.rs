@@ -365,11 +365,7 @@ impl Release<'_> {
         );
         // Each colour's Service through the API server's service proxy, not its load balancer.
         let at = |colour: Colour| crate::adapters::smoke::Target {
-            base: crate::adapters::smoke::Base::proxy(
-                &self.proxy,
-                &c.deploy.namespace,
-                &crate::adapters::colour::name(c, colour),
-            ),
+            base: crate::adapters::smoke::Base::proxy(&self.proxy, c, colour),
             colour,
             model_version: &c.model.version,
             secret: &self.secret,
