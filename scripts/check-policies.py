@@ -37,8 +37,8 @@ ALLOWED = {
     ),
     ("ci-role.yaml", "StacksRole", "NeverWithoutTheBoundary"): "a Deny, not an Allow",
     ("ci-role.yaml", "ReleaseRights", "LoadBalancerLookup"): (
-        "elasticloadbalancing:DescribeLoadBalancers supports no resource-level permissions "
-        "(IAM Service Authorization Reference); it only reads"
+        "elasticloadbalancing:DescribeLoadBalancers, DescribeTargetGroups and DescribeTargetHealth "
+        "support no resource-level permissions (IAM Service Authorization Reference); they only read"
     ),
     ("ci-role.yaml", "StacksRole", "EdgeVpcOriginLookups"): (
         "elasticloadbalancing:DescribeLoadBalancers supports no resource-level permissions; the "

@@ -982,7 +982,10 @@ fn origin_secret(sb: &Sandbox) -> Value {
 /// unfinished rotation is finished, not staged again; a dry run changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_origin_secret_rotates_with_no_request_refused_then_the_old_value_is() {
-    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    // NLB targets that register slowly: the restarts hold each old pod until its replacement is a
+    // healthy target (the readiness gate the namespace's label turns on), or requests fail.
+    let common::Given { sb, cfg } =
+        common::given_blue_live_and_a_green_candidate_on(common::SLOW_TARGETS);
     let old = origin_secret(&sb)["secret"].as_str().unwrap().to_string();
 
     let dry = release(&sb, &cfg, &["--dry-run", "rotate-origin-secret"]);
@@ -1142,7 +1145,9 @@ async fn edge_parameters(sb: &Sandbox) -> std::collections::BTreeMap<String, Str
 /// which CloudFront refuses) and a rollback all serve through the edge.
 #[tokio::test(flavor = "multi_thread")]
 async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
-    let sb = Sandbox::start(&[]);
+    // Slow target registration: a colour goes live only once its targets are healthy (release
+    // cannot reach an internal NLB to try it, so it asks ELBv2).
+    let sb = Sandbox::start(common::SLOW_TARGETS);
     let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
     let text = std::fs::read_to_string(&cfg)
         .unwrap()

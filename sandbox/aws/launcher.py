@@ -1484,6 +1484,32 @@ class DependencyViolation(Exception):
 LOAD_BALANCER_ENIS: dict[str, tuple[str, str, str]] = {}
 # The Elastic Load Balancing v2 record of each of those NLBs, by Service uid: account, region, ARN.
 LOAD_BALANCERS: dict[str, tuple[str, str, str]] = {}
+# The health of each sandbox NLB target group's targets, by target group ARN, then target id:
+# `initial` while the target registers and is first checked, then `healthy` (the cluster side's
+# load-balancer controller decides and reports it; moto calls every registered target healthy).
+TARGET_HEALTH: dict[str, dict[str, str]] = {}
+
+from moto.elbv2 import models as elbv2_models  # noqa: E402
+
+moto_health_for = elbv2_models.FakeTargetGroup.health_for
+
+
+def sandbox_health_for(self: Any, target: dict[str, Any], ec2_backend: Any) -> Any:
+    """A target's health as the sandbox NLB sees it: `initial` (Elb.RegistrationInProgress) until
+    its registration and first health checks are over (ELB user guide, target group health
+    checks: "It can take a few minutes for the registration process to complete"), then
+    moto's answer."""
+    state = TARGET_HEALTH.get(self.arn, {}).get(target["Id"])
+    held = self.targets.get(target["Id"])
+    if state == "initial" and held is not None:
+        return elbv2_models.FakeHealthStatus(
+            held["Id"], held["Port"], self.health_check_port, "initial",
+            "Elb.RegistrationInProgress", "Target registration is in progress",
+        )
+    return moto_health_for(self, target, ec2_backend)
+
+
+elbv2_models.FakeTargetGroup.health_for = sandbox_health_for
 
 
 def load_balancer_name(cluster: str, uid: str, namespace: str, service: str, scheme: str) -> str:
@@ -1505,6 +1531,7 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
         lb = backend.load_balancers.get(held[2])
         if lb is not None and lb.scheme == scheme:
             lb.dns_name = info["address"]
+            sync_targets(backend, lb, subnet_vpc(account, region, subnets), info)
             return
         backend.delete_load_balancer(held[2])
     name = load_balancer_name(cluster.name, uid, info["namespace"], info["service"], scheme)
@@ -1522,6 +1549,30 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
     lb.dns_name = info["address"]
     lb.state = "active"
     LOAD_BALANCERS[uid] = (account, region, lb.arn)
+    sync_targets(backend, lb, subnet_vpc(account, region, subnets), info)
+
+
+def subnet_vpc(account: str, region: str, subnets: list[str]) -> str:
+    return ec2_backends[account][region].get_subnet(subnets[0]).vpc_id
+
+
+def sync_targets(backend: Any, lb: Any, vpc: str, info: dict[str, Any]) -> None:
+    """The NLB's IP target group (the controller's name for it) with the pods it registered and
+    their health, as DescribeTargetGroups and DescribeTargetHealth show them."""
+    name = info.get("target_group")
+    if not name:
+        return
+    tg = next((t for t in backend.target_groups.values() if lb.arn in t.load_balancer_arns), None)
+    if tg is None:
+        tg = backend.create_target_group(name, protocol="TCP", port=80, target_type="ip", vpc_id=vpc)
+        tg.load_balancer_arns.append(lb.arn)
+    targets = info.get("targets") or []
+    wanted = {t["id"]: t for t in targets}
+    for gone in [i for i in tg.targets if i not in wanted]:
+        tg.deregister([{"Id": gone}])
+    port = lambda t: t["port"] if isinstance(t.get("port"), int) else 80  # noqa: E731
+    tg.register([{"Id": i, "Port": port(t)} for i, t in wanted.items()])
+    TARGET_HEALTH[tg.arn] = {i: t.get("state", "healthy") for i, t in wanted.items()}
 
 
 def load_balancer_eni(uid: str, present: bool, info: dict[str, Any] | None = None) -> bool:
@@ -1536,7 +1587,11 @@ def load_balancer_eni(uid: str, present: bool, info: dict[str, Any] | None = Non
             ec2_backends[account][region].enis.pop(eni, None)
         record = LOAD_BALANCERS.pop(uid, None)
         if record is not None:
-                    elbv2_backends[record[0]][record[1]].delete_load_balancer(record[2])
+            backend = elbv2_backends[record[0]][record[1]]
+            for tg in [t for t in backend.target_groups.values() if record[2] in t.load_balancer_arns]:
+                TARGET_HEALTH.pop(tg.arn, None)
+                backend.target_groups.pop(tg.arn, None)
+            backend.delete_load_balancer(record[2])
         return True
     for account, regions in list(eks_backends.items()):
         for region, backend in list(regions.items()):

@@ -38,10 +38,31 @@ fn int_or_percent(v: &Value, total: i64, round_up: bool) -> i64 {
 }
 
 pub fn pod_ready(pod: &Value) -> bool {
+    condition(pod, "Ready")
+}
+
+/// Whether the pod's condition `kind` is True.
+pub fn condition(pod: &Value, kind: &str) -> bool {
     pod["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            .any(|c| c["type"] == kind && c["status"] == "True")
     })
+}
+
+/// Whether every readiness gate in the pod's spec has its condition True in `conditions`: a pod
+/// is Ready only when its containers are and each gate is (Kubernetes, Pod readiness gates;
+/// the AWS Load Balancer Controller's gate turns True when the pod's target is healthy).
+pub fn gates_pass(pod: &Value, conditions: &Value) -> bool {
+    pod["spec"]["readinessGates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .all(|g| {
+            conditions.as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == g["conditionType"] && c["status"] == "True")
+            })
+        })
 }
 
 fn terminating(obj: &Value) -> bool {
@@ -199,7 +220,7 @@ impl Controller {
         for _ in 0..can_create.max(0) {
             let mut labels = template["metadata"]["labels"].clone();
             labels["pod-template-hash"] = json!(hash);
-            let pod = json!({
+            let mut pod = json!({
                 "metadata": {
                     "generateName": format!("{name}-{hash}-"), "namespace": ns, "labels": labels,
                     "annotations": template["metadata"]["annotations"].clone(),
@@ -207,6 +228,16 @@ impl Controller {
                 },
                 "spec": template["spec"].clone(),
             });
+            if let Err(why) = crate::system::admit_pod(&self.store, &mut pod) {
+                self.store.event(
+                    d,
+                    "Deployment",
+                    "Warning",
+                    "FailedCreate",
+                    &format!("Error creating: {why}"),
+                );
+                break;
+            }
             match self.store.create(pods_res, ns, pod) {
                 Ok(p) => self.store.event(
                     d,

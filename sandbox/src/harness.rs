@@ -101,7 +101,14 @@ impl Sandbox {
             .arg("serve")
             .arg("--state")
             .arg(&dir)
-            .args(["--edge-delay", "0.5", "--lb-delay-ms", "100"])
+            .args([
+                "--edge-delay",
+                "0.5",
+                "--lb-delay-ms",
+                "100",
+                "--target-delay-ms",
+                "500",
+            ])
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use sha2::Digest;
 use tokio::sync::watch;
 
+use crate::deployments::gates_pass;
 use crate::resources::{self, Resource};
 use crate::store::{Part, Store, meta, now_rfc3339};
 use crate::system::{self, SystemImage};
@@ -267,6 +268,33 @@ impl PodRun {
                 let mut next = cur.clone();
                 // Keep transition times stable unless the condition changed.
                 let mut status = status.clone();
+                // The readiness gates' conditions are another controller's to set: kept, and
+                // the pod is Ready only when its containers are and every gate is.
+                let gated = cur["spec"]["readinessGates"]
+                    .as_array()
+                    .is_some_and(|g| !g.is_empty());
+                if gated && let Some(conditions) = status["conditions"].as_array_mut() {
+                    let gates: Vec<Value> = cur["status"]["conditions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| {
+                            cur["spec"]["readinessGates"]
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .any(|g| g["conditionType"] == c["type"])
+                        })
+                        .cloned()
+                        .collect();
+                    conditions.extend(gates);
+                    let ready = self.ready && gates_pass(cur, &status["conditions"]);
+                    for c in status["conditions"].as_array_mut().into_iter().flatten() {
+                        if c["type"] == "Ready" {
+                            c["status"] = json!(if ready { "True" } else { "False" });
+                        }
+                    }
+                }
                 if let (Some(new), Some(old)) = (
                     status["conditions"].as_array_mut(),
                     cur["status"]["conditions"].as_array(),

@@ -13,16 +13,16 @@
 //! Service is deleted: until then the namespace stays Terminating and the VPC cannot be deleted
 //! (DependencyViolation), as on AWS.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-use crate::deployments::pod_ready;
+use crate::deployments::{condition, gates_pass, pod_ready};
 use crate::merge::labels_match;
 use crate::resources;
 use crate::store::{Part, Store, meta};
@@ -51,9 +51,56 @@ pub fn from_vpc(peer: std::net::IpAddr) -> bool {
     matches!(peer, std::net::IpAddr::V4(v4) if v4.octets()[..2] == [127, 30])
 }
 
+/// The condition type of the AWS Load Balancer Controller's pod readiness gate for a binding.
+pub const GATE_PREFIX: &str = "target-health.elbv2.k8s.aws/";
+
+/// The name of a Service's target group (and its TargetGroupBinding): `k8s-<namespace, 8>-<name,
+/// 8>-<10 hex>`, as the controller names them.
+pub fn target_group_name(svc: &Value) -> String {
+    let ns = meta(svc, "namespace").unwrap_or("default");
+    let name = meta(svc, "name").unwrap_or_default();
+    let uid: String = meta(svc, "uid")
+        .unwrap_or_default()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(10)
+        .collect();
+    format!(
+        "k8s-{}-{}-{uid}",
+        &ns[..ns.len().min(8)],
+        &name[..name.len().min(8)]
+    )
+}
+
+/// The readiness gates the controller's pod webhook gives a new pod in `ns`: one for each
+/// Service this controller has provisioned (its binding exists: the finalizer is on) that
+/// selects the pod.
+pub fn readiness_gates(store: &Store, ns: &str, pod: &Value) -> Vec<Value> {
+    let services = resources::by_kind("Service").expect("served");
+    let (all, _) = store.list(services, Some(ns));
+    all.iter()
+        .filter(|s| {
+            s["spec"]["type"] == "LoadBalancer"
+                && s["metadata"].get("deletionTimestamp").is_none()
+                && s["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == FINALIZER))
+                && labels_match(&s["spec"]["selector"], pod)
+        })
+        .map(|s| json!({"conditionType": format!("{GATE_PREFIX}{}", target_group_name(s))}))
+        .collect()
+}
+
 struct Balancer {
     ip: String,
     created: Instant,
+    /// Each registered target (pod IP) and when it was registered: `initial` until the target
+    /// delay has passed, then `healthy`.
+    targets: HashMap<String, Instant>,
+    /// The healthy targets' pod IPs: the only ones the listeners forward to.
+    healthy: Arc<Mutex<HashSet<String>>>,
+    /// The target health last reported to the AWS side.
+    reported: Value,
     /// Its finalizer is on the Service and its network interface is in the VPC.
     held: bool,
     /// The ports the listeners were bound for; a change rebinds them.
@@ -72,6 +119,10 @@ impl Drop for Balancer {
 pub struct Controller {
     store: Arc<Store>,
     delay: Duration,
+    /// How long a new target stays `initial` (registration and the first health checks) before
+    /// the NLB sends it connections; on AWS 90 to 180 s and more
+    /// (aws-load-balancer-controller#1834), and what the pod readiness gate waits for.
+    target_delay: Duration,
     balancers: HashMap<String, Balancer>,
     /// Services being deleted that still carry the finalizer, and since when.
     releasing: HashMap<String, Instant>,
@@ -84,10 +135,16 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(store: Arc<Store>, delay: Duration, aws_url: String) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        delay: Duration,
+        target_delay: Duration,
+        aws_url: String,
+    ) -> Self {
         Controller {
             store,
             delay,
+            target_delay,
             balancers: HashMap::new(),
             releasing: HashMap::new(),
             aws_url,
@@ -101,14 +158,16 @@ impl Controller {
     /// what `DescribeLoadBalancers` shows): made or brought up to date (`Some(svc, address)`), or
     /// deleted (`None`). The AWS side may have no cluster to put it in (tests of the cluster
     /// alone): nothing to hold, then.
-    async fn network_interface(&self, uid: &str, present: Option<(&Value, &str)>) {
+    async fn network_interface(&self, uid: &str, present: Option<(&Value, &str, &Value)>) {
         let url = format!("{}/_sandbox/load-balancers/{uid}", self.aws_url);
         let call = match present {
-            Some((svc, address)) => self.http.put(&url).json(&json!({
+            Some((svc, address, targets)) => self.http.put(&url).json(&json!({
                 "namespace": meta(svc, "namespace").unwrap_or("default"),
                 "service": meta(svc, "name").unwrap_or_default(),
                 "scheme": scheme(svc),
                 "address": address,
+                "target_group": target_group_name(svc),
+                "targets": targets,
             })),
             None => self.http.delete(&url),
         };
@@ -243,6 +302,9 @@ impl Controller {
                 .or_insert_with(|| Balancer {
                     ip: store.allocate_ip(20),
                     created: Instant::now(),
+                    targets: HashMap::new(),
+                    healthy: Arc::new(Mutex::new(HashSet::new())),
+                    reported: Value::Null,
                     held: false,
                     bound: None,
                     listeners: Vec::new(),
@@ -260,14 +322,14 @@ impl Controller {
                 for l in balancer.listeners.drain(..) {
                     l.abort();
                 }
-                let mut bound = bind_all(store, svc, &balancer.ip).await;
+                let mut bound = bind_all(store, svc, &balancer.ip, &balancer.healthy).await;
                 // Another sandbox beside us may hold the address: take the next one.
                 for _ in 0..16 {
                     if !matches!(&bound, Err(e) if e.contains("in use")) {
                         break;
                     }
                     balancer.ip = store.allocate_ip(20);
-                    bound = bind_all(store, svc, &balancer.ip).await;
+                    bound = bind_all(store, svc, &balancer.ip, &balancer.healthy).await;
                 }
                 match bound {
                     Ok(listeners) => {
@@ -310,26 +372,146 @@ impl Controller {
                     },
                 );
             }
+            let health = track_targets(store, self.target_delay, svc, balancer);
             if !balancer.held {
                 balancer.held = true;
-                to_hold.push((uid, svc.clone(), balancer.ip.clone()));
+                balancer.reported = health.clone();
+                to_hold.push((uid, svc.clone(), balancer.ip.clone(), health));
+            } else if balancer.reported != health {
+                balancer.reported = health.clone();
+                to_record.push((uid, svc.clone(), balancer.ip.clone()));
             }
         }
-        for (uid, svc, ip) in to_hold {
+        for (uid, svc, ip, health) in to_hold {
             self.finalizer(&svc, true);
-            self.network_interface(&uid, Some((&svc, &ip))).await;
+            self.network_interface(&uid, Some((&svc, &ip, &health)))
+                .await;
         }
-        // A load balancer bound anew (ports or scheme changed): its record follows.
+        // A load balancer bound anew (ports or scheme changed), or whose targets' health
+        // changed: its record follows.
         for (uid, svc, ip) in to_record {
-            self.network_interface(&uid, Some((&svc, &ip))).await;
+            let health = self
+                .balancers
+                .get(&uid)
+                .map(|b| b.reported.clone())
+                .unwrap_or_default();
+            self.network_interface(&uid, Some((&svc, &ip, &health)))
+                .await;
         }
     }
+}
+
+/// The NLB's targets as the controller registers them (each pod the Service selects whose
+/// containers are ready and that is not terminating; a terminating one is deregistered, it
+/// drains), each `initial` for the target delay and then `healthy`. Only healthy ones get
+/// connections; a pod with this binding's readiness gate gets its condition (and so Ready) once
+/// its target is healthy. Returns the targets' health, as DescribeTargetHealth shows it.
+fn track_targets(store: &Store, delay: Duration, svc: &Value, balancer: &mut Balancer) -> Value {
+    let ns = meta(svc, "namespace").unwrap_or("default");
+    let pods_res = resources::by_kind("Pod").expect("served");
+    let (pods, _) = store.list(pods_res, Some(ns));
+    let registered: Vec<&Value> = pods
+        .iter()
+        .filter(|p| {
+            labels_match(&svc["spec"]["selector"], p)
+                && p["metadata"].get("deletionTimestamp").is_none()
+                && condition(p, "ContainersReady")
+                && p["status"]["podIP"].is_string()
+        })
+        .collect();
+    let ips: Vec<String> = registered
+        .iter()
+        .filter_map(|p| p["status"]["podIP"].as_str().map(str::to_string))
+        .collect();
+    balancer.targets.retain(|ip, _| ips.contains(ip));
+    for ip in &ips {
+        balancer
+            .targets
+            .entry(ip.clone())
+            .or_insert_with(Instant::now);
+    }
+    let healthy: HashSet<String> = balancer
+        .targets
+        .iter()
+        .filter(|(_, since)| since.elapsed() >= delay)
+        .map(|(ip, _)| ip.clone())
+        .collect();
+    let gate = format!("{GATE_PREFIX}{}", target_group_name(svc));
+    for p in &registered {
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+        if healthy.contains(ip) {
+            set_gate(store, p, &gate);
+        }
+    }
+    let ports: HashMap<String, u64> = serving_backends(
+        store,
+        ns,
+        &svc["spec"]["selector"],
+        &svc["spec"]["ports"][0]["targetPort"],
+    )
+    .into_iter()
+    .filter_map(|(ip, at)| Some((ip, at.rsplit(':').next()?.parse().ok()?)))
+    .collect();
+    let mut health: Vec<Value> = balancer
+        .targets
+        .keys()
+        .map(|ip| {
+            let state = if healthy.contains(ip) {
+                "healthy"
+            } else {
+                "initial"
+            };
+            json!({"id": ip, "port": ports.get(ip), "state": state})
+        })
+        .collect();
+    health.sort_by_key(|t| t["id"].as_str().unwrap_or_default().to_string());
+    *balancer.healthy.lock().expect("not poisoned") = healthy;
+    json!(health)
+}
+
+/// The readiness gate `gate` of this pod (if it has one) turned True, and the pod Ready when its
+/// containers are and every other gate is too.
+fn set_gate(store: &Store, pod: &Value, gate: &str) {
+    let gated = pod["spec"]["readinessGates"]
+        .as_array()
+        .is_some_and(|g| g.iter().any(|x| x["conditionType"] == gate));
+    if !gated || condition(pod, gate) {
+        return;
+    }
+    let pods_res = resources::by_kind("Pod").expect("served");
+    let _ = store.modify(
+        pods_res,
+        meta(pod, "namespace").unwrap_or(""),
+        meta(pod, "name").unwrap_or(""),
+        Part::Status,
+        |cur| {
+            let mut next = cur.clone();
+            let stamp = crate::store::now_rfc3339();
+            let mut conditions: Vec<Value> = cur["status"]["conditions"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            conditions.retain(|c| c["type"] != gate);
+            conditions.push(json!({"type": gate, "status": "True", "lastTransitionTime": stamp}));
+            let ready =
+                condition(cur, "ContainersReady") && gates_pass(cur, &json!(conditions.clone()));
+            for c in conditions.iter_mut() {
+                if c["type"] == "Ready" && (c["status"] == "True") != ready {
+                    c["status"] = json!(if ready { "True" } else { "False" });
+                    c["lastTransitionTime"] = json!(stamp);
+                }
+            }
+            next["status"]["conditions"] = json!(conditions);
+            Ok(next)
+        },
+    );
 }
 
 async fn bind_all(
     store: &Arc<Store>,
     svc: &Value,
     ip: &str,
+    healthy: &Arc<Mutex<HashSet<String>>>,
 ) -> Result<Vec<JoinHandle<()>>, String> {
     let mut listeners = Vec::new();
     let internal = scheme(svc) != "internet-facing";
@@ -343,6 +525,7 @@ async fn bind_all(
         let selector = svc["spec"]["selector"].clone();
         let target = port["targetPort"].clone();
         let next = Arc::new(AtomicUsize::new(0));
+        let healthy = healthy.clone();
         listeners.push(tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, peer)) = listener.accept().await else {
@@ -353,9 +536,18 @@ async fn bind_all(
                     drop(inbound);
                     continue;
                 }
-                let backends = ready_backends(&store, &ns, &selector, &target);
+                let backends: Vec<String> = {
+                    let healthy = healthy.lock().expect("not poisoned");
+                    serving_backends(&store, &ns, &selector, &target)
+                        .into_iter()
+                        .filter(|(ip, _)| healthy.contains(ip))
+                        .map(|(_, at)| at)
+                        .collect()
+                };
                 if backends.is_empty() {
-                    // No healthy target: the connection is refused, as an NLB resets it.
+                    // No healthy target (still registering counts as none, as a target is
+                    // `initial` until it is registered and has passed its first checks): the
+                    // connection is refused, as an NLB resets it.
                     drop(inbound);
                     continue;
                 }
@@ -373,15 +565,42 @@ async fn bind_all(
     Ok(listeners)
 }
 
-/// `ip:port` of every ready, non-terminating pod the selector picks.
+/// `ip:port` of every ready, non-terminating pod the selector picks (a Service's endpoints).
 pub fn ready_backends(store: &Store, ns: &str, selector: &Value, target: &Value) -> Vec<String> {
+    backends(store, ns, selector, target, pod_ready)
+        .into_iter()
+        .map(|(_, at)| at)
+        .collect()
+}
+
+/// Pod IP and `ip:port` of every non-terminating pod the selector picks whose containers are
+/// ready: an NLB's registered targets (with a readiness gate the pod is Ready only after its
+/// target is healthy, so the NLB cannot wait for Ready).
+fn serving_backends(
+    store: &Store,
+    ns: &str,
+    selector: &Value,
+    target: &Value,
+) -> Vec<(String, String)> {
+    backends(store, ns, selector, target, |p| {
+        condition(p, "ContainersReady")
+    })
+}
+
+fn backends(
+    store: &Store,
+    ns: &str,
+    selector: &Value,
+    target: &Value,
+    ready: impl Fn(&Value) -> bool,
+) -> Vec<(String, String)> {
     let pods = resources::by_kind("Pod").expect("served");
     let (all, _) = store.list(pods, Some(ns));
     all.iter()
         .filter(|p| {
             labels_match(selector, p)
                 && p["metadata"].get("deletionTimestamp").is_none()
-                && pod_ready(p)
+                && ready(p)
         })
         .filter_map(|p| {
             let ip = p["status"]["podIP"].as_str()?;
@@ -395,7 +614,7 @@ pub fn ready_backends(store: &Store, ns: &str, selector: &Value, target: &Value)
                     .as_u64(),
                 _ => None,
             }?;
-            Some(format!("{ip}:{port}"))
+            Some((ip.to_string(), format!("{ip}:{port}")))
         })
         .collect()
 }

@@ -41,6 +41,10 @@ enum Cmd {
         /// Milliseconds before a LoadBalancer Service gets its address.
         #[arg(long, env = "SANDBOX_LB_DELAY_MS", default_value_t = 300)]
         lb_delay_ms: u64,
+        /// Milliseconds a load balancer's new target stays `initial` (not sent connections)
+        /// after its pod's containers are ready; 90 to 180 s on AWS.
+        #[arg(long, env = "SANDBOX_TARGET_DELAY_MS", default_value_t = 1000)]
+        target_delay_ms: u64,
         /// Seconds an EKS token is accepted from its X-Amz-Date: 900 as on EKS, lower in tests.
         #[arg(long, env = "SANDBOX_TOKEN_TTL_SECONDS", default_value_t = 900)]
         token_ttl_seconds: u64,
@@ -74,6 +78,7 @@ fn main() -> ExitCode {
             python,
             edge_delay,
             lb_delay_ms,
+            target_delay_ms,
             token_ttl_seconds,
             faults,
         } => {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
                 &python,
                 edge_delay,
                 Duration::from_millis(lb_delay_ms),
+                Duration::from_millis(target_delay_ms),
                 Duration::from_secs(token_ttl_seconds),
                 &faults,
             ));
@@ -115,6 +121,7 @@ async fn serve(
     python: &Path,
     edge_delay: f64,
     lb_delay: Duration,
+    target_delay: Duration,
     token_lifetime: Duration,
     faults: &str,
 ) -> Result<(), Error> {
@@ -187,7 +194,7 @@ async fn serve(
     tokio::spawn(tls::serve(listener, tls.acceptor.clone(), router));
     tokio::spawn(deployments::Controller::new(store.clone()).run());
     tokio::spawn(kubelet::Kubelet::new(store.clone(), state.clone(), aws_url.clone()).run());
-    tokio::spawn(lb::Controller::new(store.clone(), lb_delay, aws_url.clone()).run());
+    tokio::spawn(lb::Controller::new(store.clone(), lb_delay, target_delay, aws_url.clone()).run());
     tokio::spawn(system::run_addons(store.clone(), aws_url.clone()));
 
     let exe = std::env::current_exe()?;

@@ -291,6 +291,43 @@ pub fn admit_service(store: &Store, svc: &Value, operation: &str) -> Result<(), 
     Ok(())
 }
 
+/// The mutating webhooks a new pod must pass (failurePolicy Fail, rules taking pod CREATE, its
+/// namespace and the pod selected): each must answer, or the pod is not created (the ReplicaSet
+/// reports FailedCreate). The controller's `mpod.elbv2.k8s.aws` adds a readiness gate for each
+/// target group binding whose Service selects the pod, as it does only at the pod's creation
+/// (AWS Load Balancer Controller, docs/deploy/pod_readiness_gate.md: the namespace carries
+/// `elbv2.k8s.aws/pod-readiness-gate-inject: enabled`; a pod made before its Service's binding
+/// gets no gate).
+pub fn admit_pod(store: &Store, pod: &mut Value) -> Result<(), String> {
+    let ns = meta(pod, "namespace").unwrap_or("default").to_string();
+    let namespace = store
+        .get(by_kind("Namespace"), "", &ns)
+        .unwrap_or(Value::Null);
+    let (configs, _) = store.list(by_kind("MutatingWebhookConfiguration"), None);
+    for config in &configs {
+        for webhook in config["webhooks"].as_array().into_iter().flatten() {
+            if webhook["failurePolicy"] == "Ignore"
+                || !rule_matches(webhook, "pods", "CREATE")
+                || !object_selected(&webhook["namespaceSelector"], &namespace)
+                || !object_selected(&webhook["objectSelector"], pod)
+            {
+                continue;
+            }
+            let name = webhook["name"].as_str().unwrap_or("?");
+            call_webhook(store, webhook).map_err(|why| {
+                format!("Internal error occurred: failed calling webhook \"{name}\": {why}")
+            })?;
+            if name == "mpod.elbv2.k8s.aws" {
+                let gates = crate::lb::readiness_gates(store, &ns, pod);
+                if !gates.is_empty() {
+                    pod["spec"]["readinessGates"] = json!(gates);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `matchLabels` and `matchExpressions` (In, NotIn, Exists, DoesNotExist) against an object.
 fn object_selected(selector: &Value, obj: &Value) -> bool {
     if selector.is_null() {

@@ -72,8 +72,15 @@ pub async fn roll_out(
     })
     .await?;
     let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
+    // The sandbox answers at once; ELBv2's Describe calls share an account-wide rate limit.
+    let every = if ctx.aws.endpoint_url().is_some() {
+        std::time::Duration::from_millis(300)
+    } else {
+        std::time::Duration::from_secs(5)
+    };
     let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
-    crate::adapters::colour::wait_address(client, &elb, c, colour, address).await
+    let deadline = crate::wait::Deadline::new(address, every);
+    crate::adapters::colour::wait_address(client, &elb, c, colour, deadline).await
 }
 
 /// Wait until CloudFront reports the distribution `Deployed` (every edge location serves the
@@ -172,9 +179,18 @@ pub async fn origin_params(
         return Ok(set);
     }
     let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
-    let lb = crate::adapters::balancer::by_dns_name(&elb, addr)
-        .await?
-        .ok_or_else(|| {
+    let found = match crate::adapters::balancer::by_dns_name(&elb, addr, None).await? {
+        crate::adapters::balancer::Look::Got(found) => found,
+        crate::adapters::balancer::Look::Throttled(why) => {
+            return Err(Failure::new(
+                Exit::Aws,
+                step_name,
+                format!("DescribeLoadBalancers was throttled: {why}"),
+                "nothing was changed; run the command again",
+            ));
+        }
+    };
+    let lb = found.ok_or_else(|| {
             Failure::new(
                 Exit::Deploy,
                 step_name,

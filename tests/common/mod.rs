@@ -320,9 +320,21 @@ pub struct Given {
     pub cfg: PathBuf,
 }
 
+/// The sandbox's NLBs keep a new target `initial` (sent nothing) for 3 s after its pod is ready,
+/// longer than a pod takes to start there: as on AWS (90 to 180 s against a pod's tens of
+/// seconds), a rolling restart that does not wait for the targets' health leaves no target to
+/// send anything to. The harness's default (0.5 s) hides that; tests of what must not drop a
+/// request use this.
+pub const SLOW_TARGETS: &[&str] = &["--target-delay-ms", "3000"];
+
 /// Given nothing released yet: a fresh sandbox and the iris model's config (tag v1).
 pub fn given_nothing_released() -> Given {
-    let sb = Sandbox::start(&[]);
+    given_nothing_released_on(&[])
+}
+
+/// The same, on a sandbox started with the extra `sandbox serve` flags `extra`.
+pub fn given_nothing_released_on(extra: &[&str]) -> Given {
+    let sb = Sandbox::start(extra);
     let cfg = config(
         &sb.dir.join("cfg"),
         &sandbox::harness::model_server_binary(),
@@ -341,7 +353,13 @@ pub fn given_blue_live() -> Given {
 
 /// Given blue live and green deployed and tested as the candidate (`release up --force`).
 pub fn given_blue_live_and_a_green_candidate() -> Given {
-    let g = given_blue_live();
+    given_blue_live_and_a_green_candidate_on(&[])
+}
+
+/// The same, on a sandbox started with the extra `sandbox serve` flags `extra`.
+pub fn given_blue_live_and_a_green_candidate_on(extra: &[&str]) -> Given {
+    let g = given_nothing_released_on(extra);
+    then_ok(&when(&g.sb, &g.cfg, &["up"]), "first release");
     then_ok(&when(&g.sb, &g.cfg, &["up", "--force"]), "a candidate");
     g
 }

@@ -259,14 +259,21 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
     })
     .await;
     let http = reqwest::Client::new();
-    let version: Value = http
-        .get(format!("http://{lb}:80/version"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    // Its targets register before it sends them anything.
+    let version: Value = eventually("the NLB to serve", Duration::from_secs(10), || {
+        let http = http.clone();
+        let lb = lb.clone();
+        async move {
+            http.get(format!("http://{lb}:80/version"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()
+        }
+    })
+    .await;
     assert_eq!(version["colour"], "blue");
     let answer: Value = http
         .post(format!("http://{lb}/predict"))
@@ -305,6 +312,16 @@ async fn an_image_pushed_to_ecr_runs_as_pods_behind_a_load_balancer() {
     let internal = eventually("an internal address", Duration::from_secs(10), || {
         let services = services.clone();
         async move { service_address(&services, "blue-private").await }
+    })
+    .await;
+    eventually("its targets healthy", Duration::from_secs(10), || {
+        let internal = internal.clone();
+        async move {
+            healthz_from(&internal, "127.30.0.1")
+                .await
+                .contains(" 200 ")
+                .then_some(())
+        }
     })
     .await;
     assert!(
@@ -858,4 +875,213 @@ async fn vpc_origin_reaches_an_internal_load_balancer(sb: &Sandbox, internal: &s
         .send()
         .await
         .unwrap();
+}
+
+/// The health of the targets of the NLB at `address`, as ELBv2 shows them: (id, state, reason).
+async fn target_health(sb: &Sandbox, address: &str) -> Vec<(String, String, String)> {
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sb.aws().await);
+    let all = elb.describe_load_balancers().send().await.unwrap();
+    let Some(lb) = all
+        .load_balancers()
+        .iter()
+        .find(|l| l.dns_name() == Some(address))
+    else {
+        return Vec::new();
+    };
+    let groups = elb
+        .describe_target_groups()
+        .load_balancer_arn(lb.load_balancer_arn().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut found = Vec::new();
+    for g in groups.target_groups() {
+        assert_eq!(g.target_type().map(|t| t.as_str()), Some("ip"));
+        let health = elb
+            .describe_target_health()
+            .target_group_arn(g.target_group_arn().unwrap())
+            .send()
+            .await
+            .unwrap();
+        for d in health.target_health_descriptions() {
+            let h = d.target_health().unwrap();
+            found.push((
+                d.target().unwrap().id().unwrap().to_string(),
+                h.state().unwrap().as_str().to_string(),
+                h.reason()
+                    .map(|r| r.as_str().to_string())
+                    .unwrap_or_default(),
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// As an NLB with IP targets (ELB user guide, "Target group health checks"; the controller's
+/// "Pod readiness gate"): a pod whose containers are ready is registered as a target that stays
+/// `initial` (Elb.RegistrationInProgress) and is sent nothing until its first checks pass. In a
+/// namespace labelled `elbv2.k8s.aws/pod-readiness-gate-inject: enabled`, a pod created once the
+/// Service's binding exists gets the controller's readiness gate: it is Ready only when its
+/// target is healthy, so a rolling restart keeps the old pods until the new ones receive
+/// traffic, and no request fails on the way.
+#[tokio::test(flavor = "multi_thread")]
+async fn nlb_targets_register_before_they_serve_and_the_readiness_gate_holds_a_rollout() {
+    let sb = Sandbox::start(&["--target-delay-ms", "6000"]);
+    let image = push_model_server(&sb).await;
+    let client = sb.kube();
+    setup(&client).await;
+    with_load_balancer_controller(&sb, &client).await;
+    let (deployment, service) = manifests(&image, "blue", None);
+    apply(&client, &deployment, &service).await;
+    let deps: Api<Deployment> = Api::namespaced(client.clone(), "app");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "app");
+    let services: Api<Service> = Api::namespaced(client.clone(), "app");
+    eventually("both replicas ready", Duration::from_secs(30), || {
+        let deps = deps.clone();
+        async move {
+            let s = deps.get("blue").await.unwrap().status?;
+            (s.ready_replicas == Some(2)).then_some(())
+        }
+    })
+    .await;
+    let lb = eventually("an address", Duration::from_secs(10), || {
+        let services = services.clone();
+        async move { service_address(&services, "blue").await }
+    })
+    .await;
+    // The pods are ready; their targets are not yet.
+    let registering = target_health(&sb, &lb).await;
+    assert_eq!(registering.len(), 2, "{registering:?}");
+    assert!(
+        registering
+            .iter()
+            .all(|(_, state, reason)| state == "initial" && reason == "Elb.RegistrationInProgress"),
+        "{registering:?}"
+    );
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    assert!(
+        http.get(format!("http://{lb}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no target is healthy yet: the NLB sends nothing"
+    );
+    eventually("both targets healthy", Duration::from_secs(20), || {
+        let sb = &sb;
+        let lb = lb.clone();
+        async move {
+            let h = target_health(sb, &lb).await;
+            (h.len() == 2 && h.iter().all(|(_, s, _)| s == "healthy")).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        http.get(format!("http://{lb}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let gated = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.readiness_gates.clone())
+            .unwrap_or_default()
+    };
+    let first = pods
+        .list(&ListParams::default().labels("app=blue"))
+        .await
+        .unwrap();
+    assert!(
+        first.items.iter().all(|p| gated(p).is_empty()),
+        "made before the namespace's label: no gate"
+    );
+
+    // Label the namespace, then restart the pods under a steady stream of requests.
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            "app",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"elbv2.k8s.aws/pod-readiness-gate-inject": "enabled"}}})),
+        )
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (http, lb, stop) = (http.clone(), lb.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("http://{lb}/version")).send().await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        })
+    };
+    deps.patch(
+        "blue",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"template": {"metadata": {"annotations": {"restarted": "1"}}}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    eventually("the restart to finish", Duration::from_secs(60), || {
+        let (pods, deps, held) = (pods.clone(), deps.clone(), held.clone());
+        async move {
+            let list = pods
+                .list(&ListParams::default().labels("app=blue"))
+                .await
+                .unwrap();
+            for p in &list.items {
+                let conditions = p.status.as_ref()?.conditions.clone().unwrap_or_default();
+                let is = |t: &str| {
+                    conditions
+                        .iter()
+                        .any(|c| c.type_ == t && c.status == "True")
+                };
+                if !gated(p).is_empty() && is("ContainersReady") && !is("Ready") {
+                    held.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let d = deps.get("blue").await.unwrap();
+            let s = d.status?;
+            let done = s.updated_replicas == Some(2)
+                && s.ready_replicas == Some(2)
+                && s.replicas == Some(2)
+                && list.items.len() == 2
+                && list.items.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && gated(p).len() == 1
+                        && gated(p)[0]
+                            .condition_type
+                            .starts_with("target-health.elbv2.k8s.aws/k8s-app-blue-")
+                });
+            done.then_some(())
+        }
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    assert!(
+        held.load(std::sync::atomic::Ordering::Relaxed),
+        "a new pod was seen with its containers ready but not Ready: its gate waited for its target"
+    );
+    assert!(ok > 50, "{ok} requests answered");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during the restart",
+        ok + failed
+    );
 }

@@ -134,7 +134,39 @@ fn kube_err(step: &str) -> impl Fn(kube::Error) -> Failure + '_ {
     }
 }
 
-/// Ensure the namespace and the origin-verify Secret; the secret value is kept if it exists.
+/// The namespace label that has the AWS Load Balancer Controller's webhook give each new pod
+/// a readiness gate: the pod is Ready only once the NLB has it as a healthy target, so a rolling
+/// restart (`rotate-origin-secret`) or a redeploy never takes an old pod out before its
+/// replacement receives traffic (the controller's docs, "Pod readiness gate"). A pod made before
+/// its Service's target group binding exists gets no gate; `wait_address` checks the targets'
+/// health itself for that first deploy.
+pub const READINESS_GATE: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
+
+/// Label an existing namespace for the readiness gate when it is not yet (made before the gate,
+/// or by someone else: only this label is added).
+async fn ensure_readiness_gate(client: &kube::Client, config: &Config, step: &str) -> Result<()> {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let ns = &config.deploy.namespace;
+    let existing = namespaces.get_opt(ns).await.map_err(kube_err(step))?;
+    let labelled = existing
+        .as_ref()
+        .and_then(|n| n.metadata.labels.as_ref())
+        .is_some_and(|l| l.contains_key(READINESS_GATE));
+    if existing.is_some() && !labelled {
+        namespaces
+            .patch(
+                ns,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": {READINESS_GATE: "enabled"}}})),
+            )
+            .await
+            .map_err(kube_err(step))?;
+    }
+    Ok(())
+}
+
+/// Ensure the namespace (labelled for the readiness gate) and the origin-verify Secret; the
+/// secret value is kept if it exists.
 /// Returns the value every pod accepts, to send to a colour's own address: during a rotation
 /// (`release rotate-origin-secret`) the value being replaced, which pods started before it and
 /// pods started during it both take; otherwise the one value.
@@ -143,14 +175,10 @@ pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config)
     let pp = PatchParams::apply(MANAGER).force();
     let ns = &config.deploy.namespace;
     let namespaces = Api::<Namespace>::all(client.clone());
+    let existing = namespaces.get_opt(ns).await.map_err(kube_err(step))?;
     // A namespace release makes is labelled as such, so that `destroy` removes it (and only it).
-    if namespaces
-        .get_opt(ns)
-        .await
-        .map_err(kube_err(step))?
-        .is_none()
-    {
-        let labels = json!({"app.kubernetes.io/managed-by": MANAGER, "release/app": config.app});
+    if existing.is_none() {
+        let labels = json!({"app.kubernetes.io/managed-by": MANAGER, "release/app": config.app, READINESS_GATE: "enabled"});
         namespaces
             .patch(
                 ns,
@@ -161,6 +189,8 @@ pub async fn ensure_namespace_and_secret(client: &kube::Client, config: &Config)
             )
             .await
             .map_err(kube_err(step))?;
+    } else {
+        ensure_readiness_gate(client, config, step).await?;
     }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let name = format!("{}-origin", config.app);
@@ -470,6 +500,8 @@ pub async fn restart_for_secret(
 ) -> Result<bool> {
     let n = name(config, colour);
     fence(client, config, &n, generation).await?;
+    // The new pods wait for their targets to be healthy before an old one goes.
+    ensure_readiness_gate(client, config, "restart").await?;
     let api = Api::<Deployment>::namespaced(client.clone(), &config.deploy.namespace);
     let d = api.get(&n).await.map_err(kube_err("restart"))?;
     let current = d

@@ -278,57 +278,89 @@ async fn recent_events(client: &kube::Client, ns: &str, pod: &str) -> String {
     }
 }
 
-/// Wait for the colour's load-balancer address and for it to answer `/healthz`. An internal NLB
-/// (`edge.origin_access: vpc`) answers nobody outside the VPC, `release` included: there, the
-/// address must be an `active` load balancer in ELBv2 instead (its targets are the pods the
-/// roll-out already saw ready; the public URL's verification after a flip is what proves
-/// CloudFront reaches it, and undoes the flip when it does not).
+/// Wait until the colour's load balancer serves: its address in the Service, the NLB in ELBv2,
+/// answering `/healthz` (an internet-facing one) or `active` and internal (with
+/// `edge.origin_access: vpc` it answers nobody outside the VPC, `release` included), and as many
+/// healthy targets as replicas. Pods ready are not targets healthy: an NLB registers a new
+/// target and health-checks it for 90 to 180 s before sending it anything, so a flip to a
+/// colour whose targets are still `initial` would send viewers nowhere. The public URL's
+/// verification after a flip still proves CloudFront reaches it, and undoes the flip when not.
 pub async fn wait_address(
     client: &kube::Client,
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     config: &Config,
     colour: Colour,
-    timeout: Duration,
+    deadline: Deadline,
 ) -> Result<String> {
+    use crate::adapters::balancer::{self, Look};
     let step = "load balancer";
     let services: Api<Service> = Api::namespaced(client.clone(), &config.deploy.namespace);
     let n = name(config, colour);
     let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
+    let vpc = config.edge.origin_access == crate::config::OriginAccess::Vpc;
+    let mut known: Option<String> = None;
     wait::until(
-        Deadline::new(timeout, Duration::from_millis(300)),
+        deadline,
         async || {
             let s = services.get(&n).await.map_err(kube_err(step))?;
-            if let Some(addr) = address_of(&s) {
-                if config.edge.origin_access == crate::config::OriginAccess::Vpc {
-                    // Internal and active: an internet-facing one is the NLB from before a switch
-                    // to vpc that the controller has not replaced yet (a scheme cannot change).
-                    let lb = crate::adapters::balancer::by_dns_name(elb, &addr).await?;
-                    if lb.is_some_and(|b| b.state == "active" && b.scheme == "internal") {
-                        return Ok(Check::Done(addr));
-                    }
-                    return Ok(Check::Pending(()));
+            let Some(addr) = address_of(&s) else {
+                return Ok(Check::Pending("the Service has no load-balancer address yet".into()));
+            };
+            let lb = match balancer::by_dns_name(elb, &addr, known.as_deref()).await? {
+                Look::Got(Some(lb)) => lb,
+                Look::Got(None) => {
+                    return Ok(Check::Pending(format!(
+                        "ELBv2 shows no load balancer at {addr} yet"
+                    )));
                 }
+                Look::Throttled(why) => return Ok(Check::Pending(why)),
+            };
+            known = Some(lb.arn.clone());
+            if vpc {
+                // Internal and active: an internet-facing one is the NLB from before a switch
+                // to vpc that the controller has not replaced yet (a scheme cannot change).
+                if lb.state != "active" || lb.scheme != "internal" {
+                    return Ok(Check::Pending(format!(
+                        "the load balancer at {addr} is {} and {}, not active and internal",
+                        lb.state, lb.scheme
+                    )));
+                }
+            } else {
                 let url = format!("http://{addr}:{}/healthz", config.deploy.service_port);
-                if http
+                if !http
                     .get(&url)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())
                 {
-                    return Ok(Check::Done(addr));
+                    return Ok(Check::Pending(format!("{url} does not answer 200 yet")));
                 }
             }
-            Ok(Check::Pending(()))
+            // Every replica a healthy target: until then the NLB sends the new pods nothing
+            // (and, all of them new, the colour nothing at all).
+            let targets = match balancer::targets(elb, &lb.arn).await? {
+                Look::Got(targets) => targets,
+                Look::Throttled(why) => return Ok(Check::Pending(why)),
+            };
+            Ok(
+                match balancer::serving(&targets, config.deploy.replicas as usize) {
+                    Ok(()) => Check::Done(addr),
+                    Err(why) => Check::Pending(format!("the load balancer at {addr}: {why}")),
+                },
+            )
         },
-        |(), _| {
+        |last: String, _| {
             failure(
                 Exit::Deploy,
                 step,
-                format!("{n} has no load-balancer address that answers after {timeout:?}"),
-                if config.edge.origin_access == crate::config::OriginAccess::Vpc {
-                    "check the AWS Load Balancer Controller's events on the Service, the private subnets' kubernetes.io/role/internal-elb tags, and that ELBv2 shows an active internal NLB at the Service's hostname, or raise deploy.address_timeout_seconds; the candidate was torn down"
+                format!(
+                    "{n}'s load balancer does not serve after {:?}: {last}",
+                    deadline.timeout
+                ),
+                if vpc {
+                    "check the AWS Load Balancer Controller's events on the Service, the private subnets' kubernetes.io/role/internal-elb tags, the targets' health (aws elbv2 describe-target-health) and the pods' security group, or raise deploy.address_timeout_seconds; the candidate was torn down"
                 } else {
-                    "check the AWS Load Balancer Controller and the public subnets' tags, or raise deploy.address_timeout_seconds; the candidate was torn down"
+                    "check the AWS Load Balancer Controller, the public subnets' tags and the targets' health (aws elbv2 describe-target-health), or raise deploy.address_timeout_seconds; the candidate was torn down"
                 },
             )
         },
