@@ -1296,3 +1296,97 @@ async fn switching_origin_access_either_way_keeps_the_edge_serving() {
     );
     assert_eq!(p["LiveColour"], "green");
 }
+
+/// Issue 15 "Images": `image.scan_gate` refuses, before anything is deployed (exit 8), an image
+/// ECR's scan cannot judge (basic scanning answers a one-binary image UNSUPPORTED_IMAGE: no OS
+/// package database) and one with a finding at the gate's severity or worse; it lets through one
+/// whose findings are all milder. The dry run lists the gate as a step.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_scan_gate_refuses_what_it_cannot_judge_and_what_is_too_severe() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("  tag: v1\n", "  tag: v1\n  scan_gate: critical\n");
+    std::fs::write(&cfg, text).unwrap();
+
+    let dry = release(&sb, &cfg, &["--dry-run", "up"]);
+    succeeded(&dry, "dry run");
+    let planned = common::planned_steps(&dry);
+    let push = planned.iter().position(|s| s == "image push").unwrap();
+    assert_eq!(
+        planned.get(push + 1).map(String::as_str),
+        Some("image scan gate"),
+        "{planned:?}"
+    );
+
+    let basic = release(&sb, &cfg, &["up"]);
+    exits_with(&basic, 8);
+    let error = summary(&basic)["error"].as_str().unwrap().to_string();
+    assert!(error.contains("UNSUPPORTED_IMAGE"), "{error}");
+    assert!(
+        summary(&basic)["what_to_do"]
+            .as_str()
+            .unwrap()
+            .contains("enhanced scanning"),
+        "{}",
+        summary(&basic)
+    );
+    assert!(deployments(&sb).is_empty(), "nothing was deployed");
+
+    // Enhanced scanning (Inspector reads the binary's own dependencies), and a database that
+    // knows of one critical and three high findings in the repository's images.
+    let ecr = aws_sdk_ecr::Client::new(&common::aws(&sb).await);
+    ecr.put_registry_scanning_configuration()
+        .scan_type(aws_sdk_ecr::types::ScanType::Enhanced)
+        .rules(
+            aws_sdk_ecr::types::RegistryScanningRule::builder()
+                .scan_frequency(aws_sdk_ecr::types::ScanFrequency::ContinuousScan)
+                .repository_filters(
+                    aws_sdk_ecr::types::ScanningRepositoryFilter::builder()
+                        .filter("*")
+                        .filter_type(aws_sdk_ecr::types::ScanningRepositoryFilterType::Wildcard)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let findings = |counts: Value| {
+        let url = format!("{}/_sandbox/ecr/findings", sb.var("AWS_ENDPOINT_URL"));
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"region": "us-east-1", "repository": "iris", "counts": counts}))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success());
+        }
+    };
+    findings(json!({"CRITICAL": 1, "HIGH": 3})).await;
+    let severe = release(&sb, &cfg, &["up"]);
+    exits_with(&severe, 8);
+    let error = summary(&severe)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("1 CRITICAL, 3 HIGH") && error.contains("ACTIVE"),
+        "{error}"
+    );
+    assert!(deployments(&sb).is_empty(), "nothing was deployed");
+
+    findings(json!({"HIGH": 3})).await;
+    let milder = release(&sb, &cfg, &["up"]);
+    succeeded(
+        &milder,
+        "an image with only HIGH findings under a critical gate",
+    );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+    assert!(
+        common::executed_steps(&milder).contains(&"image scan gate".to_string()),
+        "{}",
+        summary(&milder)
+    );
+}

@@ -30,6 +30,7 @@ import os
 import random
 import re
 import sys
+import tarfile
 import threading
 import time
 import urllib.parse
@@ -613,6 +614,80 @@ def ecr_lifecycle(account: str, region: str, repository: str, days_later: float)
     for img in doomed:
         repo.images.remove(img)
     return [img.get_image_digest() for img in doomed]
+
+
+# What the sandbox's vulnerability database knows of each repository's images (a test's to set,
+# through /_sandbox/ecr/findings): severity counts by (account, region, repository, digest or "*").
+SCAN_FINDINGS: dict[tuple[str, str, str, str], dict[str, int]] = {}
+# Seconds a scan stays IN_PROGRESS after the push (ECR: "usually completes within minutes").
+SCAN_SECONDS = 1.0
+# What basic scanning reads: an operating system's package database (ECR User Guide, "Scan
+# images for OS vulnerabilities": basic scanning covers OS packages only).
+OS_PACKAGE_DATABASES = ("var/lib/dpkg/status", "lib/apk/db/installed", "var/lib/rpm/", "usr/lib/sysimage/rpm/")
+
+
+def has_os_packages(image: Any) -> bool:
+    """Whether one of the image's layers holds an OS package database."""
+    manifest = json.loads(image.image_manifest)
+    for layer in manifest.get("layers", []):
+        path = os.path.join(CONFIG["layer_dir"], layer["digest"].replace(":", "-"))
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for name in tar.getnames():
+                    name = name.lstrip("./")
+                    if any(name == db or (db.endswith("/") and name.startswith(db)) for db in OS_PACKAGE_DATABASES):
+                        return True
+        except (OSError, tarfile.TarError):
+            continue
+    return False
+
+
+def describe_image_scan_findings(self: Any, registry_id: str, repository_name: str, image_id: dict[str, Any]) -> dict[str, Any]:
+    """ECR's scan of an image, as ECR reports it (API reference, DescribeImageScanFindings and
+    ImageScanStatus), where moto answers every image with one fake HIGH finding: no scan unless
+    the repository scans on push or the registry's scanning is enhanced (ScanNotFoundException);
+    IN_PROGRESS for a moment after the push; basic scanning answers an image without an OS
+    package database UNSUPPORTED_IMAGE, and COMPLETE otherwise; enhanced scanning (Amazon
+    Inspector, which also reads programming-language packages) ACTIVE. The findings are what the
+    sandbox's vulnerability database holds for the image (none unless a test says otherwise)."""
+    repo = self._get_repository(repository_name, registry_id)
+    image = repo._get_image(image_id.get("imageTag"), image_id.get("imageDigest"))
+    config = repo.image_scanning_configuration or {}
+    on_push = bool(config.get("scanOnPush") or config.get("ScanOnPush"))
+    enhanced = self.registry_scanning_configuration.get("scanType") == "ENHANCED"
+    digest = image.get_image_digest()
+    if not (on_push or enhanced):
+        raise ecr_models.ScanNotFoundException(
+            image_id=f"{{imageDigest:'{digest}', imageTag:'null'}}",
+            repository_name=repository_name,
+            registry_id=repo.registry_id,
+        )
+    out: dict[str, Any] = {
+        "registryId": repo.registry_id,
+        "repositoryName": repository_name,
+        "imageId": {"imageDigest": digest},
+    }
+    if time.time() - float(image.image_pushed_at) < SCAN_SECONDS:
+        out["imageScanStatus"] = {"status": "PENDING" if enhanced else "IN_PROGRESS", "description": "The scan is in progress."}
+        return out
+    if not enhanced and not has_os_packages(image):
+        out["imageScanStatus"] = {
+            "status": "UNSUPPORTED_IMAGE",
+            "description": "UnsupportedImageError: The operating system and/or package manager are not supported.",
+        }
+        return out
+    key = (repo.registry_id, self.region_name, repository_name)
+    counts = SCAN_FINDINGS.get((*key, digest)) or SCAN_FINDINGS.get((*key, "*")) or {}
+    out["imageScanStatus"] = (
+        {"status": "ACTIVE", "description": "Continuous scan is selected for image."}
+        if enhanced
+        else {"status": "COMPLETE", "description": "The scan was completed successfully."}
+    )
+    out["imageScanFindings"] = {"findingSeverityCounts": dict(counts), "findings": [], "enhancedFindings": []}
+    return out
+
+
+ecr_models.ECRBackend.describe_image_scan_findings = describe_image_scan_findings  # type: ignore[method-assign]
 
 
 def lb_controller_check(query: dict[str, str]) -> dict[str, Any]:
@@ -2035,6 +2110,15 @@ class SandboxApp:
             except (ValueError, KeyError, AttributeError, TypeError) as e:
                 return "400 Bad Request", as_json, json.dumps({"error": repr(e)}).encode()
             return "200 OK", as_json, json.dumps({"expired": expired}).encode()
+        if route == "ecr/findings" and environ["REQUEST_METHOD"] == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            try:
+                ask = json.loads(environ["wsgi.input"].read(length) or b"{}")
+                key = (ask.get("account", moto_core.DEFAULT_ACCOUNT_ID), ask["region"], ask["repository"], ask.get("digest", "*"))
+                SCAN_FINDINGS[key] = {str(k): int(v) for k, v in ask["counts"].items()}
+            except (ValueError, KeyError, AttributeError, TypeError) as e:
+                return "400 Bad Request", as_json, json.dumps({"error": repr(e)}).encode()
+            return "200 OK", as_json, json.dumps({"set": list(key)}).encode()
         m = re.fullmatch(r"ecr/layers/(sha256:[0-9a-f]{64})", route)
         if m:
             path = os.path.join(CONFIG["layer_dir"], m.group(1).replace(":", "-"))

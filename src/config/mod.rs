@@ -138,6 +138,51 @@ pub struct ImageConfig {
     pub archive: Option<PathBuf>,
     /// The image tag, immutable in ECR: the git SHA, typically `${CIRCLE_SHA1}`.
     pub tag: String,
+    /// Refuse to deploy an image whose ECR scan has a finding of this severity or worse
+    /// (`critical`, `high`, `medium`, `low`); absent, no gate.
+    #[serde(default)]
+    pub scan_gate: Option<Severity>,
+    /// Longest wait for ECR's scan of the pushed image to finish.
+    #[serde(default = "default_scan_timeout")]
+    pub scan_timeout_seconds: u64,
+}
+
+fn default_scan_timeout() -> u64 {
+    600
+}
+
+/// A finding's severity, as ECR counts them (`findingSeverityCounts`), worst first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Critical,
+    High,
+    Medium,
+    Low,
+}
+
+impl Severity {
+    /// ECR's name for it.
+    pub fn ecr_name(self) -> &'static str {
+        match self {
+            Severity::Critical => "CRITICAL",
+            Severity::High => "HIGH",
+            Severity::Medium => "MEDIUM",
+            Severity::Low => "LOW",
+        }
+    }
+
+    /// This severity and every worse one.
+    pub fn and_worse(self) -> impl Iterator<Item = Severity> {
+        [
+            Severity::Critical,
+            Severity::High,
+            Severity::Medium,
+            Severity::Low,
+        ]
+        .into_iter()
+        .filter(move |s| *s <= self)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -10,6 +10,7 @@ pub mod destroy;
 pub mod flip;
 pub mod images;
 pub mod rotate;
+pub mod scan;
 pub mod stack;
 pub mod up;
 

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 mod archive;
 pub mod keep;
 mod push;
+pub mod scan;
 
 pub use archive::read_archive;
 pub use push::{PushError, Pushed, present_layers, push};

@@ -42,6 +42,11 @@ pub(super) async fn dry_run(
     summary.insert("colour".into(), json!(what));
     let registry = ctx.config.stack_name("registry");
     let mut steps = crate::plan::up::provision_steps(&registry, bucket, &changes, &push);
+    if let Some(gate) = ctx.config.image.scan_gate {
+        let what = super::scan_gate_what(gate, ctx.config.image.scan_timeout_seconds);
+        ctx.out.note(&format!("plan: {}: {what}", super::SCAN_STEP));
+        steps.push(crate::plan::planned(super::SCAN_STEP, what));
+    }
     match release {
         Some(r) => {
             for s in r.printed(&ctx.config.app) {

@@ -159,6 +159,17 @@ pub async fn up(ctx: &Ctx, args: &UpArgs) -> Result<Up> {
     })
 }
 
+/// The image scan gate's step.
+pub(crate) const SCAN_STEP: &str = "image scan gate";
+
+/// What the image scan gate step does, as the plan prints it.
+pub(crate) fn scan_gate_what(gate: crate::config::Severity, timeout: u64) -> String {
+    format!(
+        "wait (up to {timeout} s) for ECR's scan of the pushed image; refuse it, deploying nothing, with a {} finding or worse, or when the scan cannot judge it",
+        gate.ecr_name()
+    )
+}
+
 /// What to do about a failed push.
 fn push_hint(e: &image::PushError) -> &'static str {
     match e {
@@ -186,6 +197,9 @@ impl Provision<'_> {
     async fn execute(&mut self, force: bool) -> Result<bool> {
         self.waves().await?;
         let digest = self.push_image().await?;
+        if let Some(gate) = self.ctx.config.image.scan_gate {
+            self.scan_gate(&digest, gate).await?;
+        }
         let uri = self
             .outputs
             .get("registry")
@@ -258,6 +272,70 @@ impl Provision<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The image scan gate: wait for ECR's scan of the pushed image and refuse it (exit 8,
+    /// nothing deployed) when it has a finding at the gate's severity or worse, or when the scan
+    /// cannot judge it (`plan::scan`).
+    async fn scan_gate(&self, digest: &str, gate: crate::config::Severity) -> Result<()> {
+        use crate::plan::scan::{Verdict, judge};
+        let ctx = self.ctx;
+        let repository = self
+            .outputs
+            .get("registry")
+            .and_then(|o| o.get("RepositoryName"))
+            .cloned()
+            .unwrap_or_default();
+        let timeout = std::time::Duration::from_secs(ctx.config.image.scan_timeout_seconds);
+        let every = if ctx.aws.endpoint_url().is_some() {
+            std::time::Duration::from_millis(300)
+        } else {
+            std::time::Duration::from_secs(5)
+        };
+        let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
+        let what = scan_gate_what(gate, ctx.config.image.scan_timeout_seconds);
+        crate::session::step(ctx, self.store, self.id, SCAN_STEP, &what, async {
+            let passed = crate::wait::until(
+                crate::wait::Deadline::new(timeout, every),
+                async || {
+                    let seen = image::scan::findings(&ecr, &repository, digest)
+                        .await
+                        .map_err(|e| {
+                            Failure::new(
+                                Exit::Aws,
+                                SCAN_STEP,
+                                e,
+                                "check that the credentials may call ecr:DescribeImageScanFindings on the repository",
+                            )
+                        })?;
+                    match judge(&seen, gate) {
+                        Verdict::Pass(found) => Ok(crate::wait::Check::Done(found)),
+                        Verdict::Wait(why) => Ok(crate::wait::Check::Pending(why)),
+                        Verdict::Refuse(why) => Err(Failure::new(
+                            Exit::Precondition,
+                            SCAN_STEP,
+                            format!("{digest} refused: {why}"),
+                            if why.contains("could not judge") {
+                                "nothing was deployed; ECR's basic scanning reads only an operating system's packages: turn on enhanced scanning (Amazon Inspector) for the registry, or remove image.scan_gate"
+                            } else {
+                                "nothing was deployed; rebuild the image without the findings (aws ecr describe-image-scan-findings lists them), or set image.scan_gate to a worse severity"
+                            },
+                        )),
+                    }
+                },
+                |why, waited| {
+                    Failure::new(
+                        Exit::Precondition,
+                        SCAN_STEP,
+                        format!("{digest} refused: no judged scan after {waited:.0?}: {why}"),
+                        "nothing was deployed; check the repository's scanning, or raise image.scan_timeout_seconds",
+                    )
+                },
+            )
+            .await?;
+            Ok(((), passed))
+        })
+        .await
     }
 
     /// Build (or read) the image and push it; its digest goes in the ledger. Returns the digest.
