@@ -279,11 +279,11 @@ async fn dry_runs_of_destroy_and_up_change_nothing_and_print_what_the_real_run_d
         names(&plan(&out)),
         [
             "lock",
+            "delete iris-edge",
             "delete iris-blue",
             "delete iris-green",
             "delete app objects",
             "load balancers",
-            "delete iris-edge",
             "delete iris-cluster",
             "delete iris-network",
             "keep iris-registry"

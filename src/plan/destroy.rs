@@ -111,11 +111,30 @@ impl DestroyStep {
 
 /// Every resource `release destroy` deletes, in its order, then what it keeps. `delete_images`:
 /// the images, the registry stack and the state bucket go too.
+///
+/// The edge goes first, before the colours its origins name: what refers to a thing is deleted
+/// before the thing (a VPC origin names a colour's NLB by ARN, and CloudFront refuses to delete a
+/// VPC origin a distribution still uses, DeleteVpcOrigin: CannotDeleteEntityWhileInUse; whether
+/// ELBv2 refuses to delete an NLB a VPC origin names is not documented, and this order never
+/// asks). The public URL stops answering first, rather than answering 502 while its origins go.
 pub fn plan_destroy(w: &DestroyWorld, delete_images: bool) -> Vec<DestroyStep> {
     let mut steps = Vec::new();
     if w.bucket.is_some() {
         steps.push(DestroyStep::Lock);
     }
+    let (registry, others) = w
+        .stacks
+        .split_last()
+        .map_or((None, &w.stacks[..]), |(r, o)| (Some(r), o));
+    let stack = |(name, status): &(String, Option<String>)| DestroyStep::Stack {
+        name: name.clone(),
+        status: status.clone(),
+        holds_state: false,
+    };
+    let (edge, others) = others
+        .split_first()
+        .map_or((None, others), |(e, o)| (Some(e), o));
+    steps.extend(edge.map(stack));
     if w.cluster {
         for (colour, deployed) in &w.deployed {
             steps.push(DestroyStep::Colour {
@@ -128,17 +147,7 @@ pub fn plan_destroy(w: &DestroyWorld, delete_images: bool) -> Vec<DestroyStep> {
         });
         steps.push(DestroyStep::LoadBalancers);
     }
-    let (registry, others) = w
-        .stacks
-        .split_last()
-        .map_or((None, &w.stacks[..]), |(r, o)| (Some(r), o));
-    for (name, status) in others {
-        steps.push(DestroyStep::Stack {
-            name: name.clone(),
-            status: status.clone(),
-            holds_state: false,
-        });
-    }
+    steps.extend(others.iter().map(stack));
     if let Some((name, status)) = registry {
         if delete_images {
             if let Some(count) = w.images {
@@ -199,17 +208,26 @@ mod tests {
             names(&steps),
             [
                 "lock",
+                "delete iris-edge",
                 "delete iris-blue",
                 "delete iris-green",
                 "delete app objects",
                 "load balancers",
-                "delete iris-edge",
                 "delete iris-cluster",
                 "delete iris-network",
                 "keep iris-registry"
             ]
         );
         assert_eq!(steps[7].what("iris"), "none: absent");
+        assert_eq!(
+            steps[1],
+            DestroyStep::Stack {
+                name: "iris-edge".into(),
+                status: Some("CREATE_COMPLETE".into()),
+                holds_state: false
+            },
+            "the edge goes before the colours its origins name"
+        );
         assert!(!steps.iter().any(DestroyStep::ends_the_ledger));
         let all = plan_destroy(&world(), true);
         assert_eq!(
@@ -232,13 +250,13 @@ mod tests {
         w.deployed[1].1 = false;
         let steps = plan_destroy(&w, false);
         assert_eq!(
-            steps[2],
+            steps[3],
             DestroyStep::Colour {
                 colour: Colour::Green,
                 deployed: false
             }
         );
-        assert!(steps[2].what("iris").starts_with("whatever is left"));
+        assert!(steps[3].what("iris").starts_with("whatever is left"));
     }
 
     #[test]
