@@ -346,4 +346,89 @@ mod tests {
         let token = token_from_url(&url);
         assert!(token.starts_with("k8s-aws-v1.") && !token.contains('='));
     }
+
+    /// The service-proxy client hands back a 503 (the pod's, or "no endpoints available") at
+    /// once, as a smoke test must see it; the API client, with kube-client's default retry,
+    /// asks again. Against a loopback HTTPS API server that answers every request 503.
+    #[tokio::test]
+    async fn the_proxy_client_returns_a_503_as_it_is_while_the_api_client_retries_it() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // As main does: both rustls providers are in the build.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let router = axum::Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async {
+                (
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "no endpoints available",
+                )
+            }
+        });
+        let tls = sandbox::tls::make().unwrap();
+        let listener = tokio::net::TcpListener::bind(sandbox::tls::loopback(0))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(sandbox::tls::serve(listener, tls.acceptor, router));
+        let body: String = tls
+            .ca_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(
+                aws_credential_types::provider::SharedCredentialsProvider::new(
+                    aws_credential_types::Credentials::new(
+                        "AKIDEXAMPLE",
+                        "secret",
+                        None,
+                        None,
+                        "test",
+                    ),
+                ),
+            )
+            .build();
+        let cluster = Cluster {
+            name: "iris".into(),
+            endpoint: format!("https://127.0.0.1:{port}"),
+            ca_der: base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .unwrap(),
+            tokens: Arc::new(Tokens {
+                cluster: "iris".into(),
+                aws,
+                current: Mutex::new(None),
+            }),
+            client: Mutex::new(None),
+            proxy: Mutex::new(None),
+        };
+        let prefix = "/api/v1/namespaces/ml/services/iris-blue:http/proxy".to_string();
+        let base = crate::adapters::smoke::Base::Proxy {
+            client: cluster.proxy_client().await.unwrap(),
+            prefix: prefix.clone(),
+        };
+        let http = crate::adapters::smoke::http_client(Duration::from_secs(5));
+        let answer =
+            crate::adapters::smoke::call(&http, &base, http::Method::GET, "/healthz", "", None)
+                .await
+                .unwrap();
+        assert_eq!(answer.status, 503);
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "asked once");
+
+        let api = cluster.client().await.unwrap();
+        let request = http::Request::get(format!("{prefix}/healthz"))
+            .body(Vec::new())
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(2), api.request_text(request)).await;
+        assert!(
+            hits.load(Ordering::SeqCst) >= 2,
+            "the API client retried the 503 ({} requests in all)",
+            hits.load(Ordering::SeqCst)
+        );
+        server.abort();
+    }
 }
