@@ -44,6 +44,11 @@ ALLOWED = {
         "elasticloadbalancing:DescribeLoadBalancers supports no resource-level permissions; the "
         "VPC origin's CloudFormation handler calls it"
     ),
+    ("ci-role.yaml", "ReleaseRights", "EnhancedScanFindings"): (
+        "inspector2:ListFindings and ListCoverage are list actions with no resource type "
+        "(IAM Service Authorization Reference); they only read, for image.scan_gate"
+    ),
+    ("ci-role.yaml", "ReleaseRights", "NoImports"): "a Deny, not an Allow",
     ("ci-role.yaml", "ReleaseRights", "RegistryLogin"): (
         "ecr:GetAuthorizationToken has no resource type (IAM Service Authorization Reference)"
     ),
@@ -105,7 +110,31 @@ def check(files: list[pathlib.Path]) -> list[str]:
             problems.append(f"{path.name}: does not parse: {matches}")
             continue
         for rid, doc in documents(path.name, template):
-            for st in listed(doc.get("Statement") or []):
+            statements = listed(doc.get("Statement") or [])
+            # A document that allows change sets must deny import ones: an import puts a
+            # resource the app does not own under its stacks, in reach of the stacks role.
+            creates = any(
+                st.get("Effect") == "Allow"
+                and any(
+                    fnmatch.fnmatchcase("cloudformation:CreateChangeSet", text(a))
+                    for a in listed(st.get("Action") or [])
+                )
+                for st in statements
+            )
+            denies_import = any(
+                st.get("Effect") == "Deny"
+                and any(
+                    "cloudformation:ImportResourceTypes" in (keys or {})
+                    for keys in (st.get("Condition") or {}).values()
+                )
+                for st in statements
+            )
+            if creates and not denies_import:
+                problems.append(
+                    f"{path.name} {rid}: allows cloudformation:CreateChangeSet without denying "
+                    "import change sets (cloudformation:ImportResourceTypes)"
+                )
+            for st in statements:
                 sid = st.get("Sid", "?")
                 where = f"{path.name} {rid} {sid}"
                 allow = st.get("Effect") == "Allow"
@@ -157,7 +186,7 @@ Resources:
             Statement:
               - Sid: AppStacks
                 Effect: Allow
-                Action: cloudformation:ExecuteChangeSet
+                Action: [cloudformation:CreateChangeSet, cloudformation:ExecuteChangeSet]
                 Resource: !Sub "arn:aws:cloudformation:r:1:stack/${AppName}-*/*"
               - Sid: Roles
                 Effect: Allow
@@ -177,7 +206,7 @@ def self_test() -> int:
         path = pathlib.Path(d) / "escalation.yaml"
         path.write_text(ESCALATION)
         found = [p for p in check([path]) if not p.startswith("ALLOWED")]
-    wanted = ["a wildcard in a stack's name", "iam:PutRolePolicy", "iam:PutRolePermissionsBoundary", 'Resource "*"']
+    wanted = ["a wildcard in a stack's name", "iam:PutRolePolicy", "iam:PutRolePermissionsBoundary", 'Resource "*"', "import change sets"]
     missed = [w for w in wanted if not any(w in p for p in found)]
     if missed:
         print(f"check-policies --self-test: missed {missed} in {found}", file=sys.stderr)

@@ -677,7 +677,7 @@ def describe_image_scan_findings(self: Any, registry_id: str, repository_name: s
         }
         return out
     key = (repo.registry_id, self.region_name, repository_name)
-    counts = SCAN_FINDINGS.get((*key, digest)) or SCAN_FINDINGS.get((*key, "*")) or {}
+    counts = SCAN_FINDINGS.get((*key, digest), SCAN_FINDINGS.get((*key, "*"), {}))
     out["imageScanStatus"] = (
         {"status": "ACTIVE", "description": "Continuous scan is selected for image."}
         if enhanced
@@ -1608,6 +1608,7 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
             lb.dns_name = info["address"]
             sync_targets(backend, lb, subnet_vpc(account, region, subnets), info)
             return
+        drop_target_groups(backend, held[2])
         backend.delete_load_balancer(held[2])
     name = load_balancer_name(cluster.name, uid, info["namespace"], info["service"], scheme)
     tags = [
@@ -1625,6 +1626,13 @@ def upsert_load_balancer(uid: str, account: str, region: str, cluster: Any, subn
     lb.state = "active"
     LOAD_BALANCERS[uid] = (account, region, lb.arn)
     sync_targets(backend, lb, subnet_vpc(account, region, subnets), info)
+
+
+def drop_target_groups(backend: Any, lb_arn: str) -> None:
+    """The controller deletes an NLB's target groups with it."""
+    for tg in [t for t in backend.target_groups.values() if lb_arn in t.load_balancer_arns]:
+        TARGET_HEALTH.pop(tg.arn, None)
+        backend.target_groups.pop(tg.arn, None)
 
 
 def subnet_vpc(account: str, region: str, subnets: list[str]) -> str:
@@ -1663,9 +1671,7 @@ def load_balancer_eni(uid: str, present: bool, info: dict[str, Any] | None = Non
         record = LOAD_BALANCERS.pop(uid, None)
         if record is not None:
             backend = elbv2_backends[record[0]][record[1]]
-            for tg in [t for t in backend.target_groups.values() if record[2] in t.load_balancer_arns]:
-                TARGET_HEALTH.pop(tg.arn, None)
-                backend.target_groups.pop(tg.arn, None)
+            drop_target_groups(backend, record[2])
             backend.delete_load_balancer(record[2])
         return True
     for account, regions in list(eks_backends.items()):

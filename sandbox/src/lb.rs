@@ -55,10 +55,12 @@ pub fn from_vpc(peer: std::net::IpAddr) -> bool {
 pub const GATE_PREFIX: &str = "target-health.elbv2.k8s.aws/";
 
 /// The name of a Service's target group (and its TargetGroupBinding): `k8s-<namespace, 8>-<name,
-/// 8>-<10 hex>`, as the controller names them.
+/// 8>-<10 hex>`, non-alphanumerics dropped first, as the controller names them (a target group
+/// name is at most 32 characters, alphanumerics and single hyphens).
 pub fn target_group_name(svc: &Value) -> String {
-    let ns = meta(svc, "namespace").unwrap_or("default");
-    let name = meta(svc, "name").unwrap_or_default();
+    let clean = |s: &str| -> String { s.chars().filter(char::is_ascii_alphanumeric).collect() };
+    let ns = clean(meta(svc, "namespace").unwrap_or("default"));
+    let name = clean(meta(svc, "name").unwrap_or_default());
     let uid: String = meta(svc, "uid")
         .unwrap_or_default()
         .chars()
@@ -158,7 +160,8 @@ impl Controller {
     /// what `DescribeLoadBalancers` shows): made or brought up to date (`Some(svc, address)`), or
     /// deleted (`None`). The AWS side may have no cluster to put it in (tests of the cluster
     /// alone): nothing to hold, then.
-    async fn network_interface(&self, uid: &str, present: Option<(&Value, &str, &Value)>) {
+    /// Whether the AWS side took it.
+    async fn network_interface(&self, uid: &str, present: Option<(&Value, &str, &Value)>) -> bool {
         let url = format!("{}/_sandbox/load-balancers/{uid}", self.aws_url);
         let call = match present {
             Some((svc, address, targets)) => self.http.put(&url).json(&json!({
@@ -171,8 +174,12 @@ impl Controller {
             })),
             None => self.http.delete(&url),
         };
-        if let Err(e) = call.send().await {
-            tracing::warn!(%uid, error = %e, "the load balancer's network interface");
+        match call.send().await {
+            Ok(r) => r.status().is_success() || r.status() == reqwest::StatusCode::NOT_FOUND,
+            Err(e) => {
+                tracing::warn!(%uid, error = %e, "the load balancer's network interface");
+                false
+            }
         }
     }
 
@@ -316,8 +323,10 @@ impl Controller {
                 }
                 if balancer.bound.as_ref().is_some_and(|b| b[1] != ports[1]) {
                     // A scheme cannot change: the controller makes another NLB, at another
-                    // address (and ELBv2 shows another load balancer).
+                    // address (and ELBv2 shows another load balancer), whose targets register
+                    // anew.
                     balancer.ip = store.allocate_ip(20);
+                    balancer.targets.clear();
                 }
                 for l in balancer.listeners.drain(..) {
                     l.abort();
@@ -384,8 +393,14 @@ impl Controller {
         }
         for (uid, svc, ip, health) in to_hold {
             self.finalizer(&svc, true);
-            self.network_interface(&uid, Some((&svc, &ip, &health)))
-                .await;
+            if !self
+                .network_interface(&uid, Some((&svc, &ip, &health)))
+                .await
+                && let Some(b) = self.balancers.get_mut(&uid)
+            {
+                // Not taken: sent again at the next sync.
+                b.reported = Value::Null;
+            }
         }
         // A load balancer bound anew (ports or scheme changed), or whose targets' health
         // changed: its record follows.
@@ -395,8 +410,13 @@ impl Controller {
                 .get(&uid)
                 .map(|b| b.reported.clone())
                 .unwrap_or_default();
-            self.network_interface(&uid, Some((&svc, &ip, &health)))
-                .await;
+            if !self
+                .network_interface(&uid, Some((&svc, &ip, &health)))
+                .await
+                && let Some(b) = self.balancers.get_mut(&uid)
+            {
+                b.reported = Value::Null;
+            }
         }
     }
 }
@@ -486,6 +506,10 @@ fn set_gate(store: &Store, pod: &Value, gate: &str) {
         Part::Status,
         |cur| {
             let mut next = cur.clone();
+            if cur["metadata"].get("deletionTimestamp").is_some() {
+                // Terminating since the look: its target is deregistering, not healthy.
+                return Ok(next);
+            }
             let stamp = crate::store::now_rfc3339();
             let mut conditions: Vec<Value> = cur["status"]["conditions"]
                 .as_array()

@@ -23,7 +23,8 @@ pub struct Target {
     pub reason: String,
 }
 
-/// What one look found, or that ELBv2 throttled it (a wait looks again; anything else ends it).
+/// What one look found, or why it found nothing this time (throttled, or for `targets` any
+/// error but a refusal of rights): a wait looks again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Look<T> {
     Got(T),
@@ -36,6 +37,12 @@ fn throttled<E: ProvideErrorMetadata>(e: &E) -> bool {
         e.code(),
         Some("Throttling" | "ThrottlingException" | "RequestLimitExceeded")
     )
+}
+
+/// A refusal of the caller's rights (IAM), which no second look changes.
+fn denied_code<E: ProvideErrorMetadata>(e: &E) -> bool {
+    e.code()
+        .is_some_and(|c| c.starts_with("AccessDenied") || c == "UnauthorizedOperation")
 }
 
 fn denied(call: &str, detail: String) -> Failure {
@@ -107,7 +114,9 @@ pub async fn by_dns_name(
 }
 
 /// The targets registered in the load balancer's target groups and their health; none while
-/// the controller has not made its target group yet.
+/// the controller has not made its target group yet. Only a refusal of the caller's rights ends
+/// a wait: anything else (the NLB replaced between two looks, a passing server error) is
+/// reported as a look to take again.
 pub async fn targets(
     elb: &aws_sdk_elasticloadbalancingv2::Client,
     lb_arn: &str,
@@ -119,9 +128,9 @@ pub async fn targets(
         .await
     {
         Ok(out) => out,
-        Err(e) if throttled(&e) => return Ok(Look::Throttled(sdk(e))),
         Err(e) if e.code() == Some("TargetGroupNotFound") => return Ok(Look::Got(Vec::new())),
-        Err(e) => return Err(denied("DescribeTargetGroups", sdk(e))),
+        Err(e) if denied_code(&e) => return Err(denied("DescribeTargetGroups", sdk(e))),
+        Err(e) => return Ok(Look::Throttled(sdk(e))),
     };
     let mut found = Vec::new();
     for group in groups.target_groups() {
@@ -133,8 +142,8 @@ pub async fn targets(
             .await
         {
             Ok(out) => out,
-            Err(e) if throttled(&e) => return Ok(Look::Throttled(sdk(e))),
-            Err(e) => return Err(denied("DescribeTargetHealth", sdk(e))),
+            Err(e) if denied_code(&e) => return Err(denied("DescribeTargetHealth", sdk(e))),
+            Err(e) => return Ok(Look::Throttled(sdk(e))),
         };
         for d in health.target_health_descriptions() {
             let h = d.target_health();

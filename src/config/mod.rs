@@ -270,8 +270,11 @@ fn default_replicas() -> u32 {
 fn default_service_port() -> u16 {
     80
 }
+/// A gated pod (the load balancer controller's readiness gate) is Ready only once its NLB target
+/// is healthy, 90 to 180 s after it starts on AWS; with one surge pod at a time, two replicas
+/// take their Fargate start and their registration twice.
 fn default_rollout_timeout() -> u64 {
-    300
+    900
 }
 fn default_address_timeout() -> u64 {
     600

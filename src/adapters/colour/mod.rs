@@ -142,17 +142,19 @@ fn kube_err(step: &str) -> impl Fn(kube::Error) -> Failure + '_ {
 /// health itself for that first deploy.
 pub const READINESS_GATE: &str = "elbv2.k8s.aws/pod-readiness-gate-inject";
 
-/// Label an existing namespace for the readiness gate when it is not yet (made before the gate,
-/// or by someone else: only this label is added).
+/// Label the app's namespace for the readiness gate when release made it (before the gate) and
+/// it is not labelled yet: only this label is added. A namespace someone else made is left as
+/// it is: the label makes every pod there need the controller's webhook and gives other
+/// load-balanced pods gates too, its owner's choice (docs/aws.md); `wait_address` still checks
+/// the targets' health.
 async fn ensure_readiness_gate(client: &kube::Client, config: &Config, step: &str) -> Result<()> {
     let namespaces = Api::<Namespace>::all(client.clone());
     let ns = &config.deploy.namespace;
     let existing = namespaces.get_opt(ns).await.map_err(kube_err(step))?;
-    let labelled = existing
-        .as_ref()
-        .and_then(|n| n.metadata.labels.as_ref())
-        .is_some_and(|l| l.contains_key(READINESS_GATE));
-    if existing.is_some() && !labelled {
+    let labels = existing.as_ref().and_then(|n| n.metadata.labels.as_ref());
+    let ours = labels.is_some_and(|l| l.get("release/app") == Some(&config.app));
+    let labelled = labels.is_some_and(|l| l.contains_key(READINESS_GATE));
+    if ours && !labelled {
         namespaces
             .patch(
                 ns,

@@ -340,7 +340,11 @@ pub async fn wait_address(
             // (and, all of them new, the colour nothing at all).
             let targets = match balancer::targets(elb, &lb.arn).await? {
                 Look::Got(targets) => targets,
-                Look::Throttled(why) => return Ok(Check::Pending(why)),
+                Look::Throttled(why) => {
+                    // Perhaps replaced since: find it by its DNS name again.
+                    known = None;
+                    return Ok(Check::Pending(why));
+                }
             };
             Ok(
                 match balancer::serving(&targets, config.deploy.replicas as usize) {

@@ -305,7 +305,7 @@ impl Provision<'_> {
                                 Exit::Aws,
                                 SCAN_STEP,
                                 e,
-                                "check that the credentials may call ecr:DescribeImageScanFindings on the repository",
+                                "check that the credentials may call ecr:DescribeImageScanFindings on the repository and, with enhanced scanning, inspector2:ListFindings and inspector2:ListCoverage (the ci-role stack grants them)",
                             )
                         })?;
                     match judge(&seen, gate) {
