@@ -69,7 +69,9 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
         Ok(ctx) => ctx,
         Err(done) => return done,
     };
-    match dispatch(&cli, &ctx).await {
+    let done = dispatch(&cli, &ctx).await;
+    notify(&cli, &ctx, &done).await;
+    match done {
         // History prints its table itself.
         Ok(_)
             if matches!(cli.command, Command::History { .. })
@@ -82,6 +84,55 @@ async fn run(cli: Cli, out: &Reporter) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&ctx.out, &e),
+    }
+}
+
+/// Tell `notify.webhook_url` how a command that changes something ended (never for a dry run,
+/// which changes nothing). A notification that fails is a warning: it never fails the command.
+async fn notify(cli: &Cli, ctx: &Ctx, done: &release::error::Result<serde_json::Value>) {
+    let action = match cli.command {
+        Command::Up { .. } => "up",
+        Command::Promote { .. } => "promote",
+        Command::Rollback { .. } => "rollback",
+        Command::Destroy { .. } => "destroy",
+        Command::RotateOriginSecret { .. } => "rotate-origin-secret",
+        _ => return,
+    };
+    // `${SLACK_WEBHOOK_URL:-}` unset: no webhook.
+    let Some(url) = ctx
+        .config
+        .notify
+        .webhook_url
+        .as_deref()
+        .filter(|u| !u.is_empty())
+    else {
+        return;
+    };
+    if ctx.dry_run {
+        return;
+    }
+    use release::plan::notify::{Context, Ended, message};
+    let (actor, build) = release::session::this_actor();
+    let who = Context {
+        app: &ctx.config.app,
+        action,
+        actor: &actor,
+        build: build.as_deref(),
+    };
+    let ended = match done {
+        Ok(summary) => Ended::Done(summary),
+        Err(e) => Ended::Failed {
+            exit: e.exit as i32,
+            step: &e.step,
+            message: &e.message,
+        },
+    };
+    let Some(body) = message(ctx.config.notify.format, &who, &ended) else {
+        return;
+    };
+    if let Err(why) = release::adapters::notify::send(url, &body).await {
+        ctx.out
+            .note(&format!("warning: the notification was not sent: {why}"));
     }
 }
 

@@ -249,7 +249,7 @@ pub fn hostname() -> String {
 }
 
 /// Who runs this: the CI build when there is one, else user@host.
-fn this_actor() -> (String, Option<String>) {
+pub fn this_actor() -> (String, Option<String>) {
     plan::actor(|k| {
         if k == "HOSTNAME" {
             Some(hostname())

@@ -1390,3 +1390,120 @@ async fn the_image_scan_gate_refuses_what_it_cannot_judge_and_what_is_too_severe
         summary(&milder)
     );
 }
+
+/// Issue 16 "Tell people": `notify.webhook_url` gets one message per outcome (released, promoted,
+/// rolled back, failed, destroyed), none for an `up` with nothing to release or a dry run, and a
+/// webhook that fails is a warning that changes no exit code. The webhook is a loopback HTTP
+/// server this test starts.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_hears_once_of_each_outcome_and_its_failure_fails_nothing() {
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let kept = heard.clone();
+    let app = axum::Router::new()
+        .route(
+            "/hook",
+            axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        )
+        .route(
+            "/broken",
+            axum::routing::post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "no") }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let hooked = |path: &str| {
+        std::fs::write(
+            &cfg,
+            format!("{base}notify:\n  webhook_url: http://127.0.0.1:{port}{path}\n"),
+        )
+        .unwrap();
+    };
+    hooked("/hook");
+    let outcomes = || -> Vec<(String, String)> {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["action"].as_str().unwrap().to_string(),
+                    m["outcome"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up"]), "nothing to release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    succeeded(&release(&sb, &cfg, &["--dry-run", "promote"]), "dry run");
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    succeeded(&release(&sb, &cfg, &["rollback"]), "rollback");
+    exits_with(&release(&sb, &cfg, &["promote"]), 8);
+    assert_eq!(
+        outcomes(),
+        [
+            ("up", "released"),
+            ("up", "released"),
+            ("promote", "promoted"),
+            ("rollback", "rolled back"),
+            ("promote", "failed"),
+        ]
+        .map(|(a, o)| (a.to_string(), o.to_string())),
+        "{:?}",
+        heard.lock().unwrap()
+    );
+    let promoted = heard.lock().unwrap()[2].clone();
+    assert_eq!(promoted["app"], "iris");
+    assert!(
+        promoted["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("green is live"),
+        "{promoted}"
+    );
+    assert!(
+        promoted["image"].as_str().unwrap().starts_with("sha256:"),
+        "{promoted}"
+    );
+    assert!(
+        promoted["actor"].as_str().unwrap().contains('@'),
+        "{promoted}"
+    );
+
+    // A webhook that answers 500: a warning, the command's own exit code.
+    hooked("/broken");
+    let up = release(&sb, &cfg, &["up", "--force"]);
+    succeeded(&up, "a candidate, the webhook broken");
+    assert!(
+        String::from_utf8_lossy(&up.stdout).contains("the notification was not sent")
+            || String::from_utf8_lossy(&up.stderr).contains("the notification was not sent"),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let url = format!("127.0.0.1:{port}");
+    assert!(
+        !String::from_utf8_lossy(&up.stdout).contains(&url)
+            && !String::from_utf8_lossy(&up.stderr).contains(&url),
+        "the webhook URL is never printed"
+    );
+
+    hooked("/hook");
+    succeeded(&release(&sb, &cfg, &["--yes", "destroy"]), "destroy");
+    assert_eq!(
+        outcomes().last(),
+        Some(&("destroy".to_string(), "destroyed".to_string()))
+    );
+    assert_eq!(heard.lock().unwrap().len(), 6);
+    server.abort();
+}

@@ -2,7 +2,7 @@
 //! `endpoint` (the clients), `stacks` (CloudFormation), `store` (S3: the ledger and the lock),
 //! `image` (OCI images, ECR), `eks` (the cluster's endpoint and token). Kubernetes: `colour` (a
 //! colour's objects), `addons` (the load balancer controller). HTTP: `smoke`. Elastic Load
-//! Balancing: `balancer` (a colour's NLB, for its ARN).
+//! Balancing: `balancer` (a colour's NLB, for its ARN). The notification webhook: `notify`.
 
 pub mod addons;
 pub mod balancer;
@@ -10,6 +10,7 @@ pub mod colour;
 pub mod eks;
 pub mod endpoint;
 pub mod image;
+pub mod notify;
 pub mod smoke;
 pub mod stacks;
 pub mod store;

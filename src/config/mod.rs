@@ -34,6 +34,29 @@ pub struct Config {
     pub smoke: SmokeConfig,
     #[serde(default)]
     pub edge: EdgeConfig,
+    #[serde(default)]
+    pub notify: NotifyConfig,
+}
+
+/// Where to tell people what a release did.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// An incoming-webhook URL: one message per outcome of `up`, `promote`, `rollback`,
+    /// `destroy` and `rotate-origin-secret`. A failed notification never fails the command.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// `slack`: a Slack-compatible `{"text": ...}` body; `json`: the fields as a JSON object.
+    #[serde(default)]
+    pub format: NotifyFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Slack,
+    #[default]
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -9,6 +9,7 @@ pub mod colour;
 pub mod destroy;
 pub mod flip;
 pub mod images;
+pub mod notify;
 pub mod rotate;
 pub mod scan;
 pub mod stack;
