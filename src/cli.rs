@@ -100,6 +100,11 @@ pub enum Command {
         /// `release up` deployed, so that an approval cannot promote another pipeline's candidate.
         #[arg(long, env = "RELEASE_EXPECT_DIGEST", value_name = "sha256:...")]
         expect_digest: Option<String>,
+        /// After the verified flip, watch the new live colour's /predict (error rate, p99:
+        /// `analysis` in the config) this long before it counts as released, and flip back on a
+        /// breach (exit 9). Overrides `promote.bake_seconds`. E.g. `5m`, `90s`.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        bake: Option<std::time::Duration>,
     },
     /// Put the previous colour back behind the edge.
     ///

@@ -274,7 +274,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                 if *promote && !ctx.dry_run {
                     if up.candidate_waits {
                         summary["promote"] =
-                            release::commands::flip::promote(ctx, false, *retire_previous, None)
+                            release::commands::flip::promote(ctx, false, *retire_previous, None, None)
                                 .await?;
                     } else {
                         ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already): nothing to promote");
@@ -294,6 +294,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             force_unlock,
             retire_previous,
             expect_digest,
+            bake,
         } => {
             interruptible(
                 ctx,
@@ -304,6 +305,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                     *force_unlock,
                     *retire_previous,
                     expect_digest.as_deref(),
+                    *bake,
                 ),
             )
             .await

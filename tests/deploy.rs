@@ -1507,3 +1507,109 @@ async fn the_webhook_hears_once_of_each_outcome_and_its_failure_fails_nothing() 
     assert_eq!(heard.lock().unwrap().len(), 6);
     server.abort();
 }
+
+/// `/predict` requests through the edge until `stop`, each the iris features of one row: the
+/// traffic a bake watches. Returns how many were answered 200.
+fn predict_traffic(edge: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    std::thread::spawn(move || {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let mut ok = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let answer = http
+                .post(format!("{edge}/predict"))
+                .json(&json!({"features": [5.9, 3.0, 5.1, 1.8]}))
+                .send();
+            if answer.is_ok_and(|r| r.status() == 200) {
+                ok += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        ok
+    })
+}
+
+/// Issue 16 "A watched bake": `promote --bake` watches the new live colour's own `/metrics`
+/// after the verified flip. A breach (here a p99 bound no real request can meet) flips the edge
+/// back (exit 9), blue answers again, green stays for inspection, and the ledger's error names
+/// the measurement and the threshold; the release never counted as live. Under thresholds it
+/// meets, the same promote passes the bake with its figures, and only then is green live.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() {
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}analysis:\n  min_requests: 20\n  max_p99_ms: 0.001\n"),
+    )
+    .unwrap();
+
+    let dry = release(&sb, &cfg, &["--dry-run", "promote", "--bake", "20s"]);
+    succeeded(&dry, "dry run");
+    assert!(
+        common::planned_steps(&dry).contains(&"bake iris-green".to_string()),
+        "{:?}",
+        common::planned_steps(&dry)
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = predict_traffic(edge.clone(), stop.clone());
+    let breached = release(&sb, &cfg, &["promote", "--bake", "20s"]);
+    exits_with(&breached, 9);
+    let s = summary(&breached);
+    let error = s["error"].as_str().unwrap();
+    assert_eq!(s["step"], "bake iris-green", "{s}");
+    assert!(
+        error.contains("p99 latency") && error.contains("analysis.max_p99_ms 0.001 ms"),
+        "{error}"
+    );
+    assert!(
+        s["what_to_do"].as_str().unwrap().contains("flipped back"),
+        "{s}"
+    );
+    assert_eq!(
+        edge_version(&reqwest::Client::new(), &edge).await["colour"],
+        "blue"
+    );
+    assert!(
+        deployments(&sb).contains(&"iris-green".to_string()),
+        "kept for inspection"
+    );
+    let s3 = s3(&sb).await;
+    let last = last_release(&s3).await;
+    assert!(
+        last["error"].as_str().unwrap().contains("p99 latency"),
+        "{last}"
+    );
+    assert_ne!(
+        last["went_live"], true,
+        "a release that failed its bake never counted as live: {last}"
+    );
+
+    // Thresholds it meets: the bake passes with what it saw, and green is live.
+    std::fs::write(&cfg, format!("{base}analysis:\n  min_requests: 20\n")).unwrap();
+    let passed = release(&sb, &cfg, &["promote", "--bake", "3s"]);
+    stop.store(true, Ordering::Relaxed);
+    let answered = traffic.join().unwrap();
+    succeeded(&passed, "a promote whose bake passes");
+    assert!(answered > 50, "{answered} /predict requests answered");
+    let steps = common::executed_steps(&passed);
+    assert!(steps.contains(&"bake iris-green".to_string()), "{steps:?}");
+    assert_eq!(
+        edge_version(&reqwest::Client::new(), &edge).await["colour"],
+        "green"
+    );
+    let last = last_release(&s3).await;
+    assert_eq!(last["went_live"], true, "{last}");
+    let detail = last["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == "bake iris-green")
+        .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("/predict requests, error rate"), "{last}");
+}

@@ -240,6 +240,29 @@ async fn handle(
         )
         .await;
     }
+    if let [
+        "api",
+        "v1",
+        "namespaces",
+        namespace,
+        "pods",
+        pod,
+        "proxy",
+        rest @ ..,
+    ] = segments.as_slice()
+    {
+        return pod_proxy(
+            &state,
+            method,
+            namespace,
+            pod,
+            &rest.join("/"),
+            uri.query(),
+            &headers,
+            body,
+        )
+        .await;
+    }
     let Some(target) = parse_target(&segments) else {
         return error_response(&ApiError::new(
             404,
@@ -691,7 +714,64 @@ async fn service_proxy(
         return unavailable();
     }
     let pick = &backends[NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % backends.len()];
-    let mut url = format!("http://{pick}/{path}");
+    forward(method, pick, path, query, headers, body, "service").await
+}
+
+/// The pod proxy (`/api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy/<path>`): the request goes
+/// to that pod's IP on the port numbered (or its first container port), ready or not, as
+/// kube-apiserver forwards it (Kubernetes API reference, Pod v1, "Proxy Operations"). The
+/// caller needs `pods/proxy` in RBAC (not enforced here).
+#[allow(clippy::too_many_arguments)]
+async fn pod_proxy(
+    state: &ApiState,
+    method: Method,
+    namespace: &str,
+    pod: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (name, port) = pod.split_once(':').unwrap_or((pod, ""));
+    let pods = resources::by_kind("Pod").expect("served");
+    let p = match state.store.get(pods, namespace, name) {
+        Ok(p) => p,
+        Err(e) => return error_response(&e),
+    };
+    let port = match port.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => p["spec"]["containers"][0]["ports"][0]["containerPort"].as_u64(),
+    };
+    let (Some(ip), Some(port)) = (p["status"]["podIP"].as_str(), port) else {
+        return error_response(&ApiError::new(
+            503,
+            "ServiceUnavailable",
+            format!("pod \"{name}\" has no address to reach"),
+        ));
+    };
+    forward(
+        method,
+        &format!("{ip}:{port}"),
+        path,
+        query,
+        headers,
+        body,
+        "pod",
+    )
+    .await
+}
+
+/// Send the proxied request to `at` (`ip:port`) and hand back its answer.
+async fn forward(
+    method: Method,
+    at: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Bytes,
+    what: &str,
+) -> Response {
+    let mut url = format!("http://{at}/{path}");
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(q);
@@ -721,7 +801,7 @@ async fn service_proxy(
         Err(e) => error_response(&ApiError::new(
             503,
             "ServiceUnavailable",
-            format!("error trying to reach service: {e}"),
+            format!("error trying to reach {what}: {e}"),
         )),
     }
 }

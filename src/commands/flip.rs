@@ -4,6 +4,7 @@
 //! the public URL (flipping back by itself if that fails), write the roles, retire or keep the
 //! colour traffic left.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -23,17 +24,22 @@ use crate::session::{Ctx, begin, finish_session, step};
 
 /// `expect_digest`: promote only if the candidate runs this image (CI passes the digest its own
 /// `release up` deployed, so that an approval never promotes another pipeline's candidate).
+/// `bake`: watch the new live colour this long after the verified flip (`promote --bake`);
+/// `None`: `promote.bake_seconds`.
 pub async fn promote(
     ctx: &Ctx,
     force_unlock: bool,
     retire_previous: bool,
     expect_digest: Option<&str>,
+    bake: Option<Duration>,
 ) -> Result<Value> {
+    let bake = bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs().max(1));
     flip_to(
         ctx,
         force_unlock,
         Flip::Promote { retire_previous },
         expect_digest,
+        bake,
     )
     .await
 }
@@ -50,6 +56,7 @@ pub async fn rollback(
         force_unlock,
         Flip::Rollback { keep_failed },
         expect_digest,
+        0,
     )
     .await
 }
@@ -67,6 +74,7 @@ async fn prepare(
     store: &StateStore,
     kind: Flip,
     expect_digest: Option<&str>,
+    bake_seconds: u64,
 ) -> Result<std::result::Result<Prepared, Refusal>> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
@@ -107,6 +115,7 @@ async fn prepare(
         requests: c.smoke.requests,
         invalidate: c.edge.invalidate,
         vpc: c.edge.origin_access == crate::config::OriginAccess::Vpc,
+        bake_seconds,
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -203,6 +212,7 @@ async fn flip_to(
     force_unlock: bool,
     kind: Flip,
     expect_digest: Option<&str>,
+    bake_seconds: u64,
 ) -> Result<Value> {
     let started = Instant::now();
     let stacks = ctx.stacks();
@@ -221,7 +231,7 @@ async fn flip_to(
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
         store.check_lock(force_unlock, ctx.break_live_lock).await?;
-        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest)
+        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest, bake_seconds)
             .await?
             .map_err(|r| refused(ctx, kind, r))?;
         return Ok(print_plan(
@@ -235,16 +245,17 @@ async fn flip_to(
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let prepared = async {
         let failed = |e: Failure| (e, false);
-        let (world, plan, cases) = match prepare(ctx, &stacks, &store, kind, expect_digest)
-            .await
-            .map_err(failed)?
-        {
-            Ok(p) => p,
-            Err(r) => {
-                let nothing = matches!(r, Refusal::Nothing { .. });
-                return Err((refused(ctx, kind, r), nothing));
-            }
-        };
+        let (world, plan, cases) =
+            match prepare(ctx, &stacks, &store, kind, expect_digest, bake_seconds)
+                .await
+                .map_err(failed)?
+            {
+                Ok(p) => p,
+                Err(r) => {
+                    let nothing = matches!(r, Refusal::Nothing { .. });
+                    return Err((refused(ctx, kind, r), nothing));
+                }
+            };
         let cluster = world
             .cluster
             .as_ref()
@@ -432,8 +443,24 @@ impl Run<'_> {
                 from,
                 back,
             } => {
-                let verified = self.verify(*colour, url, *requests).await;
+                // With a bake to come, the release counts as live only once it has passed.
+                let baking = plan
+                    .steps
+                    .iter()
+                    .any(|s| matches!(s, FlipStep::Bake { .. }));
+                let verified = self.verify(*colour, url, *requests, !baking).await;
                 if let Err(e) = verified {
+                    return Err(self.flip_back(e, *colour, *from, back.as_deref()).await);
+                }
+            }
+            FlipStep::Bake {
+                colour,
+                seconds,
+                from,
+                back,
+            } => {
+                let baked = self.bake(&name, s, *colour, *seconds).await;
+                if let Err(e) = baked {
                     return Err(self.flip_back(e, *colour, *from, back.as_deref()).await);
                 }
             }
@@ -480,7 +507,7 @@ impl Run<'_> {
 
     /// The public URL answers from `colour`, then passes `requests` smoke requests; the ledger
     /// marks the release live.
-    async fn verify(&self, colour: Colour, url: &str, requests: u32) -> Result<()> {
+    async fn verify(&self, colour: Colour, url: &str, requests: u32, mark: bool) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         // No origin header through the public URL: the edge must add it.
         let public = crate::adapters::smoke::Target {
@@ -496,9 +523,64 @@ impl Run<'_> {
             .await
             .map_err(|e| Failure::new(Exit::Verify, "verify public URL", e, ""))?;
             let summary = smoke_test(ctx, &public, &self.cases, requests, None, None).await?;
-            // Live and answering: from now on this is the colour a later rollback returns from.
-            mark_live(self.store, self.id, colour).await?;
+            // Live and answering: from now on this is the colour a later rollback returns from
+            // (after the bake, when there is one: a run that dies during it is finished by the
+            // next, which sees the pending mark, verifies and bakes again).
+            if mark {
+                mark_live(self.store, self.id, colour).await?;
+            }
             Ok(((), summary))
+        })
+        .await
+    }
+
+    /// The bake: for `seconds`, `colour`'s pods' `/predict` since the bake began (their own
+    /// `/metrics`, summed, through the pod proxy) judged against `analysis` at each look
+    /// (`plan::bake`); the first breach fails the step (exit 9: the caller flips back). Passed,
+    /// the release is marked live.
+    async fn bake(&self, name: &str, s: &FlipStep, colour: Colour, seconds: u64) -> Result<()> {
+        use crate::plan::bake::{Thresholds, judge, parse, since, total};
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let thresholds = Thresholds {
+            min_requests: c.analysis.min_requests,
+            max_error_rate: c.analysis.max_error_rate,
+            max_p99_ms: c.analysis.max_p99_ms,
+        };
+        let every = if ctx.aws.endpoint_url().is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(10)
+        };
+        let look = || async {
+            colour::pod_metrics(&self.client, &self.proxy, c, colour)
+                .await
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(pod, text)| (pod, parse(&text)))
+                        .collect::<BTreeMap<_, _>>()
+                })
+        };
+        step(ctx, self.store, self.id, name, &s.what(&c.app), async {
+            let baseline = look().await?;
+            let end = Instant::now() + Duration::from_secs(seconds);
+            let verdict = loop {
+                tokio::time::sleep(every.min(end.saturating_duration_since(Instant::now()))).await;
+                let now = look().await?;
+                // A pod that came since the bake began counts from zero.
+                let seen: Vec<_> = now
+                    .iter()
+                    .map(|(pod, n)| since(baseline.get(pod).unwrap_or(&Default::default()), n))
+                    .collect();
+                let verdict = judge(&total(&seen), &thresholds);
+                if verdict.is_err() || Instant::now() >= end {
+                    break verdict;
+                }
+            };
+            let figures = verdict.map_err(|breach| {
+                Failure::new(Exit::Verify, name, format!("{breach} during the bake"), "")
+            })?;
+            mark_live(self.store, self.id, colour).await?;
+            Ok(((), format!("{seconds} s: {figures}")))
         })
         .await
     }
@@ -511,7 +593,7 @@ impl Run<'_> {
         let Some(back) = back else {
             return Failure::new(
                 Exit::Verify,
-                "verify public URL",
+                e.step,
                 e.message,
                 format!(
                     "{from} is gone, so there is nothing to flip back to; check `release status`"
@@ -519,7 +601,7 @@ impl Run<'_> {
             );
         };
         ctx.out
-            .note(&format!("verification failed: flipping back to {from}"));
+            .note(&format!("{} failed: flipping back to {from}", e.step));
         let flipped = step(
             ctx,
             self.store,
@@ -542,7 +624,7 @@ impl Run<'_> {
         }
         Failure::new(
             Exit::Verify,
-            "verify public URL",
+            e.step,
             e.message,
             format!("flipped back: {from} serves again; {to} stays deployed for inspection"),
         )

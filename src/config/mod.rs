@@ -36,6 +36,53 @@ pub struct Config {
     pub edge: EdgeConfig,
     #[serde(default)]
     pub notify: NotifyConfig,
+    #[serde(default)]
+    pub promote: PromoteConfig,
+    #[serde(default)]
+    pub analysis: AnalysisConfig,
+}
+
+/// How `promote` goes live.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteConfig {
+    /// After the flip is verified, watch the new live colour this long (`analysis`) before it
+    /// counts as released; a breach flips back. 0: no bake (`promote --bake` overrides).
+    #[serde(default)]
+    pub bake_seconds: u64,
+}
+
+/// What a bake judges the live colour's `/predict` by, from its pods' own `/metrics`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisConfig {
+    /// Requests the bake must see before it judges (fewer: reported as not judged).
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+    /// The largest share of `/predict` requests answered 5xx (0.01: 1 %).
+    #[serde(default = "default_max_error_rate")]
+    pub max_error_rate: f64,
+    /// The largest p99 latency of `/predict`, in milliseconds (absent: not judged).
+    #[serde(default)]
+    pub max_p99_ms: Option<f64>,
+}
+
+impl Default for AnalysisConfig {
+    fn default() -> Self {
+        AnalysisConfig {
+            min_requests: default_min_requests(),
+            max_error_rate: default_max_error_rate(),
+            max_p99_ms: None,
+        }
+    }
+}
+
+fn default_min_requests() -> u64 {
+    50
+}
+
+fn default_max_error_rate() -> f64 {
+    0.01
 }
 
 /// Where to tell people what a release did.

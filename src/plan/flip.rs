@@ -84,6 +84,8 @@ pub struct FlipSettings {
     /// `edge.origin_access: vpc`: the flip goes through the target's VPC origin when its NLB is
     /// internal.
     pub vpc: bool,
+    /// A promote's bake after its verified flip, in seconds (0: none).
+    pub bake_seconds: u64,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -125,6 +127,15 @@ pub enum FlipStep {
         from: Colour,
         back: Option<String>,
     },
+    /// Watch `colour` (now live) for `seconds`: its pods' `/predict` error rate and p99 against
+    /// `analysis`; on a breach flip back to `from` at `back`. The release counts as live (the
+    /// ledger) only once the bake has passed.
+    Bake {
+        colour: Colour,
+        seconds: u64,
+        from: Colour,
+        back: Option<String>,
+    },
     /// Write the roles: `live`, and the colour traffic left with its new role.
     Roles {
         live: Colour,
@@ -152,6 +163,7 @@ impl FlipStep {
             FlipStep::Smoke { colour, .. } => format!("smoke {}", name(app, *colour)),
             FlipStep::Flip { .. } | FlipStep::Flipped { .. } => "flip".into(),
             FlipStep::Verify { .. } => "verify public URL".into(),
+            FlipStep::Bake { colour, .. } => format!("bake {}", name(app, *colour)),
             FlipStep::Roles { .. } => "roles".into(),
             FlipStep::Retire { colour } => format!("retire {}", name(app, *colour)),
             FlipStep::Keep { colour, .. } => format!("keep {}", name(app, *colour)),
@@ -167,6 +179,7 @@ impl FlipStep {
                 | FlipStep::Smoke { .. }
                 | FlipStep::Flip { .. }
                 | FlipStep::Verify { .. }
+                | FlipStep::Bake { .. }
                 | FlipStep::Retire { .. }
                 | FlipStep::ProtectImages { .. }
         )
@@ -244,6 +257,22 @@ impl FlipStep {
                     name(app, *colour)
                 )
             }
+            FlipStep::Bake {
+                colour,
+                seconds,
+                from,
+                back,
+            } => format!(
+                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*); {}",
+                name(app, *colour),
+                match back {
+                    Some(_) => format!("on a breach flip back to {} (exit 9)", name(app, *from)),
+                    None => format!(
+                        "{} is gone: nothing to flip back to on a breach",
+                        name(app, *from)
+                    ),
+                }
+            ),
             FlipStep::Roles { live, old } => {
                 let mut roles = format!("{} live", name(app, *live));
                 if let Some((c, r)) = old {
@@ -518,13 +547,22 @@ fn steps(
             vpc: s.vpc,
         });
     }
+    let back = from_o.address.clone().filter(|_| from_o.exists);
     steps.push(FlipStep::Verify {
         colour: to,
         url: public_url.to_string(),
         requests: s.requests.min(20),
         from,
-        back: from_o.address.clone().filter(|_| from_o.exists),
+        back: back.clone(),
     });
+    if matches!(kind, Flip::Promote { .. }) && s.bake_seconds > 0 {
+        steps.push(FlipStep::Bake {
+            colour: to,
+            seconds: s.bake_seconds,
+            from,
+            back,
+        });
+    }
     // Before the roles are written: until then a run that died is finished by the same command
     // again (`Pending`), so the keep tags are never left undone by a crash.
     // What live runs after the flip; what traffic left while it stays deployed; after a
@@ -628,6 +666,7 @@ mod tests {
             requests: 50,
             invalidate: false,
             vpc: false,
+            bake_seconds: 0,
         }
     }
 
@@ -669,6 +708,39 @@ mod tests {
             None,
             settings()
         ));
+    }
+
+    #[test]
+    fn a_promote_bakes_after_its_verification_and_before_the_roles_a_rollback_never() {
+        let s = FlipSettings {
+            bake_seconds: 90,
+            ..settings()
+        };
+        let kind = Flip::Promote {
+            retire_previous: true,
+        };
+        let p = plan_flip(&blue_live_green_candidate(), kind, None, s).unwrap();
+        let n = names(&p);
+        let verify = n.iter().position(|s| s == "verify public URL").unwrap();
+        assert_eq!(n[verify + 1], "bake iris-green", "{n:?}");
+        let roles = n.iter().position(|s| s == "roles").unwrap();
+        let retire = n.iter().position(|s| s == "retire iris-blue").unwrap();
+        assert!(
+            roles > verify + 1 && retire > roles,
+            "the roles and the retirement wait for the bake: {n:?}"
+        );
+        let what = p.steps[verify + 1].what("iris");
+        assert!(
+            what.starts_with("watch iris-green's /predict for 90 s")
+                && what.ends_with("on a breach flip back to iris-blue (exit 9)"),
+            "{what}"
+        );
+        assert!(
+            !names(&plan_flip(&blue_live_green_candidate(), PROMOTE, None, settings()).unwrap())
+                .iter()
+                .any(|s| s.starts_with("bake")),
+            "no bake unless asked"
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::config::Config;
 
+pub mod bake;
 pub mod colour;
 pub mod destroy;
 pub mod flip;

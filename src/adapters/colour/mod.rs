@@ -637,6 +637,55 @@ fn address_of(s: &Service) -> Option<String> {
     ingress.hostname.or(ingress.ip)
 }
 
+/// Each running pod of `colour` and its `/metrics` text, through the API server's pod proxy
+/// (`proxy`: the client that does not retry); a pod that does not answer is left out of this
+/// look. The model server's `/metrics` needs no origin header.
+pub async fn pod_metrics(
+    client: &kube::Client,
+    proxy: &kube::Client,
+    config: &Config,
+    colour: Colour,
+) -> Result<BTreeMap<String, String>> {
+    let ns = &config.deploy.namespace;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!(
+        "app.kubernetes.io/name={},release/colour={colour}",
+        config.app
+    );
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(kube_err("bake"))?;
+    let http = crate::adapters::smoke::http_client(Duration::from_secs(10));
+    let mut out = BTreeMap::new();
+    for p in list.items {
+        let running = p.metadata.deletion_timestamp.is_none()
+            && p.status.as_ref().and_then(|s| s.pod_ip.as_ref()).is_some();
+        let Some(name) = p.metadata.name.clone().filter(|_| running) else {
+            continue;
+        };
+        let port = p
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.ports.as_ref())
+            .and_then(|ports| ports.first())
+            .map_or(8080, |cp| cp.container_port);
+        let base = crate::adapters::smoke::Base::Proxy {
+            client: proxy.clone(),
+            prefix: format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy"),
+        };
+        if let Ok(answer) =
+            crate::adapters::smoke::call(&http, &base, http::Method::GET, "/metrics", "", None)
+                .await
+            && answer.status == 200
+        {
+            out.insert(name, String::from_utf8_lossy(&answer.body).to_string());
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::rollout::PULL_GRACE;

@@ -1,0 +1,233 @@
+//! The watched bake after a promote's flip (`promote --bake`, `promote.bake_seconds`): what the
+//! live colour's own `/metrics` say of `/predict` since the bake began, judged against the
+//! `analysis` thresholds. Pure: the executor scrapes each pod and asks here.
+
+use std::collections::BTreeMap;
+
+/// What one pod's `/metrics` say of `/predict`: requests, those answered 5xx, and the latency
+/// histogram's cumulative bucket counts by upper bound (seconds).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// A Prometheus text label value: `name="value"` inside `{...}`.
+fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
+    let start = labels.find(&format!("{name}=\""))? + name.len() + 2;
+    let end = labels[start..].find('"')? + start;
+    Some(&labels[start..end])
+}
+
+/// Read `/predict`'s figures from the model server's OpenMetrics text (`http_requests_total` by
+/// route and status, `http_request_duration_seconds_bucket` by route and `le`).
+pub fn parse(text: &str) -> Counts {
+    let mut counts = Counts::default();
+    let mut buckets: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        if label(labels, "route") != Some("/predict") {
+            continue;
+        }
+        match name {
+            "http_requests_total" => {
+                counts.requests += value as u64;
+                if label(labels, "status").is_some_and(|s| s.starts_with('5')) {
+                    counts.errors += value as u64;
+                }
+            }
+            "http_request_duration_seconds_bucket" => {
+                let le = match label(labels, "le") {
+                    Some("+Inf") => f64::INFINITY,
+                    Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                    None => continue,
+                };
+                buckets.insert(le.to_bits(), (le, value as u64));
+            }
+            _ => {}
+        }
+    }
+    let mut list: Vec<(f64, u64)> = buckets.into_values().collect();
+    list.sort_by(|a, b| a.0.total_cmp(&b.0));
+    counts.buckets = list;
+    counts
+}
+
+/// What happened between `before` and `now` on one pod. A pod that restarted (its counters went
+/// down) counts from zero.
+pub fn since(before: &Counts, now: &Counts) -> Counts {
+    if now.requests < before.requests {
+        return now.clone();
+    }
+    Counts {
+        requests: now.requests - before.requests,
+        errors: now.errors.saturating_sub(before.errors),
+        buckets: now
+            .buckets
+            .iter()
+            .map(|(le, n)| {
+                let was = before
+                    .buckets
+                    .iter()
+                    .find(|(l, _)| l == le)
+                    .map_or(0, |(_, n)| *n);
+                (*le, n.saturating_sub(was))
+            })
+            .collect(),
+    }
+}
+
+/// The sum over pods.
+pub fn total(parts: &[Counts]) -> Counts {
+    let mut sum = Counts::default();
+    let mut buckets: BTreeMap<u64, (f64, u64)> = BTreeMap::new();
+    for p in parts {
+        sum.requests += p.requests;
+        sum.errors += p.errors;
+        for (le, n) in &p.buckets {
+            buckets.entry(le.to_bits()).or_insert((*le, 0)).1 += n;
+        }
+    }
+    let mut list: Vec<(f64, u64)> = buckets.into_values().collect();
+    list.sort_by(|a, b| a.0.total_cmp(&b.0));
+    sum.buckets = list;
+    sum
+}
+
+/// The 99th percentile's bucket bound in milliseconds: the smallest upper bound holding at
+/// least 99 % of the requests (an upper estimate, as a histogram gives).
+pub fn p99_ms(c: &Counts) -> Option<f64> {
+    if c.requests == 0 {
+        return None;
+    }
+    let want = (c.requests as f64 * 0.99).ceil() as u64;
+    c.buckets
+        .iter()
+        .find(|(_, n)| *n >= want)
+        .map(|(le, _)| le * 1000.0)
+}
+
+/// The thresholds (`analysis.*`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub min_requests: u64,
+    pub max_error_rate: f64,
+    pub max_p99_ms: Option<f64>,
+}
+
+/// The verdict on what the bake has seen so far: `Err` names the measurement, its value and the
+/// threshold it broke; `Ok` says what it saw (or that too few requests came to judge).
+pub fn judge(c: &Counts, t: &Thresholds) -> Result<String, String> {
+    if c.requests < t.min_requests {
+        return Ok(format!(
+            "{} /predict requests, fewer than analysis.min_requests ({}): not judged",
+            c.requests, t.min_requests
+        ));
+    }
+    let rate = c.errors as f64 / c.requests as f64;
+    if rate > t.max_error_rate {
+        return Err(format!(
+            "error rate {:.2} % ({} of {} /predict requests answered 5xx) is over analysis.max_error_rate {:.2} %",
+            rate * 100.0,
+            c.errors,
+            c.requests,
+            t.max_error_rate * 100.0
+        ));
+    }
+    let p99 = p99_ms(c);
+    if let (Some(max), Some(p99)) = (t.max_p99_ms, p99)
+        && p99 > max
+    {
+        return Err(format!(
+            "p99 latency {p99:.3} ms (histogram bound, {} /predict requests) is over analysis.max_p99_ms {max} ms",
+            c.requests
+        ));
+    }
+    Ok(format!(
+        "{} /predict requests, error rate {:.2} %, p99 <= {} ms",
+        c.requests,
+        rate * 100.0,
+        p99.map_or("?".into(), |p| format!("{p:.3}"))
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const METRICS: &str = r#"# HELP http_requests HTTP requests answered, by route, method and status.
+# TYPE http_requests counter
+http_requests_total{route="/predict",method="POST",status="200"} 90
+http_requests_total{route="/predict",method="POST",status="503"} 10
+http_requests_total{route="/healthz",method="GET",status="500"} 7
+# TYPE http_request_duration_seconds histogram
+http_request_duration_seconds_bucket{le="0.0001",route="/predict"} 50
+http_request_duration_seconds_bucket{le="0.001",route="/predict"} 98
+http_request_duration_seconds_bucket{le="0.01",route="/predict"} 100
+http_request_duration_seconds_bucket{le="+Inf",route="/predict"} 100
+http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
+# EOF
+"#;
+
+    #[test]
+    fn predicts_figures_are_read_and_others_ignored() {
+        let c = parse(METRICS);
+        assert_eq!((c.requests, c.errors), (100, 10));
+        assert_eq!(c.buckets.len(), 4);
+        assert_eq!(p99_ms(&c), Some(10.0));
+    }
+
+    #[test]
+    fn the_bake_judges_what_happened_since_it_began() {
+        let before = parse(METRICS);
+        let mut now = before.clone();
+        now.requests += 200;
+        now.errors += 1;
+        for b in now.buckets.iter_mut() {
+            b.1 += 200;
+        }
+        let d = since(&before, &now);
+        assert_eq!((d.requests, d.errors), (200, 1));
+        let t = Thresholds {
+            min_requests: 50,
+            max_error_rate: 0.01,
+            max_p99_ms: Some(0.05),
+        };
+        let broke = judge(&d, &t).unwrap_err();
+        assert!(broke.starts_with("p99 latency 0.100 ms"), "{broke}");
+        let relaxed = Thresholds {
+            max_p99_ms: None,
+            ..t
+        };
+        assert!(
+            judge(&d, &relaxed)
+                .unwrap()
+                .starts_with("200 /predict requests, error rate 0.50 %")
+        );
+        let erroring = Counts {
+            errors: 5,
+            ..d.clone()
+        };
+        assert!(
+            judge(&erroring, &relaxed)
+                .unwrap_err()
+                .starts_with("error rate 2.50 %")
+        );
+        let few = Counts {
+            requests: 10,
+            errors: 10,
+            ..d
+        };
+        assert!(judge(&few, &t).unwrap().contains("not judged"));
+        // A pod that restarted counts from zero; pods add up.
+        assert_eq!(since(&now, &before).requests, 100);
+        assert_eq!(total(&[before.clone(), before]).requests, 200);
+    }
+}
