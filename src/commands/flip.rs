@@ -33,7 +33,8 @@ pub async fn promote(
     expect_digest: Option<&str>,
     bake: Option<Duration>,
 ) -> Result<Value> {
-    let bake = bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs().max(1));
+    // `--bake 0s` turns off a bake the config asks for.
+    let bake = bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs());
     flip_to(
         ctx,
         force_unlock,
@@ -561,17 +562,34 @@ impl Run<'_> {
                 })
         };
         step(ctx, self.store, self.id, name, &s.what(&c.app), async {
+            // A bake that cannot see is not a pass: no pod answering /metrics is a breach.
+            let blind = |when: &str| {
+                format!(
+                    "no pod of {} answered /metrics through the API server's pod proxy {when} (check the pods, and that release may get pods/proxy)",
+                    colour::name(c, colour)
+                )
+            };
             let baseline = look().await?;
+            if baseline.is_empty() {
+                return Err(Failure::new(Exit::Verify, name, blind("as the bake began"), ""));
+            }
             let end = Instant::now() + Duration::from_secs(seconds);
             let verdict = loop {
                 tokio::time::sleep(every.min(end.saturating_duration_since(Instant::now()))).await;
                 let now = look().await?;
+                if now.is_empty() && Instant::now() >= end {
+                    break Err(blind("at the end of the bake"));
+                }
                 // A pod that came since the bake began counts from zero.
                 let seen: Vec<_> = now
                     .iter()
                     .map(|(pod, n)| since(baseline.get(pod).unwrap_or(&Default::default()), n))
                     .collect();
                 let verdict = judge(&total(&seen), &thresholds);
+                if let Ok(so_far) = &verdict {
+                    // A line per look: the bake is alive (CI kills a silent job).
+                    ctx.out.progress(name, &format!("{} pods: {so_far}", now.len()));
+                }
                 if verdict.is_err() || Instant::now() >= end {
                     break verdict;
                 }
@@ -579,6 +597,8 @@ impl Run<'_> {
             let figures = verdict.map_err(|breach| {
                 Failure::new(Exit::Verify, name, format!("{breach} during the bake"), "")
             })?;
+            // The lock may have been lost during a long bake: a run that lost it marks nothing.
+            crate::session::fence(ctx, name).await?;
             mark_live(self.store, self.id, colour).await?;
             Ok(((), format!("{seconds} s: {figures}")))
         })

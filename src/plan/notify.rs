@@ -51,8 +51,19 @@ fn outcome(action: &str, ended: &Ended) -> Option<(&'static str, String)> {
     };
     let field = |k: &str| summary.get(k).and_then(text_of);
     Some(match action {
+        "up" if summary.get("promote").is_some_and(Value::is_object) => {
+            let promoted = &summary["promote"];
+            (
+                "promoted",
+                format!(
+                    "{} is live (up --promote)",
+                    promoted.get("live").and_then(text_of).unwrap_or_default()
+                ),
+            )
+        }
         "up" => match (field("candidate"), field("live")) {
             (Some(c), _) if c.starts_with("none") => return None,
+            (Some(c), Some(l)) if c == l => ("released", format!("{l} is live (first release)")),
             (Some(c), Some(l)) => (
                 "released",
                 format!("{c} deployed and tested as the candidate; {l} stays live until promote"),
@@ -176,5 +187,12 @@ mod tests {
                 .unwrap()
                 .starts_with("green deployed and tested")
         );
+        let first = json!({"live": "blue", "candidate": "blue"});
+        let m = message(NotifyFormat::Json, &who("up"), &Ended::Done(&first)).unwrap();
+        assert_eq!(m["detail"], "blue is live (first release)");
+        let promoted = json!({"live": "blue", "candidate": "green", "promote": {"live": "green"}});
+        let m = message(NotifyFormat::Json, &who("up"), &Ended::Done(&promoted)).unwrap();
+        assert_eq!(m["outcome"], "promoted");
+        assert_eq!(m["detail"], "green is live (up --promote)");
     }
 }
