@@ -76,6 +76,20 @@ pub struct Session {
 }
 
 impl Ctx {
+    /// How often a wait looks: `local` against an endpoint of our own (the sandbox answers at
+    /// once), `aws` against AWS, whose calls are slow to change and share rate limits.
+    pub fn poll_every(
+        &self,
+        local: std::time::Duration,
+        aws: std::time::Duration,
+    ) -> std::time::Duration {
+        if self.aws.endpoint_url().is_some() {
+            local
+        } else {
+            aws
+        }
+    }
+
     pub fn stacks(&self) -> Stacks {
         Stacks::new(
             crate::adapters::endpoint::cloudformation(&self.aws),

@@ -463,15 +463,11 @@ fn track_targets(store: &Store, delay: Duration, svc: &Value, balancer: &mut Bal
             set_gate(store, p, &gate);
         }
     }
-    let ports: HashMap<String, u64> = serving_backends(
-        store,
-        ns,
-        &svc["spec"]["selector"],
-        &svc["spec"]["ports"][0]["targetPort"],
-    )
-    .into_iter()
-    .filter_map(|(ip, at)| Some((ip, at.rsplit(':').next()?.parse().ok()?)))
-    .collect();
+    let target = &svc["spec"]["ports"][0]["targetPort"];
+    let ports: HashMap<&str, u64> = registered
+        .iter()
+        .filter_map(|p| Some((p["status"]["podIP"].as_str()?, target_port(p, target)?)))
+        .collect();
     let mut health: Vec<Value> = balancer
         .targets
         .keys()
@@ -481,7 +477,7 @@ fn track_targets(store: &Store, delay: Duration, svc: &Value, balancer: &mut Bal
             } else {
                 "initial"
             };
-            json!({"id": ip, "port": ports.get(ip), "state": state})
+            json!({"id": ip, "port": ports.get(ip.as_str()), "state": state})
         })
         .collect();
     health.sort_by_key(|t| t["id"].as_str().unwrap_or_default().to_string());
@@ -628,17 +624,22 @@ fn backends(
         })
         .filter_map(|p| {
             let ip = p["status"]["podIP"].as_str()?;
-            let port = match target {
-                Value::Number(n) => n.as_u64(),
-                Value::String(name) => p["spec"]["containers"]
-                    .as_array()?
-                    .iter()
-                    .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
-                    .find(|cp| cp["name"] == json!(name))?["containerPort"]
-                    .as_u64(),
-                _ => None,
-            }?;
+            let port = target_port(p, target)?;
             Some((ip.to_string(), format!("{ip}:{port}")))
         })
         .collect()
+}
+
+/// The pod's port a Service port's `targetPort` names: a number, or a container port's name.
+fn target_port(pod: &Value, target: &Value) -> Option<u64> {
+    match target {
+        Value::Number(n) => n.as_u64(),
+        Value::String(name) => pod["spec"]["containers"]
+            .as_array()?
+            .iter()
+            .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+            .find(|cp| cp["name"] == json!(name))?["containerPort"]
+            .as_u64(),
+        _ => None,
+    }
 }

@@ -547,11 +547,7 @@ impl Run<'_> {
             max_error_rate: c.analysis.max_error_rate,
             max_p99_ms: c.analysis.max_p99_ms,
         };
-        let every = if ctx.aws.endpoint_url().is_some() {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_secs(10)
-        };
+        let every = ctx.poll_every(Duration::from_millis(500), Duration::from_secs(10));
         let look = || async {
             colour::pod_metrics(&self.client, &self.proxy, c, colour)
                 .await

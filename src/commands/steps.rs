@@ -73,11 +73,10 @@ pub async fn roll_out(
     .await?;
     let address = std::time::Duration::from_secs(c.deploy.address_timeout_seconds);
     // The sandbox answers at once; ELBv2's Describe calls share an account-wide rate limit.
-    let every = if ctx.aws.endpoint_url().is_some() {
-        std::time::Duration::from_millis(300)
-    } else {
-        std::time::Duration::from_secs(5)
-    };
+    let every = ctx.poll_every(
+        std::time::Duration::from_millis(300),
+        std::time::Duration::from_secs(5),
+    );
     let elb = crate::adapters::endpoint::elbv2(&ctx.aws);
     let deadline = crate::wait::Deadline::new(address, every);
     crate::adapters::colour::wait_address(client, &elb, c, colour, deadline).await
@@ -88,11 +87,10 @@ pub async fn roll_out(
 pub async fn wait_deployed(ctx: &Ctx, dist: &str, step_name: &str, hint: &str) -> Result<()> {
     let cf = crate::adapters::endpoint::cloudfront(&ctx.aws);
     // The sandbox deploys in about a second; CloudFront takes minutes.
-    let poll = if ctx.aws.endpoint_url().is_some() {
-        std::time::Duration::from_millis(200)
-    } else {
-        std::time::Duration::from_secs(10)
-    };
+    let poll = ctx.poll_every(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(10),
+    );
     let timeout = std::time::Duration::from_secs(ctx.config.stacks.timeout_minutes * 60);
     crate::wait::until(
         crate::wait::Deadline::new(timeout, poll),

@@ -54,10 +54,16 @@ pub fn parse(text: &str) -> Counts {
             _ => {}
         }
     }
+    counts.buckets = ascending(buckets);
+    counts
+}
+
+/// Buckets kept by their bound's bits, as a list by bound (bits of positive floats, `+Inf`
+/// included, order as the floats do; the sort says so rather than rely on it).
+fn ascending(buckets: BTreeMap<u64, (f64, u64)>) -> Vec<(f64, u64)> {
     let mut list: Vec<(f64, u64)> = buckets.into_values().collect();
     list.sort_by(|a, b| a.0.total_cmp(&b.0));
-    counts.buckets = list;
-    counts
+    list
 }
 
 /// What happened between `before` and `now` on one pod. A pod that restarted (its counters went
@@ -95,9 +101,7 @@ pub fn total(parts: &[Counts]) -> Counts {
             buckets.entry(le.to_bits()).or_insert((*le, 0)).1 += n;
         }
     }
-    let mut list: Vec<(f64, u64)> = buckets.into_values().collect();
-    list.sort_by(|a, b| a.0.total_cmp(&b.0));
-    sum.buckets = list;
+    sum.buckets = ascending(buckets);
     sum
 }
 

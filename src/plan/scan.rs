@@ -28,8 +28,10 @@ pub enum Verdict {
     Pass(String),
     /// Not scanned yet: why, to look again (or to refuse with, at the deadline).
     Wait(String),
-    /// Refused: why.
+    /// Refused for its findings: which.
     Refuse(String),
+    /// Refused because the scan cannot judge the image: why.
+    CannotJudge(String),
 }
 
 fn counted(counts: &BTreeMap<String, u64>) -> String {
@@ -87,7 +89,7 @@ pub fn judge(seen: &ScanSeen, gate: Severity) -> Verdict {
             }
         }
         "IN_PROGRESS" | "PENDING" => Verdict::Wait(format!("ECR's scan is {status}")),
-        other => Verdict::Refuse(format!(
+        other => Verdict::CannotJudge(format!(
             "ECR could not judge the image ({other}{}): a gate that cannot judge refuses",
             if description.is_empty() {
                 String::new()
@@ -150,7 +152,7 @@ mod tests {
             "FINDINGS_UNAVAILABLE",
             "SCAN_ELIGIBILITY_EXPIRED",
         ] {
-            let Verdict::Refuse(why) = judge(&scan(status, &[]), Severity::Critical) else {
+            let Verdict::CannotJudge(why) = judge(&scan(status, &[]), Severity::Critical) else {
                 panic!("{status} passed");
             };
             assert!(why.contains(status), "{why}");

@@ -287,11 +287,10 @@ impl Provision<'_> {
             .cloned()
             .unwrap_or_default();
         let timeout = std::time::Duration::from_secs(ctx.config.image.scan_timeout_seconds);
-        let every = if ctx.aws.endpoint_url().is_some() {
-            std::time::Duration::from_millis(300)
-        } else {
-            std::time::Duration::from_secs(5)
-        };
+        let every = ctx.poll_every(
+            std::time::Duration::from_millis(300),
+            std::time::Duration::from_secs(5),
+        );
         let ecr = crate::adapters::endpoint::ecr(&ctx.aws);
         let what = scan_gate_what(gate, ctx.config.image.scan_timeout_seconds);
         crate::session::step(ctx, self.store, self.id, SCAN_STEP, &what, async {
@@ -308,18 +307,24 @@ impl Provision<'_> {
                                 "check that the credentials may call ecr:DescribeImageScanFindings on the repository and, with enhanced scanning, inspector2:ListFindings and inspector2:ListCoverage (the ci-role stack grants them)",
                             )
                         })?;
-                    match judge(&seen, gate) {
-                        Verdict::Pass(found) => Ok(crate::wait::Check::Done(found)),
-                        Verdict::Wait(why) => Ok(crate::wait::Check::Pending(why)),
-                        Verdict::Refuse(why) => Err(Failure::new(
+                    let refused = |why: String, hint: &str| {
+                        Failure::new(
                             Exit::Precondition,
                             SCAN_STEP,
                             format!("{digest} refused: {why}"),
-                            if why.contains("could not judge") {
-                                "nothing was deployed; ECR's basic scanning reads only an operating system's packages: turn on enhanced scanning (Amazon Inspector) for the registry, or remove image.scan_gate"
-                            } else {
-                                "nothing was deployed; rebuild the image without the findings (aws ecr describe-image-scan-findings lists them), or set image.scan_gate to a worse severity"
-                            },
+                            hint,
+                        )
+                    };
+                    match judge(&seen, gate) {
+                        Verdict::Pass(found) => Ok(crate::wait::Check::Done(found)),
+                        Verdict::Wait(why) => Ok(crate::wait::Check::Pending(why)),
+                        Verdict::Refuse(why) => Err(refused(
+                            why,
+                            "nothing was deployed; rebuild the image without the findings (aws ecr describe-image-scan-findings lists them), or set image.scan_gate to a worse severity",
+                        )),
+                        Verdict::CannotJudge(why) => Err(refused(
+                            why,
+                            "nothing was deployed; ECR's basic scanning reads only an operating system's packages: turn on enhanced scanning (Amazon Inspector) for the registry, or remove image.scan_gate",
                         )),
                     }
                 },
