@@ -14,6 +14,7 @@ use subtle::ConstantTimeEq;
 
 use crate::AppState;
 use crate::lifecycle::Phase;
+use crate::model::{Kind, Label, Prediction};
 
 /// Header CloudFront adds to origin requests; its value is the shared origin-verify secret.
 pub const ORIGIN_VERIFY_HEADER: &str = "x-origin-verify";
@@ -69,18 +70,41 @@ struct PredictRequest {
     instances: Option<Vec<Vec<f32>>>,
 }
 
+/// One row's `prediction`: a classifier's label (a number or a string, as the model's classes
+/// are), a regressor's value, or its values when it has several targets.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Answer<'a> {
+    Label(&'a Label),
+    Value(f32),
+    Values(&'a [f32]),
+}
+
+impl<'a> From<&'a Prediction> for Answer<'a> {
+    fn from(p: &'a Prediction) -> Self {
+        match p {
+            Prediction::Class { label, .. } => Answer::Label(label),
+            Prediction::Values(v) if v.len() == 1 => Answer::Value(v[0]),
+            Prediction::Values(v) => Answer::Values(v),
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct SingleAnswer<'a> {
-    prediction: i64,
-    probabilities: &'a [f32],
+    prediction: Answer<'a>,
+    /// A classifier's class probabilities, in the order of its classes; absent for a regressor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<&'a [f32]>,
     model_version: &'a str,
     colour: &'a str,
 }
 
 #[derive(Serialize)]
 struct BatchAnswer<'a> {
-    predictions: Vec<i64>,
-    probabilities: Vec<&'a [f32]>,
+    predictions: Vec<Answer<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    probabilities: Option<Vec<&'a [f32]>>,
     model_version: &'a str,
     colour: &'a str,
 }
@@ -220,20 +244,19 @@ pub async fn predict(
         )
     })?;
     state.metrics.add_rows_predicted(predictions.len() as u64);
+    let classifier = matches!(state.model.kind(), Kind::Classifier { .. });
     let response = match shape {
         Shape::Single => Json(SingleAnswer {
-            prediction: predictions[0].class,
-            probabilities: &predictions[0].probabilities,
+            prediction: Answer::from(&predictions[0]),
+            probabilities: classifier.then(|| predictions[0].probabilities()),
             model_version: &state.model_version,
             colour: &state.colour,
         })
         .into_response(),
         Shape::Batch => Json(BatchAnswer {
-            predictions: predictions.iter().map(|p| p.class).collect(),
-            probabilities: predictions
-                .iter()
-                .map(|p| p.probabilities.as_slice())
-                .collect(),
+            predictions: predictions.iter().map(Answer::from).collect(),
+            probabilities: classifier
+                .then(|| predictions.iter().map(|p| p.probabilities()).collect()),
             model_version: &state.model_version,
             colour: &state.colour,
         })
@@ -311,9 +334,20 @@ pub async fn version(State(state): State<Arc<AppState>>) -> Json<serde_json::Val
         "model_name": state.model_name,
         "model_version": state.model_version,
         "model_sha256": state.model.sha256(),
+        "input": {"name": state.model.input_name(), "features": state.model.n_features()},
+        "output": output_contract(state.model.kind()),
         "colour": state.colour,
         "build": crate::BUILD,
     }))
+}
+
+/// What a client relies on in the answers: a classifier's classes (in the order of the
+/// probabilities; `null` when the graph does not name them) or a regressor's target count.
+fn output_contract(kind: &Kind) -> serde_json::Value {
+    match kind {
+        Kind::Classifier { labels } => serde_json::json!({"kind": "classifier", "classes": labels}),
+        Kind::Regressor { targets } => serde_json::json!({"kind": "regressor", "targets": targets}),
+    }
 }
 
 /// `GET /metrics`

@@ -8,6 +8,7 @@ pub mod api;
 pub mod config;
 pub mod lifecycle;
 pub mod metrics;
+mod ml;
 pub mod model;
 
 use std::sync::Arc;

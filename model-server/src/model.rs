@@ -1,10 +1,14 @@
-//! The classifier: an ONNX graph optimised by tract once at start, then run per request.
+//! The model: an ONNX graph optimised by tract once at start, then run per request.
 //!
-//! Any ONNX classifier shaped like the bundled one works: one `float32[N, F]` input, an `int64[N]`
-//! label output and a `float32[N, C]` probabilities output. The bundled model is four standard ops
-//! (MatMul, Add, Softmax, ArgMax; see `train/train.py`); a skl2onnx export with `zipmap=False` has
-//! the same outputs and is served too, only slower (more ops).
+//! Served: one `float32[N, F]` input, and either a classifier's outputs (a label, `int64[N]` or
+//! `string[N]`, and `float32[N, C]` probabilities) or a regressor's (`float32[N, T]`, or
+//! `float32[N]` for one target). That is what skl2onnx exports for linear and logistic models,
+//! trees, forests, extra trees and (histogram) gradient boosting, with `zipmap=False` for
+//! classifiers; the tree ensembles run on our own parsers (`ml.rs`), which fix what tract gets
+//! wrong with them. The bundled model is four standard ops (MatMul, Add, Softmax, ArgMax; see
+//! `train/train.py`). Anything else is refused at load with the output that is the reason.
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
@@ -22,8 +26,8 @@ pub enum ModelError {
     /// The bytes are not an ONNX graph tract can type and optimise.
     #[error("cannot load the ONNX model: {0:#}")]
     Load(#[source] anyhow_free::TractError),
-    /// The graph loads but its inputs/outputs are not those of a classifier.
-    #[error("the model is not a classifier this server can serve: {0}")]
+    /// The graph loads but its inputs/outputs are not those of a classifier or a regressor.
+    #[error("the model is not a classifier or regressor this server can serve: {0}")]
     Shape(String),
     /// tract failed while running a validated batch (should not happen; reported as a 500).
     #[error("inference failed: {0:#}")]
@@ -35,11 +39,78 @@ mod anyhow_free {
     pub type TractError = tract_onnx::prelude::TractError;
 }
 
+/// A class label: scikit-learn's `classes_` are numbers or strings, and answers keep them so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum Label {
+    Int(i64),
+    Text(String),
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Label::Int(i) => write!(f, "{i}"),
+            Label::Text(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+/// What the model answers, read from its outputs at load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    /// Its classes, in the order of the probabilities; `None` when the graph does not name them
+    /// (the label output is then whatever the graph computes).
+    Classifier {
+        labels: Option<Vec<Label>>,
+    },
+    Regressor {
+        targets: usize,
+    },
+}
+
 /// One row's answer.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Prediction {
-    pub class: i64,
-    pub probabilities: Vec<f32>,
+pub enum Prediction {
+    Class {
+        label: Label,
+        probabilities: Vec<f32>,
+    },
+    /// One value per target.
+    Values(Vec<f32>),
+}
+
+impl Prediction {
+    /// The label of a classifier's answer.
+    pub fn label(&self) -> Option<&Label> {
+        match self {
+            Prediction::Class { label, .. } => Some(label),
+            Prediction::Values(_) => None,
+        }
+    }
+
+    /// A classifier's probabilities (empty for a regressor).
+    pub fn probabilities(&self) -> &[f32] {
+        match self {
+            Prediction::Class { probabilities, .. } => probabilities,
+            Prediction::Values(_) => &[],
+        }
+    }
+}
+
+/// Which outputs hold the answer.
+#[derive(Debug, Clone, Copy)]
+enum Outputs {
+    Classifier {
+        label: usize,
+        probabilities: usize,
+        n_classes: usize,
+        text: bool,
+    },
+    Regressor {
+        values: usize,
+        targets: usize,
+    },
 }
 
 /// One optimised plan and the run states kept for reuse with it: spawning a state per request costs
@@ -72,7 +143,7 @@ impl Runner {
     }
 }
 
-/// A loaded, optimised classifier, shared by all requests (tract plans are `Send + Sync`).
+/// A loaded, optimised model, shared by all requests (tract plans are `Send + Sync`).
 ///
 /// Two plans of the same graph: one with the batch fixed at 1, which tract optimises further (most
 /// requests are one row), and one with a symbolic batch for `instances`.
@@ -80,9 +151,9 @@ pub struct Model {
     single_row: Runner,
     batch: Runner,
     n_features: usize,
-    n_classes: usize,
-    label_output: usize,
-    probabilities_output: usize,
+    input_name: String,
+    outputs: Outputs,
+    kind: Kind,
     sha256: String,
     size_bytes: usize,
 }
@@ -91,24 +162,166 @@ impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Model")
             .field("n_features", &self.n_features)
-            .field("n_classes", &self.n_classes)
+            .field("kind", &self.kind)
             .field("sha256", &self.sha256)
             .finish_non_exhaustive()
     }
 }
 
+/// The class labels the graph's classifier node names (`classlabels_*` of the ONNX-ML classifier
+/// ops), or none when no such node exists; two nodes naming different classes are refused.
+fn declared_labels(proto: &tract_onnx::pb::ModelProto) -> Result<Option<Vec<Label>>, ModelError> {
+    let mut found: Option<Vec<Label>> = None;
+    let Some(graph) = proto.graph.as_ref() else {
+        return Ok(None);
+    };
+    for node in &graph.node {
+        for attr in &node.attribute {
+            let labels: Vec<Label> = match attr.name.as_str() {
+                "classlabels_int64s" | "classlabels_ints" => {
+                    attr.ints.iter().copied().map(Label::Int).collect()
+                }
+                "classlabels_strings" => attr
+                    .strings
+                    .iter()
+                    .map(|s| Label::Text(String::from_utf8_lossy(s).into_owned()))
+                    .collect(),
+                _ => continue,
+            };
+            match &found {
+                Some(earlier) if *earlier != labels => {
+                    return Err(ModelError::Shape(format!(
+                        "two classifier nodes name different classes ({} and {})",
+                        list(earlier),
+                        list(&labels)
+                    )));
+                }
+                _ => found = Some(labels),
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn list(labels: &[Label]) -> String {
+    labels
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Which of the optimised graph's outputs are the answer, or why there is none.
+fn find_outputs(facts: &[TypedFact], declared: &Option<Vec<Label>>) -> Result<Outputs, ModelError> {
+    let fixed = |d: &TDim| d.to_usize().ok();
+    let label = facts.iter().position(|f| {
+        f.rank() == 1 && (f.datum_type == i64::datum_type() || f.datum_type == String::datum_type())
+    });
+    let scores = facts
+        .iter()
+        .position(|f| f.datum_type == f32::datum_type() && f.rank() == 2);
+    if let Some(label) = label {
+        let probabilities = scores.ok_or_else(|| {
+            ModelError::Shape(
+                "a label output but no float32[N, classes] probabilities output (export classifiers \
+                 with skl2onnx's options={\"zipmap\": False})"
+                    .into(),
+            )
+        })?;
+        let n_classes = fixed(&facts[probabilities].shape[1]).ok_or_else(|| {
+            ModelError::Shape("the class count of the probabilities output is not fixed".into())
+        })?;
+        let text = facts[label].datum_type == String::datum_type();
+        if let Some(labels) = declared {
+            if labels.len() != n_classes {
+                return Err(ModelError::Shape(format!(
+                    "the classifier names {} classes but its probabilities have {n_classes}",
+                    labels.len()
+                )));
+            }
+            if text != matches!(labels.first(), Some(Label::Text(_))) {
+                return Err(ModelError::Shape(
+                    "the label output's type is not that of the classes the classifier names"
+                        .into(),
+                ));
+            }
+        } else if text {
+            return Err(ModelError::Shape(
+                "string labels, but no classifier node names the classes".into(),
+            ));
+        }
+        return Ok(Outputs::Classifier {
+            label,
+            probabilities,
+            n_classes,
+            text,
+        });
+    }
+    let values = facts
+        .iter()
+        .position(|f| f.datum_type == f32::datum_type() && (f.rank() == 1 || f.rank() == 2))
+        .ok_or_else(|| {
+            ModelError::Shape(format!(
+                "no classifier outputs (an int64[N] or string[N] label and float32[N, classes] \
+                 probabilities) and no regressor output (float32[N, targets]); found {}",
+                facts
+                    .iter()
+                    .map(|f| format!("{:?}{:?}", f.datum_type, f.shape))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+    let targets = if facts[values].rank() == 1 {
+        1
+    } else {
+        fixed(&facts[values].shape[1]).ok_or_else(|| {
+            ModelError::Shape("the target count of the regressor output is not fixed".into())
+        })?
+    };
+    if facts.len() > 1 {
+        return Err(ModelError::Shape(format!(
+            "a regressor output and {} other output(s): cannot tell which is the answer",
+            facts.len() - 1
+        )));
+    }
+    Ok(Outputs::Regressor { values, targets })
+}
+
 impl Model {
-    /// Load and optimise an ONNX classifier from its bytes.
+    /// Load and optimise an ONNX classifier or regressor from its bytes.
     pub fn from_onnx_bytes(bytes: &[u8]) -> Result<Self, ModelError> {
         let sha256 = hex(&Sha256::digest(bytes));
-        let mut inference = tract_onnx::onnx()
-            .model_for_read(&mut &*bytes)
+        let onnx = crate::ml::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &*bytes)
+            .map_err(ModelError::Load)?;
+        let declared = declared_labels(&proto)?;
+        let ops = || {
+            proto
+                .graph
+                .iter()
+                .flat_map(|g| &g.node)
+                .map(|n| n.op_type.as_str())
+        };
+        if ops().any(|op| op == "ZipMap") {
+            return Err(ModelError::Shape(
+                "its probabilities are a ZipMap (a list of maps, skl2onnx's default for \
+                 classifiers): export with to_onnx(..., options={\"zipmap\": False})"
+                    .into(),
+            ));
+        }
+        let mut inference = onnx
+            .model_for_proto_model(&proto)
             .map_err(ModelError::Load)?;
         if inference.input_outlets().map_err(ModelError::Load)?.len() != 1 {
             return Err(ModelError::Shape("expected exactly one input".into()));
         }
-        let declared = inference.input_fact(0).map_err(ModelError::Load)?.clone();
-        let n_features = declared
+        let input_name = inference
+            .node(inference.input_outlets().map_err(ModelError::Load)?[0].node)
+            .name
+            .clone();
+        let declared_input = inference.input_fact(0).map_err(ModelError::Load)?.clone();
+        let n_features = declared_input
             .shape
             .dims()
             .nth(1)
@@ -116,7 +329,7 @@ impl Model {
             .and_then(|d| d.to_usize().ok())
             .ok_or_else(|| {
                 ModelError::Shape(format!(
-                    "input must be float32[N, features] with a fixed feature count, found {declared:?}"
+                    "input must be float32[N, features] with a fixed feature count, found {declared_input:?}"
                 ))
             })?;
         let mut single_row = inference.clone();
@@ -130,36 +343,33 @@ impl Model {
             .map_err(ModelError::Load)?;
         let typed = inference.into_optimized().map_err(ModelError::Load)?;
 
-        let outputs: Vec<TypedFact> = typed
+        let facts: Vec<TypedFact> = typed
             .output_outlets()
             .map_err(ModelError::Load)?
             .iter()
             .map(|o| typed.outlet_fact(*o).cloned())
             .collect::<TractResult<_>>()
             .map_err(ModelError::Load)?;
-        let label_output = outputs
-            .iter()
-            .position(|f| f.datum_type == i64::datum_type() && f.rank() == 1)
-            .ok_or_else(|| ModelError::Shape("no int64[N] label output".into()))?;
-        let probabilities_output = outputs
-            .iter()
-            .position(|f| f.datum_type == f32::datum_type() && f.rank() == 2)
-            .ok_or_else(|| {
-                ModelError::Shape("no float32[N, classes] probabilities output".into())
-            })?;
-        let n_classes = outputs[probabilities_output].shape[1]
-            .to_usize()
-            .map_err(|_| {
-                ModelError::Shape("the class count of the probabilities output is not fixed".into())
-            })?;
+        let outputs = find_outputs(&facts, &declared)?;
+        let kind = match outputs {
+            Outputs::Classifier {
+                n_classes, text, ..
+            } => Kind::Classifier {
+                // A graph that names no classes and answers an int64 label (the bundled model's
+                // ArgMax) answers the index of the likeliest class.
+                labels: declared
+                    .or_else(|| (!text).then(|| (0..n_classes as i64).map(Label::Int).collect())),
+            },
+            Outputs::Regressor { targets, .. } => Kind::Regressor { targets },
+        };
 
         Ok(Model {
             single_row: Runner::new(single_row).map_err(ModelError::Load)?,
             batch: Runner::new(typed).map_err(ModelError::Load)?,
             n_features,
-            n_classes,
-            label_output,
-            probabilities_output,
+            input_name,
+            outputs,
+            kind,
             sha256,
             size_bytes: bytes.len(),
         })
@@ -170,9 +380,22 @@ impl Model {
         self.n_features
     }
 
-    /// Number of classes (length of each probabilities vector).
+    /// The name of the graph's input.
+    pub fn input_name(&self) -> &str {
+        &self.input_name
+    }
+
+    /// Classifier (with its classes) or regressor (with its target count).
+    pub fn kind(&self) -> &Kind {
+        &self.kind
+    }
+
+    /// Number of classes (length of each probabilities vector); 0 for a regressor.
     pub fn n_classes(&self) -> usize {
-        self.n_classes
+        match self.outputs {
+            Outputs::Classifier { n_classes, .. } => n_classes,
+            Outputs::Regressor { .. } => 0,
+        }
     }
 
     /// Hex sha256 of the ONNX bytes the model was loaded from.
@@ -185,7 +408,7 @@ impl Model {
         self.size_bytes
     }
 
-    /// Classify `rows.len() / n_features` rows laid out row after row. The caller validates the
+    /// Answer `rows.len() / n_features` rows laid out row after row. The caller validates the
     /// length and that every value is finite.
     pub fn predict(&self, rows: Vec<f32>) -> Result<Vec<Prediction>, ModelError> {
         debug_assert!(!rows.is_empty() && rows.len().is_multiple_of(self.n_features));
@@ -197,22 +420,48 @@ impl Model {
             &self.batch
         };
         let outputs = runner.run(input).map_err(ModelError::Run)?;
-        let labels = outputs[self.label_output]
-            .try_as_plain_ram()
-            .map_err(ModelError::Run)?;
-        let labels = labels.as_slice::<i64>().map_err(ModelError::Run)?;
-        let probabilities = outputs[self.probabilities_output]
-            .try_as_plain_ram()
-            .map_err(ModelError::Run)?;
-        let probabilities = probabilities.as_slice::<f32>().map_err(ModelError::Run)?;
-        Ok(labels
-            .iter()
-            .zip(probabilities.chunks_exact(self.n_classes))
-            .map(|(class, probs)| Prediction {
-                class: *class,
-                probabilities: probs.to_vec(),
-            })
-            .collect())
+        let floats = |i: usize| -> Result<Vec<f32>, ModelError> {
+            let plain = outputs[i].try_as_plain_ram().map_err(ModelError::Run)?;
+            Ok(plain.as_slice::<f32>().map_err(ModelError::Run)?.to_vec())
+        };
+        match self.outputs {
+            Outputs::Classifier {
+                label,
+                probabilities,
+                n_classes,
+                text,
+            } => {
+                let probabilities = floats(probabilities)?;
+                let labels = outputs[label].try_as_plain_ram().map_err(ModelError::Run)?;
+                let labels: Vec<Label> = if text {
+                    labels
+                        .as_slice::<String>()
+                        .map_err(ModelError::Run)?
+                        .iter()
+                        .map(|s| Label::Text(s.clone()))
+                        .collect()
+                } else {
+                    labels
+                        .as_slice::<i64>()
+                        .map_err(ModelError::Run)?
+                        .iter()
+                        .map(|i| Label::Int(*i))
+                        .collect()
+                };
+                Ok(labels
+                    .into_iter()
+                    .zip(probabilities.chunks_exact(n_classes))
+                    .map(|(label, probs)| Prediction::Class {
+                        label,
+                        probabilities: probs.to_vec(),
+                    })
+                    .collect())
+            }
+            Outputs::Regressor { values, targets } => Ok(floats(values)?
+                .chunks_exact(targets)
+                .map(|v| Prediction::Values(v.to_vec()))
+                .collect()),
+        }
     }
 }
 
@@ -238,11 +487,11 @@ mod tests {
         let rows = vec![5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3, 5.9, 3.0, 4.2, 1.5];
         let got = model.predict(rows).unwrap();
         assert_eq!(
-            got.iter().map(|p| p.class).collect::<Vec<_>>(),
-            vec![0, 2, 1]
+            got.iter().map(|p| p.label().cloned()).collect::<Vec<_>>(),
+            [0, 2, 1].map(|c| Some(Label::Int(c)))
         );
         for p in got {
-            let sum: f32 = p.probabilities.iter().sum();
+            let sum: f32 = p.probabilities().iter().sum();
             assert!((sum - 1.0).abs() < 1e-5, "{sum}");
         }
     }
@@ -256,8 +505,8 @@ mod tests {
             let got = model.predict(row.repeat(n)).unwrap();
             assert_eq!(got.len(), n);
             for p in &got {
-                assert_eq!(p.class, first[0].class);
-                for (a, b) in p.probabilities.iter().zip(&first[0].probabilities) {
+                assert_eq!(p.label(), first[0].label());
+                for (a, b) in p.probabilities().iter().zip(first[0].probabilities()) {
                     assert!((a - b).abs() < 1e-6);
                 }
             }

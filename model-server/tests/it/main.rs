@@ -3,6 +3,7 @@
 //! binary on loopback and signals it.
 
 mod api;
+mod matrix;
 mod reference;
 mod shutdown;
 mod smoke;

@@ -1,6 +1,6 @@
 //! The served model must answer exactly as the framework that trained it.
 
-use model_server::model::{BUNDLED_MODEL, Model};
+use model_server::model::{BUNDLED_MODEL, Label, Model};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -36,8 +36,13 @@ fn largest_difference_from_reference(model: &Model, reference: &Reference) -> f6
     assert_eq!(got.len(), reference.rows.len());
     let mut worst = 0.0f64;
     for (i, (row, answer)) in reference.rows.iter().zip(&got).enumerate() {
-        assert_eq!(answer.class, row.prediction, "row {i}: {:?}", row.features);
-        for (p, q) in answer.probabilities.iter().zip(&row.probabilities) {
+        assert_eq!(
+            answer.label(),
+            Some(&Label::Int(row.prediction)),
+            "row {i}: {:?}",
+            row.features
+        );
+        for (p, q) in answer.probabilities().iter().zip(&row.probabilities) {
             worst = worst.max((f64::from(*p) - q).abs());
         }
     }
@@ -68,8 +73,12 @@ fn one_row_at_a_time_equals_the_batch() {
     for (row, from_batch) in reference.rows.iter().zip(batch) {
         let single = model.predict(row.features.clone()).unwrap().remove(0);
         // tract picks other kernels for other batch sizes: same class, last bits may differ.
-        assert_eq!(single.class, from_batch.class, "{:?}", row.features);
-        for (a, b) in single.probabilities.iter().zip(&from_batch.probabilities) {
+        assert_eq!(single.label(), from_batch.label(), "{:?}", row.features);
+        for (a, b) in single
+            .probabilities()
+            .iter()
+            .zip(from_batch.probabilities())
+        {
             assert!((a - b).abs() < 1e-6, "{:?}: {a} vs {b}", row.features);
         }
     }
