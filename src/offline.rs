@@ -56,31 +56,28 @@ pub fn image_build(
             ),
         );
     };
-    let (model, version) = loaded
+    let model = loaded
         .as_ref()
-        .map(|(c, _)| (c.model.name.clone(), c.model.version.clone()))
-        .unwrap_or_else(|| ("iris".into(), "1.0.0".into()));
+        .map(|(c, _)| c.model.clone())
+        .unwrap_or_else(|| release::config::ModelConfig {
+            sha256: release::config::model_sha256(release::config::BUNDLED_MODEL),
+            ..Default::default()
+        });
     let model_file = loaded
         .as_ref()
         .and_then(|(c, b)| c.model.path.as_ref().map(|m| b.join(m)));
-    let result = release::commands::image::image_from(
-        &binary,
-        model_file.as_deref(),
-        &tag,
-        &model,
-        &version,
-    )
-    .and_then(|image| {
-        release::adapters::image::write_layout(&image, &tag, dir).map_err(|e| {
-            Failure::new(
-                Exit::Internal,
-                "image build",
-                format!("writing {}: {e}", dir.display()),
-                "check the output directory",
-            )
-        })?;
-        Ok(image.digest())
-    });
+    let result = release::commands::image::image_from(&binary, model_file.as_deref(), &tag, &model)
+        .and_then(|image| {
+            release::adapters::image::write_layout(&image, &tag, dir).map_err(|e| {
+                Failure::new(
+                    Exit::Internal,
+                    "image build",
+                    format!("writing {}: {e}", dir.display()),
+                    "check the output directory",
+                )
+            })?;
+            Ok(image.digest())
+        });
     match result {
         Ok(digest) => {
             out.summary(&serde_json::json!({"layout": dir.display().to_string(), "tag": tag, "digest": digest}));

@@ -150,13 +150,7 @@ impl Ctx {
                 )
             })?;
         let model = c.model.path.as_ref().map(|m| self.base.join(m));
-        image_from(
-            &binary,
-            model.as_deref(),
-            &c.image.tag,
-            &c.model.name,
-            &c.model.version,
-        )
+        image_from(&binary, model.as_deref(), &c.image.tag, &c.model)
     }
 }
 
@@ -302,6 +296,7 @@ async fn open_entry(
             image_tag: (action == "up").then(|| ctx.config.image.tag.clone()),
             image_digest: None,
             model_version: (action == "up").then(|| ctx.config.model.version.clone()),
+            model_sha256: (action == "up").then(|| ctx.config.model.sha256.clone()),
             went_live: false,
             live_below: None,
             steps: steps.clone(),

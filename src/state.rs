@@ -181,6 +181,10 @@ pub struct Release {
     /// The model version the colour serves.
     #[serde(default)]
     pub model_version: Option<String>,
+    /// The sha256 of the model the image ships (its `release.model.sha256` label): what the
+    /// colour's `/version` must report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_sha256: Option<String>,
     /// This run put `colour` live behind the edge and verified it there (a first `up`, a
     /// promote or a rollback): what `rollback` redeploys from once the colour is retired.
     #[serde(default)]
@@ -342,16 +346,34 @@ impl Release {
     }
 }
 
-/// What a rollback redeploys, read back from a release: its digest and model version, checked
-/// before they reach a manifest (whoever can write the state bucket must not be able to put
-/// anything else into a pod spec).
-pub fn go_live_of(r: &Release) -> std::result::Result<(String, Option<String>), String> {
+/// What a rollback redeploys, read back from a release: its digest, model version and model
+/// sha256, checked before they reach a manifest (whoever can write the state bucket must not be
+/// able to put anything else into a pod spec).
+pub fn go_live_of(r: &Release) -> std::result::Result<crate::plan::flip::GoLive, String> {
     let digest = r.image_digest.clone().ok_or("no image digest")?;
     check_digest(&digest)?;
     if let Some(v) = &r.model_version {
         check_model_version(v)?;
     }
-    Ok((digest, r.model_version.clone()))
+    if let Some(h) = &r.model_sha256 {
+        check_model_sha256(h)?;
+    }
+    Ok(crate::plan::flip::GoLive {
+        digest,
+        model_version: r.model_version.clone(),
+        model_sha256: r.model_sha256.clone(),
+    })
+}
+
+/// A model's sha256: 64 lowercase hex digits.
+pub fn check_model_sha256(h: &str) -> std::result::Result<(), String> {
+    if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{h:?} is not a model sha256 (64 lowercase hex digits)"
+        ))
+    }
 }
 
 /// An OCI image digest as ECR names it: `sha256:` and 64 lowercase hex digits.
@@ -554,7 +576,29 @@ mod tests {
     fn values_read_back_from_the_ledger_are_checked_before_they_reach_a_manifest() {
         let digest = format!("sha256:{}", "ab".repeat(32));
         let mut r = went_live("promote", "blue", &digest, Outcome::Succeeded);
-        assert_eq!(go_live_of(&r), Ok((digest.clone(), Some("1".into()))));
+        let g = go_live_of(&r).unwrap();
+        assert_eq!(
+            (g.digest, g.model_version),
+            (digest.clone(), Some("1".into()))
+        );
+        assert_eq!(
+            g.model_sha256, None,
+            "a release recorded before the sha256 was"
+        );
+        r.model_sha256 = Some("ab".repeat(32));
+        assert_eq!(go_live_of(&r).unwrap().model_sha256, r.model_sha256);
+        for bad in [
+            "AB".repeat(32),
+            "ab".repeat(31),
+            format!("{}\"x", "ab".repeat(32)),
+        ] {
+            r.model_sha256 = Some(bad.clone());
+            assert!(
+                go_live_of(&r).unwrap_err().contains("not a model sha256"),
+                "{bad}"
+            );
+        }
+        r.model_sha256 = None;
         r.model_version = Some("1\"\n    evil: true".into());
         assert!(go_live_of(&r).unwrap_err().contains("not a model version"));
         r.model_version = Some("2.1.0+build_7-rc".into());
@@ -591,6 +635,7 @@ mod tests {
             image_tag: None,
             image_digest: Some(digest.into()),
             model_version: Some("1".into()),
+            model_sha256: None,
             went_live: true,
             live_below: None,
             steps: vec![],

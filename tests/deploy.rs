@@ -147,6 +147,15 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
     assert_eq!(status["live"], "green");
     assert_eq!(status["colours"]["iris-blue"]["role"], "previous");
     assert_eq!(status["colours"]["iris-green"]["model_version"], "1.0.0");
+    // Both colours were deployed with the model's sha256 and serve that model.
+    for colour in ["iris-blue", "iris-green"] {
+        let c = &status["colours"][colour];
+        assert_eq!(c["model_sha256"].as_str().map(str::len), Some(64), "{c}");
+        assert_eq!(
+            c["model_identity"], "serves the model its image ships",
+            "{c}"
+        );
+    }
     assert_eq!(status["public url answers from"], "green");
     assert_eq!(status["lock"], "free");
     assert_eq!(status["unfinished"], Value::Null);
@@ -345,6 +354,43 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     );
     assert_eq!(deployments(&sb), ["iris-blue"]);
 
+    // A server that loaded another model than its image ships: the same iris classes on every
+    // golden case (another export of the same training), but not the file the image's label and
+    // the colour's annotation name. The sandbox runs the image without a chroot, so the wrapper
+    // can point the server at a file outside it. Exit 7, green gone.
+    let other = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
+    let swap_bin = dir.join("swap");
+    std::fs::write(
+        &swap_bin,
+        format!(
+            "#!/bin/sh\nMODEL_SERVER_MODEL_PATH={} exec {} \"$@\"\n",
+            other.display(),
+            model_server_binary().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &swap_bin,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let swap = config(&dir.join("swap-cfg"), &swap_bin, "swap1", &cases());
+    let out = release(&sb, &swap, &["up"]);
+    exits_with(&out, 7);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    let shipped = release::config::model_sha256(
+        &std::fs::read(workspace().join("model-server/model/iris.onnx")).unwrap(),
+    );
+    let loaded = release::config::model_sha256(&std::fs::read(&other).unwrap());
+    assert!(
+        error.contains("model identity")
+            && error.contains(&shipped)
+            && error.contains(&loaded)
+            && !error.contains("predicted"),
+        "refused for the model it loaded, not for its answers: {error}"
+    );
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+
     // An image the cluster cannot pull: pushed ahead (the same bytes `release` builds), then its
     // layers lost from the registry's storage. `release` finds the image already in ECR, deploys
     // it, and the pods cannot pull it: ImagePullBackOff; exit 6, green gone.
@@ -357,14 +403,13 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let image = release::commands::image::image_from(
-        &lost_bin,
-        Some(&workspace().join("model-server/model/iris.onnx")),
-        "lost1",
-        "iris",
-        "1.0.0",
-    )
-    .unwrap();
+    let iris = workspace().join("model-server/model/iris.onnx");
+    let model = release::config::ModelConfig {
+        sha256: release::config::model_sha256(&std::fs::read(&iris).unwrap()),
+        ..Default::default()
+    };
+    let image =
+        release::commands::image::image_from(&lost_bin, Some(&iris), "lost1", &model).unwrap();
     let aws = aws(&sb).await;
     release::adapters::image::push(
         &aws_sdk_ecr::Client::new(&aws),

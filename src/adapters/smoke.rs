@@ -19,16 +19,44 @@ use serde_json::{Value, json};
 #[derive(Debug, Deserialize)]
 pub struct Cases {
     pub model: String,
+    /// How far a regressor's answer may be from `expect`, relative to max(|expect|, 1).
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
     pub cases: Vec<Case>,
+}
+
+fn default_tolerance() -> f64 {
+    1e-6
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Case {
     pub name: String,
     pub features: Vec<f64>,
-    pub expect: i64,
+    /// The answer `/predict` must give: a class label (a number or a string, as the model's
+    /// classes are), a regressor's value, or its values (a list) when it has several targets.
+    pub expect: Value,
     #[serde(default)]
     pub row: Option<u64>,
+}
+
+/// Whether `got` is the answer `expect` asks for: the same label, or (when either is not an
+/// integer) numbers within `tolerance` of max(|expect|, 1), item by item for lists.
+pub fn answers(expect: &Value, got: &Value, tolerance: f64) -> bool {
+    match (expect, got) {
+        (Value::Number(e), Value::Number(g)) => match (e.as_i64(), g.as_i64()) {
+            (Some(e), Some(g)) => e == g,
+            _ => match (e.as_f64(), g.as_f64()) {
+                (Some(e), Some(g)) => (e - g).abs() <= tolerance * e.abs().max(1.0),
+                _ => false,
+            },
+        },
+        (Value::Array(e), Value::Array(g)) => {
+            e.len() == g.len() && e.iter().zip(g).all(|(e, g)| answers(e, g, tolerance))
+        }
+        (Value::String(e), Value::String(g)) => e == g,
+        _ => false,
+    }
 }
 
 pub fn load_cases(path: &Path) -> Result<Cases, String> {
@@ -167,6 +195,11 @@ pub struct Target<'a> {
     pub colour: crate::plan::colour::Colour,
     /// Checked against `/version`; empty: not checked (a rollback's colour may serve an older model).
     pub model_version: &'a str,
+    /// The sha256 of the model the colour's image ships (its `release.model.sha256` label, the
+    /// colour's `release/model-sha256` annotation), checked against `/version`'s `model_sha256`:
+    /// a server that loaded another model fails. Empty: not recorded (a colour deployed before
+    /// release recorded it).
+    pub model_sha256: &'a str,
     /// The origin-verify header's value, sent to a colour's own address. Empty through the public
     /// URL: there the edge must add it, which the smoke test then proves.
     pub secret: &'a str,
@@ -208,7 +241,11 @@ pub fn p95(samples: &mut [f64]) -> f64 {
     samples[rank.clamp(1, samples.len()) - 1]
 }
 
-async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Result<i64, String> {
+async fn predict(
+    http: &reqwest::Client,
+    t: &Target<'_>,
+    features: &[f64],
+) -> Result<Value, String> {
     let body = json!({"features": features});
     let answer = call(
         http,
@@ -223,9 +260,10 @@ async fn predict(http: &reqwest::Client, t: &Target<'_>, features: &[f64]) -> Re
     if !answer.ok() {
         return Err(format!("HTTP {}: {value}", answer.status));
     }
-    value["prediction"]
-        .as_i64()
-        .ok_or_else(|| format!("no prediction in {value}"))
+    match value.get("prediction") {
+        Some(p) if !p.is_null() => Ok(p.clone()),
+        _ => Err(format!("no prediction in {value}")),
+    }
 }
 
 /// A plain HTTP client whose every request gives up after `timeout` (smoke tests, address and
@@ -302,6 +340,12 @@ async fn probe(http: &reqwest::Client, t: &Target<'_>, r: &mut Report) {
                     v["model_version"], t.model_version
                 ));
             }
+            if !t.model_sha256.is_empty() && v["model_sha256"] != t.model_sha256 {
+                r.failures.push(format!(
+                    "model identity: the server loaded the model with sha256 {}, but its image ships {}",
+                    v["model_sha256"], t.model_sha256
+                ));
+            }
         }
         Err(e) => r.failures.push(format!("/version: {e}")),
     }
@@ -317,7 +361,7 @@ async fn golden(
 ) {
     for (i, case) in cases.cases.iter().enumerate() {
         match predict(http, t, &case.features).await {
-            Ok(p) if p == case.expect => r.cases_passed += 1,
+            Ok(p) if answers(&case.expect, &p, cases.tolerance) => r.cases_passed += 1,
             Ok(p) => r.failures.push(format!(
                 "case {:?}: predicted {p}, expected {}",
                 case.name, case.expect
@@ -382,7 +426,7 @@ async fn compare(
             predict(http, t, features).await,
             predict(http, live, features).await,
         ) {
-            agree += usize::from(a == b);
+            agree += usize::from(answers(&b, &a, cases.tolerance));
         }
     }
     let fraction = agree as f64 / inputs.len().max(1) as f64;
@@ -457,12 +501,13 @@ mod tests {
         let candidate = stub("green", |f| i64::from(f[0] > 5.3));
         let cases = Cases {
             model: "m".into(),
+            tolerance: default_tolerance(),
             cases: [(4.0, 0), (6.0, 1), (5.5, 1), (4.8, 0)]
                 .iter()
                 .map(|(x, k)| Case {
                     name: format!("x={x}"),
                     features: vec![*x, 1.0],
-                    expect: *k,
+                    expect: json!(k),
                     row: None,
                 })
                 .collect(),
@@ -471,6 +516,7 @@ mod tests {
             base: Base::Url(url),
             colour,
             model_version: "1",
+            model_sha256: "",
             secret: "",
         };
         use crate::plan::colour::Colour;
@@ -499,6 +545,25 @@ mod tests {
                 .agreement
                 .is_none()
         );
+    }
+
+    #[test]
+    fn an_answer_is_the_same_label_or_a_value_within_the_tolerance() {
+        assert!(answers(&json!(2), &json!(2), 1e-6));
+        assert!(!answers(&json!(2), &json!(1), 1e-6));
+        // A regressor's value written as an integer still takes the tolerance; a string never
+        // matches a number.
+        assert!(answers(&json!(2), &json!(2.0000001), 1e-6));
+        assert!(!answers(&json!("setosa"), &json!(0), 1e-6));
+        assert!(!answers(&json!("0"), &json!(0), 1e-6));
+        assert!(answers(&json!("setosa"), &json!("setosa"), 1e-6));
+        // Values: relative to max(|expect|, 1).
+        assert!(answers(&json!(250.0), &json!(250.0002), 1e-6));
+        assert!(!answers(&json!(250.0), &json!(250.01), 1e-6));
+        assert!(answers(&json!(0.0), &json!(0.0000009), 1e-6));
+        assert!(answers(&json!([1.5, -3.0]), &json!([1.5, -3.0]), 1e-6));
+        assert!(!answers(&json!([1.5, -3.0]), &json!([1.5]), 1e-6));
+        assert!(!answers(&json!([1.5, -3.0]), &json!(1.5), 1e-6));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::commands::steps::{
     Towards, annotate, flip, mark_live, protect_images, smoke_test, wait_public,
 };
 use crate::error::{Exit, Failure, Result};
-use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, GoLive, Refusal};
+use crate::plan::flip::{Flip, FlipPlan, FlipSettings, FlipStep, FlipWorld, Refusal};
 use crate::session::{Ctx, begin, finish_session, step};
 
 /// `expect_digest`: promote only if the candidate runs this image (CI passes the digest its own
@@ -93,7 +93,7 @@ async fn prepare(
     // Only a rollback may redeploy a retired colour: only it reads the ledger and the registry.
     if let (Flip::Rollback { .. }, Some(live)) = (kind, world.live) {
         if let Some(r) = store.previous_live(live.as_str()).await? {
-            let (digest, model_version) = crate::state::go_live_of(&r).map_err(|e| {
+            let go_live = crate::state::go_live_of(&r).map_err(|e| {
                 Failure::new(
                     Exit::Aws,
                     "ledger",
@@ -101,10 +101,7 @@ async fn prepare(
                     "the state bucket holds a value release never wrote: check who wrote it (its object versions, CloudTrail) before rolling back",
                 )
             })?;
-            facts.previous_live = Some(GoLive {
-                digest,
-                model_version,
-            });
+            facts.previous_live = Some(go_live);
         }
         let registry = stacks.observe(&c.stack_name("registry")).await?;
         facts.repository_uri = registry.outputs.get("RepositoryUri").cloned();
@@ -359,6 +356,7 @@ impl Run<'_> {
                         r.colour = Some(plan.to.to_string());
                         r.image_digest = plan.digest.clone();
                         r.model_version = Some(plan.model_version.clone());
+                        r.model_sha256 = Some(plan.model_sha256.clone()).filter(|h| !h.is_empty());
                     })
                     .await;
             }
@@ -367,12 +365,13 @@ impl Run<'_> {
                 image,
                 digest,
                 model_version,
+                model_sha256,
             } => {
                 crate::session::fence(ctx, &name).await?;
                 // The pods read the origin Secret: in place before they are deployed.
                 self.secret().await?;
                 self.to_addr = self
-                    .redeploy(&name, *colour, image, digest, model_version)
+                    .redeploy(&name, *colour, image, digest, (model_version, model_sha256))
                     .await?;
             }
             FlipStep::Smoke { colour, .. } => {
@@ -502,6 +501,7 @@ impl Run<'_> {
             base: crate::adapters::smoke::Base::proxy(&self.proxy, c, colour),
             colour,
             model_version: &self.plan.model_version,
+            model_sha256: &self.plan.model_sha256,
             secret,
         }
     }
@@ -655,11 +655,12 @@ impl Run<'_> {
         colour: Colour,
         image: &str,
         digest: &str,
-        version: &str,
+        (version, sha256): (&str, &str),
     ) -> Result<String> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let mut then = c.clone();
         then.model.version = version.to_string();
+        then.model.sha256 = sha256.to_string();
         let (manifests, _) = colour::render(
             &ctx.base.join(&c.deploy.templates),
             &then,

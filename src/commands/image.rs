@@ -6,14 +6,16 @@ use crate::adapters::image::{self, Image, ImageSpec};
 use crate::error::{Exit, Failure, Result};
 
 /// The model-server image `release` builds: the binary at /model-server, non-root, labelled with
-/// the model version and the revision.
+/// the model version, the model's sha256 (`config::ModelConfig::sha256`: what the smoke test
+/// requires `/version` to report) and the revision.
 pub fn image_from(
     binary: &Path,
     model_file: Option<&Path>,
     tag: &str,
-    model: &str,
-    version: &str,
+    model: &crate::config::ModelConfig,
 ) -> Result<Image> {
+    let (version, sha256) = (model.version.as_str(), model.sha256.as_str());
+    let model = model.name.as_str();
     let mut env = vec![
         ("MODEL_SERVER_PORT".to_string(), "8080".to_string()),
         ("MODEL_SERVER_MODEL_NAME".into(), model.into()),
@@ -32,6 +34,7 @@ pub fn image_from(
         ),
         ("release.model.name".into(), model.into()),
         ("release.model.version".into(), version.into()),
+        ("release.model.sha256".into(), sha256.into()),
     ];
     let spec = ImageSpec {
         path_in_image: "/model-server",

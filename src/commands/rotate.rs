@@ -209,6 +209,7 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                             base: crate::adapters::smoke::Base::Url(base.clone()),
                             colour: *col,
                             model_version: "",
+                            model_sha256: "",
                             secret: "",
                         };
                         let timeout = Duration::from_secs(c.edge.verify_timeout_seconds);

@@ -37,20 +37,30 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         }
         // Ready through the API server's service proxy: status needs no path to the colour's
         // load balancer, which is CloudFront's origin, not the operator's.
-        let healthy = match (&o.address, &client) {
+        let (healthy, served) = match (&o.address, &client) {
             (Some(_), Some(client)) => {
                 let base = crate::adapters::smoke::Base::proxy(client, c, *col);
-                crate::adapters::smoke::call(&http, &base, http::Method::GET, "/readyz", "", None)
-                    .await
-                    .is_ok_and(|a| a.ok())
+                let get = |path| {
+                    crate::adapters::smoke::call(&http, &base, http::Method::GET, path, "", None)
+                };
+                let healthy = get("/readyz").await.is_ok_and(|a| a.ok());
+                let served = match get("/version").await {
+                    Ok(a) if a.ok() => serde_json::from_slice::<Value>(&a.body)
+                        .ok()
+                        .and_then(|v| v["model_sha256"].as_str().map(str::to_string)),
+                    _ => None,
+                };
+                (healthy, served)
             }
-            _ => false,
+            _ => (false, None),
         };
+        let identity =
+            crate::plan::colour::model_identity(o.model_sha256.as_deref(), served.as_deref());
         colours.insert(
             colour::name(c, *col),
             json!({
                 "colour": col, "role": roles.roles.get(col), "image_digest": o.digest,
-                "model_version": o.model_version,
+                "model_version": o.model_version, "model_sha256": o.model_sha256, "model_identity": identity,
                 "age": o.created.map(|t| humantime::format_duration(Duration::from_secs(now.saturating_sub(t).max(0) as u64)).to_string()),
                 "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy,
             }),

@@ -352,10 +352,10 @@ pub async fn protect_images(
                 let line = store.rollback_line(live.as_str()).await?;
                 for (level, r) in line.iter().enumerate() {
                     let slot = crate::plan::images::rollback_slot(level + 1);
-                    if let (false, Ok((digest, _))) =
+                    if let (false, Ok(g)) =
                         (in_use.contains_key(&slot), crate::state::go_live_of(r))
                     {
-                        in_use.insert(slot, digest);
+                        in_use.insert(slot, g.digest);
                     }
                 }
             }

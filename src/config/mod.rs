@@ -266,6 +266,10 @@ pub struct ModelConfig {
     pub name: String,
     #[serde(default = "default_model_version")]
     pub version: String,
+    /// The sha256 of the model the image ships: of `path`'s bytes, or of the model compiled into
+    /// the server. Not a setting: computed when the file is loaded ([`load`]).
+    #[serde(skip)]
+    pub sha256: String,
 }
 
 impl Default for ModelConfig {
@@ -274,8 +278,31 @@ impl Default for ModelConfig {
             path: None,
             name: default_model_name(),
             version: default_model_version(),
+            sha256: String::new(),
         }
     }
+}
+
+/// The model the model-server compiles in (`model-server/src/model.rs`'s `BUNDLED_MODEL`), served
+/// when `model.path` is not set: its sha256 is what such an image ships.
+pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../model-server/model/iris.onnx");
+
+/// Sets `model.sha256` from the file the image will ship (or the bundled model).
+fn identify_model(config: &mut Config, file: &str, base: &Path) -> Result<(), ConfigError> {
+    let bytes = match &config.model.path {
+        Some(p) => std::fs::read(base.join(p))
+            .map_err(|e| err(file, "model.path", format!("cannot read it: {e}")))?,
+        None => BUNDLED_MODEL.to_vec(),
+    };
+    config.model.sha256 = model_sha256(&bytes);
+    Ok(())
+}
+
+/// A model file's identity as the image label, the ledger and the server's `/version` give it:
+/// the sha256 of its bytes, in lowercase hex.
+pub fn model_sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("{:x}", Sha256::digest(bytes))
 }
 
 fn default_model_name() -> String {
@@ -565,7 +592,7 @@ pub fn load(
         )
     })?;
     let text = interpolate(&text, &file, env)?;
-    let config = parse(&text, &file)?;
+    let mut config = parse(&text, &file)?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let base = if base.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -573,6 +600,7 @@ pub fn load(
         base
     };
     config.validate(&file, &base)?;
+    identify_model(&mut config, &file, &base)?;
     Ok((config, base))
 }
 
@@ -605,12 +633,13 @@ pub fn load_for_image(
     if a != b {
         return Err(strict);
     }
-    let config = parse(&text_a, &file)?;
+    let mut config = parse(&text_a, &file)?;
     let base = match path.parent().map(Path::to_path_buf) {
         Some(b) if !b.as_os_str().is_empty() => b,
         _ => PathBuf::from("."),
     };
     config.validate(&file, &base)?;
+    identify_model(&mut config, &file, &base)?;
     Ok((config, base))
 }
 

@@ -128,6 +128,8 @@ pub struct Observed {
     pub replicas: i32,
     pub address: Option<String>,
     pub model_version: Option<String>,
+    /// Its `release/model-sha256` annotation: the sha256 of the model its image ships.
+    pub model_sha256: Option<String>,
     /// When the Deployment was created (Unix seconds).
     pub created: Option<i64>,
     /// Set on the colour a flip is moving traffic to. Still set on the live colour = a flip died
@@ -203,6 +205,19 @@ pub fn fenced_out(found: Option<&str>, mine: u64) -> Option<u64> {
     found
         .and_then(|g| g.parse::<u64>().ok())
         .filter(|&g| g > mine)
+}
+
+/// Whether a colour serves the model its image ships, as `status` says it: `shipped` is the
+/// colour's `release/model-sha256` annotation, `served` what its `/version` reports.
+pub fn model_identity(shipped: Option<&str>, served: Option<&str>) -> String {
+    match (shipped.filter(|s| !s.is_empty()), served) {
+        (None, _) => "not recorded (deployed before release recorded the model's sha256)".into(),
+        (Some(_), None) => "unknown (no /version answer)".into(),
+        (Some(a), Some(b)) if a == b => "serves the model its image ships".into(),
+        (Some(a), Some(b)) => format!(
+            "MISMATCH: serves the model with sha256 {b}, its image ships {a}: roll back or redeploy"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -301,5 +316,17 @@ mod tests {
             serde_json::to_string(&Role::Candidate).unwrap(),
             "\"candidate\""
         );
+    }
+
+    #[test]
+    fn status_says_whether_a_colour_serves_the_model_its_image_ships() {
+        assert_eq!(
+            model_identity(Some("ab"), Some("ab")),
+            "serves the model its image ships"
+        );
+        assert!(model_identity(Some("ab"), Some("cd")).starts_with("MISMATCH"));
+        assert!(model_identity(Some("ab"), None).starts_with("unknown"));
+        assert!(model_identity(None, Some("cd")).starts_with("not recorded"));
+        assert!(model_identity(Some(""), Some("cd")).starts_with("not recorded"));
     }
 }

@@ -52,6 +52,8 @@ impl Flip {
 pub struct GoLive {
     pub digest: String,
     pub model_version: Option<String>,
+    /// The sha256 of the model its image ships (absent in releases recorded before it was).
+    pub model_sha256: Option<String>,
 }
 
 /// What a flip decides from, as observed.
@@ -99,6 +101,7 @@ pub enum FlipStep {
         image: String,
         digest: String,
         model_version: String,
+        model_sha256: String,
     },
     /// The golden cases and the request burst at the colour's Service, through the API server's
     /// service proxy (no network path from CI to its load balancer needed).
@@ -315,6 +318,9 @@ pub struct FlipPlan {
     /// The image digest and model version traffic goes to.
     pub digest: Option<String>,
     pub model_version: String,
+    /// The sha256 of the model `to`'s image ships, which its `/version` must report at the smoke
+    /// test and through the public URL (empty: not recorded, not checked).
+    pub model_sha256: String,
     pub public_url: String,
     /// The edge already serves `to` (an earlier run died after its flip).
     pub finishing: bool,
@@ -365,16 +371,18 @@ pub fn plan_flip(
         return Err(Refusal::NoPublicUrl);
     };
     let to_o = observed(w, t.to);
-    let (digest, model_version) = match &t.redeploy {
+    let (digest, model_version, model_sha256) = match &t.redeploy {
         Some(g) => (
             Some(g.digest.clone()),
             g.model_version.clone().unwrap_or_default(),
+            g.model_sha256.clone().unwrap_or_default(),
         ),
         None => (
             to_o.digest.clone(),
             to_o.model_version
                 .clone()
                 .unwrap_or_else(|| w.model_version.clone()),
+            to_o.model_sha256.clone().unwrap_or_default(),
         ),
     };
     let redeploy = match &t.redeploy {
@@ -387,6 +395,7 @@ pub fn plan_flip(
                 image: format!("{repo}@{}", g.digest),
                 digest: g.digest.clone(),
                 model_version: model_version.clone(),
+                model_sha256: model_sha256.clone(),
             })
         }
         None => None,
@@ -398,6 +407,7 @@ pub fn plan_flip(
         to: t.to,
         digest,
         model_version,
+        model_sha256,
         steps,
         public_url,
         finishing: t.finishing,
@@ -615,6 +625,7 @@ mod tests {
             replicas: 2,
             address: Some(address.into()),
             model_version: Some(format!("model-of-{digest}")),
+            model_sha256: Some(format!("sha-of-{digest}")),
             ..Observed::default()
         }
     }
@@ -650,6 +661,7 @@ mod tests {
         w.previous_live = Some(GoLive {
             digest: "sha256:b1".into(),
             model_version: Some("v1".into()),
+            model_sha256: Some("sha-of-b1".into()),
         });
         w.repository_uri = Some("123.dkr.ecr.eu-west-1.amazonaws.com/iris".into());
         w
@@ -764,6 +776,8 @@ mod tests {
         assert!(p.steps[2].what("iris").ends_with("then invalidate /*"));
         assert_eq!(p.digest.as_deref(), Some("sha256:g2"));
         assert_eq!(p.model_version, "model-of-sha256:g2");
+        // What the candidate's image ships: its smoke test and the public URL must report it.
+        assert_eq!(p.model_sha256, "sha-of-sha256:g2");
     }
 
     #[test]
@@ -875,6 +889,12 @@ mod tests {
             None,
             settings()
         ));
+        // The redeployed colour is held to the model the ledger recorded for its image.
+        let p = plan_flip(&green_live_blue_retired(), ROLLBACK, None, settings()).unwrap();
+        assert_eq!(p.model_sha256, "sha-of-b1");
+        assert!(
+            matches!(&p.steps[1], FlipStep::Redeploy { model_sha256, .. } if model_sha256 == "sha-of-b1")
+        );
     }
 
     #[test]

@@ -74,7 +74,8 @@ pub fn render(
             role => role,
             app => config.app, colour => colour, namespace => d.namespace, image => image, digest => digest,
             replicas => d.replicas, service_port => d.service_port, model_name => config.model.name,
-            model_version => config.model.version, release_id => release_id, manifest_hash => hash,
+            model_version => config.model.version,
+            model_sha256 => config.model.sha256, release_id => release_id, manifest_hash => hash,
             progress_deadline_seconds => d.rollout_timeout_seconds.min(600), grace_seconds => 20,
             pre_stop_seconds => 2, drain_seconds => 3,
             lb_scheme => config.edge.origin_access.scheme(),
@@ -615,6 +616,7 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: Colour) -> 
         replicas: d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0),
         address: s.as_ref().and_then(address_of),
         model_version: ann.get("release/model-version").cloned(),
+        model_sha256: ann.get("release/model-sha256").cloned(),
         created: d
             .metadata
             .creation_timestamp

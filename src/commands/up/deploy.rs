@@ -291,6 +291,7 @@ impl Release<'_> {
                     ),
                     colour: *colour,
                     model_version: &c.model.version,
+                    model_sha256: &c.model.sha256,
                     secret: "",
                 };
                 let cases = self
@@ -368,6 +369,7 @@ impl Release<'_> {
             base: crate::adapters::smoke::Base::proxy(&self.proxy, c, colour),
             colour,
             model_version: &c.model.version,
+            model_sha256: &c.model.sha256,
             secret: &self.secret,
         };
         let target = at(candidate);
