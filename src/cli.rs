@@ -82,6 +82,9 @@ pub enum Command {
         /// With --promote: remove the previous colour after the flip.
         #[arg(long, requires = "promote")]
         retire_previous: bool,
+        /// With --promote: as `release promote --allow-contract-change`.
+        #[arg(long, requires = "promote")]
+        allow_contract_change: bool,
     },
     /// Put the tested candidate live.
     ///
@@ -105,6 +108,12 @@ pub enum Command {
         /// breach (exit 9). Overrides `promote.bake_seconds`. E.g. `5m`, `90s`.
         #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
         bake: Option<std::time::Duration>,
+        /// Promote even when the candidate's model contract (feature count, output kind, class
+        /// labels in order, regression targets; `/version`) differs from the live colour's: the
+        /// difference is printed and recorded. Without it such a promote is refused (exit 7):
+        /// clients break on that change even when every health check passes.
+        #[arg(long)]
+        allow_contract_change: bool,
     },
     /// Put the previous colour back behind the edge.
     ///

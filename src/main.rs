@@ -260,6 +260,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             force,
             promote,
             retire_previous,
+            allow_contract_change,
         } => {
             let args = UpArgs {
                 force_unlock: *force_unlock,
@@ -274,8 +275,15 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                 if *promote && !ctx.dry_run {
                     if up.candidate_waits {
                         summary["promote"] =
-                            release::commands::flip::promote(ctx, false, *retire_previous, None, None)
-                                .await?;
+                            release::commands::flip::promote(
+                                ctx,
+                                false,
+                                *retire_previous,
+                                None,
+                                None,
+                                *allow_contract_change,
+                            )
+                            .await?;
                     } else {
                         ctx.out.note("--promote: no candidate waits (nothing to release, or this first release is live already): nothing to promote");
                     }
@@ -295,6 +303,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             retire_previous,
             expect_digest,
             bake,
+            allow_contract_change,
         } => {
             interruptible(
                 ctx,
@@ -306,6 +315,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                     *retire_previous,
                     expect_digest.as_deref(),
                     *bake,
+                    *allow_contract_change,
                 ),
             )
             .await

@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime};
 
 use common::{
     Seen, assert_switch_with_flip, aws, cases, config, config_versioned, deployments, edge_traffic,
-    exits_with, kubectl, last_release, object, release, release_command, s3, succeeded, summary,
+    executed_steps, exits_with, kubectl, last_release, object, planned_steps, release,
+    release_command, s3, succeeded, summary,
 };
 use sandbox::harness::{Sandbox, model_server_binary, workspace};
 use serde_json::{Value, json};
@@ -1657,4 +1658,113 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
         .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default();
     assert!(detail.contains("/predict requests, error rate"), "{last}");
+}
+
+/// The iris export with its class labels moved by `shift` (0, 1, 2 become 0+shift, …): the same
+/// answers under other names, a model contract clients would break on. Returns its path.
+fn relabelled_iris(dir: &Path, shift: i64) -> PathBuf {
+    use prost::Message;
+    let fixture = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(fixture).unwrap().as_slice()).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let labels = graph
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut())
+        .find(|a| a.name == "classlabels_ints")
+        .expect("the export names its classes");
+    for l in &mut labels.ints {
+        *l += shift;
+    }
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(format!("iris-plus-{shift}.onnx"));
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+/// Golden cases for `relabelled_iris(_, shift)`.
+fn shifted_cases(dir: &Path, shift: i64) -> PathBuf {
+    let text = std::fs::read_to_string(cases()).unwrap();
+    let mut doc: Value = serde_yaml::from_str(&text).unwrap();
+    for c in doc["cases"].as_array_mut().unwrap() {
+        c["expect"] = json!(c["expect"].as_i64().unwrap() + shift);
+    }
+    let path = dir.join(format!("cases-plus-{shift}.yaml"));
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_promote_refuses_a_changed_model_contract_unless_allowed() {
+    let common::Given { sb, .. } = common::given_blue_live();
+    let dir = sb.dir.join("contract");
+    // Green: a model that passes its own golden cases, but names its classes 1, 2, 3 where live
+    // answers 0, 1, 2: every client mapping classes to names would break.
+    let model = relabelled_iris(&dir, 1);
+    let text = std::fs::read_to_string(config(
+        &dir,
+        &model_server_binary(),
+        "relabel1",
+        &shifted_cases(&dir, 1),
+    ))
+    .unwrap()
+    .replace(
+        &workspace()
+            .join("model-server/model/iris.onnx")
+            .display()
+            .to_string(),
+        &model.display().to_string(),
+    );
+    let changed = dir.join("release-changed.yaml");
+    std::fs::write(&changed, text).unwrap();
+    succeeded(
+        &release(&sb, &changed, &["up"]),
+        "the candidate passes its cases",
+    );
+
+    // Refused with the difference printed; nothing moved, the candidate stays.
+    let out = release(&sb, &changed, &["promote"]);
+    exits_with(&out, 7);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("contract") && error.contains("live [0, 1, 2], candidate [1, 2, 3]"),
+        "{error}"
+    );
+    let http = reqwest::Client::new();
+    let edge = sb.var("SANDBOX_EDGE_URL");
+    assert_eq!(edge_version(&http, edge).await["colour"], "blue");
+    let status = summary(&release(&sb, &changed, &["status"]));
+    assert_eq!(status["colours"]["iris-green"]["role"], "candidate");
+    let ledger = last_release(&s3(&sb).await).await;
+    assert_eq!(ledger["outcome"], "failed", "{ledger}");
+
+    // The dry run says what it would check; allowed, the promote goes through and says what
+    // changed.
+    let plan = release(
+        &sb,
+        &changed,
+        &["promote", "--allow-contract-change", "--dry-run"],
+    );
+    assert!(
+        planned_steps(&plan).contains(&"contract iris-green".to_string()),
+        "{}",
+        String::from_utf8_lossy(&plan.stdout)
+    );
+    let out = release(&sb, &changed, &["promote", "--allow-contract-change"]);
+    succeeded(&out, "promote with --allow-contract-change");
+    assert!(executed_steps(&out).contains(&"contract iris-green".to_string()));
+    let version = edge_version(&http, edge).await;
+    assert_eq!(version["colour"], "green");
+    assert_eq!(version["output"]["classes"], json!([1, 2, 3]));
+
+    // The same contract again: a promote without the flag passes its contract step.
+    succeeded(
+        &release(&sb, &changed, &["up", "--force"]),
+        "a candidate with green's contract",
+    );
+    succeeded(
+        &release(&sb, &changed, &["promote"]),
+        "an unchanged contract promotes",
+    );
 }

@@ -232,6 +232,15 @@ impl Report {
 }
 
 /// The 95th percentile of `samples` (nearest rank).
+/// `GET /version` at `base`, as JSON.
+pub async fn version(http: &reqwest::Client, base: &Base, secret: &str) -> Result<Value, String> {
+    let answer = call(http, base, http::Method::GET, "/version", secret, None).await?;
+    if !answer.ok() {
+        return Err(format!("/version: HTTP {}", answer.status));
+    }
+    serde_json::from_slice(&answer.body).map_err(|e| format!("/version: not JSON: {e}"))
+}
+
 pub fn p95(samples: &mut [f64]) -> f64 {
     if samples.is_empty() {
         return 0.0;

@@ -32,6 +32,7 @@ pub async fn promote(
     retire_previous: bool,
     expect_digest: Option<&str>,
     bake: Option<Duration>,
+    allow_contract_change: bool,
 ) -> Result<Value> {
     // `--bake 0s` turns off a bake the config asks for.
     let bake = bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs());
@@ -40,7 +41,7 @@ pub async fn promote(
         force_unlock,
         Flip::Promote { retire_previous },
         expect_digest,
-        bake,
+        (bake, allow_contract_change),
     )
     .await
 }
@@ -57,7 +58,7 @@ pub async fn rollback(
         force_unlock,
         Flip::Rollback { keep_failed },
         expect_digest,
-        0,
+        (0, false),
     )
     .await
 }
@@ -75,7 +76,7 @@ async fn prepare(
     store: &StateStore,
     kind: Flip,
     expect_digest: Option<&str>,
-    bake_seconds: u64,
+    (bake_seconds, allow_contract_change): (u64, bool),
 ) -> Result<std::result::Result<Prepared, Refusal>> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
@@ -114,6 +115,7 @@ async fn prepare(
         invalidate: c.edge.invalidate,
         vpc: c.edge.origin_access == crate::config::OriginAccess::Vpc,
         bake_seconds,
+        allow_contract_change,
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -210,7 +212,7 @@ async fn flip_to(
     force_unlock: bool,
     kind: Flip,
     expect_digest: Option<&str>,
-    bake_seconds: u64,
+    (bake_seconds, allow_contract_change): (u64, bool),
 ) -> Result<Value> {
     let started = Instant::now();
     let stacks = ctx.stacks();
@@ -229,9 +231,16 @@ async fn flip_to(
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
         store.check_lock(force_unlock, ctx.break_live_lock).await?;
-        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest, bake_seconds)
-            .await?
-            .map_err(|r| refused(ctx, kind, r))?;
+        let (_, plan, _) = prepare(
+            ctx,
+            &stacks,
+            &store,
+            kind,
+            expect_digest,
+            (bake_seconds, allow_contract_change),
+        )
+        .await?
+        .map_err(|r| refused(ctx, kind, r))?;
         return Ok(print_plan(
             ctx,
             &plan.printed(&c.app),
@@ -243,17 +252,23 @@ async fn flip_to(
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let prepared = async {
         let failed = |e: Failure| (e, false);
-        let (world, plan, cases) =
-            match prepare(ctx, &stacks, &store, kind, expect_digest, bake_seconds)
-                .await
-                .map_err(failed)?
-            {
-                Ok(p) => p,
-                Err(r) => {
-                    let nothing = matches!(r, Refusal::Nothing { .. });
-                    return Err((refused(ctx, kind, r), nothing));
-                }
-            };
+        let (world, plan, cases) = match prepare(
+            ctx,
+            &stacks,
+            &store,
+            kind,
+            expect_digest,
+            (bake_seconds, allow_contract_change),
+        )
+        .await
+        .map_err(failed)?
+        {
+            Ok(p) => p,
+            Err(r) => {
+                let nothing = matches!(r, Refusal::Nothing { .. });
+                return Err((refused(ctx, kind, r), nothing));
+            }
+        };
         let cluster = world
             .cluster
             .as_ref()
@@ -402,6 +417,14 @@ impl Run<'_> {
                     s.candidate = None;
                 }
             }
+            FlipStep::Contract { from, to, allow } => {
+                let secret = self.secret().await?;
+                step(ctx, self.store, self.id, &name, "", async {
+                    let summary = self.contract(&name, *from, *to, *allow, &secret).await?;
+                    Ok(((), summary))
+                })
+                .await?;
+            }
             FlipStep::Flip {
                 from,
                 to,
@@ -504,6 +527,60 @@ impl Run<'_> {
             model_sha256: &self.plan.model_sha256,
             secret,
         }
+    }
+
+    /// The contract step: `to`'s `/version` input and output against live `from`'s
+    /// (`plan::contract`); a difference fails it (exit 7) unless `allow`. Returns what it found.
+    async fn contract(
+        &self,
+        name: &str,
+        from: Colour,
+        to: Colour,
+        allow: bool,
+        secret: &str,
+    ) -> Result<String> {
+        use crate::plan::contract::{Comparison, compare};
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let http = crate::adapters::smoke::http_client(Duration::from_secs(10));
+        let mut seen = Vec::new();
+        for col in [from, to] {
+            let base = crate::adapters::smoke::Base::proxy(&self.proxy, c, col);
+            let v = crate::adapters::smoke::version(&http, &base, secret)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        Exit::Smoke,
+                        name,
+                        format!("{}: {e}", colour::name(c, col)),
+                        "the colour must answer /version through the API server's service proxy; check its pods (`release status`)",
+                    )
+                })?;
+            seen.push(v);
+        }
+        Ok(match compare(&seen[0], &seen[1]) {
+            Comparison::Same(s) => format!("the same as live's: {s}"),
+            Comparison::LiveUnknown(why) => why,
+            Comparison::Differs(d) if allow => {
+                let d = d.join("; ");
+                ctx.out.note(&format!(
+                    "the model contract changes (allowed by --allow-contract-change): {d}"
+                ));
+                format!("changed, allowed by --allow-contract-change: {d}")
+            }
+            Comparison::Differs(d) => {
+                return Err(Failure::new(
+                    Exit::Smoke,
+                    name,
+                    format!(
+                        "{}'s model contract differs from live {}'s: {}",
+                        colour::name(c, to),
+                        colour::name(c, from),
+                        d.join("; ")
+                    ),
+                    "clients of the live model break on this change; if it is intended (and they are ready), promote with --allow-contract-change; the candidate stays deployed",
+                ));
+            }
+        })
     }
 
     /// The public URL answers from `colour`, then passes `requests` smoke requests; the ledger

@@ -44,12 +44,10 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
                     crate::adapters::smoke::call(&http, &base, http::Method::GET, path, "", None)
                 };
                 let healthy = get("/readyz").await.is_ok_and(|a| a.ok());
-                let served = match get("/version").await {
-                    Ok(a) if a.ok() => serde_json::from_slice::<Value>(&a.body)
-                        .ok()
-                        .and_then(|v| v["model_sha256"].as_str().map(str::to_string)),
-                    _ => None,
-                };
+                let served = crate::adapters::smoke::version(&http, &base, "")
+                    .await
+                    .ok()
+                    .and_then(|v| v["model_sha256"].as_str().map(str::to_string));
                 (healthy, served)
             }
             _ => (false, None),

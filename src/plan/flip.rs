@@ -88,6 +88,9 @@ pub struct FlipSettings {
     pub vpc: bool,
     /// A promote's bake after its verified flip, in seconds (0: none).
     pub bake_seconds: u64,
+    /// `promote --allow-contract-change`: a candidate whose contract differs from live's is
+    /// promoted (the difference printed) instead of refused.
+    pub allow_contract_change: bool,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -109,6 +112,13 @@ pub enum FlipStep {
         colour: Colour,
         cases: usize,
         requests: u32,
+    },
+    /// A promote: `to`'s model contract (`/version`'s input and output) must be live `from`'s,
+    /// unless `allow`.
+    Contract {
+        from: Colour,
+        to: Colour,
+        allow: bool,
     },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
@@ -164,6 +174,7 @@ impl FlipStep {
             FlipStep::Lock => "lock".into(),
             FlipStep::Redeploy { colour, .. } => format!("redeploy {}", name(app, *colour)),
             FlipStep::Smoke { colour, .. } => format!("smoke {}", name(app, *colour)),
+            FlipStep::Contract { to, .. } => format!("contract {}", name(app, *to)),
             FlipStep::Flip { .. } | FlipStep::Flipped { .. } => "flip".into(),
             FlipStep::Verify { .. } => "verify public URL".into(),
             FlipStep::Bake { colour, .. } => format!("bake {}", name(app, *colour)),
@@ -180,6 +191,7 @@ impl FlipStep {
             self,
             FlipStep::Redeploy { .. }
                 | FlipStep::Smoke { .. }
+                | FlipStep::Contract { .. }
                 | FlipStep::Flip { .. }
                 | FlipStep::Verify { .. }
                 | FlipStep::Bake { .. }
@@ -209,6 +221,16 @@ impl FlipStep {
             } => format!(
                 "{cases} golden cases and {requests} requests to {} through the API server's service proxy",
                 name(app, *colour)
+            ),
+            FlipStep::Contract { from, to, allow } => format!(
+                "{}'s /version must report live {}'s input and output (feature count, output kind, classes in order or regression targets){}",
+                name(app, *to),
+                name(app, *from),
+                if *allow {
+                    "; a difference is printed and allowed (--allow-contract-change)"
+                } else {
+                    "; a difference refuses the promote (--allow-contract-change allows it)"
+                }
             ),
             FlipStep::Flip {
                 from,
@@ -548,6 +570,15 @@ fn steps(
             cases: s.cases,
             requests: s.requests,
         });
+        // Only a promote: a rollback goes back to what clients used before. Nothing to compare
+        // with on a first go-live (no colour serves).
+        if matches!(kind, Flip::Promote { .. }) && from_o.exists {
+            steps.push(FlipStep::Contract {
+                from,
+                to,
+                allow: s.allow_contract_change,
+            });
+        }
         steps.push(FlipStep::Flip {
             from,
             to,
@@ -679,6 +710,7 @@ mod tests {
             invalidate: false,
             vpc: false,
             bake_seconds: 0,
+            allow_contract_change: false,
         }
     }
 
@@ -773,11 +805,50 @@ mod tests {
                 in_use: slots(&[("green", "sha256:g2"), ("rollback", "sha256:b1")])
             }
         );
-        assert!(p.steps[2].what("iris").ends_with("then invalidate /*"));
+        let flip = p.steps.iter().find(|s| matches!(s, FlipStep::Flip { .. }));
+        assert!(flip.unwrap().what("iris").ends_with("then invalidate /*"));
         assert_eq!(p.digest.as_deref(), Some("sha256:g2"));
         assert_eq!(p.model_version, "model-of-sha256:g2");
         // What the candidate's image ships: its smoke test and the public URL must report it.
         assert_eq!(p.model_sha256, "sha-of-sha256:g2");
+    }
+
+    #[test]
+    fn a_promote_checks_the_model_contract_before_its_flip_and_a_rollback_does_not() {
+        let contract = |kind, s| {
+            let w = match kind {
+                Flip::Promote { .. } => blue_live_green_candidate(),
+                Flip::Rollback { .. } => green_live_blue_retired(),
+            };
+            let p = plan_flip(&w, kind, None, s).unwrap();
+            let at = |f: fn(&FlipStep) -> bool| p.steps.iter().position(f);
+            let contract = at(|s| matches!(s, FlipStep::Contract { .. }));
+            if let Some(i) = contract {
+                // After the candidate's smoke test, before the edge moves.
+                assert!(at(|s| matches!(s, FlipStep::Smoke { .. })).unwrap() < i);
+                assert!(i < at(|s| matches!(s, FlipStep::Flip { .. })).unwrap());
+            }
+            contract.map(|i| p.steps[i].clone())
+        };
+        assert_eq!(
+            contract(PROMOTE, settings()),
+            Some(FlipStep::Contract {
+                from: Colour::Blue,
+                to: Colour::Green,
+                allow: false
+            })
+        );
+        let allowed = FlipSettings {
+            allow_contract_change: true,
+            ..settings()
+        };
+        let step = contract(PROMOTE, allowed).unwrap();
+        assert!(
+            step.what("iris")
+                .contains("allowed (--allow-contract-change)")
+        );
+        // A rollback goes back to what clients used before.
+        assert_eq!(contract(ROLLBACK, settings()), None);
     }
 
     #[test]

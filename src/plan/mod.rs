@@ -7,6 +7,7 @@ use crate::config::Config;
 
 pub mod bake;
 pub mod colour;
+pub mod contract;
 pub mod destroy;
 pub mod flip;
 pub mod images;
