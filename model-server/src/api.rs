@@ -243,7 +243,7 @@ pub async fn predict(
             e.to_string(),
         )
     })?;
-    state.metrics.add_rows_predicted(predictions.len() as u64);
+    state.metrics.add_predictions(&predictions);
     let classifier = matches!(state.model.kind(), Kind::Classifier { .. });
     let response = match shape {
         Shape::Single => Json(SingleAnswer {

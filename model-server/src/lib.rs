@@ -82,7 +82,17 @@ impl AppState {
         let model = Model::from_onnx_bytes(&bytes)?;
         let model_name = config.model_name.clone().unwrap_or(default_name);
         let model_version = config.model_version.clone().unwrap_or(default_version);
-        let metrics = Metrics::new(&model_name, &model_version, model.sha256(), &config.colour);
+        let classes = match model.kind() {
+            crate::model::Kind::Classifier { labels: Some(l) } => l.clone(),
+            _ => Vec::new(),
+        };
+        let metrics = Metrics::new(
+            &model_name,
+            &model_version,
+            model.sha256(),
+            &config.colour,
+            &classes,
+        );
         Ok(AppState {
             model,
             model_name,

@@ -15,6 +15,15 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::AppState;
+use crate::model::{Label, Prediction};
+
+/// A class as its metric label says it: `2`, `setosa`.
+fn plain(l: &Label) -> String {
+    match l {
+        Label::Int(i) => i.to_string(),
+        Label::Text(s) => s.clone(),
+    }
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -26,6 +35,11 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +57,11 @@ pub struct Metrics {
     latency: Family<RouteLabels, Histogram>,
     in_flight: Gauge,
     rows_predicted: Counter,
+    /// A classifier's answers by class (the class mix a bake can watch). The label set is the
+    /// model's classes, whatever clients send: named classes are created at start (each shown
+    /// from 0); a graph that does not name them answers an index below its probability count.
+    predictions: Family<ClassLabels, Counter>,
+    classes: Vec<(Label, Counter)>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -51,7 +70,14 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(model_name: &str, model_version: &str, sha256: &str, colour: &str) -> Self {
+    /// `classes`: a classifier's named classes (empty for a regressor or unnamed classes).
+    pub fn new(
+        model_name: &str,
+        model_version: &str,
+        sha256: &str,
+        colour: &str,
+        classes: &[Label],
+    ) -> Self {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::<RouteLabels, Histogram>::new_with_constructor(
@@ -87,6 +113,21 @@ impl Metrics {
             "Rows classified by the model",
             rows_predicted.clone(),
         );
+        let predictions = Family::<ClassLabels, Counter>::default();
+        let classes = classes
+            .iter()
+            .map(|l| {
+                let counter = predictions
+                    .get_or_create(&ClassLabels { class: plain(l) })
+                    .clone();
+                (l.clone(), counter)
+            })
+            .collect();
+        registry.register(
+            "model_predictions",
+            "Rows a classifier answered, by the class it answered",
+            predictions.clone(),
+        );
         registry.register("model_info", "The model this process serves", info);
         Metrics {
             registry,
@@ -94,11 +135,40 @@ impl Metrics {
             latency,
             in_flight,
             rows_predicted,
+            predictions,
+            classes,
         }
     }
 
-    pub fn add_rows_predicted(&self, n: u64) {
-        self.rows_predicted.inc_by(n);
+    /// Count the rows answered, and a classifier's answers by class.
+    pub fn add_predictions(&self, predictions: &[Prediction]) {
+        self.rows_predicted.inc_by(predictions.len() as u64);
+        for p in predictions {
+            let Prediction::Class {
+                label,
+                probabilities,
+            } = p
+            else {
+                continue;
+            };
+            match self.classes.iter().find(|(l, _)| l == label) {
+                Some((_, counter)) => {
+                    counter.inc();
+                }
+                // Unnamed classes: the graph's index, bounded by its probability count.
+                None => {
+                    if let Label::Int(i) = label
+                        && (0..probabilities.len() as i64).contains(i)
+                    {
+                        self.predictions
+                            .get_or_create(&ClassLabels {
+                                class: i.to_string(),
+                            })
+                            .inc();
+                    }
+                }
+            }
+        }
     }
 
     /// The OpenMetrics text exposition (Prometheus reads it).

@@ -400,6 +400,13 @@ async fn metrics_count_requests_by_route_and_status() {
     );
     assert!(text.contains("model_rows_predicted_total 2"), "{text}");
     assert!(text.contains(r#"colour="blue""#), "{text}");
+    // The class mix, each of the model's classes shown from 0.
+    for (class, n) in [("0", 2), ("1", 0), ("2", 0)] {
+        assert!(
+            text.contains(&format!("model_predictions_total{{class=\"{class}\"}} {n}")),
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]
