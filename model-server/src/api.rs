@@ -244,6 +244,9 @@ pub async fn predict(
         )
     })?;
     state.metrics.add_predictions(&predictions);
+    if let Some(shadow) = &state.shadow {
+        shadow.offer(&parts.headers, &body, &predictions);
+    }
     let classifier = matches!(state.model.kind(), Kind::Classifier { .. });
     let response = match shape {
         Shape::Single => Json(SingleAnswer {
@@ -348,6 +351,19 @@ fn output_contract(kind: &Kind) -> serde_json::Value {
         Kind::Classifier { labels } => serde_json::json!({"kind": "classifier", "classes": labels}),
         Kind::Regressor { targets } => serde_json::json!({"kind": "regressor", "targets": targets}),
     }
+}
+
+/// `GET /shadow`: how a sample of this colour's answers compares with the candidate's (figures
+/// only); `{"enabled": false}` without `--shadow-url`.
+pub async fn shadow(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(match &state.shadow {
+        Some(s) => {
+            let mut r = s.report();
+            r["enabled"] = true.into();
+            r
+        }
+        None => serde_json::json!({"enabled": false}),
+    })
 }
 
 /// `GET /metrics`

@@ -76,6 +76,20 @@ pub struct Config {
     #[arg(long, env = "MODEL_SERVER_WORKERS")]
     pub workers: Option<std::num::NonZeroUsize>,
 
+    /// Send a sample of the answered /predict requests to this server as well (`http://host:port`,
+    /// the candidate colour's Service), off the response path, and keep only how its answers
+    /// compare (GET /shadow). Through `HTTP_PROXY` when it is set.
+    #[arg(long, env = "MODEL_SERVER_SHADOW_URL")]
+    pub shadow_url: Option<String>,
+
+    /// The share of /predict requests copied to --shadow-url (0 to 1).
+    #[arg(long, env = "MODEL_SERVER_SHADOW_SAMPLE", default_value_t = 0.05, value_parser = parse_share)]
+    pub shadow_sample: f64,
+
+    /// Copies waiting to be sent at most; more are dropped (and counted), never waited for.
+    #[arg(long, env = "MODEL_SERVER_SHADOW_QUEUE", default_value_t = 256)]
+    pub shadow_queue: usize,
+
     /// Log line format.
     #[arg(long, env = "MODEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -125,9 +139,19 @@ impl std::fmt::Debug for Config {
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
             .field("workers", &self.workers)
+            .field("shadow_url", &self.shadow_url)
+            .field("shadow_sample", &self.shadow_sample)
+            .field("shadow_queue", &self.shadow_queue)
             .field("log_format", &self.log_format)
             .field("log", &self.log)
             .finish()
+    }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("`{s}` is not a share between 0 and 1")),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod lifecycle;
 pub mod metrics;
 mod ml;
 pub mod model;
+pub mod shadow;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub struct AppState {
     pub max_batch: usize,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Metrics,
+    /// The shadow tee, when `--shadow-url` is set.
+    pub shadow: Option<shadow::Shadow>,
 }
 
 /// Why the server could not start.
@@ -56,6 +59,8 @@ pub enum StartError {
     Model(#[from] ModelError),
     #[error("the warm-up inference failed: {0}")]
     WarmUp(#[source] ModelError),
+    #[error("--shadow-url: {0}")]
+    Shadow(String),
 }
 
 impl AppState {
@@ -93,7 +98,24 @@ impl AppState {
             &config.colour,
             &classes,
         );
+        // The copies carry this server's origin-verify value: both colours read the same Secret.
+        let shadow = match config.shadow_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(url) if config.shadow_sample > 0.0 => Some(
+                shadow::Shadow::new(
+                    url,
+                    config.shadow_sample,
+                    config.shadow_queue,
+                    config
+                        .origin_verify_secret
+                        .clone()
+                        .filter(|s| !s.is_empty()),
+                )
+                .map_err(StartError::Shadow)?,
+            ),
+            _ => None,
+        };
         Ok(AppState {
+            shadow,
             model,
             model_name,
             model_version,
@@ -132,6 +154,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/version", get(api::version))
         .route("/metrics", get(api::metrics))
+        .route("/shadow", get(api::shadow))
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

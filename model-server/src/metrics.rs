@@ -195,6 +195,7 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
         Some("/readyz") => "/readyz",
         Some("/version") => "/version",
         Some("/metrics") => "/metrics",
+        Some("/shadow") => "/shadow",
         _ => "unmatched",
     };
     let method = match *request.method() {

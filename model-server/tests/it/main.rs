@@ -5,6 +5,7 @@
 mod api;
 mod matrix;
 mod reference;
+mod shadow;
 mod shutdown;
 mod smoke;
 
