@@ -297,6 +297,7 @@ async fn open_entry(
             image_digest: None,
             model_version: (action == "up").then(|| ctx.config.model.version.clone()),
             model_sha256: (action == "up").then(|| ctx.config.model.sha256.clone()),
+            shadow: None,
             went_live: false,
             live_below: None,
             steps: steps.clone(),

@@ -185,6 +185,10 @@ pub struct Release {
     /// colour's `/version` must report.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model_sha256: Option<String>,
+    /// A promote's shadow figures (`smoke.shadow`): how the live colour's real answers compared
+    /// with the candidate's when it was judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<serde_json::Value>,
     /// This run put `colour` live behind the edge and verified it there (a first `up`, a
     /// promote or a rollback): what `rollback` redeploys from once the colour is retired.
     #[serde(default)]
@@ -636,6 +640,7 @@ mod tests {
             image_digest: Some(digest.into()),
             model_version: Some("1".into()),
             model_sha256: None,
+            shadow: None,
             went_live: true,
             live_below: None,
             steps: vec![],

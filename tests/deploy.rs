@@ -1768,3 +1768,203 @@ async fn a_promote_refuses_a_changed_model_contract_unless_allowed() {
         "an unchanged contract promotes",
     );
 }
+
+/// The iris export with classes 1 and 2's coefficients and intercepts swapped: the same classes
+/// (the contract holds), but it answers virginica where live answers versicolor and back.
+fn swapped_iris(dir: &Path) -> PathBuf {
+    use prost::Message;
+    let fixture = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(fixture).unwrap().as_slice()).unwrap();
+    let attributes = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut());
+    let mut swapped = 0;
+    for a in attributes {
+        let per_class = match a.name.as_str() {
+            "coefficients" => a.floats.len() / 3,
+            "intercepts" => 1,
+            _ => continue,
+        };
+        for i in 0..per_class {
+            a.floats.swap(per_class + i, 2 * per_class + i);
+        }
+        swapped += 1;
+    }
+    assert_eq!(
+        swapped, 2,
+        "a linear classifier's coefficients and intercepts"
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("iris-swapped.onnx");
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
+    path
+}
+
+/// `n` requests through the edge, `share_versicolor` of them versicolor rows, the rest setosa
+/// rows (from the golden cases); every answer must succeed. Returns the answers' p99 (ms).
+async fn real_traffic(edge: &str, n: usize, share_versicolor: f64) -> f64 {
+    let doc: Value = serde_yaml::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
+    let rows = |class: i64| -> Vec<Value> {
+        doc["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["expect"] == class)
+            .map(|c| c["features"].clone())
+            .collect()
+    };
+    let (setosa, versicolor) = (rows(0), rows(1));
+    let http = reqwest::Client::new();
+    let mut took = Vec::new();
+    let versicolor_rows = (n as f64 * share_versicolor).round() as usize;
+    for i in 0..n {
+        let features = if i < versicolor_rows {
+            &versicolor[i % versicolor.len()]
+        } else {
+            &setosa[i % setosa.len()]
+        };
+        let started = std::time::Instant::now();
+        let answer = http
+            .post(format!("{edge}/predict"))
+            .json(&json!({ "features": features }))
+            .send()
+            .await
+            .unwrap();
+        took.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert!(
+            answer.status().is_success(),
+            "a live answer failed: {answer:?}"
+        );
+    }
+    took.sort_by(f64::total_cmp);
+    took[(took.len() * 99).div_ceil(100) - 1]
+}
+
+/// Poll `status` until the shadow figures count `rows` compared (the copies trail the answers).
+fn shadow_figures(sb: &Sandbox, cfg: &Path, rows: u64) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = summary(&release(sb, cfg, &["status"]));
+        let shadow = status["shadow"].clone();
+        if shadow["compared"].as_u64() >= Some(rows) || std::time::Instant::now() > deadline {
+            return shadow;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shadow_gate_refuses_a_candidate_that_disagrees_with_live_on_real_traffic() {
+    let sb = Sandbox::start(&[]);
+    let dir = sb.dir.join("shadow");
+    let with_shadow = |path: PathBuf| {
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "smoke:\n",
+            "smoke:\n  shadow: {sample: 1, min_agreement: 0.95, min_requests: 50}\n",
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    // Blue without a tee: the live p99 to compare with.
+    let plain = config(&dir.join("plain"), &model_server_binary(), "v1", &cases());
+    succeeded(&release(&sb, &plain, &["up"]), "blue live, no tee");
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let p99_without = real_traffic(&edge, 100, 0.2).await;
+    // Green with a tee (to blue, once blue is the candidate). Blue copies nothing: the gate
+    // cannot judge and says so.
+    let good = with_shadow(config(&dir, &model_server_binary(), "v1", &cases()));
+    succeeded(&release(&sb, &good, &["up", "--force"]), "green, copying");
+    let out = release(&sb, &good, &["promote"]);
+    succeeded(&out, "no figures: not judged");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("no live pod reported a shadow tee"), "{said}");
+
+    // Green: classes 1 and 2 swapped. Its own golden cases pass and its contract is live's; on
+    // real traffic (a fifth versicolor) it disagrees with live on a fifth of the rows.
+    let model = swapped_iris(&dir);
+    let swapped_cases = {
+        let mut doc: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
+        for c in doc["cases"].as_array_mut().unwrap() {
+            let k = c["expect"].as_i64().unwrap();
+            c["expect"] = json!([0, 2, 1][k as usize]);
+        }
+        let path = dir.join("cases-swapped.yaml");
+        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+        path
+    };
+    let swapped = dir.join("release-swapped.yaml");
+    let text = std::fs::read_to_string(with_shadow(config_versioned(
+        &dir.join("swapped"),
+        &model_server_binary(),
+        "swapped1",
+        &swapped_cases,
+        "2.0.0",
+    )))
+    .unwrap()
+    .replace(
+        &workspace()
+            .join("model-server/model/iris.onnx")
+            .display()
+            .to_string(),
+        &model.display().to_string(),
+    );
+    std::fs::write(&swapped, text).unwrap();
+    succeeded(
+        &release(&sb, &swapped, &["up"]),
+        "the candidate passes its own cases",
+    );
+
+    let p99 = real_traffic(&edge, 100, 0.2).await;
+    eprintln!(
+        "live p99 through the edge: {p99_without:.1} ms without a tee, {p99:.1} ms with every request copied"
+    );
+    let shadow = shadow_figures(&sb, &swapped, 100);
+    assert_eq!(shadow["compared"], 100, "{shadow}");
+    assert_eq!(shadow["agreement"], 0.8, "{shadow}");
+    assert_eq!(
+        shadow["class_changes"],
+        json!(["live 1 -> candidate 2: 20"])
+    );
+    assert!(
+        shadow["promote would"]
+            .as_str()
+            .unwrap()
+            .starts_with("refuse"),
+        "{shadow}"
+    );
+
+    let out = release(&sb, &swapped, &["promote"]);
+    exits_with(&out, 7);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("80.0 % of 100 real rows") && error.contains("live 1 -> candidate 2: 20"),
+        "{error}"
+    );
+    let http = reqwest::Client::new();
+    assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+    let ledger = last_release(&s3(&sb).await).await;
+    assert_eq!(ledger["shadow"]["agreement"], 0.8, "{ledger}");
+
+    // A candidate that agrees (the same model): judged on new copies, promoted.
+    succeeded(
+        &release(&sb, &good, &["up", "--force"]),
+        "an agreeing candidate",
+    );
+    real_traffic(&edge, 60, 0.2).await;
+    let shadow = shadow_figures(&sb, &good, 60);
+    assert_eq!(shadow["agreement"], 1.0, "{shadow}");
+    let out = release(&sb, &good, &["promote"]);
+    succeeded(&out, "an agreeing candidate promotes");
+    assert!(executed_steps(&out).contains(&"shadow iris-blue".to_string()));
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+}

@@ -762,7 +762,7 @@ async fn pod_proxy(
 }
 
 /// Send the proxied request to `at` (`ip:port`) and hand back its answer.
-async fn forward(
+pub(crate) async fn forward(
     method: Method,
     at: &str,
     path: &str,

@@ -28,6 +28,8 @@ pub struct Kubelet {
     pub store: Arc<Store>,
     pub state_dir: PathBuf,
     pub aws_url: String,
+    /// The cluster network's forward proxy (`cluster_net`), every pod's `HTTP_PROXY`.
+    pub cluster_proxy: String,
     pub http: reqwest::Client,
     running: Mutex<HashMap<String, watch::Sender<bool>>>,
     /// One pull at a time, so that two pods of one image unpack it once.
@@ -39,7 +41,12 @@ fn pods() -> &'static Resource {
 }
 
 impl Kubelet {
-    pub fn new(store: Arc<Store>, state_dir: PathBuf, aws_url: String) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        state_dir: PathBuf,
+        aws_url: String,
+        cluster_proxy: String,
+    ) -> Arc<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
@@ -48,6 +55,7 @@ impl Kubelet {
             store,
             state_dir,
             aws_url,
+            cluster_proxy,
             http,
             running: Mutex::new(HashMap::new()),
             pulls: tokio::sync::Mutex::new(()),
@@ -494,6 +502,11 @@ impl PodRun {
 
     fn env(&self, image: &Image) -> Result<Vec<(String, String)>, String> {
         let mut env: Vec<(String, String)> = image.env.clone();
+        // Service names resolve through the sandbox's cluster network (cluster_net), as cluster
+        // DNS resolves them on EKS; loopback (the sandbox's own endpoints) goes direct. A pod
+        // spec's own values win.
+        env.push(("HTTP_PROXY".into(), self.kubelet.cluster_proxy.clone()));
+        env.push(("NO_PROXY".into(), "127.0.0.1,localhost".into()));
         let mut set = |k: String, v: String| {
             env.retain(|(e, _)| *e != k);
             env.push((k, v));

@@ -4,6 +4,7 @@
 //! docs/sandbox.md.
 
 pub mod api;
+pub mod cluster_net;
 pub mod deployments;
 pub mod harness;
 pub mod kubelet;

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Parser, Subcommand};
 use nix::sys::signal::Signal;
-use sandbox::{api, deployments, kubelet, lb, store, system, tls};
+use sandbox::{api, cluster_net, deployments, kubelet, lb, store, system, tls};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -193,7 +193,12 @@ async fn serve(
     }));
     tokio::spawn(tls::serve(listener, tls.acceptor.clone(), router));
     tokio::spawn(deployments::Controller::new(store.clone()).run());
-    tokio::spawn(kubelet::Kubelet::new(store.clone(), state.clone(), aws_url.clone()).run());
+    let cluster_net = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let cluster_proxy = format!("http://{}", cluster_net.local_addr()?);
+    tokio::spawn(cluster_net::serve(cluster_net, store.clone()));
+    tokio::spawn(
+        kubelet::Kubelet::new(store.clone(), state.clone(), aws_url.clone(), cluster_proxy).run(),
+    );
     tokio::spawn(lb::Controller::new(store.clone(), lb_delay, target_delay, aws_url.clone()).run());
     tokio::spawn(system::run_addons(store.clone(), aws_url.clone()));
 

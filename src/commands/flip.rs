@@ -116,6 +116,7 @@ async fn prepare(
         vpc: c.edge.origin_access == crate::config::OriginAccess::Vpc,
         bake_seconds,
         allow_contract_change,
+        shadow: c.smoke.shadow.is_some(),
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -425,6 +426,13 @@ impl Run<'_> {
                 })
                 .await?;
             }
+            FlipStep::Shadow { from, to } => {
+                step(ctx, self.store, self.id, &name, "", async {
+                    let summary = self.shadow(&name, *from, *to).await?;
+                    Ok(((), summary))
+                })
+                .await?;
+            }
             FlipStep::Flip {
                 from,
                 to,
@@ -581,6 +589,42 @@ impl Run<'_> {
                 ));
             }
         })
+    }
+
+    /// The shadow step: live `from`'s pods' `/shadow` figures about `to` (serving the plan's
+    /// model version), summed and judged against `smoke.shadow` (`plan::shadow`); under the
+    /// minimum fails it (exit 7) with the class changes. Returns what it found.
+    async fn shadow(&self, name: &str, from: Colour, to: Colour) -> Result<String> {
+        use crate::plan::shadow::{Verdict, judge, merge};
+        let (ctx, c) = (self.ctx, &self.ctx.config);
+        let Some(s) = &c.smoke.shadow else {
+            return Ok("smoke.shadow is not set".into());
+        };
+        let answers =
+            colour::pod_get(&self.client, &self.proxy, c, from, "/shadow", "shadow").await?;
+        let reports: Vec<Value> = answers
+            .values()
+            .filter_map(|body| serde_json::from_str(body).ok())
+            .collect();
+        let figures = merge(&reports, to.as_str(), &self.plan.model_version);
+        let _ = self
+            .store
+            .update_release(self.id, |r| r.shadow = Some(figures.to_json()))
+            .await;
+        match judge(&figures, s.min_agreement, s.min_requests) {
+            Verdict::Pass(what) => Ok(what),
+            Verdict::NotJudged(what) => {
+                ctx.out
+                    .note(&format!("shadow {}: {what}", colour::name(c, to)));
+                Ok(what)
+            }
+            Verdict::Refuse(why) => Err(Failure::new(
+                Exit::Smoke,
+                name,
+                format!("{}: {why}", colour::name(c, to)),
+                "the candidate answers real requests differently from live: check the model (its training data, features, preprocessing); if the change is intended, lower smoke.shadow.min_agreement for this promote's config; the candidate stays deployed",
+            )),
+        }
     }
 
     /// The public URL answers from `colour`, then passes `requests` smoke requests; the ledger

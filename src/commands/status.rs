@@ -73,8 +73,39 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         },
         None => None,
     };
+    // With smoke.shadow and a candidate: how the live colour's real answers compare with it so
+    // far, and what a promote would decide.
+    let shadow = match (&c.smoke.shadow, world.live, &world.cluster, &client) {
+        (Some(s), Some(live), Some(conn), Some(proxy)) => {
+            match world.colours.get(&live.other()).filter(|o| o.exists) {
+                Some(o) => {
+                    use crate::plan::shadow::{Verdict, judge, merge};
+                    let kube = conn.client().await?;
+                    let answers = colour::pod_get(&kube, proxy, c, live, "/shadow", "status")
+                        .await
+                        .unwrap_or_default();
+                    let reports: Vec<Value> = answers
+                        .values()
+                        .filter_map(|b| serde_json::from_str(b).ok())
+                        .collect();
+                    let version = o.model_version.clone().unwrap_or(c.model.version.clone());
+                    let f = merge(&reports, live.other().as_str(), &version);
+                    let mut j = f.to_json();
+                    j["candidate"] = json!(colour::name(c, live.other()));
+                    j["promote would"] = json!(match judge(&f, s.min_agreement, s.min_requests) {
+                        Verdict::Pass(w) => format!("pass: {w}"),
+                        Verdict::NotJudged(w) => format!("go on, {w}"),
+                        Verdict::Refuse(w) => format!("refuse: {w}"),
+                    });
+                    Some(j)
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let lock = lock_status(&store).await?;
-    Ok(json!({
+    let mut out = json!({
         "app": c.app,
         "live": world.live,
         "colours": colours,
@@ -87,7 +118,11 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         )),
         "stacks": stack_states,
         "lock": lock.unwrap_or_else(|| "free".into()),
-    }))
+    });
+    if let Some(s) = shadow {
+        out["shadow"] = s;
+    }
+    Ok(out)
 }
 
 /// CloudFront's own word on the edge: `InProgress` while a change spreads, then `Deployed`.

@@ -166,6 +166,29 @@ impl Config {
                 "a fraction between 0 and 1",
             ));
         }
+        if let Some(s) = &self.smoke.shadow {
+            if !(s.sample > 0.0 && s.sample <= 1.0) {
+                return Err(err(
+                    file,
+                    "smoke.shadow.sample",
+                    "a share above 0 and at most 1 (leave smoke.shadow out to copy nothing)",
+                ));
+            }
+            if !(0.0..=1.0).contains(&s.min_agreement) {
+                return Err(err(
+                    file,
+                    "smoke.shadow.min_agreement",
+                    "a fraction between 0 and 1",
+                ));
+            }
+            if s.min_requests == 0 {
+                return Err(err(
+                    file,
+                    "smoke.shadow.min_requests",
+                    "must be at least 1: a gate that judges no row cannot fail",
+                ));
+            }
+        }
         if self.edge.verify_timeout_seconds == 0 {
             return Err(err(
                 file,

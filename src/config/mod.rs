@@ -395,6 +395,36 @@ pub struct SmokeConfig {
     /// When set, the candidate and the live colour must agree on at least this fraction of inputs.
     #[serde(default)]
     pub compare_live: Option<f64>,
+    /// Shadow agreement on real traffic: while a candidate exists, the live colour copies this
+    /// share of its `/predict` requests to it and compares the answers; a promote refuses a
+    /// candidate that agrees too little. Absent: no copies, no gate.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// The share of the live colour's `/predict` requests copied to the candidate.
+    #[serde(default = "default_shadow_sample")]
+    pub sample: f64,
+    /// A promote refuses a candidate whose answers agree with live's on less than this share of
+    /// the rows compared...
+    #[serde(default = "default_min_agreement")]
+    pub min_agreement: f64,
+    /// ...once at least this many were compared (fewer: not judged, said so).
+    #[serde(default = "default_shadow_min_requests")]
+    pub min_requests: u64,
+}
+
+fn default_shadow_sample() -> f64 {
+    0.05
+}
+fn default_min_agreement() -> f64 {
+    0.95
+}
+fn default_shadow_min_requests() -> u64 {
+    100
 }
 
 impl Default for SmokeConfig {
@@ -404,6 +434,7 @@ impl Default for SmokeConfig {
             requests: default_requests(),
             p95_ms: default_p95(),
             compare_live: None,
+            shadow: None,
         }
     }
 }

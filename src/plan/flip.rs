@@ -91,6 +91,8 @@ pub struct FlipSettings {
     /// `promote --allow-contract-change`: a candidate whose contract differs from live's is
     /// promoted (the difference printed) instead of refused.
     pub allow_contract_change: bool,
+    /// `smoke.shadow` is set: a promote judges the live colour's shadow figures first.
+    pub shadow: bool,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -120,6 +122,9 @@ pub enum FlipStep {
         to: Colour,
         allow: bool,
     },
+    /// A promote with `smoke.shadow`: live `from`'s pods' figures of how a sample of their real
+    /// answers compared with `to`'s must meet `smoke.shadow`.
+    Shadow { from: Colour, to: Colour },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
         from: Colour,
@@ -175,6 +180,7 @@ impl FlipStep {
             FlipStep::Redeploy { colour, .. } => format!("redeploy {}", name(app, *colour)),
             FlipStep::Smoke { colour, .. } => format!("smoke {}", name(app, *colour)),
             FlipStep::Contract { to, .. } => format!("contract {}", name(app, *to)),
+            FlipStep::Shadow { to, .. } => format!("shadow {}", name(app, *to)),
             FlipStep::Flip { .. } | FlipStep::Flipped { .. } => "flip".into(),
             FlipStep::Verify { .. } => "verify public URL".into(),
             FlipStep::Bake { colour, .. } => format!("bake {}", name(app, *colour)),
@@ -192,6 +198,7 @@ impl FlipStep {
             FlipStep::Redeploy { .. }
                 | FlipStep::Smoke { .. }
                 | FlipStep::Contract { .. }
+                | FlipStep::Shadow { .. }
                 | FlipStep::Flip { .. }
                 | FlipStep::Verify { .. }
                 | FlipStep::Bake { .. }
@@ -231,6 +238,11 @@ impl FlipStep {
                 } else {
                     "; a difference refuses the promote (--allow-contract-change allows it)"
                 }
+            ),
+            FlipStep::Shadow { from, to } => format!(
+                "{}'s pods' comparison of a sample of their real /predict answers with {}'s: agreement at least smoke.shadow.min_agreement once smoke.shadow.min_requests rows were compared (fewer: not judged, said so)",
+                name(app, *from),
+                name(app, *to)
             ),
             FlipStep::Flip {
                 from,
@@ -578,6 +590,9 @@ fn steps(
                 to,
                 allow: s.allow_contract_change,
             });
+            if s.shadow {
+                steps.push(FlipStep::Shadow { from, to });
+            }
         }
         steps.push(FlipStep::Flip {
             from,
@@ -711,6 +726,7 @@ mod tests {
             vpc: false,
             bake_seconds: 0,
             allow_contract_change: false,
+            shadow: false,
         }
     }
 
@@ -849,6 +865,18 @@ mod tests {
         );
         // A rollback goes back to what clients used before.
         assert_eq!(contract(ROLLBACK, settings()), None);
+        // With smoke.shadow, the shadow figures are judged after the contract, before the flip.
+        let shadow = FlipSettings {
+            shadow: true,
+            ..settings()
+        };
+        let p = plan_flip(&blue_live_green_candidate(), PROMOTE, None, shadow).unwrap();
+        let steps = names(&p);
+        let at = |n: &str| steps.iter().position(|s| s == n).unwrap();
+        assert!(at("contract iris-green") < at("shadow iris-green"));
+        assert!(at("shadow iris-green") < at("flip"));
+        let p = plan_flip(&blue_live_green_candidate(), PROMOTE, None, settings()).unwrap();
+        assert!(!names(&p).contains(&"shadow iris-green".to_string()));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod images;
 pub mod notify;
 pub mod rotate;
 pub mod scan;
+pub mod shadow;
 pub mod stack;
 pub mod up;
 

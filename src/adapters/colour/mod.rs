@@ -79,6 +79,11 @@ pub fn render(
             progress_deadline_seconds => d.rollout_timeout_seconds.min(600), grace_seconds => 20,
             pre_stop_seconds => 2, drain_seconds => 3,
             lb_scheme => config.edge.origin_access.scheme(),
+            other_colour => colour.other(),
+            shadow_url => config.smoke.shadow.as_ref().map(|_| format!(
+                "http://{}.{}.svc:{}", name(config, colour.other()), d.namespace, d.service_port
+            )),
+            shadow_sample => config.smoke.shadow.as_ref().map_or(String::new(), |s| s.sample.to_string()),
         }
     };
     let render_all =
@@ -648,6 +653,19 @@ pub async fn pod_metrics(
     config: &Config,
     colour: Colour,
 ) -> Result<BTreeMap<String, String>> {
+    pod_get(client, proxy, config, colour, "/metrics", "bake").await
+}
+
+/// `GET path` of each running pod of `colour`, through the API server's pod proxy: the pods that
+/// answered 200, by name, with their answer's body. `step` names the step in an error.
+pub async fn pod_get(
+    client: &kube::Client,
+    proxy: &kube::Client,
+    config: &Config,
+    colour: Colour,
+    path: &str,
+    step: &'static str,
+) -> Result<BTreeMap<String, String>> {
     let ns = &config.deploy.namespace;
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = format!(
@@ -657,7 +675,7 @@ pub async fn pod_metrics(
     let list = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_err("bake"))?;
+        .map_err(kube_err(step))?;
     let http = crate::adapters::smoke::http_client(Duration::from_secs(10));
     let mut out = BTreeMap::new();
     for p in list.items {
@@ -678,8 +696,7 @@ pub async fn pod_metrics(
             prefix: format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy"),
         };
         if let Ok(answer) =
-            crate::adapters::smoke::call(&http, &base, http::Method::GET, "/metrics", "", None)
-                .await
+            crate::adapters::smoke::call(&http, &base, http::Method::GET, path, "", None).await
             && answer.status == 200
         {
             out.insert(name, String::from_utf8_lossy(&answer.body).to_string());
