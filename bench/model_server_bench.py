@@ -100,7 +100,7 @@ def cpu_seconds(pids: list[int]) -> float:
     return sum_over(pids, one) / CLK_TCK
 
 
-def wait_until_answering(port: int, timeout: float) -> None:
+def wait_until_answering(port: int, timeout: float, expect: int) -> None:
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -110,7 +110,7 @@ def wait_until_answering(port: int, timeout: float) -> None:
             )
             with urllib.request.urlopen(req, timeout=2) as r:
                 answer = json.loads(r.read())
-                if answer.get("prediction") == 0:
+                if answer.get("prediction") == expect:
                     return
                 last = answer
         except Exception as e:  # noqa: BLE001 - any failure means "not yet"
@@ -151,7 +151,9 @@ def run_wrk(wrk: str, script: str, port: int, connections: int, seconds: int) ->
     }
 
 
-def bench_server(server: Server, wrk: str, script: str, conns: list[int], seconds: int, warmup: int) -> list[Result]:
+def bench_server(
+    server: Server, wrk: str, script: str, conns: list[int], seconds: int, warmup: int, expect: int
+) -> list[Result]:
     port = free_port()
     argv = [a.replace("{port}", str(port)) for a in server.argv]
     env = {**os.environ, **server.env}
@@ -160,7 +162,7 @@ def bench_server(server: Server, wrk: str, script: str, conns: list[int], second
     )
     results = []
     try:
-        wait_until_answering(port, timeout=120)
+        wait_until_answering(port, timeout=120, expect=expect)
         for c in conns:
             run_wrk(wrk, script, port, c, warmup)
             pids = tree(proc.pid)
@@ -208,6 +210,8 @@ def main() -> None:
     p.add_argument("--script", required=True)
     p.add_argument("--python-bin", required=True, help="the bench venv's bin/ directory")
     p.add_argument("--model-server", required=True)
+    p.add_argument("--model-path", help="an ONNX model for model-server (default: its bundled iris)")
+    p.add_argument("--expect", type=int, default=0, help="the class every server must answer for the body")
     p.add_argument("--joblib", required=True)
     p.add_argument("--reference-dir", required=True)
     p.add_argument("--seconds", type=int, default=10)
@@ -237,7 +241,8 @@ def main() -> None:
     ] + [
         Server(
             f"model-server {w} worker{'s' if w > 1 else ''}",
-            [args.model_server, "--bind", "127.0.0.1", "--port", "{port}", "--log", "warn", "--drain-seconds", "0"],
+            [args.model_server, "--bind", "127.0.0.1", "--port", "{port}", "--log", "warn", "--drain-seconds", "0"]
+            + (["--model-path", args.model_path] if args.model_path else []),
             {"MODEL_SERVER_WORKERS": str(w)},
         )
         for w in (1, 2)
@@ -248,7 +253,7 @@ def main() -> None:
 
     results: list[Result] = []
     for s in servers:
-        results += bench_server(s, args.wrk, args.script, conns, args.seconds, args.warmup)
+        results += bench_server(s, args.wrk, args.script, conns, args.seconds, args.warmup, args.expect)
 
     print(f"\n{args.seconds} s per run after {args.warmup} s warm-up, wrk -t2, 2 workers for the Python servers, loopback\n")
     print("| server | conns | req/s | p50 ms | p99 ms | errors | peak RSS MiB | CPU s / 100k req |")

@@ -295,7 +295,10 @@ fn a_promote_killed_after_any_step_is_finished_by_the_next_promote() {
             },
         )
     });
-    assert_eq!(steps, 5, "smoke, flip, verify, retire, protect images");
+    assert_eq!(
+        steps, 6,
+        "smoke, contract, flip, verify, retire, protect images"
+    );
     // Only a crash after the last step leaves nothing for the next promote to do.
     assert_eq!(codes[..steps - 1], vec![Some(0); steps - 1]);
 }

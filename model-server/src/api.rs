@@ -265,6 +265,15 @@ pub async fn predict(
         })
         .into_response(),
     };
+    // A shadow copy's answer says which model gave it (the tee keeps figures per model).
+    let mut response = response;
+    if parts.headers.contains_key(crate::shadow::SHADOW_HEADER)
+        && let Ok(sha) = HeaderValue::from_str(state.model.sha256())
+    {
+        response
+            .headers_mut()
+            .insert(crate::shadow::MODEL_SHA256_HEADER, sha);
+    }
     Ok(response)
 }
 

@@ -87,8 +87,8 @@ pub struct Config {
     pub shadow_sample: f64,
 
     /// Copies waiting to be sent at most; more are dropped (and counted), never waited for.
-    #[arg(long, env = "MODEL_SERVER_SHADOW_QUEUE", default_value_t = 256)]
-    pub shadow_queue: usize,
+    #[arg(long, env = "MODEL_SERVER_SHADOW_QUEUE", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shadow_queue: u32,
 
     /// Log line format.
     #[arg(long, env = "MODEL_SERVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]

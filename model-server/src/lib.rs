@@ -104,7 +104,7 @@ impl AppState {
                 shadow::Shadow::new(
                     url,
                     config.shadow_sample,
-                    config.shadow_queue,
+                    config.shadow_queue as usize,
                     config
                         .origin_verify_secret
                         .clone()

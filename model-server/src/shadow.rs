@@ -10,9 +10,9 @@
 //! never sent on, so two colours teeing to each other cannot loop.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Request, Uri, header};
@@ -25,6 +25,26 @@ use crate::model::{Label, Prediction};
 /// Marks a request as a shadow copy.
 pub const SHADOW_HEADER: &str = "x-release-shadow";
 
+/// On the answer to a copy: the sha256 of the model that answered, so that the figures are kept
+/// per model, not per version string (which users often leave unchanged).
+pub const MODEL_SHA256_HEADER: &str = "x-model-sha256";
+
+/// Bytes the queued copies (bodies and live answers) may hold at most; more are dropped. The
+/// pod's memory is the live answer's, not the tee's.
+const MAX_QUEUED_BYTES: usize = 4 << 20;
+
+/// The largest candidate answer read.
+const MAX_ANSWER_BYTES: usize = 1 << 20;
+
+/// Distinct (live class, candidate class) pairs kept; more are counted under `(other)`: a
+/// candidate whose answers are not class labels cannot grow the figures without bound.
+const MAX_CLASS_PAIRS: usize = 64;
+
+/// After a failed connection, copies are skipped (counted) for this long, doubling up to
+/// `MAX_PAUSE`: no candidate deployed must not mean a lookup and a connect per sampled request.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const MAX_PAUSE: Duration = Duration::from_secs(30);
+
 /// How long one copy may take at the candidate.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -35,6 +55,8 @@ pub const VALUE_AGREEMENT: f64 = 0.01;
 struct Job {
     body: Bytes,
     live: Vec<Prediction>,
+    /// What it holds, against `MAX_QUEUED_BYTES`.
+    weight: usize,
 }
 
 /// Where copies go and how: the target's address, and the proxy to reach it through when the
@@ -48,8 +70,18 @@ struct Route {
     host: String,
 }
 
+/// Whether `NO_PROXY` (comma-separated hosts or domain suffixes, `*` for all) exempts `host`.
+fn no_proxy(host: &str, list: &str) -> bool {
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    list.split(',').map(str::trim).any(|e| {
+        let e = e.trim_start_matches('.');
+        !e.is_empty() && (e == "*" || host == e || host.ends_with(&format!(".{e}")))
+    })
+}
+
 impl Route {
-    fn new(url: &str, proxy: Option<&str>) -> Result<Route, String> {
+    /// `proxy` and `no_proxy`: the environment's `HTTP_PROXY` and `NO_PROXY`.
+    fn new(url: &str, proxy: Option<&str>, no_proxy_list: &str) -> Result<Route, String> {
         let authority = |u: &str| -> Result<String, String> {
             let uri: Uri = u.parse().map_err(|e| format!("`{u}` is not a URL: {e}"))?;
             if uri.scheme_str() != Some("http") {
@@ -60,7 +92,8 @@ impl Route {
         };
         let host = authority(url)?;
         let base = format!("http://{host}");
-        Ok(match proxy.filter(|p| !p.is_empty()) {
+        let proxy = proxy.filter(|p| !p.is_empty() && !no_proxy(&host, no_proxy_list));
+        Ok(match proxy {
             Some(p) => Route {
                 connect: authority(p)?,
                 target: format!("{base}/predict"),
@@ -78,8 +111,8 @@ impl Route {
 /// What has been seen of the current candidate (reset when another one answers).
 #[derive(Default)]
 struct Stats {
-    /// The candidate's colour and model version, from its answers.
-    candidate: Option<(String, String)>,
+    /// The candidate's colour, model version and model sha256, from its answers.
+    candidate: Option<(String, String, String)>,
     compared: u64,
     agreed: u64,
     /// (live's class, candidate's class) -> rows.
@@ -92,20 +125,33 @@ struct Stats {
     last_failure: Option<String>,
 }
 
-/// What the sender task takes: the queue, where copies go, the origin-verify value.
+/// What the sender thread takes: the queue, where copies go, the origin-verify value.
 type Sender = (mpsc::Receiver<Job>, Route, Option<String>);
+
+/// What the request path and the sender share.
+#[derive(Default)]
+struct Shared {
+    stats: Mutex<Stats>,
+    /// Bytes the queued copies hold.
+    queued_bytes: AtomicUsize,
+    /// Copies skipped while the candidate could not be reached (the pause after a failure).
+    skipped: AtomicU64,
+}
 
 /// The tee of one server.
 pub struct Shadow {
-    url: String,
     sample: f64,
+    /// Where the spread of sampled requests starts (from the clock): periodic client traffic
+    /// does not line up with one fixed phase.
+    phase: u64,
     offered: AtomicU64,
     sent: AtomicU64,
     dropped: AtomicU64,
     tx: mpsc::Sender<Job>,
-    /// Taken (and the sender task spawned) by the first copy, inside the server's runtime.
+    started: AtomicBool,
+    /// Taken by the first copy, which starts the sender thread.
     rx: Mutex<Option<Sender>>,
-    stats: std::sync::Arc<Mutex<Stats>>,
+    shared: Arc<Shared>,
 }
 
 impl Shadow {
@@ -117,71 +163,123 @@ impl Shadow {
         queue: usize,
         secret: Option<String>,
     ) -> Result<Shadow, String> {
-        let proxy = std::env::var("HTTP_PROXY")
-            .or_else(|_| std::env::var("http_proxy"))
-            .ok();
-        let route = Route::new(url, proxy.as_deref())?;
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let env = |k: &str| {
+            std::env::var(k)
+                .or_else(|_| std::env::var(k.to_lowercase()))
+                .ok()
+        };
+        let route = Route::new(
+            url,
+            env("HTTP_PROXY").as_deref(),
+            &env("NO_PROXY").unwrap_or_default(),
+        )?;
+        let (tx, rx) = mpsc::channel(queue.clamp(1, 4096));
+        let phase = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::from(d.subsec_nanos()) % 997);
         Ok(Shadow {
-            url: url.to_string(),
             sample: sample.clamp(0.0, 1.0),
+            phase,
             offered: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             tx,
+            started: AtomicBool::new(false),
             rx: Mutex::new(Some((rx, route, secret))),
-            stats: Default::default(),
+            shared: Default::default(),
         })
     }
 
     /// Offer an answered request: a copy goes to the queue when it is sampled (exactly `sample`
-    /// of the requests, spread evenly: no random draw) and is not a copy itself. Never blocks.
+    /// of the requests, spread evenly from a phase the clock picks) and is not a copy itself.
+    /// Never blocks: a full queue, or one holding `MAX_QUEUED_BYTES`, drops the copy (counted)
+    /// before anything is cloned.
     pub fn offer(&self, headers: &HeaderMap, body: &Bytes, live: &[Prediction]) {
         if headers.contains_key(SHADOW_HEADER) {
             return;
         }
-        let n = self.offered.fetch_add(1, Ordering::Relaxed) as f64;
+        let n = (self.offered.fetch_add(1, Ordering::Relaxed) + self.phase) as f64;
         if ((n + 1.0) * self.sample).floor() <= (n * self.sample).floor() {
             return;
         }
         self.start();
-        let job = Job {
-            body: body.clone(),
-            live: live.to_vec(),
-        };
-        match self.tx.try_send(job) {
-            Ok(()) => {
-                self.sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(_) => {
+        let weight = body.len()
+            + live
+                .iter()
+                .map(|p| match p {
+                    Prediction::Class { probabilities, .. } => 48 + 4 * probabilities.len(),
+                    Prediction::Values(v) => 32 + 4 * v.len(),
+                })
+                .sum::<usize>();
+        let queued = &self.shared.queued_bytes;
+        if queued.fetch_add(weight, Ordering::Relaxed) + weight > MAX_QUEUED_BYTES {
+            queued.fetch_sub(weight, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let Ok(permit) = self.tx.try_reserve() else {
+            queued.fetch_sub(weight, Ordering::Relaxed);
+            if self.tx.is_closed() {
+                let mut s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
+                s.failed += 1;
+                s.last_failure = Some("the tee's sender stopped".into());
+            } else {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
-        }
+            return;
+        };
+        permit.send(Job {
+            body: body.clone(),
+            live: live.to_vec(),
+            weight,
+        });
+        self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The sender runs on a thread of its own with its own runtime: sending copies and reading
+    /// the candidate's answers never takes a turn from the threads answering requests (a colour
+    /// runs one).
     fn start(&self) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
         let Some((rx, route, secret)) = self.rx.lock().unwrap_or_else(|p| p.into_inner()).take()
         else {
             return;
         };
-        tokio::spawn(send_copies(rx, route, secret, self.stats.clone()));
+        self.started.store(true, Ordering::Relaxed);
+        let shared = self.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("shadow-tee".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(send_copies(rx, route, secret, shared)),
+                    Err(e) => tracing::warn!(error = %e, "the shadow tee could not start"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "the shadow tee could not start");
+        }
     }
 
     /// `GET /shadow`: the figures, no request content.
     pub fn report(&self) -> Value {
-        let s = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let s = self.shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         let classes: Vec<Value> = s
             .classes
             .iter()
             .map(|((live, cand), rows)| json!({"live": live, "candidate": cand, "rows": rows}))
             .collect();
         json!({
-            "target": self.url,
             "sample": self.sample,
-            "candidate": s.candidate.as_ref().map(|(c, v)| json!({"colour": c, "model_version": v})),
+            "candidate": s.candidate.as_ref().map(|(c, v, h)| json!({"colour": c, "model_version": v, "model_sha256": h})),
             "offered": self.offered.load(Ordering::Relaxed),
             "queued": self.sent.load(Ordering::Relaxed),
             "dropped": self.dropped.load(Ordering::Relaxed),
+            "skipped": self.shared.skipped.load(Ordering::Relaxed),
             "failed": s.failed,
             "last_failure": s.last_failure,
             "compared": s.compared,
@@ -190,57 +288,85 @@ impl Shadow {
             "classes": classes,
             "max_shift": s.max_shift,
             "mean_shift": (s.shifted_rows > 0).then(|| s.sum_shift / s.shifted_rows as f64),
+            "shifted_rows": s.shifted_rows,
         })
     }
 }
 
-/// The sender task: one copy at a time over one kept-alive connection (made again after an error).
+/// Why a copy got no comparable answer; `transport`: the connection is not to be used again.
+struct Failed {
+    transport: bool,
+    why: String,
+}
+
+fn transport(why: String) -> Failed {
+    Failed {
+        transport: true,
+        why,
+    }
+}
+
+/// The sender: one copy at a time over one kept-alive connection (made again after a transport
+/// error). After a connection fails, copies are skipped (counted) for a pause that doubles up to
+/// `MAX_PAUSE`, and the first answer ends it.
 async fn send_copies(
     mut rx: mpsc::Receiver<Job>,
     route: Route,
     secret: Option<String>,
-    stats: std::sync::Arc<Mutex<Stats>>,
+    shared: Arc<Shared>,
 ) {
     let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
+    let mut pause = FIRST_PAUSE;
+    let mut paused_until: Option<Instant> = None;
     while let Some(job) = rx.recv().await {
-        let answer =
-            tokio::time::timeout(TIMEOUT, send(&mut conn, &route, &secret, job.body)).await;
-        let mut s = stats.lock().unwrap_or_else(|p| p.into_inner());
+        shared.queued_bytes.fetch_sub(job.weight, Ordering::Relaxed);
+        if paused_until.is_some_and(|t| Instant::now() < t) {
+            shared.skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let answer = tokio::time::timeout(TIMEOUT, send(&mut conn, &route, &secret, job.body))
+            .await
+            .unwrap_or_else(|_| Err(transport(format!("no answer within {TIMEOUT:?}"))));
+        let mut s = shared.stats.lock().unwrap_or_else(|p| p.into_inner());
         match answer {
-            Ok(Ok(v)) => compare(&mut s, &job.live, &v),
-            Ok(Err(e)) => {
-                conn = None;
-                s.failed += 1;
-                s.last_failure = Some(e);
+            Ok((v, sha)) => {
+                paused_until = None;
+                pause = FIRST_PAUSE;
+                compare(&mut s, &job.live, &v, &sha);
             }
-            Err(_) => {
-                conn = None;
+            Err(f) => {
+                if f.transport {
+                    conn = None;
+                    paused_until = Some(Instant::now() + pause);
+                    pause = (pause * 2).min(MAX_PAUSE);
+                }
                 s.failed += 1;
-                s.last_failure = Some(format!("no answer within {TIMEOUT:?}"));
+                s.last_failure = Some(f.why);
             }
         }
     }
 }
 
+/// Send one copy; its answer as JSON, and the `MODEL_SHA256_HEADER` the candidate sent.
 async fn send(
     conn: &mut Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>,
     route: &Route,
     secret: &Option<String>,
     body: Bytes,
-) -> Result<Value, String> {
+) -> Result<(Value, String), Failed> {
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
         let stream = tokio::net::TcpStream::connect(&route.connect)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", route.connect))?;
+            .map_err(|e| transport(format!("cannot connect to {}: {e}", route.connect)))?;
         let (sender, connection) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
                 .await
-                .map_err(|e| format!("HTTP handshake with {}: {e}", route.connect))?;
+                .map_err(|e| transport(format!("HTTP handshake with {}: {e}", route.connect)))?;
         tokio::spawn(connection);
         *conn = Some(sender);
     }
     let sender = conn.as_mut().expect("connected above");
-    sender.ready().await.map_err(|e| e.to_string())?;
+    sender.ready().await.map_err(|e| transport(e.to_string()))?;
     let mut request = Request::post(&route.target)
         .header(header::HOST, &route.host)
         .header(header::CONTENT_TYPE, "application/json")
@@ -248,22 +374,38 @@ async fn send(
     if let Some(s) = secret {
         request = request.header(crate::api::ORIGIN_VERIFY_HEADER, s);
     }
-    let request = request.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| transport(e.to_string()))?;
     let response = sender
         .send_request(request)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| transport(e.to_string()))?;
     let status = response.status();
-    let bytes = response
-        .into_body()
+    let sha = response
+        .headers()
+        .get(MODEL_SHA256_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let bytes = http_body_util::Limited::new(response.into_body(), MAX_ANSWER_BYTES)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| transport(format!("reading the candidate's answer: {e}")))?
         .to_bytes();
+    let answered = |why: String| Failed {
+        transport: false,
+        why,
+    };
     if !status.is_success() {
-        return Err(format!("the candidate answered HTTP {}", status.as_u16()));
+        return Err(answered(format!(
+            "the candidate answered HTTP {}",
+            status.as_u16()
+        )));
     }
-    serde_json::from_slice(&bytes).map_err(|e| format!("the candidate's answer is not JSON: {e}"))
+    let v = serde_json::from_slice(&bytes)
+        .map_err(|e| answered(format!("the candidate's answer is not JSON: {e}")))?;
+    Ok((v, sha))
 }
 
 /// A label as the class matrix names it.
@@ -289,8 +431,12 @@ fn label_json(l: &Label) -> Value {
 
 /// Fold one answer pair into the figures: `live` as this server answered, `answer` the
 /// candidate's JSON (`prediction`/`probabilities` for one row, `predictions` for a batch).
-fn compare(s: &mut Stats, live: &[Prediction], answer: &Value) {
-    let candidate = (plain(&answer["colour"]), plain(&answer["model_version"]));
+fn compare(s: &mut Stats, live: &[Prediction], answer: &Value, sha256: &str) {
+    let candidate = (
+        plain(&answer["colour"]),
+        plain(&answer["model_version"]),
+        sha256.to_string(),
+    );
     if s.candidate.as_ref() != Some(&candidate) {
         // Another candidate: what was seen of the one before says nothing of it.
         *s = Stats {
@@ -327,7 +473,11 @@ fn compare(s: &mut Stats, live: &[Prediction], answer: &Value) {
             } => {
                 let l = label_json(label);
                 s.agreed += u64::from(l == theirs);
-                *s.classes.entry((plain(&l), plain(&theirs))).or_default() += 1;
+                let mut key = (plain(&l), plain(&theirs));
+                if s.classes.len() >= MAX_CLASS_PAIRS && !s.classes.contains_key(&key) {
+                    key = ("(other)".into(), "(other)".into());
+                }
+                *s.classes.entry(key).or_default() += 1;
                 let theirs: Vec<f64> = probs
                     .as_ref()
                     .and_then(Value::as_array)
@@ -384,20 +534,41 @@ mod tests {
     fn answers_fold_into_agreement_a_class_matrix_and_shifts() {
         let mut s = Stats::default();
         let answer = |p: i64, probs: [f64; 2]| json!({"prediction": p, "probabilities": probs, "colour": "green", "model_version": "2"});
-        compare(&mut s, &[class(0, &[0.9, 0.1])], &answer(0, [0.8, 0.2]));
-        compare(&mut s, &[class(1, &[0.4, 0.6])], &answer(0, [0.6, 0.4]));
+        compare(
+            &mut s,
+            &[class(0, &[0.9, 0.1])],
+            &answer(0, [0.8, 0.2]),
+            "h1",
+        );
+        compare(
+            &mut s,
+            &[class(1, &[0.4, 0.6])],
+            &answer(0, [0.6, 0.4]),
+            "h1",
+        );
         assert_eq!((s.compared, s.agreed), (2, 1));
         assert_eq!(s.classes[&("0".into(), "0".into())], 1);
         assert_eq!(s.classes[&("1".into(), "0".into())], 1);
         assert!((s.max_shift - 0.2).abs() < 1e-6, "{}", s.max_shift);
-        // Another candidate starts the figures again.
-        let other = json!({"prediction": 1, "colour": "green", "model_version": "3"});
-        compare(&mut s, &[class(1, &[0.4, 0.6])], &other);
+        // Another model under the same version string starts the figures again.
+        let other = json!({"prediction": 1, "colour": "green", "model_version": "2"});
+        compare(&mut s, &[class(1, &[0.4, 0.6])], &other, "h2");
         assert_eq!((s.compared, s.agreed), (1, 1));
         // A batch: row by row.
-        let batch = json!({"predictions": [1, 0], "colour": "green", "model_version": "3"});
-        compare(&mut s, &[class(1, &[]), class(1, &[])], &batch);
+        let batch = json!({"predictions": [1, 0], "colour": "green", "model_version": "2"});
+        compare(&mut s, &[class(1, &[]), class(1, &[])], &batch, "h2");
         assert_eq!((s.compared, s.agreed), (3, 2));
+        // Answers that are not classes cannot grow the figures without bound.
+        for i in 0..1000 {
+            let odd = json!({"prediction": i, "colour": "green", "model_version": "2"});
+            compare(&mut s, &[class(1, &[])], &odd, "h2");
+        }
+        assert_eq!(
+            s.classes.len(),
+            MAX_CLASS_PAIRS + 1,
+            "{:?}",
+            s.classes.keys()
+        );
     }
 
     #[test]
@@ -408,11 +579,13 @@ mod tests {
             &mut s,
             &live,
             &json!({"prediction": 100.5, "colour": "g", "model_version": "1"}),
+            "h",
         );
         compare(
             &mut s,
             &live,
             &json!({"prediction": 102.0, "colour": "g", "model_version": "1"}),
+            "h",
         );
         assert_eq!((s.compared, s.agreed), (2, 1));
         assert!((s.max_shift - 2.0).abs() < 1e-9);
@@ -420,7 +593,7 @@ mod tests {
 
     #[test]
     fn a_proxy_gets_the_absolute_uri() {
-        let direct = Route::new("http://iris-green.models.svc:80", None).unwrap();
+        let direct = Route::new("http://iris-green.models.svc:80", None, "").unwrap();
         assert_eq!(
             (direct.connect.as_str(), direct.target.as_str()),
             ("iris-green.models.svc:80", "/predict")
@@ -428,13 +601,31 @@ mod tests {
         let proxied = Route::new(
             "http://iris-green.models.svc",
             Some("http://127.0.0.1:3128"),
+            "",
         )
         .unwrap();
         assert_eq!(
             (proxied.connect.as_str(), proxied.target.as_str()),
             ("127.0.0.1:3128", "http://iris-green.models.svc:80/predict")
         );
-        assert!(Route::new("https://x", None).is_err());
+        assert!(Route::new("https://x", None, "").is_err());
+        // NO_PROXY: a host or a domain suffix goes direct.
+        for list in [
+            "svc",
+            ".models.svc",
+            "localhost, iris-green.models.svc",
+            "*",
+        ] {
+            let r = Route::new("http://iris-green.models.svc", Some("http://p:1"), list).unwrap();
+            assert_eq!(r.connect, "iris-green.models.svc:80", "{list}");
+        }
+        let r = Route::new(
+            "http://iris-green.models.svc",
+            Some("http://p:1"),
+            "example.com",
+        )
+        .unwrap();
+        assert_eq!(r.connect, "p:1");
     }
 
     #[test]

@@ -788,13 +788,17 @@ pub(crate) async fn forward(
     }
     match req.send().await {
         Ok(resp) => {
+            // The answer's own headers pass through, as kube-apiserver's proxy and kube-proxy
+            // pass them; only those of one hop are left out.
             let status = resp.status();
-            let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+            let headers = resp.headers().clone();
             let bytes = resp.bytes().await.unwrap_or_default();
             let mut out = Response::new(Body::from(bytes));
             *out.status_mut() = status;
-            if let Some(ct) = content_type {
-                out.headers_mut().insert(header::CONTENT_TYPE, ct);
+            for (k, v) in &headers {
+                if !NOT_PROXIED.contains(&k.as_str()) {
+                    out.headers_mut().append(k, v.clone());
+                }
             }
             out
         }

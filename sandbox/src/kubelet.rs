@@ -505,6 +505,7 @@ impl PodRun {
         // Service names resolve through the sandbox's cluster network (cluster_net), as cluster
         // DNS resolves them on EKS; loopback (the sandbox's own endpoints) goes direct. A pod
         // spec's own values win.
+        env.retain(|(k, _)| k != "HTTP_PROXY" && k != "NO_PROXY");
         env.push(("HTTP_PROXY".into(), self.kubelet.cluster_proxy.clone()));
         env.push(("NO_PROXY".into(), "127.0.0.1,localhost".into()));
         let mut set = |k: String, v: String| {

@@ -300,6 +300,7 @@ async fn flip_to(
         plan: &plan,
         to_addr: world.colours[&plan.to].address.clone().unwrap_or_default(),
         secret: None,
+        contract_changed: false,
     };
     let result = run.execute().await;
     finish_session(
@@ -330,6 +331,8 @@ struct Run<'a> {
     to_addr: String,
     /// The origin Secret's value, once ensured.
     secret: Option<String>,
+    /// The contract step found a change and `--allow-contract-change` allowed it.
+    contract_changed: bool,
 }
 
 impl Run<'_> {
@@ -420,8 +423,9 @@ impl Run<'_> {
             }
             FlipStep::Contract { from, to, allow } => {
                 let secret = self.secret().await?;
+                let (changed, summary) = self.contract(&name, *from, *to, *allow, &secret).await?;
+                self.contract_changed = changed;
                 step(ctx, self.store, self.id, &name, "", async {
-                    let summary = self.contract(&name, *from, *to, *allow, &secret).await?;
                     Ok(((), summary))
                 })
                 .await?;
@@ -538,7 +542,9 @@ impl Run<'_> {
     }
 
     /// The contract step: `to`'s `/version` input and output against live `from`'s
-    /// (`plan::contract`); a difference fails it (exit 7) unless `allow`. Returns what it found.
+    /// (`plan::contract`); a difference fails it (exit 7) unless `allow`. Returns whether the
+    /// contract changed, and what it found. With `allow`, a live colour that does not answer
+    /// is not compared (a promote that would restore service is not held up by it).
     async fn contract(
         &self,
         name: &str,
@@ -546,16 +552,23 @@ impl Run<'_> {
         to: Colour,
         allow: bool,
         secret: &str,
-    ) -> Result<String> {
+    ) -> Result<(bool, String)> {
         use crate::plan::contract::{Comparison, compare};
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let http = crate::adapters::smoke::http_client(Duration::from_secs(10));
         let mut seen = Vec::new();
         for col in [from, to] {
             let base = crate::adapters::smoke::Base::proxy(&self.proxy, c, col);
-            let v = crate::adapters::smoke::version(&http, &base, secret)
-                .await
-                .map_err(|e| {
+            let answer = crate::adapters::smoke::version(&http, &base, secret).await;
+            if let (Err(e), true, true) = (&answer, allow, col == from) {
+                let what = format!(
+                    "not compared: live {} did not answer /version ({e}); allowed by --allow-contract-change",
+                    colour::name(c, from)
+                );
+                ctx.out.note(&format!("{name}: {what}"));
+                return Ok((false, what));
+            }
+            let v = answer.map_err(|e| {
                     Failure::new(
                         Exit::Smoke,
                         name,
@@ -566,14 +579,17 @@ impl Run<'_> {
             seen.push(v);
         }
         Ok(match compare(&seen[0], &seen[1]) {
-            Comparison::Same(s) => format!("the same as live's: {s}"),
-            Comparison::LiveUnknown(why) => why,
+            Comparison::Same(s) => (false, format!("the same as live's: {s}")),
+            Comparison::LiveUnknown(why) => (false, why),
             Comparison::Differs(d) if allow => {
                 let d = d.join("; ");
                 ctx.out.note(&format!(
                     "the model contract changes (allowed by --allow-contract-change): {d}"
                 ));
-                format!("changed, allowed by --allow-contract-change: {d}")
+                (
+                    true,
+                    format!("changed, allowed by --allow-contract-change: {d}"),
+                )
             }
             Comparison::Differs(d) => {
                 return Err(Failure::new(
@@ -606,11 +622,24 @@ impl Run<'_> {
             .values()
             .filter_map(|body| serde_json::from_str(body).ok())
             .collect();
-        let figures = merge(&reports, to.as_str(), &self.plan.model_version);
+        let figures = merge(
+            &reports,
+            to.as_str(),
+            &self.plan.model_version,
+            &self.plan.model_sha256,
+        );
         let _ = self
             .store
             .update_release(self.id, |r| r.shadow = Some(figures.to_json()))
             .await;
+        if self.contract_changed {
+            // Its answers mean something else now (other classes, another kind): agreement with
+            // live's says nothing, and the change was allowed.
+            let what = "not judged: the model contract changed (allowed by --allow-contract-change), so its answers are not comparable with live's".to_string();
+            ctx.out
+                .note(&format!("shadow {}: {what}", colour::name(c, to)));
+            return Ok(what);
+        }
         match judge(&figures, s.min_agreement, s.min_requests) {
             Verdict::Pass(what) => Ok(what),
             Verdict::NotJudged(what) => {

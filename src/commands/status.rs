@@ -77,10 +77,12 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     // far, and what a promote would decide.
     let shadow = match (&c.smoke.shadow, world.live, &world.cluster, &client) {
         (Some(s), Some(live), Some(conn), Some(proxy)) => {
-            match world.colours.get(&live.other()).filter(|o| o.exists) {
-                Some(o) => {
+            let candidate = world.colours.get(&live.other()).filter(|o| {
+                o.exists && roles.roles.get(&live.other()) == Some(&colour::Role::Candidate)
+            });
+            match (candidate, conn.client().await) {
+                (Some(o), Ok(kube)) => {
                     use crate::plan::shadow::{Verdict, judge, merge};
-                    let kube = conn.client().await?;
                     let answers = colour::pod_get(&kube, proxy, c, live, "/shadow", "status")
                         .await
                         .unwrap_or_default();
@@ -89,7 +91,12 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
                         .filter_map(|b| serde_json::from_str(b).ok())
                         .collect();
                     let version = o.model_version.clone().unwrap_or(c.model.version.clone());
-                    let f = merge(&reports, live.other().as_str(), &version);
+                    let f = merge(
+                        &reports,
+                        live.other().as_str(),
+                        &version,
+                        o.model_sha256.as_deref().unwrap_or_default(),
+                    );
                     let mut j = f.to_json();
                     j["candidate"] = json!(colour::name(c, live.other()));
                     j["promote would"] = json!(match judge(&f, s.min_agreement, s.min_requests) {
@@ -99,7 +106,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
                     });
                     Some(j)
                 }
-                None => None,
+                _ => None,
             }
         }
         _ => None,

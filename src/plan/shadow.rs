@@ -16,8 +16,9 @@ pub struct Figures {
     /// (live's class, the candidate's class) -> rows.
     pub classes: BTreeMap<(String, String), u64>,
     pub max_shift: f64,
-    /// Sum of the pods' mean shifts weighted by their rows compared.
+    /// Sum of the pods' mean shifts weighted by the rows each mean is over.
     weighted_shift: f64,
+    shifted_rows: u64,
     pub failed: u64,
     pub dropped: u64,
     /// A pod's last reason a copy got no answer.
@@ -30,7 +31,7 @@ impl Figures {
     }
 
     pub fn mean_shift(&self) -> Option<f64> {
-        (self.compared > 0).then(|| self.weighted_shift / self.compared as f64)
+        (self.shifted_rows > 0).then(|| self.weighted_shift / self.shifted_rows as f64)
     }
 
     /// The rows whose class changed, most first: `live 0 -> candidate 1: 12`.
@@ -58,12 +59,15 @@ impl Figures {
     }
 }
 
-/// Sum the pods' `/shadow` reports about the candidate `colour` serving `model_version` (a report
-/// about another candidate, or none yet, adds nothing but its failures and drops).
+/// Sum the pods' `/shadow` reports about the candidate `colour` serving the model with
+/// `model_sha256` (when known: a colour deployed before release recorded it is matched by
+/// `model_version`); a report about another candidate, or none yet, adds nothing but its
+/// failures and drops.
 pub fn merge<'a>(
     reports: impl IntoIterator<Item = &'a Value>,
     colour: &str,
     model_version: &str,
+    model_sha256: &str,
 ) -> Figures {
     let mut f = Figures::default();
     for r in reports {
@@ -77,7 +81,12 @@ pub fn merge<'a>(
             f.last_failure = Some(why.to_string());
         }
         let c = &r["candidate"];
-        if c["colour"] != colour || c["model_version"] != model_version {
+        let same_model = if model_sha256.is_empty() {
+            c["model_version"] == model_version
+        } else {
+            c["model_sha256"] == model_sha256
+        };
+        if c["colour"] != colour || !same_model {
             continue;
         }
         let compared = r["compared"].as_u64().unwrap_or(0);
@@ -91,7 +100,9 @@ pub fn merge<'a>(
             *f.classes.entry(key).or_default() += m["rows"].as_u64().unwrap_or(0);
         }
         f.max_shift = f.max_shift.max(r["max_shift"].as_f64().unwrap_or(0.0));
-        f.weighted_shift += r["mean_shift"].as_f64().unwrap_or(0.0) * compared as f64;
+        let shifted = r["shifted_rows"].as_u64().unwrap_or(0);
+        f.shifted_rows += shifted;
+        f.weighted_shift += r["mean_shift"].as_f64().unwrap_or(0.0) * shifted as f64;
     }
     f
 }
@@ -151,12 +162,14 @@ pub fn judge(f: &Figures, min_agreement: f64, min_requests: u64) -> Verdict {
 mod tests {
     use super::*;
 
-    fn report(colour: &str, version: &str, compared: u64, agreed: u64, moved: u64) -> Value {
-        json!({"enabled": true, "candidate": {"colour": colour, "model_version": version},
+    /// A pod's report about the candidate whose model has sha256 `sha`.
+    fn report(colour: &str, sha: &str, compared: u64, agreed: u64, moved: u64) -> Value {
+        json!({"enabled": true,
+               "candidate": {"colour": colour, "model_version": "1.0.0", "model_sha256": sha},
                "compared": compared, "agreed": agreed, "failed": 1, "dropped": 2,
                "classes": [{"live": "0", "candidate": "0", "rows": agreed},
                            {"live": "0", "candidate": "1", "rows": moved}],
-               "max_shift": 0.5, "mean_shift": 0.1, "last_failure": null})
+               "max_shift": 0.5, "mean_shift": 0.1, "shifted_rows": compared, "last_failure": null})
     }
 
     #[test]
@@ -164,11 +177,12 @@ mod tests {
         let reports = [
             report("green", "2", 60, 50, 10),
             report("green", "2", 40, 38, 2),
-            // Another candidate's figures (a pod that has not seen this one yet): left out.
+            // Another model's figures under the same version string (a pod that has not seen
+            // this candidate yet, or the previous colour's): left out.
             report("green", "1", 500, 500, 0),
             json!({"enabled": false}),
         ];
-        let f = merge(&reports, "green", "2");
+        let f = merge(&reports, "green", "1.0.0", "2");
         assert_eq!((f.pods, f.compared, f.agreed), (3, 100, 88));
         assert_eq!((f.failed, f.dropped), (3, 6));
         assert_eq!(f.flips(), ["live 0 -> candidate 1: 12"]);
@@ -177,7 +191,7 @@ mod tests {
 
     #[test]
     fn under_the_minimum_is_refused_with_the_class_changes() {
-        let f = merge(&[report("green", "2", 100, 80, 20)], "green", "2");
+        let f = merge(&[report("green", "2", 100, 80, 20)], "green", "1.0.0", "2");
         match judge(&f, 0.95, 50) {
             Verdict::Refuse(why) => assert!(
                 why.contains("80.0 % of 100") && why.contains("live 0 -> candidate 1: 20"),
@@ -192,7 +206,7 @@ mod tests {
             v => panic!("{v:?}"),
         }
         // No pod with a tee: said so.
-        match judge(&merge(&[], "green", "2"), 0.95, 1) {
+        match judge(&merge(&[], "green", "1.0.0", "2"), 0.95, 1) {
             Verdict::NotJudged(why) => assert!(why.contains("no live pod"), "{why}"),
             v => panic!("{v:?}"),
         }
