@@ -17,11 +17,16 @@ use prometheus_client::registry::Registry;
 use crate::AppState;
 use crate::model::{Label, Prediction};
 
-/// A class as its metric label says it: `2`, `setosa`.
+/// A class as its metric label says it: `2`, `setosa`. prometheus-client 0.24 writes label values
+/// as they are, so a class name's backslash, quote or newline is escaped here as the exposition
+/// format requires (OpenMetrics, "Escaping"): one odd class name must not break `/metrics`.
 fn plain(l: &Label) -> String {
     match l {
         Label::Int(i) => i.to_string(),
-        Label::Text(s) => s.clone(),
+        Label::Text(s) => s
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
     }
 }
 
@@ -237,4 +242,24 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
         "request"
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_name_with_quotes_or_newlines_keeps_the_exposition_valid() {
+        let odd = Label::Text("a \"quoted\\ name\nnext".into());
+        let m = Metrics::new("m", "1", "h", "blue", std::slice::from_ref(&odd));
+        m.add_predictions(&[Prediction::Class {
+            label: odd,
+            probabilities: vec![1.0],
+        }]);
+        let text = m.render();
+        assert!(
+            text.contains(r#"model_predictions_total{class="a \"quoted\\ name\nnext"} 1"#),
+            "{text}"
+        );
+    }
 }
