@@ -1879,6 +1879,22 @@ async fn the_shadow_gate_refuses_a_candidate_that_disagrees_with_live_on_real_tr
     // cannot judge and says so.
     let good = with_shadow(config(&dir, &model_server_binary(), "v1", &cases()));
     succeeded(&release(&sb, &good, &["up", "--force"]), "green, copying");
+    // With smoke.shadow.required, not judged is a refusal.
+    let required = dir.join("release-required.yaml");
+    std::fs::write(
+        &required,
+        std::fs::read_to_string(&good)
+            .unwrap()
+            .replace("min_requests: 50}", "min_requests: 50, required: true}"),
+    )
+    .unwrap();
+    let out = release(&sb, &required, &["promote"]);
+    exits_with(&out, 7);
+    let error = summary(&out)["error"].as_str().unwrap().to_string();
+    assert!(
+        error.contains("no live pod reported a shadow tee") && error.contains("required"),
+        "{error}"
+    );
     let out = release(&sb, &good, &["promote"]);
     succeeded(&out, "no figures: not judged");
     let said = format!(

@@ -203,6 +203,7 @@ async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
         [
             "lock",
             "smoke iris-green",
+            "contract iris-green",
             "flip",
             "verify public URL",
             "protect images",
@@ -250,6 +251,7 @@ async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
         recorded(&sb).await,
         [
             "smoke iris-green",
+            "contract iris-green",
             "flip",
             "verify public URL",
             "protect images"

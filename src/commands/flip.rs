@@ -640,7 +640,7 @@ impl Run<'_> {
                 .note(&format!("shadow {}: {what}", colour::name(c, to)));
             return Ok(what);
         }
-        match judge(&figures, s.min_agreement, s.min_requests) {
+        match judge(&figures, s.min_agreement, s.min_requests, s.required) {
             Verdict::Pass(what) => Ok(what),
             Verdict::NotJudged(what) => {
                 ctx.out

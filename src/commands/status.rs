@@ -99,11 +99,14 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
                     );
                     let mut j = f.to_json();
                     j["candidate"] = json!(colour::name(c, live.other()));
-                    j["promote would"] = json!(match judge(&f, s.min_agreement, s.min_requests) {
-                        Verdict::Pass(w) => format!("pass: {w}"),
-                        Verdict::NotJudged(w) => format!("go on, {w}"),
-                        Verdict::Refuse(w) => format!("refuse: {w}"),
-                    });
+                    j["promote would"] =
+                        json!(
+                            match judge(&f, s.min_agreement, s.min_requests, s.required) {
+                                Verdict::Pass(w) => format!("pass: {w}"),
+                                Verdict::NotJudged(w) => format!("go on, {w}"),
+                                Verdict::Refuse(w) => format!("refuse: {w}"),
+                            }
+                        );
                     Some(j)
                 }
                 _ => None,

@@ -415,6 +415,9 @@ pub struct ShadowConfig {
     /// ...once at least this many were compared (fewer: not judged, said so).
     #[serde(default = "default_shadow_min_requests")]
     pub min_requests: u64,
+    /// Refuse a promote whose candidate could not be judged (fewer than `min_requests` rows).
+    #[serde(default)]
+    pub required: bool,
 }
 
 fn default_shadow_sample() -> f64 {

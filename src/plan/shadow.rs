@@ -118,17 +118,26 @@ pub enum Verdict {
     Refuse(String),
 }
 
-pub fn judge(f: &Figures, min_agreement: f64, min_requests: u64) -> Verdict {
+/// `required`: too few rows compared refuses too (`smoke.shadow.required`), so that no promote
+/// (an `up --promote` seconds after the deploy) goes live unjudged.
+pub fn judge(f: &Figures, min_agreement: f64, min_requests: u64, required: bool) -> Verdict {
     let Some(agreement) = f.agreement().filter(|_| f.compared >= min_requests) else {
         let why = match (&f.last_failure, f.pods) {
             (_, 0) => "no live pod reported a shadow tee (deployed before smoke.shadow was set: the next release turns it on)".to_string(),
             (Some(why), _) if f.compared == 0 => format!("no copy was answered yet (last: {why})"),
             _ => "too little traffic so far".to_string(),
         };
-        return Verdict::NotJudged(format!(
+        let what = format!(
             "not judged: {} of the {min_requests} rows needed were compared; {why}",
             f.compared
-        ));
+        );
+        return if required {
+            Verdict::Refuse(format!(
+                "{what}, and smoke.shadow.required is set: send it traffic (or wait) and promote again"
+            ))
+        } else {
+            Verdict::NotJudged(what)
+        };
     };
     let shift = format!(
         "largest probability (or value) shift {:.4}, mean {:.4}",
@@ -192,21 +201,25 @@ mod tests {
     #[test]
     fn under_the_minimum_is_refused_with_the_class_changes() {
         let f = merge(&[report("green", "2", 100, 80, 20)], "green", "1.0.0", "2");
-        match judge(&f, 0.95, 50) {
+        match judge(&f, 0.95, 50, false) {
             Verdict::Refuse(why) => assert!(
                 why.contains("80.0 % of 100") && why.contains("live 0 -> candidate 1: 20"),
                 "{why}"
             ),
             v => panic!("{v:?}"),
         }
-        assert!(matches!(judge(&f, 0.8, 50), Verdict::Pass(_)));
-        // Too few rows: not judged, and it says how many.
-        match judge(&f, 0.95, 101) {
+        assert!(matches!(judge(&f, 0.8, 50, true), Verdict::Pass(_)));
+        // Too few rows: not judged, and it says how many; refused when a judgement is required.
+        match judge(&f, 0.95, 101, false) {
             Verdict::NotJudged(why) => assert!(why.contains("100 of the 101"), "{why}"),
             v => panic!("{v:?}"),
         }
+        match judge(&f, 0.95, 101, true) {
+            Verdict::Refuse(why) => assert!(why.contains("smoke.shadow.required"), "{why}"),
+            v => panic!("{v:?}"),
+        }
         // No pod with a tee: said so.
-        match judge(&merge(&[], "green", "1.0.0", "2"), 0.95, 1) {
+        match judge(&merge(&[], "green", "1.0.0", "2"), 0.95, 1, false) {
             Verdict::NotJudged(why) => assert!(why.contains("no live pod"), "{why}"),
             v => panic!("{v:?}"),
         }
