@@ -9,14 +9,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out="$here/out/forest"
 mkdir -p "$out"
-
-if ! command -v wrk > /dev/null; then
-  sudo_="" ; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
-  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq wrk > /dev/null
-fi
-
-venv="${BENCH_VENV:-$root/.venv-bench}"
-"$root/scripts/venv" "$venv" "$here/requirements.txt"
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 matrix="${MATRIX_VENV:-$root/.venv-matrix}"
 "$root/scripts/venv" "$matrix" "$root/model-server/train/matrix-requirements.txt"
 
@@ -24,10 +18,7 @@ echo "training and exporting the forest" >&2
 # Both venvs pin scikit-learn 1.7.2, so the bench venv's Flask loads the matrix venv's pickle.
 expect="$("$matrix/bin/python" "$here/forest_model.py" "$out")"
 
-echo "building a static model-server" >&2
-target=x86_64-unknown-linux-gnu
-(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile server --locked -p model-server --target "$target")
-binary="$root/target/$target/server/model-server"
+static_model_server
 
 echo
 echo "forest: $(stat -c %s "$out/forest.onnx") bytes of ONNX, 100 trees; host: $(nproc) cores, $(uname -r)"

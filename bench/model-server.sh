@@ -9,14 +9,8 @@ here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 out="$here/out"
 mkdir -p "$out"
-
-if ! command -v wrk > /dev/null; then
-  sudo_="" ; [[ $(id -u) -ne 0 ]] && sudo_="sudo"
-  $sudo_ apt-get update -qq && $sudo_ apt-get install -y -qq wrk > /dev/null
-fi
-
-venv="${BENCH_VENV:-$root/.venv-bench}"
-"$root/scripts/venv" "$venv" "$here/requirements.txt"
+# shellcheck source=bench/common.sh
+source "$here/common.sh"
 
 echo "training the reference estimator (the same one exported to ONNX)" >&2
 "$venv/bin/python" "$root/model-server/train/train.py" --out-dir "$out/model" --joblib "$out/iris.joblib" > /dev/null
@@ -25,10 +19,7 @@ echo "training the reference estimator (the same one exported to ONNX)" >&2
 "$venv/bin/python" "$root/model-server/train/compare.py" "$out/model" "$root/model-server/model" >&2 \
   || { echo "the bench venv does not reproduce the bundled model; check the pins" >&2; exit 1; }
 
-echo "building a static model-server" >&2
-target=x86_64-unknown-linux-gnu
-(cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --profile server --locked -p model-server --target "$target")
-binary="$root/target/$target/server/model-server"
+static_model_server
 
 echo
 echo "model-server binary: $(stat -c %s "$binary") bytes ($(( $(stat -c %s "$binary") / 1024 )) KiB), stripped, $(file -b "$binary" | grep -o 'static[a-z -]*linked' || echo 'dynamically linked')"

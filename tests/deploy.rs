@@ -292,16 +292,67 @@ async fn the_first_release_goes_live_and_the_next_is_a_tested_candidate_while_bl
 
 static N: AtomicUsize = AtomicUsize::new(0);
 
-fn wrong_cases(dir: &Path) -> PathBuf {
-    // Golden cases the model does not meet: every expected class shifted by one.
+/// The golden cases with each expected class `k` made `class(k)`, written to `dir/name`.
+fn cases_mapped(dir: &Path, name: &str, class: impl Fn(i64) -> i64) -> PathBuf {
     let text = std::fs::read_to_string(cases()).unwrap();
     let mut doc: Value = serde_yaml::from_str(&text).unwrap();
     for c in doc["cases"].as_array_mut().unwrap() {
-        c["expect"] = json!((c["expect"].as_i64().unwrap() + 1) % 3);
+        c["expect"] = json!(class(c["expect"].as_i64().unwrap()));
     }
     std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(format!("wrong-{}.yaml", N.fetch_add(1, Ordering::Relaxed)));
+    let path = dir.join(name);
     std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+fn wrong_cases(dir: &Path) -> PathBuf {
+    // Golden cases the model does not meet: every expected class shifted by one.
+    let name = format!("wrong-{}.yaml", N.fetch_add(1, Ordering::Relaxed));
+    cases_mapped(dir, &name, |k| (k + 1) % 3)
+}
+
+/// An executable file at `path` holding `bytes` (a script or a binary).
+fn executable(path: &Path, bytes: impl AsRef<[u8]>) {
+    std::fs::write(path, bytes).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
+/// `config` with its model (the bundled iris) replaced by `model`, written to `out`.
+fn with_model(config: PathBuf, model: &Path, out: PathBuf) -> PathBuf {
+    let bundled = workspace().join("model-server/model/iris.onnx");
+    let text = std::fs::read_to_string(config)
+        .unwrap()
+        .replace(&bundled.display().to_string(), &model.display().to_string());
+    std::fs::write(&out, text).unwrap();
+    out
+}
+
+/// The skl2onnx iris export with `change` applied to each node attribute (it says whether it
+/// changed one), written to `dir/name`; at least `changes` attributes must change.
+fn changed_iris_export(
+    dir: &Path,
+    name: &str,
+    changes: usize,
+    mut change: impl FnMut(&mut tract_onnx::pb::AttributeProto) -> bool,
+) -> PathBuf {
+    use prost::Message;
+    let fixture = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
+    let mut model =
+        tract_onnx::pb::ModelProto::decode(std::fs::read(fixture).unwrap().as_slice()).unwrap();
+    let changed = model
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .flat_map(|n| n.attribute.iter_mut())
+        .map(&mut change)
+        .filter(|changed| *changed)
+        .count();
+    assert_eq!(changed, changes, "the export's attributes changed");
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, model.encode_to_vec()).unwrap();
     path
 }
 
@@ -334,16 +385,10 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
 
     // A server that crashes at start: CrashLoopBackOff; exit 6, green gone.
     let crash_bin = dir.join("crash");
-    std::fs::write(
+    executable(
         &crash_bin,
         "#!/bin/sh\necho 'model file unreadable' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &crash_bin,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    );
     let crash = config(&dir.join("crash-cfg"), &crash_bin, "crash1", &cases());
     let out = release(&sb, &crash, &["up"]);
     exits_with(&out, 6);
@@ -361,20 +406,14 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     // can point the server at a file outside it. Exit 7, green gone.
     let other = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
     let swap_bin = dir.join("swap");
-    std::fs::write(
+    executable(
         &swap_bin,
         format!(
             "#!/bin/sh\nMODEL_SERVER_MODEL_PATH={} exec {} \"$@\"\n",
             other.display(),
             model_server_binary().display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &swap_bin,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    );
     let swap = config(&dir.join("swap-cfg"), &swap_bin, "swap1", &cases());
     let out = release(&sb, &swap, &["up"]);
     exits_with(&out, 7);
@@ -398,12 +437,7 @@ async fn failed_candidates_are_torn_down_and_blue_keeps_serving() {
     let lost_bin = dir.join("lost");
     let mut bytes = std::fs::read(model_server_binary()).unwrap();
     bytes.extend_from_slice(b"another build");
-    std::fs::write(&lost_bin, bytes).unwrap();
-    std::fs::set_permissions(
-        &lost_bin,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    executable(&lost_bin, bytes);
     let iris = workspace().join("model-server/model/iris.onnx");
     let model = release::config::ModelConfig {
         sha256: release::config::model_sha256(&std::fs::read(&iris).unwrap()),
@@ -1663,36 +1697,15 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
 /// The iris export with its class labels moved by `shift` (0, 1, 2 become 0+shift, …): the same
 /// answers under other names, a model contract clients would break on. Returns its path.
 fn relabelled_iris(dir: &Path, shift: i64) -> PathBuf {
-    use prost::Message;
-    let fixture = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
-    let mut model =
-        tract_onnx::pb::ModelProto::decode(std::fs::read(fixture).unwrap().as_slice()).unwrap();
-    let graph = model.graph.as_mut().unwrap();
-    let labels = graph
-        .node
-        .iter_mut()
-        .flat_map(|n| n.attribute.iter_mut())
-        .find(|a| a.name == "classlabels_ints")
-        .expect("the export names its classes");
-    for l in &mut labels.ints {
-        *l += shift;
-    }
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join(format!("iris-plus-{shift}.onnx"));
-    std::fs::write(&path, model.encode_to_vec()).unwrap();
-    path
-}
-
-/// Golden cases for `relabelled_iris(_, shift)`.
-fn shifted_cases(dir: &Path, shift: i64) -> PathBuf {
-    let text = std::fs::read_to_string(cases()).unwrap();
-    let mut doc: Value = serde_yaml::from_str(&text).unwrap();
-    for c in doc["cases"].as_array_mut().unwrap() {
-        c["expect"] = json!(c["expect"].as_i64().unwrap() + shift);
-    }
-    let path = dir.join(format!("cases-plus-{shift}.yaml"));
-    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-    path
+    changed_iris_export(dir, &format!("iris-plus-{shift}.onnx"), 1, |a| {
+        if a.name != "classlabels_ints" {
+            return false;
+        }
+        for l in &mut a.ints {
+            *l += shift;
+        }
+        true
+    })
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1702,22 +1715,12 @@ async fn a_promote_refuses_a_changed_model_contract_unless_allowed() {
     // Green: a model that passes its own golden cases, but names its classes 1, 2, 3 where live
     // answers 0, 1, 2: every client mapping classes to names would break.
     let model = relabelled_iris(&dir, 1);
-    let text = std::fs::read_to_string(config(
-        &dir,
-        &model_server_binary(),
-        "relabel1",
-        &shifted_cases(&dir, 1),
-    ))
-    .unwrap()
-    .replace(
-        &workspace()
-            .join("model-server/model/iris.onnx")
-            .display()
-            .to_string(),
-        &model.display().to_string(),
+    let shifted = cases_mapped(&dir, "cases-plus-1.yaml", |k| k + 1);
+    let changed = with_model(
+        config(&dir, &model_server_binary(), "relabel1", &shifted),
+        &model,
+        dir.join("release-changed.yaml"),
     );
-    let changed = dir.join("release-changed.yaml");
-    std::fs::write(&changed, text).unwrap();
     succeeded(
         &release(&sb, &changed, &["up"]),
         "the candidate passes its cases",
@@ -1772,37 +1775,17 @@ async fn a_promote_refuses_a_changed_model_contract_unless_allowed() {
 /// The iris export with classes 1 and 2's coefficients and intercepts swapped: the same classes
 /// (the contract holds), but it answers virginica where live answers versicolor and back.
 fn swapped_iris(dir: &Path) -> PathBuf {
-    use prost::Message;
-    let fixture = workspace().join("model-server/tests/fixtures/iris-skl2onnx.onnx");
-    let mut model =
-        tract_onnx::pb::ModelProto::decode(std::fs::read(fixture).unwrap().as_slice()).unwrap();
-    let attributes = model
-        .graph
-        .as_mut()
-        .unwrap()
-        .node
-        .iter_mut()
-        .flat_map(|n| n.attribute.iter_mut());
-    let mut swapped = 0;
-    for a in attributes {
+    changed_iris_export(dir, "iris-swapped.onnx", 2, |a| {
         let per_class = match a.name.as_str() {
             "coefficients" => a.floats.len() / 3,
             "intercepts" => 1,
-            _ => continue,
+            _ => return false,
         };
         for i in 0..per_class {
             a.floats.swap(per_class + i, 2 * per_class + i);
         }
-        swapped += 1;
-    }
-    assert_eq!(
-        swapped, 2,
-        "a linear classifier's coefficients and intercepts"
-    );
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("iris-swapped.onnx");
-    std::fs::write(&path, model.encode_to_vec()).unwrap();
-    path
+        true
+    })
 }
 
 /// `n` requests through the edge, `share_versicolor` of them versicolor rows, the rest setosa
@@ -1907,35 +1890,19 @@ async fn the_shadow_gate_refuses_a_candidate_that_disagrees_with_live_on_real_tr
     // Green: classes 1 and 2 swapped. Its own golden cases pass and its contract is live's; on
     // real traffic (a fifth versicolor) it disagrees with live on a fifth of the rows.
     let model = swapped_iris(&dir);
-    let swapped_cases = {
-        let mut doc: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(cases()).unwrap()).unwrap();
-        for c in doc["cases"].as_array_mut().unwrap() {
-            let k = c["expect"].as_i64().unwrap();
-            c["expect"] = json!([0, 2, 1][k as usize]);
-        }
-        let path = dir.join("cases-swapped.yaml");
-        std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
-        path
-    };
-    let swapped = dir.join("release-swapped.yaml");
-    let text = std::fs::read_to_string(with_shadow(config_versioned(
-        &dir.join("swapped"),
-        &model_server_binary(),
-        "swapped1",
-        &swapped_cases,
-        // The same version string as live's: the figures are told apart by the model's sha256.
-        "1.0.0",
-    )))
-    .unwrap()
-    .replace(
-        &workspace()
-            .join("model-server/model/iris.onnx")
-            .display()
-            .to_string(),
-        &model.display().to_string(),
+    let swapped_cases = cases_mapped(&dir, "cases-swapped.yaml", |k| [0, 2, 1][k as usize]);
+    let swapped = with_model(
+        with_shadow(config_versioned(
+            &dir.join("swapped"),
+            &model_server_binary(),
+            "swapped1",
+            &swapped_cases,
+            // The same version string as live's: the figures are told apart by the model's sha256.
+            "1.0.0",
+        )),
+        &model,
+        dir.join("release-swapped.yaml"),
     );
-    std::fs::write(&swapped, text).unwrap();
     succeeded(
         &release(&sb, &swapped, &["up"]),
         "the candidate passes its own cases",
