@@ -10,8 +10,11 @@
 //!   prior log-odds) is refused at load ("attribute 'base_values': expected length").
 //! - `TreeEnsembleRegressor` is not registered at all: no tree regressor loads.
 //!
-//! The tree evaluation itself (tract-onnx-opl's `TreeEnsemble`) is right and fast, so these
-//! parsers read the node's attributes into it and wire the rest in ONNX's terms (ONNX-ML operator
+//! The parsers read the node's attributes into tract-onnx-opl's packed `TreeEnsemble` layout, and
+//! [`Forest`] evaluates it: tract's own evaluation walks, for every tree, past every leaf of the
+//! trees before it (an `ndarray` axis iterator's `skip`, which has no `nth`), so a 100-tree forest
+//! took 5.5 ms of CPU a row (`bench/forest.sh`, docs/performance.md), and it decodes a
+//! `BRANCH_GTE` node as a leaf (its comparison codes stop at 5). The rest is wired in ONNX's terms (ONNX-ML operator
 //! docs, `ai.onnx.ml.TreeEnsembleClassifier`/`TreeEnsembleRegressor`, opset 1 and 3; and
 //! onnxruntime's binary case: one score column `s` means probabilities `[1 - s, s]`). The label is
 //! always the class label at the argmax of the probabilities the node outputs, as scikit-learn's
@@ -373,10 +376,9 @@ fn wire_scores(
     base: Option<Arc<Tensor>>,
     transform: PostTransform,
 ) -> TractResult<OutletId> {
-    use tract_onnx_opl::ml::tree_ensemble_classifier::TreeEnsembleClassifier as Trees;
     let mut scores = model.wire_node(
         format!("{prefix}.trees"),
-        Trees {
+        Forest {
             ensemble: ensemble.clone(),
         },
         inputs,
@@ -495,5 +497,172 @@ impl Expansion for TreeRegressor {
             self.base.clone(),
             self.transform,
         )?))
+    }
+}
+
+/// The score columns of a packed tree ensemble (`ensemble`'s layout), one row of input at a time:
+/// each tree walked from its root to its leaf, the leaf's (column, weight) pairs read from their
+/// own range, aggregated as the node says (`AVERAGE` divides by the pairs a column got, as tract
+/// does; `MIN`/`MAX` start from 0, as tract's do).
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Forest {
+    ensemble: TreeEnsemble,
+}
+
+impl Op for Forest {
+    fn name(&self) -> StaticName {
+        "Forest".into()
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Forest {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let input = args_1!(inputs);
+        let input = input.cast_to::<f32>()?;
+        let x = input
+            .to_plain_array_view::<f32>()?
+            .into_dimensionality::<tract_ndarray::Ix2>()?;
+        let (n, n_features) = x.dim();
+        let e = &self.ensemble;
+        if n_features <= e.max_used_feature {
+            bail!(
+                "the trees read feature {}, the input has {n_features}",
+                e.max_used_feature
+            );
+        }
+        let trees = e.data.trees.try_as_plain_ram()?.as_slice::<u32>()?;
+        let nodes = e.data.nodes.try_as_plain_ram()?.as_slice::<u32>()?;
+        let leaves = e.data.leaves.try_as_plain_ram()?.as_slice::<u32>()?;
+        let columns = e.n_classes;
+        let mut out = vec![0f32; n * columns];
+        let mut counts = vec![0u32; columns];
+        let mut row = vec![0f32; n_features];
+        for (i, scores) in out.chunks_exact_mut(columns).enumerate() {
+            for (v, x) in row.iter_mut().zip(x.row(i)) {
+                *v = *x;
+            }
+            counts.fill(0);
+            for &root in trees {
+                let mut id = root as usize;
+                let (start, end) = loop {
+                    let node = &nodes[id * 5..id * 5 + 5];
+                    let cmp = node[4] & 0xff;
+                    if cmp == 0 {
+                        break (node[0] as usize, node[1] as usize);
+                    }
+                    let (v, t) = (row[node[0] as usize], f32::from_bits(node[3]));
+                    let go_true = if v.is_nan() {
+                        node[4] & 0x100 != 0
+                    } else {
+                        match cmp {
+                            c if c == Cmp::Equal as u32 => v == t,
+                            c if c == Cmp::NotEqual as u32 => v != t,
+                            c if c == Cmp::Less as u32 => v < t,
+                            c if c == Cmp::Greater as u32 => v > t,
+                            c if c == Cmp::LessEqual as u32 => v <= t,
+                            c if c == Cmp::GreaterEqual as u32 => v >= t,
+                            other => bail!("node {id}: comparison code {other}"),
+                        }
+                    };
+                    id = if go_true { node[1] } else { node[2] } as usize;
+                };
+                for pair in leaves[start * 2..end * 2].chunks_exact(2) {
+                    let (column, weight) = (pair[0] as usize, f32::from_bits(pair[1]));
+                    let score = &mut scores[column];
+                    match e.aggregate_fn {
+                        Aggregate::Sum | Aggregate::Avg => *score += weight,
+                        Aggregate::Max => *score = score.max(weight),
+                        Aggregate::Min => *score = score.min(weight),
+                    }
+                    counts[column] += 1;
+                }
+            }
+            if e.aggregate_fn == Aggregate::Avg {
+                for (score, &count) in scores.iter_mut().zip(&counts) {
+                    if count > 1 {
+                        *score /= count as f32;
+                    }
+                }
+            }
+        }
+        Ok(tvec!(
+            Tensor::from_shape(&[n, columns], &out)?.into_tvalue()
+        ))
+    }
+}
+
+impl TypedOp for Forest {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let n = &inputs[0].shape[0];
+        Ok(tvec!(f32::fact(&[
+            n.clone(),
+            self.ensemble.n_classes().into()
+        ])))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tree per comparison: `x0 >= 1` (tract decodes that code as a leaf) and `x0 < 1`, each
+    /// leaf writing one weight to column 0; averaged over the two trees.
+    fn forest(aggregate: Aggregate) -> Forest {
+        let branch = |cmp: Cmp, root: u32| [0, root + 1, root + 2, 1f32.to_bits(), cmp as u32];
+        let leaf = |i: u32| [i, i + 1, 0, 0, 0];
+        let nodes: Vec<u32> = [
+            branch(Cmp::GreaterEqual, 0),
+            leaf(0),
+            leaf(1),
+            branch(Cmp::Less, 3),
+            leaf(2),
+            leaf(3),
+        ]
+        .concat();
+        let weights = [10f32, 20., 30., 40.];
+        let leaves: Vec<u32> = weights.iter().flat_map(|w| [0, w.to_bits()]).collect();
+        let data = TreeEnsembleData {
+            trees: rctensor1(&[0u32, 3]),
+            nodes: tensor1(&nodes)
+                .into_shape(&[6, 5])
+                .unwrap()
+                .into_arc_tensor(),
+            leaves: tensor1(&leaves)
+                .into_shape(&[4, 2])
+                .unwrap()
+                .into_arc_tensor(),
+        };
+        Forest {
+            ensemble: TreeEnsemble::build(data, 0, 1, aggregate).unwrap(),
+        }
+    }
+
+    fn scores(f: &Forest, rows: &[f32]) -> Vec<f32> {
+        let input = tensor1(rows).into_shape(&[rows.len(), 1]).unwrap();
+        let out = f
+            .eval(&EvalContext::out_of_plan(), tvec!(input.into_tvalue()))
+            .unwrap();
+        out[0]
+            .to_plain_array_view::<f32>()
+            .unwrap()
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    #[test]
+    fn each_comparison_takes_its_branch_and_leaves_aggregate() {
+        // x = 2: the first tree's true leaf (10), the second's false leaf (40); x = 0: 20 and 30.
+        assert_eq!(scores(&forest(Aggregate::Sum), &[2.0, 0.0]), [50.0, 50.0]);
+        assert_eq!(scores(&forest(Aggregate::Avg), &[2.0, 1.0]), [25.0, 25.0]);
+        assert_eq!(scores(&forest(Aggregate::Max), &[0.0]), [30.0]);
+        // A missing value goes the false way unless the node says otherwise.
+        assert_eq!(scores(&forest(Aggregate::Sum), &[f32::NAN]), [60.0]);
     }
 }
