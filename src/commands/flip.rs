@@ -423,15 +423,15 @@ impl Run<'_> {
             }
             FlipStep::Contract { from, to, allow } => {
                 let secret = self.secret().await?;
-                let (changed, summary) = self.contract(&name, *from, *to, *allow, &secret).await?;
-                self.contract_changed = changed;
-                step(ctx, self.store, self.id, &name, "", async {
-                    Ok(((), summary))
+                let what = "both colours' /version, through the API server's service proxy";
+                self.contract_changed = step(ctx, self.store, self.id, &name, what, async {
+                    self.contract(&name, *from, *to, *allow, &secret).await
                 })
                 .await?;
             }
             FlipStep::Shadow { from, to } => {
-                step(ctx, self.store, self.id, &name, "", async {
+                let what = "the live pods' /shadow figures, through the API server's pod proxy";
+                step(ctx, self.store, self.id, &name, what, async {
                     let summary = self.shadow(&name, *from, *to).await?;
                     Ok(((), summary))
                 })
