@@ -231,16 +231,16 @@ impl Report {
     }
 }
 
-/// The 95th percentile of `samples` (nearest rank).
-/// `GET /version` at `base`, as JSON.
+/// `GET /version` at `base`, as JSON; an answer other than 2xx is an error.
 pub async fn version(http: &reqwest::Client, base: &Base, secret: &str) -> Result<Value, String> {
     let answer = call(http, base, http::Method::GET, "/version", secret, None).await?;
     if !answer.ok() {
-        return Err(format!("/version: HTTP {}", answer.status));
+        return Err(format!("HTTP {}", answer.status));
     }
-    serde_json::from_slice(&answer.body).map_err(|e| format!("/version: not JSON: {e}"))
+    answer.json()
 }
 
+/// The 95th percentile of `samples` (nearest rank).
 pub fn p95(samples: &mut [f64]) -> f64 {
     if samples.is_empty() {
         return 0.0;
@@ -332,10 +332,7 @@ async fn probe(http: &reqwest::Client, t: &Target<'_>, r: &mut Report) {
             Err(e) => r.failures.push(format!("{path}: {e}")),
         }
     }
-    match call(http, &t.base, http::Method::GET, "/version", "", None)
-        .await
-        .and_then(|a| a.json())
-    {
+    match version(http, &t.base, "").await {
         Ok(v) => {
             if v["colour"] != t.colour.as_str() {
                 r.failures.push(format!(

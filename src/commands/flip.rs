@@ -34,16 +34,28 @@ pub async fn promote(
     bake: Option<Duration>,
     allow_contract_change: bool,
 ) -> Result<Value> {
-    // `--bake 0s` turns off a bake the config asks for.
-    let bake = bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs());
+    let asked = Asked {
+        // `--bake 0s` turns off a bake the config asks for.
+        bake_seconds: bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs()),
+        allow_contract_change,
+    };
     flip_to(
         ctx,
         force_unlock,
         Flip::Promote { retire_previous },
         expect_digest,
-        (bake, allow_contract_change),
+        asked,
     )
     .await
+}
+
+/// What a promote's command line asks beyond the config (a rollback asks neither).
+#[derive(Debug, Clone, Copy, Default)]
+struct Asked {
+    /// The bake after the verified flip, in seconds (0: none).
+    bake_seconds: u64,
+    /// `--allow-contract-change`.
+    allow_contract_change: bool,
 }
 
 /// `expect_digest`: roll back only if the live colour runs this image (what CI promoted).
@@ -58,7 +70,7 @@ pub async fn rollback(
         force_unlock,
         Flip::Rollback { keep_failed },
         expect_digest,
-        (0, false),
+        Asked::default(),
     )
     .await
 }
@@ -76,7 +88,7 @@ async fn prepare(
     store: &StateStore,
     kind: Flip,
     expect_digest: Option<&str>,
-    (bake_seconds, allow_contract_change): (u64, bool),
+    asked: Asked,
 ) -> Result<std::result::Result<Prepared, Refusal>> {
     let c = &ctx.config;
     let world = observe(ctx, stacks).await?;
@@ -114,8 +126,8 @@ async fn prepare(
         requests: c.smoke.requests,
         invalidate: c.edge.invalidate,
         vpc: c.edge.origin_access == crate::config::OriginAccess::Vpc,
-        bake_seconds,
-        allow_contract_change,
+        bake_seconds: asked.bake_seconds,
+        allow_contract_change: asked.allow_contract_change,
         shadow: c.smoke.shadow.is_some(),
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
@@ -213,7 +225,7 @@ async fn flip_to(
     force_unlock: bool,
     kind: Flip,
     expect_digest: Option<&str>,
-    (bake_seconds, allow_contract_change): (u64, bool),
+    asked: Asked,
 ) -> Result<Value> {
     let started = Instant::now();
     let stacks = ctx.stacks();
@@ -232,16 +244,9 @@ async fn flip_to(
         // The same checks and decisions as the real run (and its exit codes), printed as a plan;
         // nothing is written, not even the lock.
         store.check_lock(force_unlock, ctx.break_live_lock).await?;
-        let (_, plan, _) = prepare(
-            ctx,
-            &stacks,
-            &store,
-            kind,
-            expect_digest,
-            (bake_seconds, allow_contract_change),
-        )
-        .await?
-        .map_err(|r| refused(ctx, kind, r))?;
+        let (_, plan, _) = prepare(ctx, &stacks, &store, kind, expect_digest, asked)
+            .await?
+            .map_err(|r| refused(ctx, kind, r))?;
         return Ok(print_plan(
             ctx,
             &plan.printed(&c.app),
@@ -253,16 +258,9 @@ async fn flip_to(
     let id = begin(ctx, &store, action, force_unlock, vec![]).await?;
     let prepared = async {
         let failed = |e: Failure| (e, false);
-        let (world, plan, cases) = match prepare(
-            ctx,
-            &stacks,
-            &store,
-            kind,
-            expect_digest,
-            (bake_seconds, allow_contract_change),
-        )
-        .await
-        .map_err(failed)?
+        let (world, plan, cases) = match prepare(ctx, &stacks, &store, kind, expect_digest, asked)
+            .await
+            .map_err(failed)?
         {
             Ok(p) => p,
             Err(r) => {
@@ -572,7 +570,7 @@ impl Run<'_> {
                     Failure::new(
                         Exit::Smoke,
                         name,
-                        format!("{}: {e}", colour::name(c, col)),
+                        format!("{}: /version: {e}", colour::name(c, col)),
                         "the colour must answer /version through the API server's service proxy; check its pods (`release status`)",
                     )
                 })?;
@@ -616,12 +614,7 @@ impl Run<'_> {
         let Some(s) = &c.smoke.shadow else {
             return Ok("smoke.shadow is not set".into());
         };
-        let answers =
-            colour::pod_get(&self.client, &self.proxy, c, from, "/shadow", "shadow").await?;
-        let reports: Vec<Value> = answers
-            .values()
-            .filter_map(|body| serde_json::from_str(body).ok())
-            .collect();
+        let reports = colour::shadow_reports(&self.client, &self.proxy, c, from, "shadow").await?;
         let figures = merge(
             &reports,
             to.as_str(),

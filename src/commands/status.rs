@@ -40,10 +40,16 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         let (healthy, served) = match (&o.address, &client) {
             (Some(_), Some(client)) => {
                 let base = crate::adapters::smoke::Base::proxy(client, c, *col);
-                let get = |path| {
-                    crate::adapters::smoke::call(&http, &base, http::Method::GET, path, "", None)
-                };
-                let healthy = get("/readyz").await.is_ok_and(|a| a.ok());
+                let healthy = crate::adapters::smoke::call(
+                    &http,
+                    &base,
+                    http::Method::GET,
+                    "/readyz",
+                    "",
+                    None,
+                )
+                .await
+                .is_ok_and(|a| a.ok());
                 let served = crate::adapters::smoke::version(&http, &base, "")
                     .await
                     .ok()
@@ -83,13 +89,9 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
             match (candidate, conn.client().await) {
                 (Some(o), Ok(kube)) => {
                     use crate::plan::shadow::{Verdict, judge, merge};
-                    let answers = colour::pod_get(&kube, proxy, c, live, "/shadow", "status")
+                    let reports = colour::shadow_reports(&kube, proxy, c, live, "status")
                         .await
                         .unwrap_or_default();
-                    let reports: Vec<Value> = answers
-                        .values()
-                        .filter_map(|b| serde_json::from_str(b).ok())
-                        .collect();
                     let version = o.model_version.clone().unwrap_or(c.model.version.clone());
                     let f = merge(
                         &reports,

@@ -289,12 +289,13 @@ pub const BUNDLED_MODEL: &[u8] = include_bytes!("../../model-server/model/iris.o
 
 /// Sets `model.sha256` from the file the image will ship (or the bundled model).
 fn identify_model(config: &mut Config, file: &str, base: &Path) -> Result<(), ConfigError> {
-    let bytes = match &config.model.path {
-        Some(p) => std::fs::read(base.join(p))
-            .map_err(|e| err(file, "model.path", format!("cannot read it: {e}")))?,
-        None => BUNDLED_MODEL.to_vec(),
+    config.model.sha256 = match &config.model.path {
+        Some(p) => model_sha256(
+            &std::fs::read(base.join(p))
+                .map_err(|e| err(file, "model.path", format!("cannot read it: {e}")))?,
+        ),
+        None => model_sha256(BUNDLED_MODEL),
     };
-    config.model.sha256 = model_sha256(&bytes);
     Ok(())
 }
 

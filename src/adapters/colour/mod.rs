@@ -656,6 +656,22 @@ pub async fn pod_metrics(
     pod_get(client, proxy, config, colour, "/metrics", "bake").await
 }
 
+/// Each running pod of `colour`'s shadow-tee figures (model-server's `GET /shadow`, JSON), through
+/// the API server's pod proxy; a pod that does not answer, or not in JSON, is left out.
+pub async fn shadow_reports(
+    client: &kube::Client,
+    proxy: &kube::Client,
+    config: &Config,
+    colour: Colour,
+    step: &'static str,
+) -> Result<Vec<Value>> {
+    let answers = pod_get(client, proxy, config, colour, "/shadow", step).await?;
+    Ok(answers
+        .values()
+        .filter_map(|body| serde_json::from_str(body).ok())
+        .collect())
+}
+
 /// `GET path` of each running pod of `colour`, through the API server's pod proxy: the pods that
 /// answered 200, by name, with their answer's body. `step` names the step in an error.
 pub async fn pod_get(
