@@ -114,6 +114,12 @@ pub enum Command {
         /// clients break on that change even when every health check passes.
         #[arg(long)]
         allow_contract_change: bool,
+        /// Before the flip, send this share of viewers (1 to 15 %, CloudFront's limit) to the
+        /// candidate through the edge's staging distribution, each viewer kept on its side by a
+        /// session cookie, and bake it (`--bake` or `promote.bake_seconds`); a breach takes the
+        /// share back and flips nothing (exit 9). Needs `edge.preview: true`.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=15))]
+        canary: Option<u8>,
     },
     /// Put the previous colour back behind the edge.
     ///

@@ -282,6 +282,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                                 None,
                                 None,
                                 *allow_contract_change,
+                                None,
                             )
                             .await?;
                     } else {
@@ -304,6 +305,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             expect_digest,
             bake,
             allow_contract_change,
+            canary,
         } => {
             interruptible(
                 ctx,
@@ -316,6 +318,7 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
                     expect_digest.as_deref(),
                     *bake,
                     *allow_contract_change,
+                    *canary,
                 ),
             )
             .await

@@ -1305,6 +1305,266 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     assert_eq!(status["stacks"]["iris-edge"], "absent", "{status}");
 }
 
+/// The colours that answered `n` requests for `/version` through the edge, with or without the
+/// preview header.
+async fn colours_seen(http: &reqwest::Client, edge: &str, n: usize, header: bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        let mut ask = http.get(format!("{edge}/version"));
+        if header {
+            ask = ask.header("aws-cf-cd-release", "candidate");
+        }
+        let answer = ask.send().await.unwrap();
+        let status = answer.status();
+        let v: Value = answer.json().await.unwrap_or(Value::Null);
+        seen.push(match v["colour"].as_str() {
+            Some(c) if status.is_success() => c.to_string(),
+            _ => format!("HTTP {status}: {v}"),
+        });
+    }
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+/// The edge stack's resources by logical id.
+async fn edge_resources(sb: &Sandbox) -> Vec<String> {
+    let cfn = aws_sdk_cloudformation::Client::new(&aws(sb).await);
+    let mut ids: Vec<String> = cfn
+        .describe_stack_resources()
+        .stack_name("iris-edge")
+        .send()
+        .await
+        .unwrap()
+        .stack_resources()
+        .iter()
+        .filter_map(|r| r.logical_resource_id().map(str::to_string))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Issue 16 "Preview through the real edge": with `edge.preview`, the `up` that tests a candidate
+/// puts it behind a staging distribution (CloudFront continuous deployment, a header policy on the
+/// primary): through the public URL, every request carrying `aws-cf-cd-release: candidate`
+/// answers from green and every other from blue. `status` prints the curl line. A promote whose
+/// verification fails flips back with the preview as it was; a promote that succeeds takes the
+/// staging distribution and the policy away.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_preview_the_header_reaches_the_candidate_through_the_public_url_until_the_flip() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("edge:\n", "edge:\n  preview: true\n  verify_timeout_seconds: 3\n");
+    std::fs::write(&cfg, text).unwrap();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (p["Preview"].as_str(), p["CandidateOriginDomain"].as_str()),
+        ("on", "")
+    );
+    assert_eq!(edge_resources(&sb).await, ["Distribution"]);
+
+    let out = release(&sb, &cfg, &["up", "--force"]);
+    succeeded(&out, "a candidate");
+    assert!(
+        executed_steps(&out).contains(&"preview iris-green".to_string()),
+        "{:?}",
+        executed_steps(&out)
+    );
+    assert_eq!(
+        edge_resources(&sb).await,
+        ["ContinuousDeploymentPolicy", "Distribution", "StagingDistribution"]
+    );
+    assert_eq!(colours_seen(&http, &edge, 40, true).await, ["green"]);
+    assert_eq!(colours_seen(&http, &edge, 40, false).await, ["blue"]);
+    // The header's value must match: anything else is the primary's.
+    let other: Value = http
+        .get(format!("{edge}/version"))
+        .header("aws-cf-cd-release", "yes")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(other["colour"], "blue");
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert_eq!(status["preview"]["serves"], "iris-green", "{status}");
+    assert_eq!(
+        status["preview"]["curl"],
+        format!("curl -H 'aws-cf-cd-release: candidate' {edge}/version")
+    );
+
+    // A promote whose public URL fails flips back to blue, and green is previewed again.
+    let green = status["colours"]["iris-green"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    edge_cannot_reach(&http, &sb, &[&green]).await;
+    exits_with(&release(&sb, &cfg, &["promote"]), 9);
+    edge_cannot_reach(&http, &sb, &[]).await;
+    assert_eq!(edge_parameters(&sb).await["CandidateOriginDomain"], green);
+    assert_eq!(colours_seen(&http, &edge, 20, true).await, ["green"]);
+    assert_eq!(colours_seen(&http, &edge, 20, false).await, ["blue"]);
+
+    // The promote: green for everyone, the staging distribution and the policy gone.
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    assert_eq!(edge_parameters(&sb).await["CandidateOriginDomain"], "");
+    assert_eq!(edge_resources(&sb).await, ["Distribution"]);
+    assert_eq!(colours_seen(&http, &edge, 20, true).await, ["green"]);
+    assert_eq!(colours_seen(&http, &edge, 20, false).await, ["green"]);
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert!(status.get("preview").is_none(), "{status}");
+}
+
+/// One `/predict` through the edge as a viewer with `cookie` (none: a new viewer): the colour
+/// that answered (or the failure) and the session cookie the edge set.
+async fn viewer(http: &reqwest::Client, edge: &str, cookie: Option<&str>) -> (String, Option<String>) {
+    let mut ask = http
+        .post(format!("{edge}/predict"))
+        .json(&json!({"features": [5.9, 3.0, 5.1, 1.8]}));
+    if let Some(c) = cookie {
+        ask = ask.header("Cookie", c);
+    }
+    let answer = ask.send().await.unwrap();
+    let status = answer.status();
+    let set = answer
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string);
+    let v: Value = answer.json().await.unwrap_or(Value::Null);
+    let colour = match v["colour"].as_str() {
+        Some(c) if status.is_success() => c.to_string(),
+        _ => format!("HTTP {status}: {v}"),
+    };
+    (colour, set)
+}
+
+/// Issue 16 "Weighted canary" and "Abort": `promote --canary 10` sends a tenth of viewers to green
+/// through the staging distribution, each kept on its side by the session cookie, bakes, then
+/// flips: over 300 new viewers the share answered by green lies within five standard deviations
+/// of 10 %, a viewer keeps its colour, afterwards only green answers, and no request fails. A
+/// canary whose bake sees a breach takes the share back: nothing is flipped, green keeps serving
+/// everyone, blue stays the candidate behind the preview header, exit 9, the ledger names the
+/// breach and records `canary off`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_takes_it_back() {
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let base = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("edge:\n", "edge:\n  preview: true\n");
+    std::fs::write(&cfg, format!("{base}analysis:\n  min_requests: 10\n")).unwrap();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+
+    // Refused before anything is read: out of CloudFront's range, or with nothing to judge it.
+    exits_with(&release(&sb, &cfg, &["promote", "--canary", "16"]), 2);
+    exits_with(&release(&sb, &cfg, &["promote", "--canary", "10"]), 3);
+    let dry = release(&sb, &cfg, &["--dry-run", "promote", "--canary", "10", "--bake", "15s"]);
+    succeeded(&dry, "dry run");
+    let planned = common::planned_steps(&dry);
+    let at = |s: &str| planned.iter().position(|p| p == s).unwrap();
+    assert!(
+        at("canary iris-green") + 1 == at("canary bake iris-green") && at("canary bake iris-green") + 1 == at("flip"),
+        "{planned:?}"
+    );
+
+    let (child, lines) = started_until(
+        release_command(&sb, &cfg, &["promote", "--canary", "10", "--bake", "15s"]),
+        None,
+        |v| v["event"] == "step_started" && v["step"] == "canary bake iris-green",
+    );
+    // Its events keep coming: read them, so that it never blocks on a full pipe.
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    let mut seen = Vec::new();
+    let (mut green_cookie, mut blue_cookie) = (None, None);
+    for _ in 0..300 {
+        let (colour, cookie) = viewer(&http, &edge, None).await;
+        match colour.as_str() {
+            "green" => green_cookie = green_cookie.or(cookie),
+            "blue" => blue_cookie = blue_cookie.or(cookie),
+            _ => {}
+        }
+        seen.push(colour);
+    }
+    let green = seen.iter().filter(|c| *c == "green").count() as f64;
+    let failed: Vec<_> = seen.iter().filter(|c| *c != "green" && *c != "blue").collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let (n, p): (f64, f64) = (300.0, 0.10);
+    let sd = (n * p * (1.0 - p)).sqrt();
+    eprintln!("canary at 10 %: {green} of {n} new viewers answered by green");
+    assert!(
+        (green - n * p).abs() <= 5.0 * sd,
+        "{green} of {n} viewers reached green, outside 10 % +- 5 sd ({sd:.1})"
+    );
+    // A viewer keeps its side for its session.
+    for (cookie, colour) in [(green_cookie, "green"), (blue_cookie, "blue")] {
+        let cookie = cookie.expect("the edge sets a session cookie");
+        for _ in 0..20 {
+            assert_eq!(viewer(&http, &edge, Some(&cookie)).await.0, colour);
+        }
+    }
+    let done = child.wait_with_output().unwrap();
+    let events = rest.join().unwrap();
+    assert!(done.status.success(), "the canary's promote: {events:?}");
+    for _ in 0..40 {
+        assert_eq!(viewer(&http, &edge, None).await.0, "green");
+    }
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (p["CanaryWeight"].as_str(), p["CandidateOriginDomain"].as_str()),
+        ("0", "")
+    );
+
+    // A canary whose bake sees a breach (a p99 bound no request can meet) takes the share back.
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "blue as the candidate");
+    std::fs::write(
+        &cfg,
+        format!("{base}analysis:\n  min_requests: 10\n  max_p99_ms: 0.001\n"),
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let traffic = predict_traffic(edge.clone(), stop.clone());
+    let breached = release(&sb, &cfg, &["promote", "--canary", "15", "--bake", "30s"]);
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    exits_with(&breached, 9);
+    let s = summary(&breached);
+    assert_eq!(s["step"], "canary bake iris-blue", "{s}");
+    assert!(s["error"].as_str().unwrap().contains("p99 latency"), "{s}");
+    assert!(
+        s["what_to_do"].as_str().unwrap().contains("nothing was flipped"),
+        "{s}"
+    );
+    let p = edge_parameters(&sb).await;
+    let blue = summary(&release(&sb, &cfg, &["status"]))["colours"]["iris-blue"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        (p["CanaryWeight"].as_str(), p["CandidateOriginDomain"].as_str()),
+        ("0", blue.as_str())
+    );
+    assert_eq!(colours_seen(&http, &edge, 40, false).await, ["green"]);
+    assert_eq!(colours_seen(&http, &edge, 20, true).await, ["blue"]);
+    let last = last_release(&s3(&sb).await).await;
+    assert!(last["error"].as_str().unwrap().contains("p99 latency"), "{last}");
+    assert!(
+        last["steps"].as_array().unwrap().iter().any(|st| st["name"] == "canary off"),
+        "{last}"
+    );
+}
+
 /// Issue 15 "The origin", switching an app's `edge.origin_access` either way: the way in follows
 /// each colour's own NLB, so a rollback across a switch serves (an internal colour through its VPC
 /// origin even after the config went back to public; an internet-facing one as the custom

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import datetime
 import fnmatch
 import hashlib
 import http.client
@@ -771,7 +772,12 @@ def origin_snapshot(dist: Any) -> dict[str, Any]:
             "headers": [(h["HeaderName"], h["HeaderValue"]) for h in (o.custom_headers.get("Items") or [])],
         }
     target = config.DefaultCacheBehavior.target_origin_id
-    return {"origin": origins.get(target), "enabled": bool(config.Enabled)}
+    return {
+        "origin": origins.get(target),
+        "enabled": bool(config.Enabled),
+        "staging": is_staging(config),
+        "policy": getattr(config, "ContinuousDeploymentPolicyId", "") or "",
+    }
 
 
 def record_version(dist: Any) -> None:
@@ -822,6 +828,7 @@ _original_delete_dist = cf_models.CloudFrontBackend.delete_distribution
 
 
 def create_distribution_with_tags(self: Any, config: Any, tags: Any) -> Any:
+    check_distribution_config(config, None)
     dist, location, _ = _original_create_dist(self, config, tags)
     record_version(dist)
     return dist, location, dist.etag
@@ -835,6 +842,10 @@ def check_if_match(self: Any, dist_id: str, if_match: Any) -> None:
 
 def update_distribution(self: Any, dist_config: Any, _id: str, if_match: Any) -> Any:
     check_if_match(self, _id, if_match)
+    check_distribution_config(dist_config, _id)
+    held = self.distributions.get(_id)
+    if held is not None and is_staging(held.distribution_config) != is_staging(dist_config):
+        raise CloudFrontError("IllegalUpdate", "a distribution's Staging cannot be changed")
     dist, location, _ = _original_update_dist(self, dist_config, _id, if_match)
     record_version(dist)
     return dist, location, dist.etag
@@ -842,6 +853,10 @@ def update_distribution(self: Any, dist_config: Any, _id: str, if_match: Any) ->
 
 def delete_distribution(self: Any, distribution_id: str, if_match: Any) -> None:
     check_if_match(self, distribution_id, if_match)
+    dist = self.distributions.get(distribution_id)
+    policy = staging_in_use(dist) if dist is not None else None
+    if policy is not None:
+        raise CloudFrontError("StagingDistributionInUse", f"the staging distribution {distribution_id} is used by the continuous deployment policy {policy}; update the policy first")
     _original_delete_dist(self, distribution_id, if_match)
 
 
@@ -1071,6 +1086,237 @@ def vpc_origin_target(vpc_origin_id: str) -> tuple[str, int] | str:
 VPC_SOURCE = ("127.30.0.1", 0)
 
 
+# ---------------------------------------------------------------------------------------------
+# CloudFront continuous deployment (moto has none): staging distributions
+# (`DistributionConfig.Staging`), `AWS::CloudFront::ContinuousDeploymentPolicy`, a primary's
+# `ContinuousDeploymentPolicyId`, and the edge routing by header or by weight with stickiness.
+# Sources: CloudFront Developer Guide, "Understanding continuous deployment" and "Quotas and other
+# considerations for continuous deployment"; the CloudFormation resource reference of
+# AWS::CloudFront::ContinuousDeploymentPolicy; the CloudFront API's errors
+# (StagingDistributionInUse, ContinuousDeploymentPolicyInUse, IllegalUpdate).
+
+CD_POLICIES: dict[str, dict[str, Any]] = {}
+CD_HEADER_PREFIX = "aws-cf-cd-"
+# AWS does not document the name of the cookie that keeps a viewer's session on one distribution;
+# this one is the sandbox's own. Clients should keep whatever cookies the edge sets.
+CD_STICKY_COOKIE = "aws-cf-cd-sandbox-session"
+CD_SESSIONS: dict[str, dict[str, Any]] = {}
+
+
+class CloudFrontError(ServiceException):
+    __module__ = "moto.cloudfront.exceptions"
+
+    def __init__(self, code: str, message: str):
+        super().__init__(code, message)
+
+
+def truthy(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def is_staging(config: Any) -> bool:
+    return truthy(getattr(config, "Staging", None) if not isinstance(config, dict) else config.get("Staging"))
+
+
+def check_distribution_config(config: dict[str, Any], dist_id: str | None) -> None:
+    """What CloudFront refuses in a distribution's configuration about continuous deployment."""
+    policy_id = config.get("ContinuousDeploymentPolicyId") or ""
+    http = str(config.get("HttpVersion") or "http2")
+    if is_staging(config) and "http3" in http:
+        # "You cannot use continuous deployment with a distribution that supports HTTP/3."
+        raise CloudFrontError("InvalidArgument", "a staging distribution cannot support HTTP/3 (HttpVersion http2and3 or http3)")
+    if not policy_id:
+        return
+    if dist_id is None:
+        # A policy is attached to a primary by an update, never when it is created (the policy
+        # names a staging distribution the primary's create could not have been deployed with;
+        # Terraform's aws_cloudfront_distribution documents the same).
+        raise CloudFrontError("IllegalUpdate", "a continuous deployment policy cannot be attached when a distribution is created; attach it with UpdateDistribution")
+    if is_staging(config):
+        raise CloudFrontError("InvalidArgument", "a staging distribution cannot have a continuous deployment policy")
+    if "http3" in http:
+        raise CloudFrontError("InvalidArgument", "continuous deployment cannot be used with a distribution that supports HTTP/3 (HttpVersion http2and3 or http3)")
+    if policy_id not in CD_POLICIES:
+        raise CloudFrontError("NoSuchContinuousDeploymentPolicy", f"no continuous deployment policy {policy_id}")
+    for other in all_distributions():
+        if other.distribution_id != dist_id and (getattr(other.distribution_config, "ContinuousDeploymentPolicyId", "") or "") == policy_id:
+            raise CloudFrontError("ContinuousDeploymentPolicyInUse", f"the continuous deployment policy {policy_id} is attached to {other.distribution_id}")
+
+
+def staging_in_use(dist: Any) -> str | None:
+    """The policy that names this staging distribution, if one does."""
+    for policy_id, held in CD_POLICIES.items():
+        if dist.domain_name in held["config"]["StagingDistributionDnsNames"]:
+            return policy_id
+    return None
+
+
+def check_policy_config(config: dict[str, Any], policy_id: str | None) -> dict[str, Any]:
+    """A ContinuousDeploymentPolicyConfig as CloudFront takes it, or the error it answers."""
+    if "Enabled" not in config:
+        raise CloudFrontError("InvalidArgument", "ContinuousDeploymentPolicyConfig.Enabled is required")
+    names = config.get("StagingDistributionDnsNames") or []
+    if isinstance(names, dict):
+        names = names.get("Items") or []
+    if not names or len(set(names)) != len(names):
+        raise CloudFrontError("InvalidArgument", "StagingDistributionDnsNames needs one name or more, without duplicates")
+    by_domain = {d.domain_name: d for d in all_distributions()}
+    for name in names:
+        dist = by_domain.get(name)
+        if dist is None or not is_staging(dist.distribution_config):
+            raise CloudFrontError("InvalidArgument", f"{name} is not the domain name of a staging distribution")
+        for other_id, held in CD_POLICIES.items():
+            if other_id != policy_id and name in held["config"]["StagingDistributionDnsNames"]:
+                raise CloudFrontError("StagingDistributionInUse", f"a continuous deployment policy for the staging distribution {name} already exists ({other_id})")
+    traffic = config.get("TrafficConfig") or {}
+    kind = traffic.get("Type")
+    if kind == "SingleHeader":
+        header = traffic.get("SingleHeaderConfig") or {}
+        name, value = str(header.get("Header") or ""), str(header.get("Value") or "")
+        if not name.lower().startswith(CD_HEADER_PREFIX) or not 1 <= len(name) <= 256 or not 1 <= len(value) <= 1783:
+            raise CloudFrontError("InvalidArgument", f"SingleHeaderConfig: the header must start with {CD_HEADER_PREFIX} and both header and value be given")
+    elif kind == "SingleWeight":
+        weight_config = traffic.get("SingleWeightConfig") or {}
+        weight = float(weight_config.get("Weight", -1))
+        # Quotas: "the maximum percentage of traffic ... to a staging distribution is 15%".
+        if not 0 <= weight <= 0.15:
+            raise CloudFrontError("InvalidArgument", f"SingleWeightConfig.Weight {weight} is not within 0 and 0.15")
+        sticky = weight_config.get("SessionStickinessConfig")
+        if sticky is not None:
+            idle, maximum = int(sticky.get("IdleTTL", 0)), int(sticky.get("MaximumTTL", 0))
+            if not (300 <= idle <= 3600 and 300 <= maximum <= 3600 and idle <= maximum):
+                raise CloudFrontError("InvalidArgument", "SessionStickinessConfig: IdleTTL and MaximumTTL lie within 300 and 3600 s, IdleTTL at most MaximumTTL")
+    elif traffic:
+        raise CloudFrontError("InvalidArgument", f"TrafficConfig.Type {kind!r} is not SingleHeader or SingleWeight")
+    return {"Enabled": truthy(config["Enabled"]), "StagingDistributionDnsNames": list(names), "TrafficConfig": traffic}
+
+
+def policy_users(policy_id: str) -> list[Any]:
+    return [d for d in all_distributions() if (getattr(d.distribution_config, "ContinuousDeploymentPolicyId", "") or "") == policy_id]
+
+
+class CloudFrontContinuousDeploymentPolicy(CloudFormationModel):
+    __module__ = "moto.cloudfront.sandbox"
+
+    def __init__(self, policy_id: str):
+        self.policy_id = policy_id
+
+    @property
+    def physical_resource_id(self) -> str:
+        return self.policy_id
+
+    @staticmethod
+    def cloudformation_name_type() -> str:
+        return ""
+
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::CloudFront::ContinuousDeploymentPolicy"
+
+    @classmethod
+    def has_cfn_attr(cls, attr: str) -> bool:
+        return attr in ("Id", "LastModifiedTime")
+
+    def get_cfn_attribute(self, attribute_name: str) -> Any:
+        if attribute_name == "Id":
+            return self.policy_id
+        if attribute_name == "LastModifiedTime":
+            return CD_POLICIES[self.policy_id]["modified"]
+        raise UnformattedGetAttTemplateException()
+
+    @staticmethod
+    def record(policy_id: str, config: dict[str, Any]) -> None:
+        held = CD_POLICIES.setdefault(policy_id, {"versions": []})
+        # Enabling or disabling the policy, or changing its stickiness, ends every session
+        # ("Understanding continuous deployment", session stickiness).
+        before = held.get("config")
+        sticky = lambda c: (c or {}).get("TrafficConfig", {}).get("SingleWeightConfig", {}).get("SessionStickinessConfig")  # noqa: E731
+        if before is None or before["Enabled"] != config["Enabled"] or sticky(before) != sticky(config):
+            held["generation"] = cf_models.random_id()
+        held["config"] = config
+        held["modified"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        held["versions"] = (held["versions"] + [(now(), dict(config, generation=held["generation"]))])[-8:]
+        # The primaries that use it deploy the change as any of their own.
+        for dist in policy_users(policy_id):
+            record_version(dist)
+
+    @classmethod
+    def create_from_cloudformation_json(  # type: ignore[override]
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str, **kwargs: Any
+    ) -> "CloudFrontContinuousDeploymentPolicy":
+        policy_id = str(uuid.uuid4())
+        config = check_policy_config(cloudformation_json["Properties"]["ContinuousDeploymentPolicyConfig"], None)
+        cls.record(policy_id, config)
+        return cls(policy_id)
+
+    @classmethod
+    def update_from_cloudformation_json(  # type: ignore[override]
+        cls, original_resource: Any, new_resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> "CloudFrontContinuousDeploymentPolicy":
+        config = check_policy_config(cloudformation_json["Properties"]["ContinuousDeploymentPolicyConfig"], original_resource.policy_id)
+        cls.record(original_resource.policy_id, config)
+        return original_resource
+
+    def delete(self, account_id: str, region_name: str) -> None:
+        users = policy_users(self.policy_id)
+        if users:
+            raise CloudFrontError(
+                "ContinuousDeploymentPolicyInUse",
+                f"the continuous deployment policy {self.policy_id} is associated with the primary distribution {users[0].distribution_id}",
+            )
+        CD_POLICIES.pop(self.policy_id, None)
+
+
+def serving_policy(policy_id: str) -> dict[str, Any] | None:
+    """The policy as one request meets it: deployed after the edge delay, the old or the new one
+    at random while a change propagates (as distributions)."""
+    held = CD_POLICIES.get(policy_id)
+    if held is None:
+        return None
+    versions = held["versions"]
+    ready = [c for (t, c) in versions if now() - t >= CONFIG["edge_delay"]]
+    deployed = ready[-1] if ready else None
+    if deployed is None or now() - versions[-1][0] >= CONFIG["edge_delay"]:
+        return deployed
+    return random.choice([deployed, versions[-1][1]])
+
+
+def staging_for(primary: dict[str, Any], headers: Any, cookies: dict[str, str]) -> tuple[Any | None, str | None]:
+    """Whether a request to a primary goes to its staging distribution: the staging distribution
+    (or None), and a Set-Cookie value for a new sticky session."""
+    policy = serving_policy(primary.get("policy") or "")
+    if policy is None or not policy["Enabled"]:
+        return None, None
+    by_domain = {d.domain_name: d for d in all_distributions()}
+    staging = next((by_domain[n] for n in policy["StagingDistributionDnsNames"] if n in by_domain), None)
+    if staging is None:
+        return None, None
+    traffic = policy.get("TrafficConfig") or {}
+    if traffic.get("Type") == "SingleHeader":
+        header = traffic["SingleHeaderConfig"]
+        return (staging if headers.get(header["Header"]) == header["Value"] else None), None
+    if traffic.get("Type") != "SingleWeight":
+        return None, None
+    weight = float(traffic["SingleWeightConfig"]["Weight"])
+    sticky = traffic["SingleWeightConfig"].get("SessionStickinessConfig")
+    if sticky is None:
+        return (staging if random.random() < weight else None), None
+    t = time.time()
+    session = CD_SESSIONS.get(cookies.get(CD_STICKY_COOKIE, ""))
+    if (
+        session is not None
+        and session["generation"] == policy["generation"]
+        and t - session["last"] <= int(sticky["IdleTTL"])
+        and t - session["start"] <= int(sticky["MaximumTTL"])
+    ):
+        session["last"] = t
+        return (staging if session["staging"] else None), None
+    key = uuid.uuid4().hex
+    to_staging = random.random() < weight
+    CD_SESSIONS[key] = {"staging": to_staging, "start": t, "last": t, "generation": policy["generation"]}
+    return (staging if to_staging else None), f"{CD_STICKY_COOKIE}={key}; Path=/; Secure; HttpOnly"
+
+
 cfn_parsing.get_model_list.cache_clear()
 cfn_parsing.get_model_map.cache_clear()
 cfn_parsing.get_name_type_map.cache_clear()
@@ -1090,30 +1336,48 @@ class EdgeHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def pick(self) -> tuple[dict[str, Any] | None, str]:
+    def pick(self) -> tuple[dict[str, Any] | None, str, str | None]:
+        """The configuration that serves this request, why none does, and a sticky session's
+        Set-Cookie. A staging distribution serves only the requests its primary's continuous
+        deployment policy sends it (or ones naming it in Host)."""
         host = (self.headers.get("Host") or "").split(":")[0]
         dists = [d for d in all_distributions()]
         named = [d for d in dists if d.domain_name == host]
         if named:
             dists = named
         live = [(d, serving_snapshot(d)) for d in dists]
-        live = [(d, s) for (d, s) in live if s and s["enabled"]]
+        live = [(d, s) for (d, s) in live if s and s["enabled"] and (named or not s["staging"])]
         if not live:
-            return None, "no deployed, enabled CloudFront distribution"
+            return None, "no deployed, enabled CloudFront distribution", None
         if len(live) > 1:
-            return None, "several distributions are deployed; send Host: <distribution domain name>"
-        return live[0][1], ""
+            return None, "several distributions are deployed; send Host: <distribution domain name>", None
+        snapshot = live[0][1]
+        if snapshot["staging"]:
+            return snapshot, "", None
+        cookies = {}
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            cookies[name] = value
+        staging, set_cookie = staging_for(snapshot, self.headers, cookies)
+        if staging is not None:
+            staged = serving_snapshot(staging)
+            if staged is None or not staged["enabled"]:
+                return None, f"the staging distribution {staging.distribution_id} is not deployed", set_cookie
+            return staged, "", set_cookie
+        return snapshot, "", set_cookie
 
     def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("X-Cache", "Error from cloudfront")
+        if getattr(self, "set_cookie", None):
+            self.send_header("Set-Cookie", self.set_cookie)
         self.end_headers()
         self.wfile.write(body)
 
     def forward(self) -> None:
-        snapshot, why = self.pick()
+        snapshot, why, self.set_cookie = self.pick()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         if snapshot is None or snapshot["origin"] is None:
@@ -1153,6 +1417,8 @@ class EdgeHandler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Cache", "Miss from cloudfront")
+        if self.set_cookie:
+            self.send_header("Set-Cookie", self.set_cookie)
         self.end_headers()
         self.wfile.write(data)
 

@@ -33,12 +33,33 @@ pub async fn promote(
     expect_digest: Option<&str>,
     bake: Option<Duration>,
     allow_contract_change: bool,
+    canary: Option<u8>,
 ) -> Result<Value> {
     let asked = Asked {
         // `--bake 0s` turns off a bake the config asks for.
         bake_seconds: bake.map_or(ctx.config.promote.bake_seconds, |d| d.as_secs()),
         allow_contract_change,
+        canary,
     };
+    if canary.is_some() {
+        // Refused before the lock: nothing is read or changed.
+        if !ctx.config.edge.preview {
+            return Err(Failure::new(
+                Exit::Config,
+                "canary",
+                "--canary needs CloudFront continuous deployment, which edge.preview turns on",
+                "set edge.preview: true and run release up (the candidate goes behind the staging distribution), then promote --canary",
+            ));
+        }
+        if asked.bake_seconds == 0 {
+            return Err(Failure::new(
+                Exit::Config,
+                "canary",
+                "a canary without a bake is not judged by anything",
+                "give --bake DURATION or promote.bake_seconds",
+            ));
+        }
+    }
     flip_to(
         ctx,
         force_unlock,
@@ -56,6 +77,8 @@ struct Asked {
     bake_seconds: u64,
     /// `--allow-contract-change`.
     allow_contract_change: bool,
+    /// `--canary PERCENT`.
+    canary: Option<u8>,
 }
 
 /// `expect_digest`: roll back only if the live colour runs this image (what CI promoted).
@@ -129,6 +152,7 @@ async fn prepare(
         bake_seconds: asked.bake_seconds,
         allow_contract_change: asked.allow_contract_change,
         shadow: c.smoke.shadow.is_some(),
+        canary: asked.canary,
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -299,6 +323,7 @@ async fn flip_to(
         to_addr: world.colours[&plan.to].address.clone().unwrap_or_default(),
         secret: None,
         contract_changed: false,
+        canary: None,
     };
     let result = run.execute().await;
     finish_session(
@@ -331,6 +356,8 @@ struct Run<'a> {
     secret: Option<String>,
     /// The contract step found a change and `--allow-contract-change` allowed it.
     contract_changed: bool,
+    /// The canary step gave the candidate at this address a share of viewers.
+    canary: Option<String>,
 }
 
 impl Run<'_> {
@@ -435,6 +462,42 @@ impl Run<'_> {
                 })
                 .await?;
             }
+            FlipStep::Canary {
+                to,
+                percent,
+                to_addr,
+            } => {
+                crate::session::fence(ctx, &name).await?;
+                let addr = to_addr.clone().ok_or_else(|| {
+                    Failure::new(
+                        Exit::Deploy,
+                        &name,
+                        format!("{} has no load-balancer address", colour::name(c, *to)),
+                        "check `release status`, then re-run release promote",
+                    )
+                })?;
+                let weight = format!("0.{percent:02}");
+                step(ctx, self.store, self.id, &name, &s.what(&c.app), async {
+                    let changed = crate::commands::steps::set_candidate(
+                        ctx,
+                        self.stacks,
+                        *to,
+                        &addr,
+                        &weight,
+                        &name,
+                    )
+                    .await?;
+                    Ok(((), changed))
+                })
+                .await?;
+                self.canary = Some(addr);
+            }
+            FlipStep::CanaryBake { to, seconds, .. } => {
+                let baked = self.bake(&name, s, *to, *seconds, false).await;
+                if let Err(e) = baked {
+                    return Err(self.canary_off(e, *to).await);
+                }
+            }
             FlipStep::Flip {
                 from,
                 to,
@@ -492,7 +555,7 @@ impl Run<'_> {
                 from,
                 back,
             } => {
-                let baked = self.bake(&name, s, *colour, *seconds).await;
+                let baked = self.bake(&name, s, *colour, *seconds, true).await;
                 if let Err(e) = baked {
                     return Err(self.flip_back(e, *colour, *from, back.as_deref()).await);
                 }
@@ -682,7 +745,16 @@ impl Run<'_> {
     /// `/metrics`, summed, through the pod proxy) judged against `analysis` at each look
     /// (`plan::bake`); the first breach fails the step (exit 9: the caller flips back). Passed,
     /// the release is marked live.
-    async fn bake(&self, name: &str, s: &FlipStep, colour: Colour, seconds: u64) -> Result<()> {
+    /// Watch `colour`'s `/predict` for `seconds`; `live`: it serves everyone now, and passing
+    /// marks the release live (a canary's bake does not).
+    async fn bake(
+        &self,
+        name: &str,
+        s: &FlipStep,
+        colour: Colour,
+        seconds: u64,
+        live: bool,
+    ) -> Result<()> {
         use crate::plan::bake::{Thresholds, judge, parse, since, total};
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let thresholds = Thresholds {
@@ -738,10 +810,48 @@ impl Run<'_> {
             })?;
             // The lock may have been lost during a long bake: a run that lost it marks nothing.
             crate::session::fence(ctx, name).await?;
-            mark_live(self.store, self.id, colour).await?;
+            if live {
+                mark_live(self.store, self.id, colour).await?;
+            }
             Ok(((), format!("{seconds} s: {figures}")))
         })
         .await
+    }
+
+    /// The compensation of a canary whose bake failed `e`: the candidate's share back to 0 (the
+    /// preview header only; recorded as the step `canary off`). Nothing was flipped.
+    async fn canary_off(&self, e: Failure, to: Colour) -> Failure {
+        let ctx = self.ctx;
+        let Some(addr) = self.canary.clone() else {
+            return e;
+        };
+        ctx.out
+            .note(&format!("{} failed: taking the canary's share back", e.step));
+        let off = step(ctx, self.store, self.id, "canary off", "share 0", async {
+            let changed = crate::commands::steps::set_candidate(
+                ctx,
+                self.stacks,
+                to,
+                &addr,
+                "0",
+                "canary off",
+            )
+            .await?;
+            Ok(((), changed))
+        })
+        .await;
+        let hint = match off {
+            Ok(()) => format!(
+                "nothing was flipped: {} serves everyone again and {} stays the candidate (the preview header reaches it); fix it and release up, or promote again",
+                self.plan.from,
+                colour::name(&ctx.config, to)
+            ),
+            Err(off) => format!(
+                "taking the canary's share back failed too ({}): set the edge stack's CanaryWeight to 0 (docs/runbook.md), then check `release status`",
+                off.message
+            ),
+        };
+        Failure::new(Exit::Verify, e.step, e.message, hint)
     }
 
     /// The compensation of the flip when the public URL failed `e`: the edge back to `from` at

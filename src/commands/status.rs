@@ -134,6 +134,24 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     if let Some(s) = shadow {
         out["shadow"] = s;
     }
+    // edge.preview: the candidate the staging distribution serves, and how to ask it.
+    let p = &world.edge.parameters;
+    if let Some(addr) = p
+        .get("CandidateOriginDomain")
+        .filter(|a| !a.is_empty() && p.get("Preview").is_some_and(|v| v == "on"))
+    {
+        let serves = world
+            .colours
+            .iter()
+            .find(|(_, o)| o.address.as_deref() == Some(addr.as_str()))
+            .map(|(col, _)| colour::name(c, *col));
+        let weight = p.get("CanaryWeight").map_or("0", String::as_str);
+        out["preview"] = json!({
+            "serves": serves.unwrap_or_else(|| format!("{addr}, no colour's load balancer now")),
+            "curl": crate::plan::up::preview_curl(public.as_deref().unwrap_or_default()),
+            "canary": (weight != "0").then(|| format!("{}% of viewers", (weight.parse::<f64>().unwrap_or(0.0) * 100.0).round())),
+        });
+    }
     Ok(out)
 }
 

@@ -212,6 +212,102 @@ pub async fn origin_params(
     Ok(set)
 }
 
+/// The edge stack's parameters for continuous deployment (`edge.preview`): `Preview` as the
+/// config has it, and the tested candidate behind the staging distribution (`candidate`, with
+/// the share of viewers it gets: "0" for the preview header only), or none (`None`: the staging
+/// distribution and the policy go). An internal candidate is reached through its own VPC origin,
+/// made here while nothing uses it; the live colour keeps the way in it has.
+pub async fn candidate_params(
+    ctx: &Ctx,
+    edge: &Observed,
+    candidate: Option<(Colour, &str, &str)>,
+    step_name: &str,
+) -> Result<Vec<(String, String)>> {
+    let on = if ctx.config.edge.preview { "on" } else { "off" };
+    let mut set = vec![("Preview".to_string(), on.to_string())];
+    let Some((colour, addr, weight)) = candidate.filter(|_| ctx.config.edge.preview) else {
+        set.extend(
+            [("CandidateOriginDomain", ""), ("CandidateColour", ""), ("CanaryWeight", "0")]
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        return Ok(set);
+    };
+    set.extend([
+        ("CandidateOriginDomain".to_string(), addr.to_string()),
+        ("CandidateColour".to_string(), colour.to_string()),
+        ("CanaryWeight".to_string(), weight.to_string()),
+    ]);
+    let was_vpc = edge.parameters.get("OriginAccess").is_some_and(|a| a == "vpc");
+    for (k, v) in origin_params(ctx, Some(edge), colour, addr, step_name).await? {
+        match k.as_str() {
+            "OriginAccess" if v == "vpc" && !was_vpc => {
+                // The live colour stays on its custom origin: no colour is its VPC origin's yet.
+                set.push(("LiveColour".to_string(), String::new()));
+                set.push((k, v));
+            }
+            "OriginAccess" if v == "vpc" => set.push((k, v)),
+            "BlueOriginArn" | "GreenOriginArn" => set.push((k, v)),
+            _ => {}
+        }
+    }
+    Ok(set)
+}
+
+/// Put `colour` at `addr` behind the edge stack's staging distribution with `weight` of viewers
+/// ("0": the preview header only), and wait until CloudFront has deployed both distributions.
+/// Returns what the stack update changed.
+pub async fn set_candidate(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    colour: Colour,
+    addr: &str,
+    weight: &str,
+    step_name: &str,
+) -> Result<String> {
+    let name = ctx.config.stack_name("edge");
+    let edge = stacks.observe(&name).await?;
+    let set = candidate_params(ctx, &edge, Some((colour, addr, weight)), step_name).await?;
+    let body = ctx.template("edge")?;
+    let (change, after) = stacks
+        .deploy_with(
+            &name,
+            &body,
+            crate::adapters::stacks::keeping(&edge, &set),
+            |p| ctx.out.progress(step_name, p),
+        )
+        .await?;
+    wait_edge_deployed(
+        ctx,
+        &after,
+        &name,
+        step_name,
+        "wait for CloudFront, then check `release status`",
+    )
+    .await?;
+    Ok(change.describe())
+}
+
+/// Wait until CloudFront has deployed the edge stack's distribution, and its staging
+/// distribution when it has one.
+pub async fn wait_edge_deployed(
+    ctx: &Ctx,
+    edge: &Observed,
+    stack: &str,
+    step_name: &str,
+    hint: &str,
+) -> Result<String> {
+    let dist = edge.output(stack, "DistributionId")?;
+    wait_deployed(ctx, &dist, step_name, hint).await?;
+    if let Some(staging) = edge
+        .outputs
+        .get("StagingDistributionId")
+        .filter(|s| !s.is_empty())
+    {
+        wait_deployed(ctx, staging, step_name, hint).await?;
+    }
+    Ok(dist)
+}
+
 /// Where a flip points the edge.
 pub enum Towards<'a> {
     /// `colour`'s load balancer at `addr`, the way in decided by `origin_params`.
@@ -235,7 +331,9 @@ pub async fn flip(
     // Only the origin changes; every other parameter (the NoEcho secret included) keeps its value.
     let params = match towards {
         Towards::Colour(colour, addr) => {
-            let set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
+            let mut set = origin_params(ctx, Some(edge), colour, addr, step_name).await?;
+            // The candidate goes live (or a rollback leaves it): nothing is previewed any more.
+            set.extend(candidate_params(ctx, edge, None, step_name).await?);
             crate::adapters::stacks::keeping(edge, &set)
         }
         Towards::Back => {
@@ -251,6 +349,17 @@ pub async fn flip(
                 set.push(("OriginAccess".to_string(), was("OriginAccess", "public")));
                 set.push(("LiveColour".to_string(), was("LiveColour", "")));
             }
+            // The preview (or canary) the flip took away comes back with the colour it served.
+            if now.parameters.contains_key("Preview") {
+                for (k, default) in [
+                    ("Preview", "off"),
+                    ("CandidateOriginDomain", ""),
+                    ("CandidateColour", ""),
+                    ("CanaryWeight", "0"),
+                ] {
+                    set.push((k.to_string(), was(k, default)));
+                }
+            }
             crate::adapters::stacks::keeping(&now, &set)
         }
     };
@@ -258,10 +367,10 @@ pub async fn flip(
     let (_, after) = stacks
         .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
         .await?;
-    let dist = after.output(&name, "DistributionId")?;
-    wait_deployed(
+    let dist = wait_edge_deployed(
         ctx,
-        &dist,
+        &after,
+        &name,
         step_name,
         "wait for CloudFront, then check `release status`",
     )

@@ -469,6 +469,11 @@ pub struct EdgeConfig {
     /// How CloudFront reaches a colour's load balancer.
     #[serde(default)]
     pub origin_access: OriginAccess,
+    /// CloudFront continuous deployment: while a tested candidate waits, requests to the public
+    /// URL carrying `aws-cf-cd-release: candidate` reach it through a staging distribution, and
+    /// `promote --canary` can send it a share of viewers. The distribution then serves no HTTP/3.
+    #[serde(default)]
+    pub preview: bool,
 }
 
 /// How CloudFront reaches the live colour's load balancer.
@@ -509,6 +514,7 @@ impl Default for EdgeConfig {
             invalidate: false,
             verify_timeout_seconds: default_verify_timeout(),
             origin_access: OriginAccess::default(),
+            preview: false,
         }
     }
 }

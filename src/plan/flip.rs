@@ -93,6 +93,10 @@ pub struct FlipSettings {
     pub allow_contract_change: bool,
     /// `smoke.shadow` is set: a promote judges the live colour's shadow figures first.
     pub shadow: bool,
+    /// `promote --canary PERCENT` (1 to 15, `edge.preview` on): before the flip, that share of
+    /// viewers reaches the candidate through the staging distribution, for a bake of
+    /// `bake_seconds`.
+    pub canary: Option<u8>,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -125,6 +129,20 @@ pub enum FlipStep {
     /// A promote with `smoke.shadow`: live `from`'s pods' figures of how a sample of their real
     /// answers compared with `to`'s must meet `smoke.shadow`.
     Shadow { from: Colour, to: Colour },
+    /// `promote --canary`: the edge stack's continuous-deployment policy sends `percent` % of
+    /// viewers (sticky sessions) to `to` behind the staging distribution; wait until Deployed.
+    Canary {
+        to: Colour,
+        percent: u8,
+        to_addr: Option<String>,
+    },
+    /// Watch `to`'s `/predict` while it serves the canary's share, for `seconds`; on a breach the
+    /// share goes back to 0 (the preview header only), nothing is flipped, exit 9.
+    CanaryBake {
+        to: Colour,
+        percent: u8,
+        seconds: u64,
+    },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
         from: Colour,
@@ -181,6 +199,8 @@ impl FlipStep {
             FlipStep::Smoke { colour, .. } => format!("smoke {}", name(app, *colour)),
             FlipStep::Contract { to, .. } => format!("contract {}", name(app, *to)),
             FlipStep::Shadow { to, .. } => format!("shadow {}", name(app, *to)),
+            FlipStep::Canary { to, .. } => format!("canary {}", name(app, *to)),
+            FlipStep::CanaryBake { to, .. } => format!("canary bake {}", name(app, *to)),
             FlipStep::Flip { .. } | FlipStep::Flipped { .. } => "flip".into(),
             FlipStep::Verify { .. } => "verify public URL".into(),
             FlipStep::Bake { colour, .. } => format!("bake {}", name(app, *colour)),
@@ -199,6 +219,8 @@ impl FlipStep {
                 | FlipStep::Smoke { .. }
                 | FlipStep::Contract { .. }
                 | FlipStep::Shadow { .. }
+                | FlipStep::Canary { .. }
+                | FlipStep::CanaryBake { .. }
                 | FlipStep::Flip { .. }
                 | FlipStep::Verify { .. }
                 | FlipStep::Bake { .. }
@@ -242,6 +264,23 @@ impl FlipStep {
             FlipStep::Shadow { from, to } => format!(
                 "{}'s pods' comparison of a sample of their real /predict answers with {}'s: agreement at least smoke.shadow.min_agreement once smoke.shadow.min_requests rows were compared (fewer: not judged, said so)",
                 name(app, *from),
+                name(app, *to)
+            ),
+            FlipStep::Canary {
+                to,
+                percent,
+                to_addr,
+            } => format!(
+                "edge stack: the staging distribution serves {} ({}), and the continuous-deployment policy sends it {percent} % of viewers, each kept on its side by a session cookie (CloudFront may send everyone to the primary under heavy load); wait until CloudFront is Deployed",
+                name(app, *to),
+                to_addr.clone().unwrap_or_else(new_lb),
+            ),
+            FlipStep::CanaryBake {
+                to,
+                percent,
+                seconds,
+            } => format!(
+                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
                 name(app, *to)
             ),
             FlipStep::Flip {
@@ -330,6 +369,9 @@ impl FlipStep {
                 "{} is torn down if a step fails before its smoke test passes",
                 name(app, *colour)
             )),
+            FlipStep::Canary { .. } => Some(
+                "on a breach, or if a later step before the flip fails, the share goes back to 0 (the preview header only)".into(),
+            ),
             FlipStep::Flip {
                 from,
                 from_addr: Some(addr),
@@ -593,6 +635,18 @@ fn steps(
             if s.shadow {
                 steps.push(FlipStep::Shadow { from, to });
             }
+            if let (Some(percent), None) = (s.canary, &t.redeploy) {
+                steps.push(FlipStep::Canary {
+                    to,
+                    percent,
+                    to_addr: to_addr.clone(),
+                });
+                steps.push(FlipStep::CanaryBake {
+                    to,
+                    percent,
+                    seconds: s.bake_seconds,
+                });
+            }
         }
         steps.push(FlipStep::Flip {
             from,
@@ -727,6 +781,7 @@ mod tests {
             bake_seconds: 0,
             allow_contract_change: false,
             shadow: false,
+            canary: None,
         }
     }
 
@@ -800,6 +855,47 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("bake")),
             "no bake unless asked"
+        );
+    }
+
+    #[test]
+    fn a_canary_serves_its_share_and_bakes_before_the_flip_a_rollback_never_has_one() {
+        let s = FlipSettings {
+            bake_seconds: 60,
+            canary: Some(10),
+            ..settings()
+        };
+        let p = plan_flip(&blue_live_green_candidate(), PROMOTE, None, s).unwrap();
+        let n = names(&p);
+        let at = |step: &str| n.iter().position(|s| s == step).unwrap();
+        assert!(
+            at("contract iris-green") < at("canary iris-green")
+                && at("canary iris-green") + 1 == at("canary bake iris-green")
+                && at("canary bake iris-green") + 1 == at("flip")
+                && at("verify public URL") + 1 == at("bake iris-green"),
+            "{n:?}"
+        );
+        let canary = p.steps[at("canary iris-green")].what("iris");
+        assert!(
+            canary.contains("green.lb") && canary.contains("10 % of viewers"),
+            "{canary}"
+        );
+        let bake = p.steps[at("canary bake iris-green")].what("iris");
+        assert!(
+            bake.starts_with("watch iris-green's /predict for 60 s while it serves 10 %"),
+            "{bake}"
+        );
+        let rollback = plan_flip(
+            &green_live_blue_retired(),
+            Flip::Rollback { keep_failed: false },
+            None,
+            s,
+        )
+        .unwrap();
+        assert!(
+            !names(&rollback).iter().any(|s| s.starts_with("canary")),
+            "{:?}",
+            names(&rollback)
         );
     }
 

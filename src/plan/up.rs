@@ -8,6 +8,20 @@ use std::collections::BTreeMap;
 use super::colour::{Colour, candidate_for};
 use super::{PlannedStep, planned};
 
+/// The header (and its value) that sends a request to the tested candidate while `edge.preview`
+/// is on: CloudFront takes only header names starting with `aws-cf-cd-` for a continuous
+/// deployment policy (API reference, ContinuousDeploymentSingleHeaderConfig).
+pub const PREVIEW_HEADER: &str = "aws-cf-cd-release";
+pub const PREVIEW_VALUE: &str = "candidate";
+
+/// The command that asks the tested candidate through the public URL while `edge.preview` is on.
+pub fn preview_curl(public_url: &str) -> String {
+    format!(
+        "curl -H '{PREVIEW_HEADER}: {PREVIEW_VALUE}' {}/version",
+        public_url.trim_end_matches('/')
+    )
+}
+
 /// The edge as the release phase finds it: before `up` changes a colour, the edge must be
 /// settled and CloudFront done with its last change.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,6 +99,9 @@ pub struct ReleaseSettings {
     pub requests: u32,
     /// `smoke.compare_live` is set: the candidate's answers are compared with the live colour's.
     pub compare_live: bool,
+    /// `edge.preview`: a tested candidate is served through the public URL to the requests
+    /// carrying the preview header.
+    pub preview: bool,
 }
 
 /// One step of the release phase of `up`.
@@ -109,6 +126,9 @@ pub enum ReleaseStep {
         requests: u32,
         compare: Option<Colour>,
     },
+    /// `edge.preview`: the edge stack's staging distribution with the tested candidate as its
+    /// origin, and the policy sending it the requests that carry the preview header.
+    Preview { colour: Colour },
     /// The first release: the edge stack with the colour as its origin.
     Edge { colour: Colour },
     /// Wait until CloudFront reports the distribution Deployed.
@@ -131,6 +151,7 @@ impl ReleaseStep {
             ReleaseStep::VerifyLive { .. } => "verify public URL".into(),
             ReleaseStep::Deploy { colour, .. } => format!("deploy {app}-{colour}"),
             ReleaseStep::Smoke { colour, .. } => format!("smoke {app}-{colour}"),
+            ReleaseStep::Preview { colour } => format!("preview {app}-{colour}"),
             ReleaseStep::Edge { .. } => format!("stack {app}-edge"),
             ReleaseStep::EdgeDeployed => "edge deployed".into(),
             ReleaseStep::SmokePublic { .. } => "smoke public URL".into(),
@@ -157,6 +178,9 @@ impl ReleaseStep {
                     "the golden cases and {requests} requests through the API server's service proxy{compare}"
                 )
             }
+            ReleaseStep::Preview { colour } => format!(
+                "edge stack: a staging distribution with {app}-{colour}'s load balancer as its origin, and a continuous-deployment policy sending it the requests that carry `{PREVIEW_HEADER}: {PREVIEW_VALUE}`; wait until CloudFront is Deployed"
+            ),
             ReleaseStep::Edge { colour } => format!(
                 "create it with {app}-{colour}'s load balancer as the origin and the origin secret"
             ),
@@ -173,6 +197,9 @@ impl ReleaseStep {
             ReleaseStep::Deploy { colour, .. } => Some(format!(
                 "{app}-{colour} is torn down if a later step fails or the run is interrupted"
             )),
+            ReleaseStep::Preview { .. } => Some(
+                "the stack update rolls back if it fails; the next promote or rollback removes the preview".into(),
+            ),
             _ => None,
         }
     }
@@ -261,6 +288,9 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan,
         requests: s.requests,
         compare: w.live.filter(|_| s.compare_live),
     });
+    if w.live.is_some() && s.preview {
+        steps.push(ReleaseStep::Preview { colour });
+    }
     if w.live.is_none() {
         steps.push(ReleaseStep::Edge { colour });
         steps.push(ReleaseStep::EdgeDeployed);
@@ -348,6 +378,7 @@ mod tests {
             replicas: 2,
             requests: 30,
             compare_live: false,
+            preview: false,
         }
     }
 
@@ -371,6 +402,33 @@ mod tests {
         assert_eq!(p.candidate, Some(Green));
         assert!(p.candidate_waits());
         assert_eq!(p.steps[0].what("iris"), "repo/iris@sha256:new (2 replicas)");
+        let previewed = plan_release(
+            &blue_live(),
+            ReleaseSettings {
+                preview: true,
+                ..settings()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&previewed),
+            ["deploy iris-green", "smoke iris-green", "preview iris-green", "protect images"]
+        );
+        assert!(previewed.steps[2].what("iris").contains("aws-cf-cd-release: candidate"));
+        // A first release has no live colour to preview against: it goes live instead.
+        let first = plan_release(
+            &ReleaseWorld {
+                live: None,
+                edge: EdgeState::Absent,
+                ..blue_live()
+            },
+            ReleaseSettings {
+                preview: true,
+                ..settings()
+            },
+        )
+        .unwrap();
+        assert!(!names(&first).iter().any(|n| n.starts_with("preview")));
         let compared = plan_release(
             &blue_live(),
             ReleaseSettings {

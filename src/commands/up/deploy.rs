@@ -106,6 +106,7 @@ pub(super) fn settings(ctx: &Ctx, force: bool) -> ReleaseSettings {
         replicas: c.deploy.replicas,
         requests: c.smoke.requests,
         compare_live: c.smoke.compare_live.is_some(),
+        preview: c.edge.preview,
     }
 }
 
@@ -271,6 +272,7 @@ impl Release<'_> {
             } => {
                 self.smoke(&name, *colour, *compare).await?;
             }
+            ReleaseStep::Preview { colour } => self.preview(&name, *colour).await?,
             ReleaseStep::Edge { colour } => self.edge(&name, *colour).await?,
             ReleaseStep::EdgeDeployed => {
                 let dist = self.dist.clone();
@@ -399,6 +401,30 @@ impl Release<'_> {
         Ok(())
     }
 
+    /// `edge.preview`: the tested candidate behind the edge stack's staging distribution, reached
+    /// through the public URL by the requests that carry the preview header. Nothing live
+    /// changes: the primary distribution keeps its origin and gains the policy.
+    async fn preview(&mut self, name: &str, colour: Colour) -> Result<()> {
+        let ctx = self.ctx;
+        let stack = ctx.config.stack_name("edge");
+        let (stacks, addr) = (self.stacks, self.addr.clone());
+        let what = format!("staging origin {addr}");
+        step(ctx, self.store, self.id, name, &what, async {
+            let changed =
+                crate::commands::steps::set_candidate(ctx, stacks, colour, &addr, "0", name)
+                    .await?;
+            Ok(((), changed))
+        })
+        .await?;
+        *self.changed = true;
+        let url = crate::commands::observe::public_url(ctx, &stacks.observe(&stack).await?)
+            .unwrap_or_default();
+        let curl = crate::plan::up::preview_curl(&url);
+        ctx.out.note(&format!("preview {colour} through the public URL: {curl}"));
+        self.summary.insert("preview".into(), json!(curl));
+        Ok(())
+    }
+
     /// The first release's edge stack, with the candidate as its origin.
     async fn edge(&mut self, name: &str, colour: Colour) -> Result<()> {
         let (ctx, c) = (self.ctx, &self.ctx.config);
@@ -410,6 +436,10 @@ impl Release<'_> {
                 c.deploy.service_port.to_string(),
             ),
             ("OriginSecret".to_string(), self.secret.clone()),
+            (
+                "Preview".to_string(),
+                if c.edge.preview { "on" } else { "off" }.to_string(),
+            ),
         ];
         let body = ctx.template("edge")?;
         let stacks = self.stacks;
