@@ -1730,30 +1730,62 @@ cfn_models.yaml_tag_constructor = yaml_tag_constructor
 _original_build_resource_diff = cfn_parsing.ResourceMap.build_resource_diff
 
 
+def conditions_used(value: Any) -> set[str]:
+    """The conditions a resource's body decides on (its Fn::If's)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Fn::If" and isinstance(v, list) and v and isinstance(v[0], str):
+                found.add(v[0])
+            found |= conditions_used(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= conditions_used(v)
+    return found
+
+
 def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """An update follows the resources' conditions under the new parameters, as CloudFormation
     does: a resource whose condition turns false is deleted, one whose condition turns true is
-    created, one whose condition stays false is left alone. moto diffed the template text only, so
-    it "updated" a resource that was never created and kept one whose condition had turned false."""
+    created, one whose condition stays false is left alone, and one whose properties decide on a
+    condition that changes (`Fn::If`) is modified. moto diffed the template text and the
+    parameters a resource names directly, so it "updated" a resource that was never created,
+    kept one whose condition had turned false, and missed a property that an `Fn::If` changes
+    (a distribution gaining its continuous-deployment policy). A change set's preview
+    (CreateChangeSet) computes the same and leaves the stack's parameters as they were."""
     diff = _original_build_resource_diff(self, other_template, parameters)
     late: list[str] = []
-    if not getattr(self, "_sandbox_updating", False) or not other_template.get("Conditions"):
-        # A change set's preview (CreateChangeSet) must not load the new parameters into the
-        # stack: only an update does.
+    if not other_template.get("Conditions"):
         return diff
+    updating = getattr(self, "_sandbox_updating", False)
+    if not updating and not getattr(self, "_sandbox_previewing", False):
+        return diff
+    before = {c: bool(self.lazy_condition_map[c]) for c in (self._template.get("Conditions") or {})}
+    saved = (
+        self._template,
+        self.input_parameters,
+        dict(self.resolved_parameters),
+        dict(self._parsed_resources),
+        self.lazy_condition_map,
+        list(getattr(self, "no_echo_parameter_keys", [])),
+    )
     self._template = other_template
     if parameters:
         self.input_parameters = parameters
     self.load_mapping()
     self.load_parameters()
     self.load_conditions()
+    after = {c: bool(self.lazy_condition_map[c]) for c in other_template["Conditions"]}
+    turned = {c for c in after if before.get(c) != after[c]}
     for name, resource in other_template["Resources"].items():
-        condition = resource.get("Condition") if isinstance(resource, dict) else None
-        if condition is None:
+        if not isinstance(resource, dict):
             continue
+        condition = resource.get("Condition")
         exists = self._parsed_resources.get(name) is not None
-        wanted = bool(self.lazy_condition_map[condition])
-        changed = name in diff["Modify"] or name in diff["Add"]
+        wanted = condition is None or bool(self.lazy_condition_map[condition])
+        changed = name in diff["Modify"] or name in diff["Add"] or bool(conditions_used(resource) & turned)
+        if condition is None and not changed:
+            continue
         for action in ("Add", "Modify", "Remove"):
             if name in diff[action]:
                 diff[action].remove(name)
@@ -1765,7 +1797,17 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
             # Deleted in the clean-up after every update, as CloudFormation does: a resource
             # that another one stops using in this same update is still in use until then.
             late.append(name)
-    self._sandbox_late_removals = late
+    if updating:
+        self._sandbox_late_removals = late
+    else:
+        (self._template, self.input_parameters, resolved, parsed, self.lazy_condition_map, no_echo) = saved
+        # In place: the restored conditions read these very dicts.
+        self.resolved_parameters.clear()
+        self.resolved_parameters.update(resolved)
+        self._parsed_resources.clear()
+        self._parsed_resources.update(parsed)
+        self.no_echo_parameter_keys = no_echo
+        diff["Remove"].extend(late)
     # Modified in dependency order (what a resource names by Ref or GetAtt first), as
     # CloudFormation does; moto took the list's order and retried failures blindly.
     diff["Modify"] = dependency_order(diff["Modify"], other_template["Resources"])
@@ -1799,7 +1841,11 @@ def resource_map_update(self: Any, template: dict[str, Any], parameters: dict[st
         _original_resource_map_update(self, template, parameters)
     finally:
         self._sandbox_updating = False
-    for name in self._sandbox_late_removals:
+    # In reverse dependency order, as CloudFormation deletes: a resource that names another (by
+    # Ref or GetAtt) goes first, so a continuous-deployment policy goes before the staging
+    # distribution it names (CloudFront refuses the other order: StagingDistributionInUse).
+    late = self._sandbox_late_removals
+    for name in reversed(dependency_order(late, {n: self._resource_json_map.get(n, {}) for n in late})):
         resource = self._parsed_resources.get(name)
         if resource is not None:
             self._delete_resource(resource, self._resource_json_map[name])
@@ -2142,7 +2188,13 @@ cfn_responses.CloudFormationResponse.create_change_set = create_change_set_respo
 
 
 def change_set_diff(self: Any) -> list[Any]:
-    names = self.stack.resource_map.build_resource_diff(self.template_dict, self.parameters)
+    # An UPDATE change set lists what the update will do (a CREATE one: every resource it makes).
+    resource_map = self.stack.resource_map
+    resource_map._sandbox_previewing = self.change_set_type == "UPDATE"
+    try:
+        names = resource_map.build_resource_diff(self.template_dict, self.parameters)
+    finally:
+        resource_map._sandbox_previewing = False
     old = self.stack.resource_map._resource_json_map or {}
     new = self.template_dict.get("Resources", {})
     changes = []

@@ -825,8 +825,10 @@ impl Run<'_> {
         let Some(addr) = self.canary.clone() else {
             return e;
         };
-        ctx.out
-            .note(&format!("{} failed: taking the canary's share back", e.step));
+        ctx.out.note(&format!(
+            "{} failed: taking the canary's share back",
+            e.step
+        ));
         let off = step(ctx, self.store, self.id, "canary off", "share 0", async {
             let changed = crate::commands::steps::set_candidate(
                 ctx,

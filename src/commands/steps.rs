@@ -227,8 +227,12 @@ pub async fn candidate_params(
     let mut set = vec![("Preview".to_string(), on.to_string())];
     let Some((colour, addr, weight)) = candidate.filter(|_| ctx.config.edge.preview) else {
         set.extend(
-            [("CandidateOriginDomain", ""), ("CandidateColour", ""), ("CanaryWeight", "0")]
-                .map(|(k, v)| (k.to_string(), v.to_string())),
+            [
+                ("CandidateOriginDomain", ""),
+                ("CandidateColour", ""),
+                ("CanaryWeight", "0"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         return Ok(set);
     };
@@ -237,7 +241,10 @@ pub async fn candidate_params(
         ("CandidateColour".to_string(), colour.to_string()),
         ("CanaryWeight".to_string(), weight.to_string()),
     ]);
-    let was_vpc = edge.parameters.get("OriginAccess").is_some_and(|a| a == "vpc");
+    let was_vpc = edge
+        .parameters
+        .get("OriginAccess")
+        .is_some_and(|a| a == "vpc");
     for (k, v) in origin_params(ctx, Some(edge), colour, addr, step_name).await? {
         match k.as_str() {
             "OriginAccess" if v == "vpc" && !was_vpc => {

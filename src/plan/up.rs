@@ -412,9 +412,18 @@ mod tests {
         .unwrap();
         assert_eq!(
             names(&previewed),
-            ["deploy iris-green", "smoke iris-green", "preview iris-green", "protect images"]
+            [
+                "deploy iris-green",
+                "smoke iris-green",
+                "preview iris-green",
+                "protect images"
+            ]
         );
-        assert!(previewed.steps[2].what("iris").contains("aws-cf-cd-release: candidate"));
+        assert!(
+            previewed.steps[2]
+                .what("iris")
+                .contains("aws-cf-cd-release: candidate")
+        );
         // A first release has no live colour to preview against: it goes live instead.
         let first = plan_release(
             &ReleaseWorld {

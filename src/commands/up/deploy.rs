@@ -420,7 +420,8 @@ impl Release<'_> {
         let url = crate::commands::observe::public_url(ctx, &stacks.observe(&stack).await?)
             .unwrap_or_default();
         let curl = crate::plan::up::preview_curl(&url);
-        ctx.out.note(&format!("preview {colour} through the public URL: {curl}"));
+        ctx.out
+            .note(&format!("preview {colour} through the public URL: {curl}"));
         self.summary.insert("preview".into(), json!(curl));
         Ok(())
     }
