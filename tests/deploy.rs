@@ -1427,6 +1427,31 @@ async fn with_preview_the_header_reaches_the_candidate_through_the_public_url_un
     assert_eq!(colours_seen(&http, &edge, 20, false).await, ["green"]);
     let status = summary(&release(&sb, &cfg, &["status"]));
     assert!(status.get("preview").is_none(), "{status}");
+
+    // A previewed candidate that goes away (here deleted by hand, as a failed run's teardown
+    // would) leaves the staging distribution serving nothing: the next `up` removes it first.
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "blue as the candidate",
+    );
+    assert_eq!(colours_seen(&http, &edge, 10, true).await, ["blue"]);
+    kubectl(
+        &sb,
+        &["delete", "deployment,service", "iris-blue", "-n", "models"],
+    );
+    let out = release(&sb, &cfg, &["up", "--force"]);
+    succeeded(&out, "blue again");
+    let steps = executed_steps(&out);
+    assert_eq!(
+        steps
+            .iter()
+            .position(|s| s == "preview off")
+            .map(|i| steps[i + 1].as_str()),
+        Some("deploy iris-blue"),
+        "{steps:?}"
+    );
+    assert_eq!(colours_seen(&http, &edge, 10, true).await, ["blue"]);
+    assert_eq!(colours_seen(&http, &edge, 10, false).await, ["green"]);
 }
 
 /// One `/predict` through the edge as a viewer with `cookie` (none: a new viewer): the colour
@@ -1547,6 +1572,16 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
             assert_eq!(viewer(&http, &edge, Some(&cookie)).await.0, colour);
         }
     }
+    // All of the above met the canary: the policy still gives green a tenth of viewers.
+    let p = edge_parameters(&sb).await;
+    assert_eq!(
+        (
+            p["CanaryWeight"].as_str(),
+            p["CandidateOriginDomain"].is_empty()
+        ),
+        ("0.10", false),
+        "the canary's bake ended before the test was done with it: {p:?}"
+    );
     let done = child.wait_with_output().unwrap();
     let events = rest.join().unwrap();
     assert!(done.status.success(), "the canary's promote: {events:?}");

@@ -1313,6 +1313,10 @@ def staging_for(primary: dict[str, Any], headers: Any, cookies: dict[str, str]) 
         return (staging if session["staging"] else None), None
     key = uuid.uuid4().hex
     to_staging = random.random() < weight
+    if len(CD_SESSIONS) > 10000:
+        # Sessions older than the longest stickiness CloudFront allows are over anyway.
+        for old in [k for k, v in list(CD_SESSIONS.items()) if t - v["start"] > 3600]:
+            CD_SESSIONS.pop(old, None)
     CD_SESSIONS[key] = {"staging": to_staging, "start": t, "last": t, "generation": policy["generation"]}
     return (staging if to_staging else None), f"{CD_STICKY_COOKIE}={key}; Path=/; Secure; HttpOnly"
 
@@ -1346,14 +1350,15 @@ class EdgeHandler(BaseHTTPRequestHandler):
         if named:
             dists = named
         live = [(d, serving_snapshot(d)) for d in dists]
-        live = [(d, s) for (d, s) in live if s and s["enabled"] and (named or not s["staging"])]
+        # A staging distribution serves only what its primary's policy sends it, never a request
+        # of its own ("Understanding continuous deployment": viewers reach it through the
+        # primary's domain), so its domain name in Host is not served either.
+        live = [(d, s) for (d, s) in live if s and s["enabled"] and not s["staging"]]
         if not live:
             return None, "no deployed, enabled CloudFront distribution", None
         if len(live) > 1:
             return None, "several distributions are deployed; send Host: <distribution domain name>", None
         snapshot = live[0][1]
-        if snapshot["staging"]:
-            return snapshot, "", None
         cookies = {}
         for part in (self.headers.get("Cookie") or "").split(";"):
             name, _, value = part.strip().partition("=")
@@ -1754,7 +1759,6 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
     (a distribution gaining its continuous-deployment policy). A change set's preview
     (CreateChangeSet) computes the same and leaves the stack's parameters as they were."""
     diff = _original_build_resource_diff(self, other_template, parameters)
-    late: list[str] = []
     if not other_template.get("Conditions"):
         return diff
     updating = getattr(self, "_sandbox_updating", False)
@@ -1769,6 +1773,33 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
         self.lazy_condition_map,
         list(getattr(self, "no_echo_parameter_keys", [])),
     )
+    try:
+        return diff_under_new_conditions(self, diff, other_template, parameters, before, updating)
+    finally:
+        if not updating:
+            restore_resource_map(self, saved)
+
+
+def restore_resource_map(self: Any, saved: tuple[Any, ...]) -> None:
+    """Put back what a change set's preview loaded (the template, parameters, conditions)."""
+    (self._template, self.input_parameters, resolved, parsed, self.lazy_condition_map, no_echo) = saved
+    # In place: the restored conditions read these very dicts.
+    self.resolved_parameters.clear()
+    self.resolved_parameters.update(resolved)
+    self._parsed_resources.clear()
+    self._parsed_resources.update(parsed)
+    self.no_echo_parameter_keys = no_echo
+
+
+def diff_under_new_conditions(
+    self: Any,
+    diff: dict[str, Any],
+    other_template: dict[str, Any],
+    parameters: dict[str, Any] | None,
+    before: dict[str, bool],
+    updating: bool,
+) -> dict[str, Any]:
+    late: list[str] = []
     self._template = other_template
     if parameters:
         self.input_parameters = parameters
@@ -1800,13 +1831,6 @@ def build_resource_diff(self: Any, other_template: dict[str, Any], parameters: d
     if updating:
         self._sandbox_late_removals = late
     else:
-        (self._template, self.input_parameters, resolved, parsed, self.lazy_condition_map, no_echo) = saved
-        # In place: the restored conditions read these very dicts.
-        self.resolved_parameters.clear()
-        self.resolved_parameters.update(resolved)
-        self._parsed_resources.clear()
-        self._parsed_resources.update(parsed)
-        self.no_echo_parameter_keys = no_echo
         diff["Remove"].extend(late)
     # Modified in dependency order (what a resource names by Ref or GetAtt first), as
     # CloudFormation does; moto took the list's order and retried failures blindly.
@@ -2332,6 +2356,73 @@ def wrong_owner(environ: dict[str, Any]) -> bool:
     return owner is not None and owner[1] != expected
 
 
+# ---------------------------------------------------------------------------------------------
+# Smithy RPC v2 CBOR (moto has none): the AWS SDKs now call CloudWatch with it (the service
+# model's first protocol is smithy-rpc-v2-cbor; `release` reads alarms through aws-sdk-cloudwatch).
+# A request `POST /service/<service>/operation/<operation>` with `smithy-protocol: rpc-v2-cbor`
+# is turned into the same operation in the query protocol (botocore's own serializer and the
+# service's model), answered by moto, and its answer turned back into CBOR (botocore's query
+# parser; timestamps as tag 1, errors as `__type` and `message` with the status moto gave).
+# Smithy spec: "RPC v2 CBOR protocol" (smithy.io/2.0/additional-specs/protocols/smithy-rpc-v2.html).
+import io  # noqa: E402
+
+import botocore.parsers  # noqa: E402
+import botocore.serialize  # noqa: E402
+import botocore.session  # noqa: E402
+import cbor2  # noqa: E402
+
+RPC_V2_PATH = re.compile(r"^/service/([^/]+)/operation/([^/]+)$")
+# The services `release` calls by CBOR, by their Smithy service name.
+CBOR_SERVICES = {"GraniteServiceVersion20100801": "cloudwatch"}
+_BOTOCORE = botocore.session.get_session()
+
+
+def cbor_reply(start_response: Any, status: str, body: dict[str, Any]) -> list[bytes]:
+    data = cbor2.dumps(body, datetime_as_timestamp=True, timezone=datetime.timezone.utc)
+    start_response(status, [("Content-Type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor"), ("Content-Length", str(len(data)))])
+    return [data]
+
+
+def rpc_v2_cbor(inner: Any, environ: dict[str, Any], start_response: Any, service: str, operation: str) -> list[bytes]:
+    model = _BOTOCORE.get_service_model(service)
+    try:
+        op = model.operation_model(operation)
+    except Exception:  # noqa: BLE001 - an unknown operation is the caller's error
+        return cbor_reply(start_response, "404 Not Found", {"__type": "UnknownOperationException", "message": operation})
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    raw = environ["wsgi.input"].read(length) if length else b""
+    params = cbor2.loads(raw) if raw else {}
+    query = botocore.serialize.create_serializer("query").serialize_to_request(params, op)
+    body = urllib.parse.urlencode(query["body"], doseq=True).encode()
+    forwarded = dict(environ)
+    forwarded.update(
+        {
+            "PATH_INFO": "/",
+            "QUERY_STRING": "",
+            "CONTENT_TYPE": "application/x-www-form-urlencoded; charset=utf-8",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+    )
+    forwarded.pop("HTTP_SMITHY_PROTOCOL", None)
+    answer: dict[str, Any] = {}
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        answer["status"], answer["headers"] = status, headers
+        return lambda _data: None
+
+    xml = b"".join(inner(forwarded, capture))
+    code = int(answer["status"].split()[0])
+    parsed = botocore.parsers.create_parser("query").parse(
+        {"body": xml, "headers": dict(answer["headers"]), "status_code": code}, op.output_shape
+    )
+    if code >= 300:
+        error = parsed.get("Error", {})
+        return cbor_reply(start_response, answer["status"], {"__type": error.get("Code", "InternalFailure"), "message": error.get("Message", "")})
+    parsed.pop("ResponseMetadata", None)
+    return cbor_reply(start_response, "200 OK", parsed)
+
+
 class SandboxApp:
     def __init__(self, inner: Any):
         self.inner = inner
@@ -2360,6 +2451,12 @@ class SandboxApp:
             return [body]
         service = service_of(environ)
         kind = FAULTS.pick(service)
+        rpc = RPC_V2_PATH.match(path) if environ.get("HTTP_SMITHY_PROTOCOL") == "rpc-v2-cbor" else None
+        if rpc is not None and rpc.group(1) in CBOR_SERVICES:
+            if kind is not None:
+                code, status = ("ThrottlingException", "400 Bad Request") if kind == "throttle" else ("InternalServiceFault", "500 Internal Server Error")
+                return cbor_reply(start_response, status, {"__type": code, "message": "injected by the sandbox"})
+            return rpc_v2_cbor(self.inner, environ, start_response, CBOR_SERVICES[rpc.group(1)], rpc.group(2))
         if kind is not None:
             status, headers, body = fault_response(service, kind)
             start_response(status, headers + [("Content-Length", str(len(body)))])

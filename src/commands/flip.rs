@@ -375,7 +375,14 @@ impl Run<'_> {
     async fn execute(&mut self) -> Result<Vec<String>> {
         let mut done = Vec::new();
         for s in &self.plan.steps {
-            self.run(s).await?;
+            if let Err(e) = self.run(s).await {
+                // From the canary's stack update until the flip's, whatever fails takes the
+                // canary's share back (nothing was flipped).
+                return Err(match self.canary.is_some() {
+                    true => self.canary_off(e, self.plan.to).await,
+                    false => e,
+                });
+            }
             done.push(s.name(&self.ctx.config.app));
         }
         Ok(done)
@@ -477,6 +484,8 @@ impl Run<'_> {
                     )
                 })?;
                 let weight = format!("0.{percent:02}");
+                // Set first: a wait that times out after the stack took the share is compensated.
+                self.canary = Some(addr.clone());
                 step(ctx, self.store, self.id, &name, &s.what(&c.app), async {
                     let changed = crate::commands::steps::set_candidate(
                         ctx,
@@ -490,13 +499,9 @@ impl Run<'_> {
                     Ok(((), changed))
                 })
                 .await?;
-                self.canary = Some(addr);
             }
             FlipStep::CanaryBake { to, seconds, .. } => {
-                let baked = self.bake(&name, s, *to, *seconds, false).await;
-                if let Err(e) = baked {
-                    return Err(self.canary_off(e, *to).await);
-                }
+                self.bake(&name, s, *to, *seconds, false).await?;
             }
             FlipStep::Flip {
                 from,
@@ -530,6 +535,8 @@ impl Run<'_> {
                     Ok(((), format!("{from} -> {to}")))
                 })
                 .await?;
+                // The flip's stack update took the staging distribution and its policy away.
+                self.canary = None;
             }
             FlipStep::Flipped { .. } | FlipStep::Keep { .. } => {}
             FlipStep::Verify {
@@ -822,7 +829,8 @@ impl Run<'_> {
     /// preview header only; recorded as the step `canary off`). Nothing was flipped.
     async fn canary_off(&self, e: Failure, to: Colour) -> Failure {
         let ctx = self.ctx;
-        let Some(addr) = self.canary.clone() else {
+        // A run that lost its lock leaves the edge to the run that holds it.
+        let Some(addr) = self.canary.clone().filter(|_| e.exit != Exit::Locked) else {
             return e;
         };
         ctx.out.note(&format!(
@@ -830,6 +838,13 @@ impl Run<'_> {
             e.step
         ));
         let off = step(ctx, self.store, self.id, "canary off", "share 0", async {
+            let edge = self.stacks.observe(&ctx.config.stack_name("edge")).await?;
+            let p = &edge.parameters;
+            if p.get("CanaryWeight").is_none_or(|w| w == "0")
+                || p.get("CandidateOriginDomain").is_none_or(String::is_empty)
+            {
+                return Ok(((), "no share to take back".to_string()));
+            }
             let changed = crate::commands::steps::set_candidate(
                 ctx,
                 self.stacks,
@@ -848,12 +863,13 @@ impl Run<'_> {
                 self.plan.from,
                 colour::name(&ctx.config, to)
             ),
+            Err(off) if off.exit == Exit::Locked => return off,
             Err(off) => format!(
                 "taking the canary's share back failed too ({}): set the edge stack's CanaryWeight to 0 (docs/runbook.md), then check `release status`",
                 off.message
             ),
         };
-        Failure::new(Exit::Verify, e.step, e.message, hint)
+        Failure::new(e.exit, e.step, e.message, hint)
     }
 
     /// The compensation of the flip when the public URL failed `e`: the edge back to `from` at
@@ -893,11 +909,43 @@ impl Run<'_> {
         if let Err(f) = annotate(&self.client, ctx, to, None, None).await {
             return f;
         }
+        // A promote's candidate is previewed again (edge.preview): best effort, the flip back
+        // stands either way.
+        let mut preview = String::new();
+        let was = &self.edge.parameters;
+        if let (Flip::Promote { .. }, Some(addr), Some("on")) = (
+            self.plan.kind,
+            was.get("CandidateOriginDomain").filter(|a| !a.is_empty()),
+            was.get("Preview").map(String::as_str),
+        ) {
+            let back = step(ctx, self.store, self.id, "preview back", addr, async {
+                let changed = crate::commands::steps::set_candidate(
+                    ctx,
+                    self.stacks,
+                    to,
+                    addr,
+                    "0",
+                    "preview back",
+                )
+                .await?;
+                Ok(((), changed))
+            })
+            .await;
+            preview = match back {
+                Ok(()) => format!(" (the preview header reaches {to} again)"),
+                Err(f) => format!(
+                    " (its preview was not put back: {}; `release up` puts it back)",
+                    f.message
+                ),
+            };
+        }
         Failure::new(
             Exit::Verify,
             e.step,
             e.message,
-            format!("flipped back: {from} serves again; {to} stays deployed for inspection"),
+            format!(
+                "flipped back: {from} serves again; {to} stays deployed for inspection{preview}"
+            ),
         )
     }
 

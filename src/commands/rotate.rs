@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use crate::adapters::colour::{self, OriginSecret};
 use crate::commands::observe::{edge_state, observe, public_url};
 use crate::commands::print_plan;
-use crate::commands::steps::{smoke_test, wait_deployed, wait_public};
+use crate::commands::steps::{smoke_test, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::rotate::{RotateRefusal, RotateStep, RotateWorld, plan_rotation, printed};
 use crate::session::{Ctx, begin, finish_session, step};
@@ -190,10 +190,11 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                                 ctx.out.progress(&name, p)
                             })
                             .await?;
-                        let dist = after.output(&stack, "DistributionId")?;
-                        wait_deployed(
+                        // The staging distribution (edge.preview) carries the secret too.
+                        crate::commands::steps::wait_edge_deployed(
                             ctx,
-                            &dist,
+                            &after,
+                            &stack,
                             &name,
                             "run release rotate-origin-secret again: the edge's value stays accepted until it finishes",
                         )

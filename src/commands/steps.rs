@@ -247,6 +247,12 @@ pub async fn candidate_params(
         .is_some_and(|a| a == "vpc");
     for (k, v) in origin_params(ctx, Some(edge), colour, addr, step_name).await? {
         match k.as_str() {
+            // An internet-facing candidate is a custom origin: no VPC origin of its colour (an
+            // old one may still be there) is used.
+            "OriginAccess" if v == "public" => {
+                set.retain(|(k, _)| k != "CandidateColour");
+                set.push(("CandidateColour".to_string(), String::new()));
+            }
             "OriginAccess" if v == "vpc" && !was_vpc => {
                 // The live colour stays on its custom origin: no colour is its VPC origin's yet.
                 set.push(("LiveColour".to_string(), String::new()));
@@ -279,6 +285,31 @@ pub async fn set_candidate(
         .deploy_with(
             &name,
             &body,
+            crate::adapters::stacks::keeping(&edge, &set),
+            |p| ctx.out.progress(step_name, p),
+        )
+        .await?;
+    wait_edge_deployed(
+        ctx,
+        &after,
+        &name,
+        step_name,
+        "wait for CloudFront, then check `release status`",
+    )
+    .await?;
+    Ok(change.describe())
+}
+
+/// Take the staging distribution and its policy away (`edge.preview`), and wait until CloudFront
+/// has deployed the primary without them. Returns what the stack update changed.
+pub async fn clear_candidate(ctx: &Ctx, stacks: &Stacks, step_name: &str) -> Result<String> {
+    let name = ctx.config.stack_name("edge");
+    let edge = stacks.observe(&name).await?;
+    let set = candidate_params(ctx, &edge, None, step_name).await?;
+    let (change, after) = stacks
+        .deploy_with(
+            &name,
+            &ctx.template("edge")?,
             crate::adapters::stacks::keeping(&edge, &set),
             |p| ctx.out.progress(step_name, p),
         )
@@ -356,16 +387,19 @@ pub async fn flip(
                 set.push(("OriginAccess".to_string(), was("OriginAccess", "public")));
                 set.push(("LiveColour".to_string(), was("LiveColour", "")));
             }
-            // The preview (or canary) the flip took away comes back with the colour it served.
+            // No staging distribution on the way back: making one would hold the edge on the
+            // failing colour for minutes (and a failure there would keep it there). The caller
+            // puts a promote's preview back afterwards.
             if now.parameters.contains_key("Preview") {
-                for (k, default) in [
-                    ("Preview", "off"),
-                    ("CandidateOriginDomain", ""),
-                    ("CandidateColour", ""),
-                    ("CanaryWeight", "0"),
-                ] {
-                    set.push((k.to_string(), was(k, default)));
-                }
+                set.push(("Preview".to_string(), was("Preview", "off")));
+                set.extend(
+                    [
+                        ("CandidateOriginDomain", ""),
+                        ("CandidateColour", ""),
+                        ("CanaryWeight", "0"),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.to_string())),
+                );
             }
             crate::adapters::stacks::keeping(&now, &set)
         }

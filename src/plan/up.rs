@@ -88,6 +88,9 @@ pub struct ReleaseWorld {
     pub image: String,
     /// The image digest each colour that exists runs.
     pub digests: BTreeMap<Colour, String>,
+    /// The address the edge's staging distribution serves (`edge.preview`) when no colour has it
+    /// any more (a candidate torn down after its preview).
+    pub preview_orphan: Option<String>,
 }
 
 /// What the configuration asks of the release phase.
@@ -129,6 +132,9 @@ pub enum ReleaseStep {
     /// `edge.preview`: the edge stack's staging distribution with the tested candidate as its
     /// origin, and the policy sending it the requests that carry the preview header.
     Preview { colour: Colour },
+    /// The staging distribution serves `address`, which no colour has: take it and its policy
+    /// away before a colour is deployed (its VPC origin may then change).
+    PreviewOff { address: String },
     /// The first release: the edge stack with the colour as its origin.
     Edge { colour: Colour },
     /// Wait until CloudFront reports the distribution Deployed.
@@ -152,6 +158,7 @@ impl ReleaseStep {
             ReleaseStep::Deploy { colour, .. } => format!("deploy {app}-{colour}"),
             ReleaseStep::Smoke { colour, .. } => format!("smoke {app}-{colour}"),
             ReleaseStep::Preview { colour } => format!("preview {app}-{colour}"),
+            ReleaseStep::PreviewOff { .. } => "preview off".into(),
             ReleaseStep::Edge { .. } => format!("stack {app}-edge"),
             ReleaseStep::EdgeDeployed => "edge deployed".into(),
             ReleaseStep::SmokePublic { .. } => "smoke public URL".into(),
@@ -178,6 +185,9 @@ impl ReleaseStep {
                     "the golden cases and {requests} requests through the API server's service proxy{compare}"
                 )
             }
+            ReleaseStep::PreviewOff { address } => format!(
+                "edge stack: the staging distribution serves {address}, which no colour has now: remove it and its policy; wait until CloudFront is Deployed"
+            ),
             ReleaseStep::Preview { colour } => format!(
                 "edge stack: a staging distribution with {app}-{colour}'s load balancer as its origin, and a continuous-deployment policy sending it the requests that carry `{PREVIEW_HEADER}: {PREVIEW_VALUE}`; wait until CloudFront is Deployed"
             ),
@@ -278,6 +288,11 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan,
         });
     }
     let colour = candidate_for(w.live);
+    if let Some(address) = &w.preview_orphan {
+        steps.push(ReleaseStep::PreviewOff {
+            address: address.clone(),
+        });
+    }
     steps.push(ReleaseStep::Deploy {
         colour,
         image: w.image.clone(),
@@ -369,6 +384,7 @@ mod tests {
             controller: None,
             image: "repo/iris@sha256:new".into(),
             digests: BTreeMap::from([(Blue, "sha256:live".to_string())]),
+            preview_orphan: None,
         }
     }
 
@@ -438,6 +454,23 @@ mod tests {
         )
         .unwrap();
         assert!(!names(&first).iter().any(|n| n.starts_with("preview")));
+        // A staging distribution left serving a torn-down candidate goes before the deploy.
+        let orphaned = plan_release(
+            &ReleaseWorld {
+                preview_orphan: Some("gone.lb".into()),
+                ..blue_live()
+            },
+            ReleaseSettings {
+                preview: true,
+                ..settings()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            names(&orphaned)[..2],
+            ["preview off".to_string(), "deploy iris-green".to_string()]
+        );
+        assert!(orphaned.steps[0].what("iris").contains("gone.lb"));
         let compared = plan_release(
             &blue_live(),
             ReleaseSettings {

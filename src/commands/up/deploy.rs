@@ -84,6 +84,17 @@ pub(super) async fn observe(
                 .iter()
                 .filter_map(|(c, o)| Some((*c, o.digest.clone()?)))
                 .collect(),
+            preview_orphan: edge
+                .parameters
+                .get("CandidateOriginDomain")
+                .filter(|a| {
+                    !a.is_empty()
+                        && edge.parameters.get("Preview").is_some_and(|p| p == "on")
+                        && !observed
+                            .values()
+                            .any(|o| o.address.as_deref() == Some(a.as_str()))
+                })
+                .cloned(),
         },
         client,
         proxy,
@@ -273,6 +284,16 @@ impl Release<'_> {
                 self.smoke(&name, *colour, *compare).await?;
             }
             ReleaseStep::Preview { colour } => self.preview(&name, *colour).await?,
+            ReleaseStep::PreviewOff { address } => {
+                let stacks = self.stacks;
+                step(ctx, store, id, &name, address, async {
+                    let changed =
+                        crate::commands::steps::clear_candidate(ctx, stacks, &name).await?;
+                    Ok(((), changed))
+                })
+                .await?;
+                *self.changed = true;
+            }
             ReleaseStep::Edge { colour } => self.edge(&name, *colour).await?,
             ReleaseStep::EdgeDeployed => {
                 let dist = self.dist.clone();
