@@ -2044,6 +2044,115 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
     assert!(detail.contains("/predict requests, error rate"), "{last}");
 }
 
+/// Issue 16 "A watched bake", CloudWatch: `analysis.alarms` are watched at every look of the bake
+/// after a full flip (through the SDK's CloudWatch calls; the sandbox answers them from moto). A
+/// named alarm that does not exist is a breach at once. A user's alarm set to ALARM during the
+/// bake flips the edge back: exit 9, blue answers, the ledger names the alarm and its reason.
+/// With the alarm OK the same promote passes, and its bake says what the alarm was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fires() {
+    use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Statistic};
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    // No /predict traffic: the pods' own figures are "not judged"; the alarm decides.
+    std::fs::write(
+        &cfg,
+        format!("{base}analysis:\n  alarms: [iris-edge-5xx]\n"),
+    )
+    .unwrap();
+
+    let missing = release(&sb, &cfg, &["promote", "--bake", "5s"]);
+    exits_with(&missing, 9);
+    let s = summary(&missing);
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("iris-edge-5xx (analysis.alarms) does not exist"),
+        "{s}"
+    );
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+
+    let cw = aws_sdk_cloudwatch::Client::new(&aws(&sb).await);
+    let dim = |n: &str, v: &str| Dimension::builder().name(n).value(v).build();
+    cw.put_metric_alarm()
+        .alarm_name("iris-edge-5xx")
+        .namespace("AWS/CloudFront")
+        .metric_name("5xxErrorRate")
+        .dimensions(dim("DistributionId", "E123"))
+        .dimensions(dim("Region", "Global"))
+        .statistic(Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(5.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    let set = |state: StateValue, reason: &'static str| {
+        cw.set_alarm_state()
+            .alarm_name("iris-edge-5xx")
+            .state_value(state)
+            .state_reason(reason)
+            .send()
+    };
+    set(StateValue::Ok, "5xxErrorRate 0.1 % <= 5 %")
+        .await
+        .unwrap();
+
+    let (child, lines) = started_until(
+        release_command(&sb, &cfg, &["promote", "--bake", "30s"]),
+        None,
+        |v| v["event"] == "step_progress" && v["step"] == "bake iris-green",
+    );
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    set(StateValue::Alarm, "5xxErrorRate 12.5 % > 5 %")
+        .await
+        .unwrap();
+    let done = child.wait_with_output().unwrap();
+    let events = rest.join().unwrap();
+    assert_eq!(done.status.code(), Some(9), "{events:?}");
+    let last_event: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    let s = &last_event["summary"];
+    assert_eq!(s["step"], "bake iris-green", "{s}");
+    assert!(
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("iris-edge-5xx is in ALARM: 5xxErrorRate 12.5 % > 5 %"),
+        "{s}"
+    );
+    assert!(
+        s["what_to_do"].as_str().unwrap().contains("flipped back"),
+        "{s}"
+    );
+    assert_eq!(colours_seen(&http, &edge, 20, false).await, ["blue"]);
+    let last = last_release(&s3(&sb).await).await;
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("iris-edge-5xx is in ALARM"),
+        "{last}"
+    );
+
+    set(StateValue::Ok, "back to normal").await.unwrap();
+    let passed = release(&sb, &cfg, &["promote", "--bake", "3s"]);
+    succeeded(&passed, "a promote whose alarm stays OK");
+    assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+    let last = last_release(&s3(&sb).await).await;
+    let detail = last["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == "bake iris-green")
+        .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("alarms: iris-edge-5xx OK"), "{last}");
+}
+
 /// The iris export with its class labels moved by `shift` (0, 1, 2 become 0+shift, …): the same
 /// answers under other names, a model contract clients would break on. Returns its path.
 fn relabelled_iris(dir: &Path, shift: i64) -> PathBuf {

@@ -237,6 +237,16 @@ pub fn cloudfront(aws: &aws_config::SdkConfig) -> aws_sdk_cloudfront::Client {
     )
 }
 
+pub fn cloudwatch(aws: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
+    aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(aws)
+            .interceptor(GiveUpOnUnreachable {
+                service: "CloudWatch",
+            })
+            .build(),
+    )
+}
+
 pub fn elbv2(aws: &aws_config::SdkConfig) -> aws_sdk_elasticloadbalancingv2::Client {
     aws_sdk_elasticloadbalancingv2::Client::from_conf(
         aws_sdk_elasticloadbalancingv2::config::Builder::from(aws)

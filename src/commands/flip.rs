@@ -153,6 +153,7 @@ async fn prepare(
         allow_contract_change: asked.allow_contract_change,
         shadow: c.smoke.shadow.is_some(),
         canary: asked.canary,
+        alarms: c.analysis.alarms.len(),
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -561,6 +562,7 @@ impl Run<'_> {
                 seconds,
                 from,
                 back,
+                ..
             } => {
                 let baked = self.bake(&name, s, *colour, *seconds, true).await;
                 if let Err(e) = baked {
@@ -770,6 +772,7 @@ impl Run<'_> {
             max_p99_ms: c.analysis.max_p99_ms,
         };
         let every = ctx.poll_every(Duration::from_millis(500), Duration::from_secs(10));
+        let cloudwatch = crate::adapters::endpoint::cloudwatch(&ctx.aws);
         let look = || async {
             colour::pod_metrics(&self.client, &self.proxy, c, colour)
                 .await
@@ -803,7 +806,13 @@ impl Run<'_> {
                     .iter()
                     .map(|(pod, n)| since(baseline.get(pod).unwrap_or(&Default::default()), n))
                     .collect();
-                let verdict = judge(&total(&seen), &thresholds);
+                let mut verdict = judge(&total(&seen), &thresholds);
+                if let (Ok(so_far), false) = (&verdict, c.analysis.alarms.is_empty()) {
+                    let found = crate::adapters::alarms::states(&cloudwatch, &c.analysis.alarms, name)
+                        .await?;
+                    verdict = crate::plan::bake::judge_alarms(&c.analysis.alarms, &found)
+                        .map(|alarms| format!("{so_far}; {alarms}"));
+                }
                 if let Ok(so_far) = &verdict {
                     // A line per look: the bake is alive (CI kills a silent job).
                     ctx.out.progress(name, &format!("{} pods: {so_far}", now.len()));

@@ -65,6 +65,10 @@ pub struct AnalysisConfig {
     /// The largest p99 latency of `/predict`, in milliseconds (absent: not judged).
     #[serde(default)]
     pub max_p99_ms: Option<f64>,
+    /// CloudWatch alarms (names, in the app's region) a bake watches: one in `ALARM`, or missing,
+    /// is a breach.
+    #[serde(default)]
+    pub alarms: Vec<String>,
 }
 
 impl Default for AnalysisConfig {
@@ -73,6 +77,7 @@ impl Default for AnalysisConfig {
             min_requests: default_min_requests(),
             max_error_rate: default_max_error_rate(),
             max_p99_ms: None,
+            alarms: Vec::new(),
         }
     }
 }

@@ -162,6 +162,36 @@ pub fn judge(c: &Counts, t: &Thresholds) -> Result<String, String> {
     ))
 }
 
+/// One CloudWatch alarm as `DescribeAlarms` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alarm {
+    pub name: String,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state: String,
+    pub reason: String,
+}
+
+/// The verdict on the alarms a bake watches (`analysis.alarms`): `Err` when one is in `ALARM`,
+/// or is not there (a watch that cannot see is not a pass); `Ok` says what they are.
+pub fn judge_alarms(wanted: &[String], found: &[Alarm]) -> Result<String, String> {
+    let mut states = Vec::new();
+    for name in wanted {
+        let Some(a) = found.iter().find(|a| &a.name == name) else {
+            return Err(format!(
+                "the CloudWatch alarm {name} (analysis.alarms) does not exist: the bake cannot watch it"
+            ));
+        };
+        if a.state == "ALARM" {
+            return Err(format!(
+                "the CloudWatch alarm {name} is in ALARM: {}",
+                a.reason
+            ));
+        }
+        states.push(format!("{name} {}", a.state));
+    }
+    Ok(format!("alarms: {}", states.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +209,32 @@ http_request_duration_seconds_bucket{le="+Inf",route="/predict"} 100
 http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
 # EOF
 "#;
+
+    #[test]
+    fn an_alarm_in_alarm_or_missing_is_a_breach_and_the_others_are_reported() {
+        let alarm = |name: &str, state: &str| Alarm {
+            name: name.into(),
+            state: state.into(),
+            reason: format!("{name} went {state}"),
+        };
+        let wanted = ["p99".to_string(), "errors".to_string()];
+        let calm = [alarm("p99", "OK"), alarm("errors", "INSUFFICIENT_DATA")];
+        assert_eq!(
+            judge_alarms(&wanted, &calm).unwrap(),
+            "alarms: p99 OK, errors INSUFFICIENT_DATA"
+        );
+        let firing = [alarm("p99", "OK"), alarm("errors", "ALARM")];
+        assert_eq!(
+            judge_alarms(&wanted, &firing).unwrap_err(),
+            "the CloudWatch alarm errors is in ALARM: errors went ALARM"
+        );
+        let missing = judge_alarms(&wanted, &calm[..1]).unwrap_err();
+        assert!(
+            missing.contains("errors (analysis.alarms) does not exist"),
+            "{missing}"
+        );
+        assert_eq!(judge_alarms(&[], &[]).unwrap(), "alarms: ");
+    }
 
     #[test]
     fn predicts_figures_are_read_and_others_ignored() {

@@ -97,6 +97,8 @@ pub struct FlipSettings {
     /// viewers reaches the candidate through the staging distribution, for a bake of
     /// `bake_seconds`.
     pub canary: Option<u8>,
+    /// `analysis.alarms`: how many CloudWatch alarms each bake watches as well.
+    pub alarms: usize,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -142,6 +144,7 @@ pub enum FlipStep {
         to: Colour,
         percent: u8,
         seconds: u64,
+        alarms: usize,
     },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
@@ -171,6 +174,7 @@ pub enum FlipStep {
         seconds: u64,
         from: Colour,
         back: Option<String>,
+        alarms: usize,
     },
     /// Write the roles: `live`, and the colour traffic left with its new role.
     Roles {
@@ -188,6 +192,16 @@ pub enum FlipStep {
 
 fn name(app: &str, colour: Colour) -> String {
     format!("{app}-{colour}")
+}
+
+/// What a bake says of the CloudWatch alarms it watches too.
+fn watched_alarms(n: usize) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(
+            "; and the {n} CloudWatch alarm(s) of analysis.alarms: one in ALARM, or missing, is a breach"
+        ),
+    }
 }
 
 impl FlipStep {
@@ -279,9 +293,11 @@ impl FlipStep {
                 to,
                 percent,
                 seconds,
+                alarms,
             } => format!(
-                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
-                name(app, *to)
+                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*{}); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
+                name(app, *to),
+                watched_alarms(*alarms)
             ),
             FlipStep::Flip {
                 from,
@@ -338,9 +354,11 @@ impl FlipStep {
                 seconds,
                 from,
                 back,
+                alarms,
             } => format!(
-                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*); {}",
+                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*{}); {}",
                 name(app, *colour),
+                watched_alarms(*alarms),
                 match back {
                     Some(_) => format!("on a breach flip back to {} (exit 9)", name(app, *from)),
                     None => format!(
@@ -645,6 +663,7 @@ fn steps(
                     to,
                     percent,
                     seconds: s.bake_seconds,
+                    alarms: s.alarms,
                 });
             }
         }
@@ -671,6 +690,7 @@ fn steps(
             seconds: s.bake_seconds,
             from,
             back,
+            alarms: s.alarms,
         });
     }
     // Before the roles are written: until then a run that died is finished by the same command
@@ -782,6 +802,7 @@ mod tests {
             allow_contract_change: false,
             shadow: false,
             canary: None,
+            alarms: 0,
         }
     }
 
