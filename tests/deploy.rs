@@ -1454,6 +1454,46 @@ async fn with_preview_the_header_reaches_the_candidate_through_the_public_url_un
     assert_eq!(colours_seen(&http, &edge, 10, false).await, ["green"]);
 }
 
+/// Issue 16 with `edge.origin_access: vpc`: the staging distribution reaches the candidate through
+/// that colour's own VPC origin. After a promote that retires blue, the next candidate is blue on
+/// a new NLB: the same stack update changes blue's VPC origin and adds the staging distribution
+/// that uses it, which works only in dependency order (the VPC origin first, while unused).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_vpc_origins_the_preview_reaches_the_candidate_through_its_vpc_origin() {
+    let sb = Sandbox::start(common::SLOW_TARGETS);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("edge:\n", "edge:\n  origin_access: vpc\n  preview: true\n");
+    std::fs::write(&cfg, text).unwrap();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "green as the candidate",
+    );
+    let p = edge_parameters(&sb).await;
+    assert_eq!(p["CandidateColour"], "green", "{p:?}");
+    assert!(p["GreenOriginArn"].contains(":loadbalancer/net/"), "{p:?}");
+    assert_eq!(colours_seen(&http, &edge, 10, true).await, ["green"]);
+    assert_eq!(colours_seen(&http, &edge, 10, false).await, ["blue"]);
+    let blue_arn = p["BlueOriginArn"].clone();
+    succeeded(
+        &release(&sb, &cfg, &["promote", "--retire-previous"]),
+        "promote",
+    );
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "blue again, on a new NLB",
+    );
+    let p = edge_parameters(&sb).await;
+    assert_eq!(p["CandidateColour"], "blue", "{p:?}");
+    assert_ne!(p["BlueOriginArn"], blue_arn, "a new NLB: {p:?}");
+    assert_eq!(colours_seen(&http, &edge, 10, true).await, ["blue"]);
+    assert_eq!(colours_seen(&http, &edge, 10, false).await, ["green"]);
+}
+
 /// One `/predict` through the edge as a viewer with `cookie` (none: a new viewer): the colour
 /// that answered (or the failure) and the session cookie the edge set.
 async fn viewer(

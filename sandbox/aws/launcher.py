@@ -1855,14 +1855,65 @@ def dependency_order(names: list[str], resources: dict[str, Any]) -> list[str]:
 
 
 cfn_parsing.ResourceMap.build_resource_diff = build_resource_diff  # type: ignore[method-assign]
-_original_resource_map_update = cfn_parsing.ResourceMap.update
+
+
+def ordered_update(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
+    """moto's ResourceMap.update, with the added and the modified resources taken together in
+    dependency order, as CloudFormation does (moto made every added resource before modifying
+    any: a staging distribution added on a VPC origin changed in the same update met the old one,
+    which CloudFront then refused to change while in use)."""
+    diff = self.build_resource_diff(template, parameters)
+    attempts = cfn_parsing.MAX_UPDATE_ATTEMPTS
+    last: Exception | None = None
+    tries = 1
+    while diff["Remove"] and tries < attempts:
+        for name in diff["Remove"].copy():
+            try:
+                if name in self._parsed_resources:
+                    self._delete_resource(self._parsed_resources[name], self._resource_json_map[name])
+            except Exception as e:  # noqa: BLE001 - a dependency: tried again in the next pass, as moto does
+                last = e
+            else:
+                diff["Remove"].remove(name)
+        tries += 1
+    if diff["Remove"] and last is not None:
+        raise last
+    self._template = template
+    if parameters:
+        self.input_parameters = parameters
+    self.load_mapping()
+    self.load_parameters()
+    self.load_conditions()
+    self._resource_json_map = template["Resources"]
+    added = set(diff["Add"])
+    pending = dependency_order(diff["Add"] + diff["Modify"], template["Resources"])
+    tries = 1
+    while pending and tries < attempts:
+        for name in pending.copy():
+            if name in added:
+                # Made on first access (moto's way); a failure fails the update at once.
+                _ = self[name]
+                pending.remove(name)
+                continue
+            try:
+                changed = cfn_parsing.parse_and_update_resource(
+                    name, self._resource_json_map[name], self, account_id=self._account_id, region_name=self._region_name
+                )
+            except Exception as e:  # noqa: BLE001 - tried again in the next pass, as moto does
+                last = e
+            else:
+                self._parsed_resources[name] = changed
+                pending.remove(name)
+        tries += 1
+    if pending and last is not None:
+        raise last
 
 
 def resource_map_update(self: Any, template: dict[str, Any], parameters: dict[str, Any] | None = None) -> None:
     self._sandbox_updating = True
     self._sandbox_late_removals = []
     try:
-        _original_resource_map_update(self, template, parameters)
+        ordered_update(self, template, parameters)
     finally:
         self._sandbox_updating = False
     # In reverse dependency order, as CloudFormation deletes: a resource that names another (by

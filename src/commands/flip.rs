@@ -166,6 +166,17 @@ async fn prepare(
             colour::name(c, plan.to)
         ));
     }
+    if asked.canary.is_some()
+        && !plan
+            .steps
+            .iter()
+            .any(|s| matches!(s, FlipStep::Canary { .. }))
+    {
+        // A canary needs a live colour to share viewers with and a flip still to make.
+        ctx.out.note(
+            "--canary: no canary (nothing is live to share viewers with, or an earlier promote already flipped); the promote goes on without one",
+        );
+    }
     Ok(Ok((world, plan, cases)))
 }
 
