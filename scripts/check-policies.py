@@ -49,6 +49,10 @@ ALLOWED = {
         "(IAM Service Authorization Reference); they only read, for image.scan_gate"
     ),
     ("ci-role.yaml", "ReleaseRights", "NoImports"): "a Deny, not an Allow",
+    ("ci-role.yaml", "ReleaseRights", "BakeAlarms"): (
+        "cloudwatch:DescribeAlarms returns composite alarms only when allowed on every resource "
+        "(CloudWatch API Reference, DescribeAlarms); it only reads, for analysis.alarms"
+    ),
     ("ci-role.yaml", "ReleaseRights", "RegistryLogin"): (
         "ecr:GetAuthorizationToken has no resource type (IAM Service Authorization Reference)"
     ),

@@ -29,6 +29,12 @@ async fn edge_cannot_reach(http: &reqwest::Client, sb: &Sandbox, origins: &[&str
         .unwrap();
 }
 
+/// Add `settings` (lines of `edge:` fields, each `  key: value\n`) to the config's `edge:`.
+fn with_edge(cfg: &Path, settings: &str) {
+    let text = std::fs::read_to_string(cfg).unwrap();
+    std::fs::write(cfg, text.replace("edge:\n", &format!("edge:\n{settings}"))).unwrap();
+}
+
 /// What the edge's `/version` says (which colour, which model).
 async fn edge_version(http: &reqwest::Client, edge: &str) -> Value {
     http.get(format!("{edge}/version"))
@@ -1229,10 +1235,7 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     // cannot reach an internal NLB to try it, so it asks ELBv2).
     let sb = Sandbox::start(common::SLOW_TARGETS);
     let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("edge:\n", "edge:\n  origin_access: vpc\n");
-    std::fs::write(&cfg, text).unwrap();
+    with_edge(&cfg, "  origin_access: vpc\n");
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
 
@@ -1279,10 +1282,7 @@ async fn with_vpc_origins_the_colours_are_private_and_the_edge_still_flips() {
     assert_eq!(edge_parameters(&sb).await["LiveColour"], "blue");
 
     // A promote whose public URL fails flips back to blue's VPC origin, keeping green's.
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("edge:\n", "edge:\n  verify_timeout_seconds: 3\n");
-    std::fs::write(&cfg, text).unwrap();
+    with_edge(&cfg, "  verify_timeout_seconds: 3\n");
     succeeded(&release(&sb, &cfg, &["up", "--force"]), "green again");
     let status = summary(&release(&sb, &cfg, &["status"]));
     let green = status["colours"]["iris-green"]["address"].as_str().unwrap();
@@ -1356,11 +1356,7 @@ async fn edge_resources(sb: &Sandbox) -> Vec<String> {
 async fn with_preview_the_header_reaches_the_candidate_through_the_public_url_until_the_flip() {
     let sb = Sandbox::start(&[]);
     let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "edge:\n",
-        "edge:\n  preview: true\n  verify_timeout_seconds: 3\n",
-    );
-    std::fs::write(&cfg, text).unwrap();
+    with_edge(&cfg, "  preview: true\n  verify_timeout_seconds: 3\n");
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
 
@@ -1462,10 +1458,7 @@ async fn with_preview_the_header_reaches_the_candidate_through_the_public_url_un
 async fn with_vpc_origins_the_preview_reaches_the_candidate_through_its_vpc_origin() {
     let sb = Sandbox::start(common::SLOW_TARGETS);
     let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("edge:\n", "edge:\n  origin_access: vpc\n  preview: true\n");
-    std::fs::write(&cfg, text).unwrap();
+    with_edge(&cfg, "  origin_access: vpc\n  preview: true\n");
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
     succeeded(&release(&sb, &cfg, &["up"]), "first release");
@@ -1561,7 +1554,7 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
     );
 
     let (child, lines) = started_until(
-        release_command(&sb, &cfg, &["promote", "--canary", "10", "--bake", "20s"]),
+        release_command(&sb, &cfg, &["promote", "--canary", "10", "--bake", "30s"]),
         None,
         |v| v["event"] == "step_started" && v["step"] == "canary bake iris-green",
     );

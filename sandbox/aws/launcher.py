@@ -2428,8 +2428,20 @@ CBOR_SERVICES = {"GraniteServiceVersion20100801": "cloudwatch"}
 _BOTOCORE = botocore.session.get_session()
 
 
+def cbor_timestamps(value: Any) -> Any:
+    """Datetimes as tag 1 with a float, always: cbor2 writes a whole second as an integer, which
+    the Rust SDK's CBOR decoder (aws-smithy-cbor, `f64` for a timestamp) refuses."""
+    if isinstance(value, datetime.datetime):
+        return cbor2.CBORTag(1, float(value.timestamp()))
+    if isinstance(value, dict):
+        return {k: cbor_timestamps(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [cbor_timestamps(v) for v in value]
+    return value
+
+
 def cbor_reply(start_response: Any, status: str, body: dict[str, Any]) -> list[bytes]:
-    data = cbor2.dumps(body, datetime_as_timestamp=True, timezone=datetime.timezone.utc)
+    data = cbor2.dumps(cbor_timestamps(body))
     start_response(status, [("Content-Type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor"), ("Content-Length", str(len(data)))])
     return [data]
 

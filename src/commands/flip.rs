@@ -853,18 +853,25 @@ impl Run<'_> {
         let Some(addr) = self.canary.clone().filter(|_| e.exit != Exit::Locked) else {
             return e;
         };
+        // The flip's own update may have gone through before its step failed (a wait that timed
+        // out): then there is no share, and the failure says what happened as it is.
+        match self.stacks.observe(&ctx.config.stack_name("edge")).await {
+            Ok(edge)
+                if edge.parameters.get("CanaryWeight").is_none_or(|w| w == "0")
+                    || edge
+                        .parameters
+                        .get("CandidateOriginDomain")
+                        .is_none_or(String::is_empty) =>
+            {
+                return e;
+            }
+            _ => {}
+        }
         ctx.out.note(&format!(
             "{} failed: taking the canary's share back",
             e.step
         ));
         let off = step(ctx, self.store, self.id, "canary off", "share 0", async {
-            let edge = self.stacks.observe(&ctx.config.stack_name("edge")).await?;
-            let p = &edge.parameters;
-            if p.get("CanaryWeight").is_none_or(|w| w == "0")
-                || p.get("CandidateOriginDomain").is_none_or(String::is_empty)
-            {
-                return Ok(((), "no share to take back".to_string()));
-            }
             let changed = crate::commands::steps::set_candidate(
                 ctx,
                 self.stacks,
@@ -933,9 +940,13 @@ impl Run<'_> {
         // stands either way.
         let mut preview = String::new();
         let was = &self.edge.parameters;
-        if let (Flip::Promote { .. }, Some(addr), Some("on")) = (
+        // At the address the flip used (`to`'s load balancer now).
+        let addr = self.to_addr.as_str();
+        if let (Flip::Promote { .. }, true, Some("on")) = (
             self.plan.kind,
-            was.get("CandidateOriginDomain").filter(|a| !a.is_empty()),
+            was.get("CandidateOriginDomain")
+                .is_some_and(|a| !a.is_empty())
+                && !addr.is_empty(),
             was.get("Preview").map(String::as_str),
         ) {
             let back = step(ctx, self.store, self.id, "preview back", addr, async {

@@ -277,35 +277,25 @@ pub async fn set_candidate(
     weight: &str,
     step_name: &str,
 ) -> Result<String> {
-    let name = ctx.config.stack_name("edge");
-    let edge = stacks.observe(&name).await?;
-    let set = candidate_params(ctx, &edge, Some((colour, addr, weight)), step_name).await?;
-    let body = ctx.template("edge")?;
-    let (change, after) = stacks
-        .deploy_with(
-            &name,
-            &body,
-            crate::adapters::stacks::keeping(&edge, &set),
-            |p| ctx.out.progress(step_name, p),
-        )
-        .await?;
-    wait_edge_deployed(
-        ctx,
-        &after,
-        &name,
-        step_name,
-        "wait for CloudFront, then check `release status`",
-    )
-    .await?;
-    Ok(change.describe())
+    update_candidate(ctx, stacks, Some((colour, addr, weight)), step_name).await
 }
 
 /// Take the staging distribution and its policy away (`edge.preview`), and wait until CloudFront
 /// has deployed the primary without them. Returns what the stack update changed.
 pub async fn clear_candidate(ctx: &Ctx, stacks: &Stacks, step_name: &str) -> Result<String> {
+    update_candidate(ctx, stacks, None, step_name).await
+}
+
+/// The edge stack's candidate parameters as `candidate_params` makes them, every other one kept.
+async fn update_candidate(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    candidate: Option<(Colour, &str, &str)>,
+    step_name: &str,
+) -> Result<String> {
     let name = ctx.config.stack_name("edge");
     let edge = stacks.observe(&name).await?;
-    let set = candidate_params(ctx, &edge, None, step_name).await?;
+    let set = candidate_params(ctx, &edge, candidate, step_name).await?;
     let (change, after) = stacks
         .deploy_with(
             &name,
