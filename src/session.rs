@@ -298,6 +298,7 @@ async fn open_entry(
             model_version: (action == "up").then(|| ctx.config.model.version.clone()),
             model_sha256: (action == "up").then(|| ctx.config.model.sha256.clone()),
             shadow: None,
+            baking: None,
             went_live: false,
             live_below: None,
             steps: steps.clone(),

@@ -189,6 +189,10 @@ pub struct Release {
     /// with the candidate's when it was judged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<serde_json::Value>,
+    /// A running bake's latest look (its step, and the figures so far): what `status` shows
+    /// while another process bakes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baking: Option<String>,
     /// This run put `colour` live behind the edge and verified it there (a first `up`, a
     /// promote or a rollback): what `rollback` redeploys from once the colour is retired.
     #[serde(default)]
@@ -641,6 +645,7 @@ mod tests {
             model_version: Some("1".into()),
             model_sha256: None,
             shadow: None,
+            baking: None,
             went_live: true,
             live_below: None,
             steps: vec![],

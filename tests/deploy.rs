@@ -1605,6 +1605,14 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
             assert_eq!(viewer(&http, &edge, Some(&cookie)).await.0, colour);
         }
     }
+    // `status`, from another process, shows the running bake's latest look.
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert!(
+        status["baking"].as_str().is_some_and(
+            |b| b.starts_with("canary bake iris-green, ") && b.contains("/predict requests")
+        ),
+        "{status}"
+    );
     // All of the above met the canary: the policy still gives green a tenth of viewers.
     let p = edge_parameters(&sb).await;
     assert_eq!(

@@ -825,8 +825,17 @@ impl Run<'_> {
                         .map(|alarms| format!("{so_far}; {alarms}"));
                 }
                 if let Ok(so_far) = &verdict {
-                    // A line per look: the bake is alive (CI kills a silent job).
-                    ctx.out.progress(name, &format!("{} pods: {so_far}", now.len()));
+                    // A line per look: the bake is alive (CI kills a silent job); the ledger
+                    // keeps the last one for `status` (best effort: the bake goes on without).
+                    let look = format!("{} pods: {so_far}", now.len());
+                    ctx.out.progress(name, &look);
+                    let left = end.saturating_duration_since(Instant::now()).as_secs();
+                    let _ = self
+                        .store
+                        .update_release(self.id, |r| {
+                            r.baking = Some(format!("{name}, {left} s to go: {look}"))
+                        })
+                        .await;
                 }
                 if verdict.is_err() || Instant::now() >= end {
                     break verdict;

@@ -117,6 +117,16 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         _ => None,
     };
     let lock = lock_status(&store).await?;
+    // A bake in another process: its latest look, from the open ledger entry.
+    let baking = match lock {
+        Some(_) => store
+            .history(1)
+            .await?
+            .pop()
+            .filter(|r| r.outcome == crate::state::Outcome::InProgress)
+            .and_then(|r| r.baking),
+        None => None,
+    };
     let mut out = json!({
         "app": c.app,
         "live": world.live,
@@ -133,6 +143,9 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
     });
     if let Some(s) = shadow {
         out["shadow"] = s;
+    }
+    if let Some(b) = baking {
+        out["baking"] = json!(b);
     }
     // edge.preview: the candidate the staging distribution serves, and how to ask it.
     let p = &world.edge.parameters;
