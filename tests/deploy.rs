@@ -2194,6 +2194,90 @@ async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fire
     assert!(detail.contains("alarms: iris-edge-5xx OK"), "{last}");
 }
 
+/// Issue 16 "Keep the previous colour warm, then let it go": with
+/// `promote.retire_previous_after`, a promote leaves the previous colour at one replica with a
+/// deadline `status` shows; a rollback to it scales it back (and ready) before its smoke test; once
+/// the deadline is past, the next `release up` (nothing to release) retires it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_previous_colour_kept_warm_scales_back_for_a_rollback_and_goes_when_its_time_is_up() {
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let edge = sb.var("SANDBOX_EDGE_URL").to_string();
+    let http = reqwest::Client::new();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}promote:\n  retire_previous_after: 1h\n"),
+    )
+    .unwrap();
+
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    // Its second pod drains (preStop, then SIGTERM) before it is gone.
+    let mut status = Value::Null;
+    for _ in 0..60 {
+        status = summary(&release(&sb, &cfg, &["status"]));
+        if status["colours"]["iris-blue"]["pods_ready"] == "1/1" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let blue = &status["colours"]["iris-blue"];
+    assert_eq!(blue["pods_ready"], "1/1", "{status}");
+    assert!(
+        blue["kept_warm_until"]
+            .as_str()
+            .is_some_and(|u| u.contains("instant rollback until then")),
+        "{status}"
+    );
+
+    let back = release(&sb, &cfg, &["rollback"]);
+    succeeded(&back, "rollback to the warm colour");
+    let steps = executed_steps(&back);
+    let at = |s: &str| steps.iter().position(|p| p == s);
+    assert!(
+        at("scale iris-blue").is_some() && at("scale iris-blue") < at("smoke iris-blue"),
+        "{steps:?}"
+    );
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    let status = summary(&release(&sb, &cfg, &["status"]));
+    assert_eq!(
+        status["colours"]["iris-blue"]["pods_ready"], "2/2",
+        "{status}"
+    );
+    assert!(
+        status["colours"]["iris-blue"]
+            .get("kept_warm_until")
+            .is_none(),
+        "{status}"
+    );
+
+    // Green again, promoted with a keep that is over at once: the next up retires blue.
+    std::fs::write(
+        &cfg,
+        format!("{base}promote:\n  retire_previous_after: 1s\n"),
+    )
+    .unwrap();
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "green as the candidate",
+    );
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    assert!(deployments(&sb).contains(&"iris-blue".to_string()));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let up = release(&sb, &cfg, &["up"]);
+    succeeded(&up, "nothing to release");
+    assert!(
+        executed_steps(&up).contains(&"retire iris-blue".to_string()),
+        "{:?}",
+        executed_steps(&up)
+    );
+    assert!(
+        !deployments(&sb).contains(&"iris-blue".to_string()),
+        "{:?}",
+        deployments(&sb)
+    );
+    assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+}
+
 /// The iris export with its class labels moved by `shift` (0, 1, 2 become 0+shift, …): the same
 /// answers under other names, a model contract clients would break on. Returns its path.
 fn relabelled_iris(dir: &Path, shift: i64) -> PathBuf {

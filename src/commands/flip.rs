@@ -154,6 +154,8 @@ async fn prepare(
         shadow: c.smoke.shadow.is_some(),
         canary: asked.canary,
         alarms: c.analysis.alarms.len(),
+        keep_warm: c.promote.retire_previous_after,
+        replicas: c.deploy.replicas,
     };
     let plan = match crate::plan::flip::plan_flip(&facts, kind, expect_digest, settings) {
         Ok(plan) => plan,
@@ -550,7 +552,68 @@ impl Run<'_> {
                 // The flip's stack update took the staging distribution and its policy away.
                 self.canary = None;
             }
-            FlipStep::Flipped { .. } | FlipStep::Keep { .. } => {}
+            FlipStep::Flipped { .. } => {}
+            FlipStep::Keep { colour, .. } => {
+                // Kept as it is: no deadline from an earlier promote stays on it.
+                crate::commands::steps::keep_warm(&self.client, ctx, *colour, None, None, &name)
+                    .await?;
+            }
+            FlipStep::KeepWarm { colour, seconds } => {
+                let until = crate::adapters::store::now() as i64 + *seconds as i64;
+                let what = s.what(&c.app);
+                step(ctx, self.store, self.id, &name, &what, async {
+                    crate::commands::steps::keep_warm(
+                        &self.client,
+                        ctx,
+                        *colour,
+                        Some(1),
+                        Some(until),
+                        &name,
+                    )
+                    .await?;
+                    Ok(((), format!("1 replica until {}", rfc3339(until))))
+                })
+                .await?;
+            }
+            FlipStep::ScaleUp { colour, replicas } => {
+                crate::session::fence(ctx, &name).await?;
+                let what = s.what(&c.app);
+                step(ctx, self.store, self.id, &name, &what, async {
+                    crate::commands::steps::keep_warm(
+                        &self.client,
+                        ctx,
+                        *colour,
+                        Some(*replicas),
+                        None,
+                        &name,
+                    )
+                    .await?;
+                    let timeout = Duration::from_secs(c.deploy.rollout_timeout_seconds);
+                    let poll = ctx.poll_every(Duration::from_millis(200), Duration::from_secs(5));
+                    crate::wait::until(
+                        crate::wait::Deadline::new(timeout, poll),
+                        async || {
+                            let o = colour::observe(&self.client, c, *colour).await?;
+                            Ok(if o.ready >= *replicas as i32 {
+                                crate::wait::Check::Done(())
+                            } else {
+                                crate::wait::Check::Pending(format!("{}/{replicas} ready", o.ready))
+                            })
+                        },
+                        |last, _| {
+                            Failure::new(
+                                Exit::Deploy,
+                                &name,
+                                format!("{} did not scale up: {last}", colour::name(c, *colour)),
+                                "check its pods (release status), then run release rollback again",
+                            )
+                        },
+                    )
+                    .await?;
+                    Ok(((), format!("{replicas} ready")))
+                })
+                .await?;
+            }
             FlipStep::Verify {
                 colour,
                 url,
@@ -1028,4 +1091,10 @@ impl Run<'_> {
         })
         .await
     }
+}
+
+/// Unix seconds as RFC 3339 (UTC).
+fn rfc3339(t: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        .to_string()
 }

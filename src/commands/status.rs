@@ -69,6 +69,15 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
                 "pods_ready": format!("{}/{}", o.ready, o.replicas), "address": o.address, "healthy": healthy,
             }),
         );
+        // promote.retire_previous_after: kept warm until then (instant rollback until then).
+        if let (Some(t), Some(colour::Role::Previous)) = (o.retire_after, roles.roles.get(col)) {
+            colours[&colour::name(c, *col)]["kept_warm_until"] = json!(format!(
+                "{} (instant rollback until then; then `release retire` or the next `release up` retires it)",
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
+                )
+            ));
+        }
     }
     let edge_state = edge_status(ctx, &world.edge).await;
     let public = public_url(ctx, &world.edge);

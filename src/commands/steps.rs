@@ -471,6 +471,39 @@ pub async fn annotate(
     })
 }
 
+/// Scale `colour` to `replicas` (when given) and set, or clear, when it is due to be retired
+/// (`release/retire-after`, Unix seconds): `promote.retire_previous_after` keeps the previous
+/// colour warm at one replica; a rollback to it scales it back and clears the mark.
+pub async fn keep_warm(
+    client: &kube::Client,
+    ctx: &Ctx,
+    colour: Colour,
+    replicas: Option<u32>,
+    retire_after: Option<i64>,
+    step_name: &str,
+) -> Result<()> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &ctx.config.deploy.namespace);
+    let name = colour::name(&ctx.config, colour);
+    colour::fence(client, &ctx.config, &name, ctx.generation().await).await?;
+    let mut patch = json!({"metadata": {"annotations": {
+        colour::RETIRE_AFTER: retire_after.map(|t| t.to_string()),
+    }}});
+    if let Some(n) = replicas {
+        patch["spec"] = json!({ "replicas": n });
+    }
+    api.patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            Failure::new(
+                Exit::Deploy,
+                step_name,
+                e.to_string(),
+                "re-run the command; `release status` shows the colours",
+            )
+        })
+}
+
 /// Tag the images in use (`in_use`, and those the rollbacks in a row from `live` would deploy
 /// again, from the ledger) so that the registry's 30-day lifecycle rule does not expire them
 /// (`plan::images`). Recorded as the step `name`; a registry that cannot be changed now is a

@@ -50,6 +50,33 @@ pub struct PromoteConfig {
     /// counts as released; a breach flips back. 0: no bake (`promote --bake` overrides).
     #[serde(default)]
     pub bake_seconds: u64,
+    /// After a promote, keep the previous colour at one replica this long (`1h`, `30m`): an
+    /// instant rollback stays possible (it scales the colour back up first); then `release
+    /// retire`, or the next `release up`, retires it. Absent: kept as it is.
+    #[serde(default, with = "duration_text")]
+    pub retire_previous_after: Option<u64>,
+}
+
+/// A duration written as humantime text (`1h`, `90s`), kept in seconds.
+mod duration_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| {
+                humantime::parse_duration(&t)
+                    .map(|d| d.as_secs())
+                    .map_err(|e| serde::de::Error::custom(format!("{t:?}: {e} (e.g. 1h, 30m)")))
+            })
+            .transpose()
+    }
+
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(secs) => s.serialize_str(&format!("{secs}s")),
+            None => s.serialize_none(),
+        }
+    }
 }
 
 /// What a bake judges the live colour's `/predict` by, from its pods' own `/metrics`.

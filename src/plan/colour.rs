@@ -135,6 +135,9 @@ pub struct Observed {
     /// Set on the colour a flip is moving traffic to. Still set on the live colour = a flip died
     /// between moving traffic and finishing.
     pub pending: Option<Pending>,
+    /// Its `release/retire-after` annotation (Unix seconds): a previous colour kept warm
+    /// (`promote.retire_previous_after`) until then.
+    pub retire_after: Option<i64>,
 }
 
 /// What each colour is, as the edge and the annotations together say.

@@ -99,6 +99,11 @@ pub struct FlipSettings {
     pub canary: Option<u8>,
     /// `analysis.alarms`: how many CloudWatch alarms each bake watches as well.
     pub alarms: usize,
+    /// `promote.retire_previous_after` (seconds): a promote keeps the previous colour at one
+    /// replica, to be retired after this long.
+    pub keep_warm: Option<u64>,
+    /// `deploy.replicas`: what a colour kept warm is scaled back to before a rollback to it.
+    pub replicas: u32,
 }
 
 /// One step of a flip, with everything it needs to be printed and executed.
@@ -185,6 +190,11 @@ pub enum FlipStep {
     Retire { colour: Colour },
     /// Leave the colour deployed.
     Keep { colour: Colour, why: &'static str },
+    /// Leave the colour deployed at one replica, to be retired after `seconds`
+    /// (`promote.retire_previous_after`).
+    KeepWarm { colour: Colour, seconds: u64 },
+    /// A rollback to a colour kept warm: back to `replicas`, and ready, before anything else.
+    ScaleUp { colour: Colour, replicas: u32 },
     /// Keep the images the colours run after the flip, and the one a rollback would deploy
     /// again (`plan::images`): the digest of each keep slot.
     ProtectImages { in_use: BTreeMap<String, String> },
@@ -220,7 +230,10 @@ impl FlipStep {
             FlipStep::Bake { colour, .. } => format!("bake {}", name(app, *colour)),
             FlipStep::Roles { .. } => "roles".into(),
             FlipStep::Retire { colour } => format!("retire {}", name(app, *colour)),
-            FlipStep::Keep { colour, .. } => format!("keep {}", name(app, *colour)),
+            FlipStep::Keep { colour, .. } | FlipStep::KeepWarm { colour, .. } => {
+                format!("keep {}", name(app, *colour))
+            }
+            FlipStep::ScaleUp { colour, .. } => format!("scale {}", name(app, *colour)),
             FlipStep::ProtectImages { .. } => super::images::PROTECT_STEP.into(),
         }
     }
@@ -239,6 +252,8 @@ impl FlipStep {
                 | FlipStep::Verify { .. }
                 | FlipStep::Bake { .. }
                 | FlipStep::Retire { .. }
+                | FlipStep::KeepWarm { .. }
+                | FlipStep::ScaleUp { .. }
                 | FlipStep::ProtectImages { .. }
         )
     }
@@ -376,6 +391,14 @@ impl FlipStep {
             }
             FlipStep::Retire { .. } => "delete its Deployment and Service".into(),
             FlipStep::Keep { why, .. } => (*why).into(),
+            FlipStep::KeepWarm { seconds, .. } => format!(
+                "kept for an instant rollback at 1 replica for {} (promote.retire_previous_after); then `release retire`, or the next `release up`, retires it",
+                humantime::format_duration(std::time::Duration::from_secs(*seconds))
+            ),
+            FlipStep::ScaleUp { colour, replicas } => format!(
+                "{} was kept warm: back to {replicas} replicas, and ready, before its smoke test",
+                name(app, *colour)
+            ),
             FlipStep::ProtectImages { in_use } => super::images::protect_what(in_use),
         }
     }
@@ -637,6 +660,16 @@ fn steps(
             action: kind.action(),
         });
     } else {
+        if matches!(kind, Flip::Rollback { .. })
+            && t.redeploy.is_none()
+            && to_o.exists
+            && to_o.replicas < s.replicas as i32
+        {
+            steps.push(FlipStep::ScaleUp {
+                colour: to,
+                replicas: s.replicas,
+            });
+        }
         steps.push(FlipStep::Smoke {
             colour: to,
             cases: s.cases,
@@ -718,6 +751,11 @@ fn steps(
     if from_o.exists {
         steps.push(if kind.retires() {
             FlipStep::Retire { colour: from }
+        } else if let (Flip::Promote { .. }, Some(seconds)) = (kind, s.keep_warm) {
+            FlipStep::KeepWarm {
+                colour: from,
+                seconds,
+            }
         } else {
             FlipStep::Keep {
                 colour: from,
@@ -803,6 +841,8 @@ mod tests {
             shadow: false,
             canary: None,
             alarms: 0,
+            keep_warm: None,
+            replicas: 2,
         }
     }
 
@@ -876,6 +916,71 @@ mod tests {
                 .iter()
                 .any(|s| s.starts_with("bake")),
             "no bake unless asked"
+        );
+    }
+
+    #[test]
+    fn a_promote_can_keep_the_previous_warm_and_a_rollback_to_it_scales_it_up_first() {
+        let s = FlipSettings {
+            keep_warm: Some(3600),
+            ..settings()
+        };
+        let p = plan_flip(&blue_live_green_candidate(), PROMOTE, None, s).unwrap();
+        let last = p.steps.last().unwrap();
+        assert_eq!(last.name("iris"), "keep iris-blue");
+        assert!(matches!(
+            last,
+            FlipStep::KeepWarm {
+                colour: Blue,
+                seconds: 3600
+            }
+        ));
+        assert!(
+            last.what("iris").contains("at 1 replica for 1h"),
+            "{}",
+            last.what("iris")
+        );
+        // --retire-previous wins; without the setting the previous is kept as it is.
+        let retiring = plan_flip(
+            &blue_live_green_candidate(),
+            Flip::Promote {
+                retire_previous: true,
+            },
+            None,
+            s,
+        )
+        .unwrap();
+        assert!(matches!(
+            retiring.steps.last(),
+            Some(FlipStep::Retire { .. })
+        ));
+        let plain = plan_flip(&blue_live_green_candidate(), PROMOTE, None, settings()).unwrap();
+        assert!(matches!(plain.steps.last(), Some(FlipStep::Keep { .. })));
+
+        // Green live, blue previous at one replica: the rollback scales blue up before its smoke.
+        let mut w = blue_live_green_candidate();
+        w.live = Some(Green);
+        w.edge = EdgeState::Serving {
+            origin: "green.lb".into(),
+            deployed: true,
+        };
+        w.colours
+            .insert(Green, deployed(Role::Live, "green.lb", "sha256:g"));
+        let mut blue = deployed(Role::Previous, "blue.lb", "sha256:b");
+        blue.replicas = 1;
+        w.colours.insert(Blue, blue.clone());
+        let back = plan_flip(&w, ROLLBACK, None, s).unwrap();
+        let n = names(&back);
+        assert_eq!(
+            n[1..3],
+            ["scale iris-blue".to_string(), "smoke iris-blue".to_string()],
+            "{n:?}"
+        );
+        blue.replicas = 2;
+        w.colours.insert(Blue, blue);
+        assert!(
+            !names(&plan_flip(&w, ROLLBACK, None, s).unwrap())
+                .contains(&"scale iris-blue".to_string())
         );
     }
 

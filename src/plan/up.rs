@@ -91,6 +91,8 @@ pub struct ReleaseWorld {
     /// The address the edge's staging distribution serves (`edge.preview`) when no colour has it
     /// any more (a candidate torn down after its preview).
     pub preview_orphan: Option<String>,
+    /// The previous colour kept warm (`promote.retire_previous_after`) whose time is up.
+    pub retire_due: Option<Colour>,
 }
 
 /// What the configuration asks of the release phase.
@@ -135,6 +137,8 @@ pub enum ReleaseStep {
     /// The staging distribution serves `address`, which no colour has: take it and its policy
     /// away before a colour is deployed (its VPC origin may then change).
     PreviewOff { address: String },
+    /// The previous colour's warm keep (`promote.retire_previous_after`) is over: delete it.
+    RetireDue { colour: Colour },
     /// The first release: the edge stack with the colour as its origin.
     Edge { colour: Colour },
     /// Wait until CloudFront reports the distribution Deployed.
@@ -159,6 +163,7 @@ impl ReleaseStep {
             ReleaseStep::Smoke { colour, .. } => format!("smoke {app}-{colour}"),
             ReleaseStep::Preview { colour } => format!("preview {app}-{colour}"),
             ReleaseStep::PreviewOff { .. } => "preview off".into(),
+            ReleaseStep::RetireDue { colour } => format!("retire {app}-{colour}"),
             ReleaseStep::Edge { .. } => format!("stack {app}-edge"),
             ReleaseStep::EdgeDeployed => "edge deployed".into(),
             ReleaseStep::SmokePublic { .. } => "smoke public URL".into(),
@@ -184,6 +189,9 @@ impl ReleaseStep {
                 format!(
                     "the golden cases and {requests} requests through the API server's service proxy{compare}"
                 )
+            }
+            ReleaseStep::RetireDue { .. } => {
+                "kept warm for promote.retire_previous_after, which is over: delete its Deployment and Service (instant rollback ends; a rollback redeploys it from the ledger)".into()
             }
             ReleaseStep::PreviewOff { address } => format!(
                 "edge stack: the staging distribution serves {address}, which no colour has now: remove it and its policy; wait until CloudFront is Deployed"
@@ -272,6 +280,9 @@ pub fn plan_release(w: &ReleaseWorld, s: ReleaseSettings) -> Result<ReleasePlan,
                 colour: live,
                 url: url.clone(),
             });
+        }
+        if let Some(colour) = w.retire_due {
+            steps.push(ReleaseStep::RetireDue { colour });
         }
         steps.push(ReleaseStep::ProtectImages {
             in_use: w
@@ -385,6 +396,7 @@ mod tests {
             image: "repo/iris@sha256:new".into(),
             digests: BTreeMap::from([(Blue, "sha256:live".to_string())]),
             preview_orphan: None,
+            retire_due: None,
         }
     }
 
@@ -496,6 +508,28 @@ mod tests {
         assert_eq!(p.candidate, None);
         assert!(!p.candidate_waits());
         assert_eq!(names(&p), ["verify public URL", "protect images"]);
+        // A previous colour whose warm keep is over goes then; a new build deploys over it.
+        let due = ReleaseWorld {
+            retire_due: Some(Green),
+            ..same.clone()
+        };
+        assert_eq!(
+            names(&plan_release(&due, settings()).unwrap()),
+            ["verify public URL", "retire iris-green", "protect images"]
+        );
+        assert!(
+            !names(
+                &plan_release(
+                    &ReleaseWorld {
+                        retire_due: Some(Green),
+                        ..blue_live()
+                    },
+                    settings()
+                )
+                .unwrap()
+            )
+            .contains(&"retire iris-green".to_string())
+        );
         let no_edge = ReleaseWorld {
             public_url: None,
             ..same.clone()

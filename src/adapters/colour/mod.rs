@@ -593,6 +593,9 @@ where
     }
 }
 
+/// The annotation that says until when a previous colour is kept warm (Unix seconds).
+pub const RETIRE_AFTER: &str = "release/retire-after";
+
 pub async fn observe(client: &kube::Client, config: &Config, colour: Colour) -> Result<Observed> {
     let ns = &config.deploy.namespace;
     let n = name(config, colour);
@@ -628,6 +631,7 @@ pub async fn observe(client: &kube::Client, config: &Config, colour: Colour) -> 
             .as_ref()
             .map(|t| t.0.as_second()),
         pending: ann.get("release/pending").and_then(|p| Pending::parse(p)),
+        retire_after: ann.get(RETIRE_AFTER).and_then(|t| t.parse().ok()),
     })
 }
 

@@ -95,6 +95,15 @@ pub(super) async fn observe(
                             .any(|o| o.address.as_deref() == Some(a.as_str()))
                 })
                 .cloned(),
+            retire_due: observed
+                .iter()
+                .find(|(col, o)| {
+                    Some(**col) != live
+                        && o.role == Some(colour::Role::Previous)
+                        && o.retire_after
+                            .is_some_and(|t| t <= crate::adapters::store::now() as i64)
+                })
+                .map(|(col, _)| *col),
         },
         client,
         proxy,
@@ -284,6 +293,15 @@ impl Release<'_> {
                 self.smoke(&name, *colour, *compare).await?;
             }
             ReleaseStep::Preview { colour } => self.preview(&name, *colour).await?,
+            ReleaseStep::RetireDue { colour } => {
+                let client = &self.client;
+                step(ctx, store, id, &name, "", async {
+                    colour::teardown(client, c, *colour, ctx.generation().await).await?;
+                    Ok(((), "removed".to_string()))
+                })
+                .await?;
+                *self.changed = true;
+            }
             ReleaseStep::PreviewOff { address } => {
                 let stacks = self.stacks;
                 step(ctx, store, id, &name, address, async {
