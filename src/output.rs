@@ -25,6 +25,14 @@ fn stamp() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 
+/// Unix seconds as RFC 3339 (UTC, whole seconds).
+pub fn rfc3339_seconds(unix: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix.max(0) as u64),
+    )
+    .to_string()
+}
+
 impl Reporter {
     pub fn new(format: Format) -> Self {
         let tty =

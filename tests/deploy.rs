@@ -35,6 +35,14 @@ fn with_edge(cfg: &Path, settings: &str) {
     std::fs::write(cfg, text.replace("edge:\n", &format!("edge:\n{settings}"))).unwrap();
 }
 
+/// The step named `name` of a ledger entry.
+fn ledger_step<'a>(release: &'a Value, name: &str) -> Option<&'a Value> {
+    release["steps"]
+        .as_array()?
+        .iter()
+        .find(|st| st["name"] == name)
+}
+
 /// What the edge's `/version` says (which colour, which model).
 async fn edge_version(http: &reqwest::Client, edge: &str) -> Value {
     http.get(format!("{edge}/version"))
@@ -1686,14 +1694,7 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
         last["error"].as_str().unwrap().contains("p99 latency"),
         "{last}"
     );
-    assert!(
-        last["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|st| st["name"] == "canary off"),
-        "{last}"
-    );
+    assert!(ledger_step(&last, "canary off").is_some(), "{last}");
 }
 
 /// Issue 15 "The origin", switching an app's `edge.origin_access` either way: the way in follows
@@ -2075,11 +2076,7 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
     );
     let last = last_release(&s3).await;
     assert_eq!(last["went_live"], true, "{last}");
-    let detail = last["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["name"] == "bake iris-green")
+    let detail = ledger_step(&last, "bake iris-green")
         .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default();
     assert!(detail.contains("/predict requests, error rate"), "{last}");
@@ -2184,11 +2181,7 @@ async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fire
     succeeded(&passed, "a promote whose alarm stays OK");
     assert_eq!(edge_version(&http, &edge).await["colour"], "green");
     let last = last_release(&s3(&sb).await).await;
-    let detail = last["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|st| st["name"] == "bake iris-green")
+    let detail = ledger_step(&last, "bake iris-green")
         .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default();
     assert!(detail.contains("alarms: iris-edge-5xx OK"), "{last}");

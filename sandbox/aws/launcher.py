@@ -787,22 +787,32 @@ def record_version(dist: Any) -> None:
     dist._sandbox_versions = versions[-8:]
 
 
-def deployed_snapshot(dist: Any) -> dict[str, Any] | None:
-    ready = [snap for (t, snap) in getattr(dist, "_sandbox_versions", []) if now() - t >= CONFIG["edge_delay"]]
+def deployed_version(versions: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
+    """The newest version older than the edge delay: what every edge location has."""
+    ready = [v for (t, v) in versions if now() - t >= CONFIG["edge_delay"]]
     return ready[-1] if ready else None
 
 
-def serving_snapshot(dist: Any) -> dict[str, Any] | None:
-    """The configuration one request through the edge meets. While a change propagates
-    (InProgress) it is the deployed one or the new one, at random: CloudFront's edge locations
-    take a change at different times and serve the previous configuration until they have it
-    (CloudFront Developer Guide, "Update a distribution"). So an origin flip sends some requests
-    to each colour for a while, and a changed origin header arrives with either value."""
-    deployed = deployed_snapshot(dist)
-    versions = getattr(dist, "_sandbox_versions", [])
-    if deployed is None or not versions or now() - versions[-1][0] >= CONFIG["edge_delay"]:
+def deployed_snapshot(dist: Any) -> dict[str, Any] | None:
+    return deployed_version(getattr(dist, "_sandbox_versions", []))
+
+
+def serving_version(versions: list[tuple[float, dict[str, Any]]]) -> dict[str, Any] | None:
+    """Of a configuration's versions (time of the change, the configuration), the one a request
+    through the edge meets. While a change propagates (InProgress) it is the deployed one or the
+    new one, at random: CloudFront's edge locations take a change at different times and serve
+    the previous configuration until they have it (CloudFront Developer Guide, "Update a
+    distribution"). So an origin flip sends some requests to each colour for a while, and a
+    changed origin header arrives with either value."""
+    deployed = deployed_version(versions)
+    if deployed is None or now() - versions[-1][0] >= CONFIG["edge_delay"]:
         return deployed
     return random.choice([deployed, versions[-1][1]])
+
+
+def serving_snapshot(dist: Any) -> dict[str, Any] | None:
+    """The distribution's configuration one request meets."""
+    return serving_version(getattr(dist, "_sandbox_versions", []))
 
 
 def dist_status(self: Any) -> str:
@@ -1271,14 +1281,7 @@ def serving_policy(policy_id: str) -> dict[str, Any] | None:
     """The policy as one request meets it: deployed after the edge delay, the old or the new one
     at random while a change propagates (as distributions)."""
     held = CD_POLICIES.get(policy_id)
-    if held is None:
-        return None
-    versions = held["versions"]
-    ready = [c for (t, c) in versions if now() - t >= CONFIG["edge_delay"]]
-    deployed = ready[-1] if ready else None
-    if deployed is None or now() - versions[-1][0] >= CONFIG["edge_delay"]:
-        return deployed
-    return random.choice([deployed, versions[-1][1]])
+    return serving_version(held["versions"]) if held is not None else None
 
 
 def staging_for(primary: dict[str, Any], headers: Any, cookies: dict[str, str]) -> tuple[Any | None, str | None]:

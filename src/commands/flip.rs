@@ -571,7 +571,10 @@ impl Run<'_> {
                         &name,
                     )
                     .await?;
-                    Ok(((), format!("1 replica until {}", rfc3339(until))))
+                    Ok((
+                        (),
+                        format!("1 replica until {}", crate::output::rfc3339_seconds(until)),
+                    ))
                 })
                 .await?;
             }
@@ -588,27 +591,12 @@ impl Run<'_> {
                         &name,
                     )
                     .await?;
+                    // The rollout's own wait: every replica ready, a crash loop or a pull
+                    // failure named at once.
                     let timeout = Duration::from_secs(c.deploy.rollout_timeout_seconds);
-                    let poll = ctx.poll_every(Duration::from_millis(200), Duration::from_secs(5));
-                    crate::wait::until(
-                        crate::wait::Deadline::new(timeout, poll),
-                        async || {
-                            let o = colour::observe(&self.client, c, *colour).await?;
-                            Ok(if o.ready >= *replicas as i32 {
-                                crate::wait::Check::Done(())
-                            } else {
-                                crate::wait::Check::Pending(format!("{}/{replicas} ready", o.ready))
-                            })
-                        },
-                        |last, _| {
-                            Failure::new(
-                                Exit::Deploy,
-                                &name,
-                                format!("{} did not scale up: {last}", colour::name(c, *colour)),
-                                "check its pods (release status), then run release rollback again",
-                            )
-                        },
-                    )
+                    colour::wait_rollout(&self.client, c, *colour, timeout, |p| {
+                        ctx.out.progress(&name, &p)
+                    })
                     .await?;
                     Ok(((), format!("{replicas} ready")))
                 })
@@ -1091,10 +1079,4 @@ impl Run<'_> {
         })
         .await
     }
-}
-
-/// Unix seconds as RFC 3339 (UTC).
-fn rfc3339(t: i64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
-        .to_string()
 }

@@ -180,26 +180,21 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
                 }
                 RotateStep::Edge => {
                     step(ctx, &store, &id, &name, &what, async {
-                        let stack = c.stack_name("edge");
                         let params = crate::adapters::stacks::keeping(
                             &world.edge,
                             &[("OriginSecret".to_string(), value.current.clone())],
                         );
-                        let (change, after) = stacks
-                            .deploy_with(&stack, &ctx.template("edge")?, params, |p| {
-                                ctx.out.progress(&name, p)
-                            })
-                            .await?;
-                        // The staging distribution (edge.preview) carries the secret too.
-                        crate::commands::steps::wait_edge_deployed(
+                        // The staging distribution (edge.preview) carries the secret too: the
+                        // update waits for both.
+                        let (changed, _) = crate::commands::steps::update_edge(
                             ctx,
-                            &after,
-                            &stack,
+                            &stacks,
+                            params,
                             &name,
                             "run release rotate-origin-secret again: the edge's value stays accepted until it finishes",
                         )
                         .await?;
-                        Ok(((), change.describe()))
+                        Ok(((), changed))
                     })
                     .await?
                 }

@@ -73,9 +73,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         if let (Some(t), Some(colour::Role::Previous)) = (o.retire_after, roles.roles.get(col)) {
             colours[&colour::name(c, *col)]["kept_warm_until"] = json!(format!(
                 "{} (instant rollback until then; then `release retire` or the next `release up` retires it)",
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)
-                )
+                crate::output::rfc3339_seconds(t)
             ));
         }
     }

@@ -293,26 +293,37 @@ async fn update_candidate(
     candidate: Option<(Colour, &str, &str)>,
     step_name: &str,
 ) -> Result<String> {
-    let name = ctx.config.stack_name("edge");
-    let edge = stacks.observe(&name).await?;
+    let edge = stacks.observe(&ctx.config.stack_name("edge")).await?;
     let set = candidate_params(ctx, &edge, candidate, step_name).await?;
-    let (change, after) = stacks
-        .deploy_with(
-            &name,
-            &ctx.template("edge")?,
-            crate::adapters::stacks::keeping(&edge, &set),
-            |p| ctx.out.progress(step_name, p),
-        )
-        .await?;
-    wait_edge_deployed(
+    let (changed, _) = update_edge(
         ctx,
-        &after,
-        &name,
+        stacks,
+        crate::adapters::stacks::keeping(&edge, &set),
         step_name,
         "wait for CloudFront, then check `release status`",
     )
     .await?;
-    Ok(change.describe())
+    Ok(changed)
+}
+
+/// Update the edge stack to the current template with `params`, and wait until CloudFront has
+/// deployed its distribution (and its staging distribution, when it has one). Returns what the
+/// update changed and the stack after it.
+pub async fn update_edge(
+    ctx: &Ctx,
+    stacks: &Stacks,
+    params: Vec<aws_sdk_cloudformation::types::Parameter>,
+    step_name: &str,
+    hint: &str,
+) -> Result<(String, Observed)> {
+    let name = ctx.config.stack_name("edge");
+    let (change, after) = stacks
+        .deploy_with(&name, &ctx.template("edge")?, params, |p| {
+            ctx.out.progress(step_name, p)
+        })
+        .await?;
+    wait_edge_deployed(ctx, &after, &name, step_name, hint).await?;
+    Ok((change.describe(), after))
 }
 
 /// Wait until CloudFront has deployed the edge stack's distribution, and its staging
@@ -323,7 +334,7 @@ pub async fn wait_edge_deployed(
     stack: &str,
     step_name: &str,
     hint: &str,
-) -> Result<String> {
+) -> Result<()> {
     let dist = edge.output(stack, "DistributionId")?;
     wait_deployed(ctx, &dist, step_name, hint).await?;
     if let Some(staging) = edge
@@ -333,7 +344,7 @@ pub async fn wait_edge_deployed(
     {
         wait_deployed(ctx, staging, step_name, hint).await?;
     }
-    Ok(dist)
+    Ok(())
 }
 
 /// Where a flip points the edge.
@@ -394,18 +405,15 @@ pub async fn flip(
             crate::adapters::stacks::keeping(&now, &set)
         }
     };
-    let body = ctx.template("edge")?;
-    let (_, after) = stacks
-        .deploy_with(&name, &body, params, |p| ctx.out.progress(step_name, p))
-        .await?;
-    let dist = wait_edge_deployed(
+    let (_, after) = update_edge(
         ctx,
-        &after,
-        &name,
+        stacks,
+        params,
         step_name,
         "wait for CloudFront, then check `release status`",
     )
     .await?;
+    let dist = after.output(&name, "DistributionId")?;
     if c.edge.invalidate {
         let paths = aws_sdk_cloudfront::types::Paths::builder()
             .quantity(1)

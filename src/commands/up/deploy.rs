@@ -170,7 +170,8 @@ pub(super) async fn deploy(
         secret: String::new(),
         addr: String::new(),
         cases: None,
-        public: String::new(),
+        // Known once the edge stack exists; a first release sets it when it makes the stack.
+        public: seen.world.public_url.clone().unwrap_or_default(),
         dist: String::new(),
     };
     // The controller first; then the colours are read again (it is what gives a Service its
@@ -445,7 +446,6 @@ impl Release<'_> {
     /// changes: the primary distribution keeps its origin and gains the policy.
     async fn preview(&mut self, name: &str, colour: Colour) -> Result<()> {
         let ctx = self.ctx;
-        let stack = ctx.config.stack_name("edge");
         let (stacks, addr) = (self.stacks, self.addr.clone());
         let what = format!("staging origin {addr}");
         step(ctx, self.store, self.id, name, &what, async {
@@ -456,9 +456,7 @@ impl Release<'_> {
         })
         .await?;
         *self.changed = true;
-        let url = crate::commands::observe::public_url(ctx, &stacks.observe(&stack).await?)
-            .unwrap_or_default();
-        let curl = crate::plan::up::preview_curl(&url);
+        let curl = crate::plan::up::preview_curl(&self.public);
         ctx.out
             .note(&format!("preview {colour} through the public URL: {curl}"));
         self.summary.insert("preview".into(), json!(curl));
