@@ -150,6 +150,17 @@ pub enum Command {
         #[arg(long, help = FORCE_UNLOCK)]
         force_unlock: bool,
     },
+    /// Remove the colour traffic left, now.
+    ///
+    /// The previous colour (kept by a promote, or kept warm until its
+    /// `promote.retire_previous_after` deadline) or the failed one (`rollback --keep-failed`):
+    /// its Deployment and Service are deleted. A rollback after it redeploys from the ledger's
+    /// image instead of being instant. A candidate or a colour release did not leave behind is
+    /// refused. Exit 8: nothing to retire, or the edge is not settled.
+    Retire {
+        #[arg(long, help = FORCE_UNLOCK)]
+        force_unlock: bool,
+    },
     /// Remove everything release made for the app.
     ///
     /// In dependency order: both colours (and the origin Secret, and the namespace if release made

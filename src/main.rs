@@ -95,6 +95,7 @@ async fn notify(cli: &Cli, ctx: &Ctx, done: &release::error::Result<serde_json::
         Command::Promote { .. } => "promote",
         Command::Rollback { .. } => "rollback",
         Command::Destroy { .. } => "destroy",
+        Command::Retire { .. } => "retire",
         Command::RotateOriginSecret { .. } => "rotate-origin-secret",
         _ => return,
     };
@@ -346,6 +347,13 @@ async fn dispatch(cli: &Cli, ctx: &Ctx) -> release::error::Result<serde_json::Va
             "rotate-origin-secret",
             "re-run release rotate-origin-secret; the edge's value stays accepted until it finishes",
             release::commands::rotate::rotate_origin_secret(ctx, *force_unlock),
+        )
+        .await,
+        Command::Retire { force_unlock } => interruptible(
+            ctx,
+            "retire",
+            "check `release status`, then re-run release retire",
+            release::commands::retire::retire(ctx, *force_unlock),
         )
         .await,
         Command::Destroy {

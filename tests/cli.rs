@@ -55,6 +55,7 @@ fn every_command_and_every_flag_has_its_help() {
         "up",
         "promote",
         "rollback",
+        "retire",
         "destroy",
         "status",
         "history",
@@ -75,6 +76,7 @@ fn completions_and_man_pages_cover_every_command() {
     for word in [
         "promote",
         "rollback",
+        "retire",
         "destroy",
         "--retire-previous",
         "--expect-digest",

@@ -2269,6 +2269,46 @@ async fn a_previous_colour_kept_warm_scales_back_for_a_rollback_and_goes_when_it
         deployments(&sb)
     );
     assert_eq!(edge_version(&http, &edge).await["colour"], "green");
+
+    // `release retire` removes the colour kept warm now, and nothing else: not a candidate.
+    std::fs::write(
+        &cfg,
+        format!("{base}promote:\n  retire_previous_after: 1h\n"),
+    )
+    .unwrap();
+    succeeded(
+        &release(&sb, &cfg, &["up", "--force"]),
+        "blue as the candidate",
+    );
+    let refused = release(&sb, &cfg, &["retire"]);
+    exits_with(&refused, 8);
+    assert!(
+        summary(&refused)["error"]
+            .as_str()
+            .unwrap()
+            .contains("iris-blue is the tested candidate"),
+        "{}",
+        summary(&refused)
+    );
+    succeeded(&release(&sb, &cfg, &["promote"]), "promote");
+    let dry = release(&sb, &cfg, &["--dry-run", "retire"]);
+    succeeded(&dry, "dry run");
+    assert_eq!(common::planned_steps(&dry), ["lock", "retire iris-green"]);
+    assert!(
+        summary(&dry)["plan"][1]["what"]
+            .as_str()
+            .unwrap()
+            .contains("kept warm for"),
+        "{}",
+        summary(&dry)
+    );
+    assert!(deployments(&sb).contains(&"iris-green".to_string()));
+    let retired = release(&sb, &cfg, &["retire"]);
+    succeeded(&retired, "retire");
+    assert_eq!(executed_steps(&retired), ["retire iris-green"]);
+    assert_eq!(deployments(&sb), ["iris-blue"]);
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    exits_with(&release(&sb, &cfg, &["retire"]), 8);
 }
 
 /// The iris export with its class labels moved by `shift` (0, 1, 2 become 0+shift, …): the same

@@ -257,6 +257,11 @@ async fn a_dry_run_promote_prints_the_plan_the_real_promote_then_executes() {
             "protect images"
         ]
     );
+
+    // retire: blue, now previous, would go; the dry run removes nothing (the world compared).
+    let out = dry_run(&sb, &cfg, &["retire"]).await;
+    then_ok(&out, "dry-run retire");
+    assert_eq!(names(&plan(&out)), ["lock", "retire iris-blue"]);
 }
 
 /// Given blue live and a tested green candidate: dry runs of destroy and up change nothing and

@@ -5,6 +5,7 @@ pub mod destroy;
 pub mod flip;
 pub mod image;
 pub mod observe;
+pub mod retire;
 pub mod rotate;
 pub mod status;
 pub mod steps;

@@ -72,7 +72,7 @@ pub async fn status(ctx: &Ctx) -> Result<Value> {
         // promote.retire_previous_after: kept warm until then (instant rollback until then).
         if let (Some(t), Some(colour::Role::Previous)) = (o.retire_after, roles.roles.get(col)) {
             colours[&colour::name(c, *col)]["kept_warm_until"] = json!(format!(
-                "{} (instant rollback until then; then the next `release up` retires it)",
+                "{} (instant rollback until then; then the next `release up` retires it, or `release retire` at once)",
                 crate::output::rfc3339_seconds(t)
             ));
         }

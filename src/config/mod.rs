@@ -51,8 +51,8 @@ pub struct PromoteConfig {
     #[serde(default)]
     pub bake_seconds: u64,
     /// After a promote, keep the previous colour at one replica this long (`1h`, `30m`): an
-    /// instant rollback stays possible (it scales the colour back up first); then `release
-    /// retire`, or the next `release up`, retires it. Absent: kept as it is.
+    /// instant rollback stays possible (it scales the colour back up first); then the next
+    /// `release up` retires it (`release retire`: at any time). Absent: kept as it is.
     #[serde(default, with = "duration_text")]
     pub retire_previous_after: Option<u64>,
 }

@@ -392,7 +392,7 @@ impl FlipStep {
             FlipStep::Retire { .. } => "delete its Deployment and Service".into(),
             FlipStep::Keep { why, .. } => (*why).into(),
             FlipStep::KeepWarm { seconds, .. } => format!(
-                "kept for an instant rollback at 1 replica for {} (promote.retire_previous_after); then the next `release up` retires it",
+                "kept for an instant rollback at 1 replica for {} (promote.retire_previous_after); then the next `release up` retires it (`release retire`: at once)",
                 humantime::format_duration(std::time::Duration::from_secs(*seconds))
             ),
             FlipStep::ScaleUp { colour, replicas } => format!(

@@ -12,6 +12,7 @@ pub mod destroy;
 pub mod flip;
 pub mod images;
 pub mod notify;
+pub mod retire;
 pub mod rotate;
 pub mod scan;
 pub mod shadow;

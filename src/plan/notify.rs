@@ -92,6 +92,14 @@ fn outcome(action: &str, ended: &Ended) -> Option<(&'static str, String)> {
             ),
         ),
         "destroy" => ("destroyed", "everything release made is gone".to_string()),
+        "retire" => (
+            "retired",
+            format!(
+                "{} removed; {} stays live",
+                field("retired").unwrap_or_default(),
+                field("live").unwrap_or_default()
+            ),
+        ),
         _ => ("done", format!("{action} done")),
     })
 }
@@ -171,6 +179,12 @@ mod tests {
         assert_eq!(
             m["detail"],
             "blue is live again (from green (failed, kept))"
+        );
+        let retired = json!({"live": "green", "retired": "blue"});
+        let m = message(NotifyFormat::Json, &who("retire"), &Ended::Done(&retired)).unwrap();
+        assert_eq!(
+            (m["outcome"].as_str(), m["detail"].as_str()),
+            (Some("retired"), Some("blue removed; green stays live"))
         );
     }
 
