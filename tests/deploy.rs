@@ -1538,7 +1538,11 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
     let base = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("edge:\n", "edge:\n  preview: true\n");
-    std::fs::write(&cfg, format!("{base}analysis:\n  min_requests: 10\n")).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}analysis:\n  min_requests: 10\n  max_error_rate_increase: 0.05\n"),
+    )
+    .unwrap();
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
     succeeded(&release(&sb, &cfg, &["up"]), "first release");
@@ -1644,6 +1648,15 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
             p["CandidateOriginDomain"].as_str()
         ),
         ("0", "")
+    );
+    // The canary's bake compared green's error rate with blue's over the same time.
+    let last = last_release(&s3(&sb).await).await;
+    let detail = ledger_step(&last, "canary bake iris-green").map(|st| &st["detail"]);
+    assert!(
+        detail
+            .and_then(Value::as_str)
+            .is_some_and(|d| d.contains("error rate 0.00 % against iris-blue's 0.00 %")),
+        "{last}"
     );
 
     // A canary whose bake sees a breach (a p99 bound no request can meet) takes the share back.

@@ -98,6 +98,16 @@ pub async fn rollback(
     .await
 }
 
+/// What a bake compares its colour's 5xx share with (`analysis.max_error_rate_increase`).
+#[derive(Debug, Clone, Copy)]
+enum Baseline {
+    /// The other colour over the same time: a canary's, both serving viewers.
+    SameWindow,
+    /// What the other colour's pods served over their lifetime, read as the bake begins: after
+    /// the flip it serves no one, so its figures from before are the baseline.
+    Lifetime,
+}
+
 /// What a flip decides from, and its plan.
 type Prepared = (World, FlipPlan, crate::adapters::smoke::Cases);
 
@@ -154,6 +164,7 @@ async fn prepare(
         shadow: c.smoke.shadow.is_some(),
         canary: asked.canary,
         alarms: c.analysis.alarms.len(),
+        compare: c.analysis.max_error_rate_increase.is_some(),
         keep_warm: c.promote.retire_previous_after,
         replicas: c.deploy.replicas,
     };
@@ -514,8 +525,14 @@ impl Run<'_> {
                 })
                 .await?;
             }
-            FlipStep::CanaryBake { to, seconds, .. } => {
-                self.bake(&name, s, *to, *seconds, false).await?;
+            FlipStep::CanaryBake {
+                to,
+                seconds,
+                against,
+                ..
+            } => {
+                let against = against.map(|l| (l, Baseline::SameWindow));
+                self.bake(&name, s, *to, *seconds, against, false).await?;
             }
             FlipStep::Flip {
                 from,
@@ -624,9 +641,11 @@ impl Run<'_> {
                 seconds,
                 from,
                 back,
+                compare,
                 ..
             } => {
-                let baked = self.bake(&name, s, *colour, *seconds, true).await;
+                let against = compare.then_some((*from, Baseline::Lifetime));
+                let baked = self.bake(&name, s, *colour, *seconds, against, true).await;
                 if let Err(e) = baked {
                     return Err(self.flip_back(e, *colour, *from, back.as_deref()).await);
                 }
@@ -816,17 +835,19 @@ impl Run<'_> {
     /// `/metrics`, summed, through the pod proxy) judged against `analysis` at each look
     /// (`plan::bake`); the first breach fails the step (exit 9: the caller flips back). Passed,
     /// the release is marked live.
-    /// Watch `colour`'s `/predict` for `seconds`; `live`: it serves everyone now, and passing
-    /// marks the release live (a canary's bake does not).
+    /// Watch `colour`'s `/predict` for `seconds`; `against`: the colour its 5xx share is compared
+    /// with (`analysis.max_error_rate_increase`), and over which figures; `live`: it serves
+    /// everyone now, and passing marks the release live (a canary's bake does not).
     async fn bake(
         &self,
         name: &str,
         s: &FlipStep,
         colour: Colour,
         seconds: u64,
+        against: Option<(Colour, Baseline)>,
         live: bool,
     ) -> Result<()> {
-        use crate::plan::bake::{Thresholds, judge, parse, since, total};
+        use crate::plan::bake::{Counts, Thresholds, judge, judge_increase, parse, since, total};
         let (ctx, c) = (self.ctx, &self.ctx.config);
         let thresholds = Thresholds {
             min_requests: c.analysis.min_requests,
@@ -835,7 +856,7 @@ impl Run<'_> {
         };
         let every = ctx.poll_every(Duration::from_millis(500), Duration::from_secs(10));
         let cloudwatch = crate::adapters::endpoint::cloudwatch(&ctx.aws);
-        let look = || async {
+        let look = |colour: Colour| async move {
             colour::pod_metrics(&self.client, &self.proxy, c, colour)
                 .await
                 .map(|m| {
@@ -852,14 +873,19 @@ impl Run<'_> {
                     colour::name(c, colour)
                 )
             };
-            let baseline = look().await?;
+            let baseline = look(colour).await?;
+            // The other colour's figures as the bake begins: a pod without any counts from zero.
+            let other_start = match against {
+                Some((other, _)) => look(other).await?,
+                None => BTreeMap::new(),
+            };
             if baseline.is_empty() {
                 return Err(Failure::new(Exit::Verify, name, blind("as the bake began"), ""));
             }
             let end = Instant::now() + Duration::from_secs(seconds);
             let verdict = loop {
                 tokio::time::sleep(every.min(end.saturating_duration_since(Instant::now()))).await;
-                let now = look().await?;
+                let now = look(colour).await?;
                 if now.is_empty() && Instant::now() >= end {
                     break Err(blind("at the end of the bake"));
                 }
@@ -868,7 +894,25 @@ impl Run<'_> {
                     .iter()
                     .map(|(pod, n)| since(baseline.get(pod).unwrap_or(&Default::default()), n))
                     .collect();
-                let mut verdict = judge(&total(&seen), &thresholds);
+                let seen = total(&seen);
+                let mut verdict = judge(&seen, &thresholds);
+                if let (Ok(so_far), Some((other, how)), Some(max)) =
+                    (&verdict, against, c.analysis.max_error_rate_increase)
+                {
+                    let figures: Vec<Counts> = match how {
+                        Baseline::Lifetime => other_start.values().cloned().collect(),
+                        Baseline::SameWindow => look(other)
+                            .await?
+                            .iter()
+                            .map(|(pod, n)| {
+                                since(other_start.get(pod).unwrap_or(&Default::default()), n)
+                            })
+                            .collect(),
+                    };
+                    let other = colour::name(c, other);
+                    verdict = judge_increase(&seen, &total(&figures), &other, max, c.analysis.min_requests)
+                        .map(|compared| format!("{so_far}; {compared}"));
+                }
                 if let (Ok(so_far), false) = (&verdict, c.analysis.alarms.is_empty()) {
                     let found = crate::adapters::alarms::states(&cloudwatch, &c.analysis.alarms, name)
                         .await?;

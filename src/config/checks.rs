@@ -189,6 +189,24 @@ impl Config {
                 ));
             }
         }
+        let a = &self.analysis;
+        for (field, value) in [
+            ("analysis.max_error_rate", Some(a.max_error_rate)),
+            (
+                "analysis.max_error_rate_increase",
+                a.max_error_rate_increase,
+            ),
+        ] {
+            if let Some(v) = value
+                && !(0.0..=1.0).contains(&v)
+            {
+                return Err(err(
+                    file,
+                    field,
+                    "a share between 0 and 1 (0.01: 1 %), not a percentage",
+                ));
+            }
+        }
         if self.edge.verify_timeout_seconds == 0 {
             return Err(err(
                 file,

@@ -92,6 +92,12 @@ pub struct AnalysisConfig {
     /// The largest p99 latency of `/predict`, in milliseconds (absent: not judged).
     #[serde(default)]
     pub max_p99_ms: Option<f64>,
+    /// The largest rise of the bake's colour's `/predict` 5xx share over the other colour's, the
+    /// baseline (0.005: half a percentage point): during a canary both colours in the same
+    /// window, after the flip the previous colour's pods over their lifetime. Absent: not
+    /// compared.
+    #[serde(default)]
+    pub max_error_rate_increase: Option<f64>,
     /// CloudWatch alarms (names, in the app's region) a bake watches: one in `ALARM`, or missing,
     /// is a breach.
     #[serde(default)]
@@ -104,6 +110,7 @@ impl Default for AnalysisConfig {
             min_requests: default_min_requests(),
             max_error_rate: default_max_error_rate(),
             max_p99_ms: None,
+            max_error_rate_increase: None,
             alarms: Vec::new(),
         }
     }
@@ -825,6 +832,14 @@ mod tests {
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nstacks: {operator_role_arn: iris-release-operator}\n",
                 "stacks.operator_role_arn",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {max_error_rate: 5}\n",
+                "analysis.max_error_rate",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {max_error_rate_increase: -0.1}\n",
+                "analysis.max_error_rate_increase",
             ),
         ];
         for (text, field) in cases {

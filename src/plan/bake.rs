@@ -162,6 +162,42 @@ pub fn judge(c: &Counts, t: &Thresholds) -> Result<String, String> {
     ))
 }
 
+/// The verdict on `seen` (the bake's colour) against `baseline`, what the other colour (named
+/// `other`) served (`analysis.max_error_rate_increase`): `Err` when the 5xx share rose more than
+/// `max_increase` over the baseline's; `Ok` says both shares, or that either side had too few
+/// requests to compare (a rise over a handful of requests is noise, not a finding).
+pub fn judge_increase(
+    seen: &Counts,
+    baseline: &Counts,
+    other: &str,
+    max_increase: f64,
+    min_requests: u64,
+) -> Result<String, String> {
+    let rate = |c: &Counts| c.errors as f64 / c.requests as f64;
+    if seen.requests < min_requests || baseline.requests < min_requests {
+        return Ok(format!(
+            "against {other}: {} and {} /predict requests, fewer than analysis.min_requests ({min_requests}) on a side: not compared",
+            seen.requests, baseline.requests
+        ));
+    }
+    let (now, base) = (rate(seen), rate(baseline));
+    let shares = format!(
+        "error rate {:.2} % against {other}'s {:.2} % ({} of {} requests)",
+        now * 100.0,
+        base * 100.0,
+        baseline.errors,
+        baseline.requests
+    );
+    if now - base > max_increase {
+        return Err(format!(
+            "{shares}: a rise of {:.2} points is over analysis.max_error_rate_increase {:.2} points",
+            (now - base) * 100.0,
+            max_increase * 100.0
+        ));
+    }
+    Ok(shares)
+}
+
 /// One CloudWatch alarm as `DescribeAlarms` reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alarm {
@@ -234,6 +270,33 @@ http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
             "{missing}"
         );
         assert_eq!(judge_alarms(&[], &[]).unwrap(), "alarms: ");
+    }
+
+    #[test]
+    fn a_rise_over_the_baseline_is_a_breach_once_both_sides_have_enough_requests() {
+        let counts = |requests, errors| Counts {
+            requests,
+            errors,
+            buckets: vec![],
+        };
+        // 3 % against 1 %: a rise of 2 points.
+        let (seen, live) = (counts(200, 6), counts(1000, 10));
+        let broke = judge_increase(&seen, &live, "iris-blue", 0.01, 50).unwrap_err();
+        assert_eq!(
+            broke,
+            "error rate 3.00 % against iris-blue's 1.00 % (10 of 1000 requests): a rise of 2.00 points is over analysis.max_error_rate_increase 1.00 points"
+        );
+        assert!(judge_increase(&seen, &live, "iris-blue", 0.025, 50).is_ok());
+        // A better candidate is no rise; a worse baseline forgives the same share.
+        assert!(judge_increase(&live, &seen, "iris-blue", 0.0, 50).is_ok());
+        // Too few on either side: not compared, whatever the shares.
+        for (a, b) in [
+            (counts(20, 20), live.clone()),
+            (seen.clone(), counts(10, 0)),
+        ] {
+            let said = judge_increase(&a, &b, "iris-blue", 0.0, 50).unwrap();
+            assert!(said.ends_with("not compared"), "{said}");
+        }
     }
 
     #[test]

@@ -99,6 +99,9 @@ pub struct FlipSettings {
     pub canary: Option<u8>,
     /// `analysis.alarms`: how many CloudWatch alarms each bake watches as well.
     pub alarms: usize,
+    /// `analysis.max_error_rate_increase` is set: each bake compares its colour's 5xx share with
+    /// the other colour's.
+    pub compare: bool,
     /// `promote.retire_previous_after` (seconds): a promote keeps the previous colour at one
     /// replica, to be retired after this long.
     pub keep_warm: Option<u64>,
@@ -150,6 +153,9 @@ pub enum FlipStep {
         percent: u8,
         seconds: u64,
         alarms: usize,
+        /// The live colour `to`'s 5xx share is compared with over the same window, when
+        /// `analysis.max_error_rate_increase` is set.
+        against: Option<Colour>,
     },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
@@ -180,6 +186,8 @@ pub enum FlipStep {
         from: Colour,
         back: Option<String>,
         alarms: usize,
+        /// `analysis.max_error_rate_increase`: compare with `from`'s pods' lifetime figures.
+        compare: bool,
     },
     /// Write the roles: `live`, and the colour traffic left with its new role.
     Roles {
@@ -309,9 +317,14 @@ impl FlipStep {
                 percent,
                 seconds,
                 alarms,
+                against,
             } => format!(
-                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*{}); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
+                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*{}{}); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
                 name(app, *to),
+                against.map_or(String::new(), |l| format!(
+                    "; its error rate against {}'s over the same time, by analysis.max_error_rate_increase",
+                    name(app, l)
+                )),
                 watched_alarms(*alarms)
             ),
             FlipStep::Flip {
@@ -370,9 +383,18 @@ impl FlipStep {
                 from,
                 back,
                 alarms,
+                compare,
             } => format!(
-                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*{}); {}",
+                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*{}{}); {}",
                 name(app, *colour),
+                if *compare {
+                    format!(
+                        "; its error rate against what {}'s pods served, by analysis.max_error_rate_increase",
+                        name(app, *from)
+                    )
+                } else {
+                    String::new()
+                },
                 watched_alarms(*alarms),
                 match back {
                     Some(_) => format!("on a breach flip back to {} (exit 9)", name(app, *from)),
@@ -697,6 +719,7 @@ fn steps(
                     percent,
                     seconds: s.bake_seconds,
                     alarms: s.alarms,
+                    against: s.compare.then_some(from),
                 });
             }
         }
@@ -724,6 +747,7 @@ fn steps(
             from,
             back,
             alarms: s.alarms,
+            compare: s.compare,
         });
     }
     // Before the roles are written: until then a run that died is finished by the same command
@@ -841,6 +865,7 @@ mod tests {
             shadow: false,
             canary: None,
             alarms: 0,
+            compare: false,
             keep_warm: None,
             replicas: 2,
         }
@@ -1010,6 +1035,26 @@ mod tests {
         assert!(
             bake.starts_with("watch iris-green's /predict for 60 s while it serves 10 %"),
             "{bake}"
+        );
+        assert!(!bake.contains("max_error_rate_increase"), "{bake}");
+        // With analysis.max_error_rate_increase each bake says what it compares with.
+        let compared = plan_flip(
+            &blue_live_green_candidate(),
+            PROMOTE,
+            None,
+            FlipSettings { compare: true, ..s },
+        )
+        .unwrap();
+        let said = |step: &str| compared.steps[at(step)].what("iris");
+        assert!(
+            said("canary bake iris-green").contains("against iris-blue's over the same time"),
+            "{}",
+            said("canary bake iris-green")
+        );
+        assert!(
+            said("bake iris-green").contains("against what iris-blue's pods served"),
+            "{}",
+            said("bake iris-green")
         );
         let rollback = plan_flip(
             &green_live_blue_retired(),
