@@ -51,7 +51,9 @@ ALLOWED = {
     ("ci-role.yaml", "ReleaseRights", "NoImports"): "a Deny, not an Allow",
     ("ci-role.yaml", "ReleaseRights", "BakeAlarms"): (
         "cloudwatch:DescribeAlarms returns composite alarms only when allowed on every resource "
-        "(CloudWatch API Reference, DescribeAlarms); it only reads, for analysis.alarms"
+        "(CloudWatch API Reference, DescribeAlarms); GetMetricData has no resource type (IAM "
+        "Service Authorization Reference); both only read, for analysis.alarms and "
+        "analysis.max_edge_error_rate"
     ),
     ("ci-role.yaml", "ReleaseRights", "RegistryLogin"): (
         "ecr:GetAuthorizationToken has no resource type (IAM Service Authorization Reference)"

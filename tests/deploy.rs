@@ -1540,13 +1540,27 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
         .replace("edge:\n", "edge:\n  preview: true\n");
     std::fs::write(
         &cfg,
-        format!("{base}analysis:\n  min_requests: 10\n  max_error_rate_increase: 0.05\n"),
+        format!("{base}analysis:\n  min_requests: 10\n  max_error_rate_increase: 0.05\n  max_edge_error_rate: 0.5\n"),
     )
     .unwrap();
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
     succeeded(&release(&sb, &cfg, &["up"]), "first release");
     succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
+    let cfn = aws_sdk_cloudformation::Client::new(&aws(&sb).await);
+    let stack = cfn
+        .describe_stacks()
+        .stack_name("iris-edge")
+        .send()
+        .await
+        .unwrap();
+    let staging = stack.stacks()[0]
+        .outputs()
+        .iter()
+        .find(|o| o.output_key() == Some("StagingDistributionId"))
+        .and_then(|o| o.output_value())
+        .expect("the preview's staging distribution")
+        .to_string();
 
     // Refused before anything is read: out of CloudFront's range, or with nothing to judge it.
     exits_with(&release(&sb, &cfg, &["promote", "--canary", "16"]), 2);
@@ -1657,6 +1671,13 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
             .and_then(Value::as_str)
             .is_some_and(|d| d.contains("error rate 0.00 % against iris-blue's 0.00 %")),
         "{last}"
+    );
+    // And it read CloudFront's figures of the staging distribution, which served green's share.
+    assert!(
+        detail
+            .and_then(Value::as_str)
+            .is_some_and(|d| d.contains("edge: ") && d.contains(&staging)),
+        "{staging}: {last}"
     );
 
     // A canary whose bake sees a breach (a p99 bound no request can meet) takes the share back.
@@ -2093,6 +2114,108 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
         .map(|st| st["detail"].as_str().unwrap_or_default().to_string())
         .unwrap_or_default();
     assert!(detail.contains("/predict requests, error rate"), "{last}");
+}
+
+/// Issue 16 "A watched bake", at the edge: with `analysis.max_edge_error_rate` each look of the
+/// bake after the flip reads CloudFront's own `Requests` and `5xxErrorRate` of the distribution
+/// with GetMetricData in us-east-1, where CloudFront publishes them (and the sandbox too). An
+/// edge that cannot reach green's origin answers 502: no pod sees those requests (green's
+/// `/metrics` are "not judged"), CloudFront's figures do, and the bake flips back (exit 9); blue
+/// answers. An alarm named with another region than the app's is read there.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_sees() {
+    use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
+    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let (edge, http) = (
+        sb.var("SANDBOX_EDGE_URL").to_string(),
+        reqwest::Client::new(),
+    );
+    // An alarm in eu-west-1 (the app is in the sandbox's us-east-1), OK: only a read in its own
+    // region finds it.
+    let cw = aws_sdk_cloudwatch::Client::from_conf(
+        aws_sdk_cloudwatch::config::Builder::from(&aws(&sb).await)
+            .region(aws_config::Region::new("eu-west-1"))
+            .build(),
+    );
+    cw.put_metric_alarm()
+        .alarm_name("iris-latency")
+        .namespace("AWS/NetworkELB")
+        .metric_name("TargetTLSNegotiationErrorCount")
+        .statistic(Statistic::Sum)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(5.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+    cw.set_alarm_state()
+        .alarm_name("iris-latency")
+        .state_value(StateValue::Ok)
+        .state_reason("quiet")
+        .send()
+        .await
+        .unwrap();
+    std::fs::write(
+        &cfg,
+        format!("{base}analysis:\n  min_requests: 10\n  max_edge_error_rate: 0.05\n  alarms:\n    - {{name: iris-latency, region: eu-west-1}}\n"),
+    )
+    .unwrap();
+    let green = summary(&release(&sb, &cfg, &["status"]))["colours"]["iris-green"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (mut child, lines) = started_until(
+        release_command(&sb, &cfg, &["promote", "--bake", "150s"]),
+        None,
+        |v| v["event"] == "step_started" && v["step"] == "bake iris-green",
+    );
+    let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    edge_cannot_reach(&http, &sb, &[&green]).await;
+    // Viewers until the promote ends: the edge answers them 502 while green is out of its reach.
+    let began = std::time::Instant::now();
+    let mut answers = std::collections::BTreeMap::<String, usize>::new();
+    while child.try_wait().unwrap().is_none() {
+        assert!(began.elapsed().as_secs() < 170, "the bake never ended");
+        *answers
+            .entry(viewer(&http, &edge, None).await.0)
+            .or_default() += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let done = child.wait_with_output().unwrap();
+    let events: Vec<Value> = rest
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    eprintln!(
+        "answers during the bake: {answers:?}, ended after {:?}",
+        began.elapsed()
+    );
+    assert_eq!(done.status.code(), Some(9), "{events:?}");
+    edge_cannot_reach(&http, &sb, &[]).await;
+    assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
+    let error = events
+        .iter()
+        .find_map(|e| e["summary"]["error"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        error.contains("CloudFront answered")
+            && error.contains("over analysis.max_edge_error_rate 5.00 %"),
+        "{events:?}"
+    );
+    // The looks before the breach read the alarm in its own region.
+    assert!(
+        events.iter().any(|e| e["event"] == "step_progress"
+            && e["detail"]
+                .as_str()
+                .is_some_and(|m| m.contains("iris-latency (eu-west-1) OK"))),
+        "{events:?}"
+    );
 }
 
 /// Issue 16 "A watched bake", CloudWatch: `analysis.alarms` are watched at every look of the bake

@@ -1334,6 +1334,52 @@ cfn_parsing.get_name_type_map.cache_clear()
 UNREACHABLE_ORIGINS: set[str] = set()
 
 
+# CloudFront's own metrics of each request the edge answers, as CloudWatch has them: namespace
+# AWS/CloudFront, dimensions DistributionId and Region=Global, in us-east-1 only ("Getting metrics
+# using the CloudWatch API": "you must use the US East (N. Virginia) Region"), whatever region
+# the distribution's stack is in. Each request is one datum (Requests 1; 5xxErrorRate and
+# TotalErrorRate 100 or 0, Percent), so that a minute's Average is that minute's share, as
+# CloudFront reports it. Unlike CloudFront, the datum is there at once (CloudFront's arrive
+# minutes late; docs/sandbox.md).
+from moto.cloudwatch.models import CloudWatchBackend, cloudwatch_backends  # noqa: E402
+from moto.core.utils import utcnow as moto_utcnow  # noqa: E402
+
+CLOUDFRONT_METRICS_LOCK = threading.Lock()
+
+
+def publish_edge_request(distribution: Any, status: int) -> None:
+    if distribution is None:
+        return
+    dims = [{"Name": "DistributionId", "Value": distribution.distribution_id}, {"Name": "Region", "Value": "Global"}]
+    datum = lambda name, value, unit: {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dims}  # noqa: E731
+    data = [
+        datum("Requests", 1.0, "None"),
+        datum("5xxErrorRate", 100.0 if status >= 500 else 0.0, "Percent"),
+        datum("TotalErrorRate", 100.0 if status >= 400 else 0.0, "Percent"),
+    ]
+    with CLOUDFRONT_METRICS_LOCK:
+        # arn:aws:cloudfront::<account>:distribution/<id> (moto's distributions keep no account_id).
+        account = distribution.arn.split(":")[4]
+        cloudwatch_backends[account]["us-east-1"].put_metric_data("AWS/CloudFront", data)
+
+
+_original_get_metric_data = CloudWatchBackend.get_metric_data
+
+
+def get_metric_data_rounded(self: Any, queries: Any, start_time: Any, end_time: Any, scan_by: str = "TimestampAscending") -> Any:
+    """GetMetricData rounds a StartTime under 15 days old down to the whole minute (API reference,
+    GetMetricData `StartTime`): a query that starts mid-minute gets that minute's datapoint whole,
+    requests from before its start included. moto starts its periods at StartTime exactly."""
+    now = moto_utcnow() if start_time.tzinfo is None else datetime.datetime.now(datetime.timezone.utc)
+    if now - start_time < datetime.timedelta(days=15):
+        start_time = start_time.replace(second=0, microsecond=0)
+    with CLOUDFRONT_METRICS_LOCK:
+        return _original_get_metric_data(self, queries, start_time, end_time, scan_by)
+
+
+CloudWatchBackend.get_metric_data = get_metric_data_rounded  # type: ignore[method-assign]
+
+
 class EdgeHandler(BaseHTTPRequestHandler):
     """Plays the distribution's public URL: forwards to the deployed origin with its custom headers."""
 
@@ -1371,8 +1417,15 @@ class EdgeHandler(BaseHTTPRequestHandler):
             staged = serving_snapshot(staging)
             if staged is None or not staged["enabled"]:
                 return None, f"the staging distribution {staging.distribution_id} is not deployed", set_cookie
+            self.serving = staging
             return staged, "", set_cookie
+        self.serving = live[0][0]
         return snapshot, "", set_cookie
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        # Every answer, the edge's own errors included, counts in the serving distribution's metrics.
+        publish_edge_request(getattr(self, "serving", None), code)
+        super().send_response(code, message)
 
     def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -1385,6 +1438,7 @@ class EdgeHandler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def forward(self) -> None:
+        self.serving = None
         snapshot, why, self.set_cookie = self.pick()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""

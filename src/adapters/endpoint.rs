@@ -237,14 +237,16 @@ pub fn cloudfront(aws: &aws_config::SdkConfig) -> aws_sdk_cloudfront::Client {
     )
 }
 
-pub fn cloudwatch(aws: &aws_config::SdkConfig) -> aws_sdk_cloudwatch::Client {
-    aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(aws)
-            .interceptor(GiveUpOnUnreachable {
-                service: "CloudWatch",
-            })
-            .build(),
-    )
+/// CloudWatch in `region` (else the app's): alarms and metrics are per region.
+pub fn cloudwatch(aws: &aws_config::SdkConfig, region: Option<&str>) -> aws_sdk_cloudwatch::Client {
+    let mut conf =
+        aws_sdk_cloudwatch::config::Builder::from(aws).interceptor(GiveUpOnUnreachable {
+            service: "CloudWatch",
+        });
+    if let Some(r) = region {
+        conf = conf.region(aws_config::Region::new(r.to_string()));
+    }
+    aws_sdk_cloudwatch::Client::from_conf(conf.build())
 }
 
 pub fn elbv2(aws: &aws_config::SdkConfig) -> aws_sdk_elasticloadbalancingv2::Client {

@@ -165,6 +165,7 @@ async fn prepare(
         canary: asked.canary,
         alarms: c.analysis.alarms.len(),
         compare: c.analysis.max_error_rate_increase.is_some(),
+        edge: c.analysis.max_edge_error_rate.is_some(),
         keep_warm: c.promote.retire_previous_after,
         replicas: c.deploy.replicas,
     };
@@ -855,7 +856,6 @@ impl Run<'_> {
             max_p99_ms: c.analysis.max_p99_ms,
         };
         let every = ctx.poll_every(Duration::from_millis(500), Duration::from_secs(10));
-        let cloudwatch = crate::adapters::endpoint::cloudwatch(&ctx.aws);
         let look = |colour: Colour| async move {
             colour::pod_metrics(&self.client, &self.proxy, c, colour)
                 .await
@@ -882,6 +882,20 @@ impl Run<'_> {
             if baseline.is_empty() {
                 return Err(Failure::new(Exit::Verify, name, blind("as the bake began"), ""));
             }
+            // The distribution whose viewers the bake's colour serves: the staging one during a
+            // canary, the primary after the flip; read from its first whole minute on.
+            let edge = match c.analysis.max_edge_error_rate {
+                Some(max) => {
+                    let stack = c.stack_name("edge");
+                    let output = if live { "DistributionId" } else { "StagingDistributionId" };
+                    let dist = self.stacks.observe(&stack).await?.output(&stack, output)?;
+                    let from = crate::plan::bake::first_whole_minute(
+                        crate::adapters::store::now() as i64,
+                    );
+                    Some((max, dist, std::time::UNIX_EPOCH + Duration::from_secs(from as u64)))
+                }
+                None => None,
+            };
             let end = Instant::now() + Duration::from_secs(seconds);
             let verdict = loop {
                 tokio::time::sleep(every.min(end.saturating_duration_since(Instant::now()))).await;
@@ -913,8 +927,19 @@ impl Run<'_> {
                     verdict = judge_increase(&seen, &total(&figures), &other, max, c.analysis.min_requests)
                         .map(|compared| format!("{so_far}; {compared}"));
                 }
+                if let (Ok(so_far), Some((max, dist, from))) = (&verdict, &edge) {
+                    let minutes = match std::time::SystemTime::now() > *from {
+                        true => {
+                            crate::adapters::alarms::edge_minutes(&ctx.aws, dist, *from, std::time::SystemTime::now(), name)
+                                .await?
+                        }
+                        false => Vec::new(),
+                    };
+                    verdict = crate::plan::bake::judge_edge(&minutes, dist, *max, c.analysis.min_requests)
+                        .map(|edge| format!("{so_far}; {edge}"));
+                }
                 if let (Ok(so_far), false) = (&verdict, c.analysis.alarms.is_empty()) {
-                    let found = crate::adapters::alarms::states(&cloudwatch, &c.analysis.alarms, name)
+                    let found = crate::adapters::alarms::watched(&ctx.aws, &c.analysis.alarms, name)
                         .await?;
                     verdict = crate::plan::bake::judge_alarms(&c.analysis.alarms, &found)
                         .map(|alarms| format!("{so_far}; {alarms}"));

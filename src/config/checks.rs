@@ -196,6 +196,7 @@ impl Config {
                 "analysis.max_error_rate_increase",
                 a.max_error_rate_increase,
             ),
+            ("analysis.max_edge_error_rate", a.max_edge_error_rate),
         ] {
             if let Some(v) = value
                 && !(0.0..=1.0).contains(&v)

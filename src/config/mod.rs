@@ -98,10 +98,39 @@ pub struct AnalysisConfig {
     /// compared.
     #[serde(default)]
     pub max_error_rate_increase: Option<f64>,
-    /// CloudWatch alarms (names, in the app's region) a bake watches: one in `ALARM`, or missing,
-    /// is a breach.
+    /// The largest share of the requests CloudFront answered 5xx while the bake ran, by
+    /// CloudFront's own `5xxErrorRate` (us-east-1): the staging distribution's during a canary,
+    /// the distribution's after the flip. Absent: not read.
     #[serde(default)]
-    pub alarms: Vec<String>,
+    pub max_edge_error_rate: Option<f64>,
+    /// CloudWatch alarms a bake watches: one in `ALARM`, or missing, is a breach.
+    #[serde(default)]
+    pub alarms: Vec<AlarmRef>,
+}
+
+/// A CloudWatch alarm a bake watches: its name, in the app's region, or its name and region
+/// (alarms on CloudFront's metrics live in us-east-1, where CloudFront publishes them).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AlarmRef {
+    Name(String),
+    In { name: String, region: String },
+}
+
+impl AlarmRef {
+    pub fn name(&self) -> &str {
+        match self {
+            AlarmRef::Name(name) | AlarmRef::In { name, .. } => name,
+        }
+    }
+
+    /// Its own region, when it names one.
+    pub fn region(&self) -> Option<&str> {
+        match self {
+            AlarmRef::Name(_) => None,
+            AlarmRef::In { region, .. } => Some(region),
+        }
+    }
 }
 
 impl Default for AnalysisConfig {
@@ -111,6 +140,7 @@ impl Default for AnalysisConfig {
             max_error_rate: default_max_error_rate(),
             max_p99_ms: None,
             max_error_rate_increase: None,
+            max_edge_error_rate: None,
             alarms: Vec::new(),
         }
     }
@@ -840,6 +870,10 @@ mod tests {
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {max_error_rate_increase: -0.1}\n",
                 "analysis.max_error_rate_increase",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {max_edge_error_rate: 5}\n",
+                "analysis.max_edge_error_rate",
             ),
         ];
         for (text, field) in cases {

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::AlarmRef;
+
 /// What one pod's `/metrics` say of `/predict`: requests, those answered 5xx, and the latency
 /// histogram's cumulative bucket counts by upper bound (seconds).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -202,30 +204,95 @@ pub fn judge_increase(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alarm {
     pub name: String,
+    /// The region it was read in, when the config names one (else the app's).
+    pub region: Option<String>,
     /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
     pub state: String,
     pub reason: String,
 }
 
+/// An alarm as the config names it: `name`, or `name (region)`.
+fn shown(a: &AlarmRef) -> String {
+    match a.region() {
+        None => a.name().to_string(),
+        Some(r) => format!("{} ({r})", a.name()),
+    }
+}
+
 /// The verdict on the alarms a bake watches (`analysis.alarms`): `Err` when one is in `ALARM`,
 /// or is not there (a watch that cannot see is not a pass); `Ok` says what they are.
-pub fn judge_alarms(wanted: &[String], found: &[Alarm]) -> Result<String, String> {
+pub fn judge_alarms(wanted: &[AlarmRef], found: &[Alarm]) -> Result<String, String> {
     let mut states = Vec::new();
-    for name in wanted {
-        let Some(a) = found.iter().find(|a| &a.name == name) else {
+    for w in wanted {
+        let Some(a) = found
+            .iter()
+            .find(|a| a.name == w.name() && a.region.as_deref() == w.region())
+        else {
             return Err(format!(
-                "the CloudWatch alarm {name} (analysis.alarms) does not exist: the bake cannot watch it"
+                "the CloudWatch alarm {} (analysis.alarms) does not exist: the bake cannot watch it (alarms are per region)",
+                shown(w)
             ));
         };
         if a.state == "ALARM" {
             return Err(format!(
-                "the CloudWatch alarm {name} is in ALARM: {}",
+                "the CloudWatch alarm {} is in ALARM: {}",
+                shown(w),
                 a.reason
             ));
         }
-        states.push(format!("{name} {}", a.state));
+        states.push(format!("{} {}", shown(w), a.state));
     }
     Ok(format!("alarms: {}", states.join(", ")))
+}
+
+/// One minute of a CloudFront distribution's own metrics: `Requests` (Sum) and `5xxErrorRate`
+/// (Average, percent of that minute's requests).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdgeMinute {
+    pub requests: f64,
+    pub error_rate_percent: f64,
+}
+
+/// The first whole minute at or after `t` (Unix seconds): where the edge's figures of a bake
+/// begin. CloudFront's datapoints are whole minutes and GetMetricData rounds a StartTime down to
+/// the minute, so a bake that began mid-minute reads from the next one: the minute it began in
+/// holds requests from before it (the other colour's, after a flip).
+pub fn first_whole_minute(t: i64) -> i64 {
+    (t + 59).div_euclid(60) * 60
+}
+
+/// The verdict on what CloudFront answered `which` (a distribution) while the bake ran
+/// (`analysis.max_edge_error_rate`): its 5xx share over the minutes read, each minute weighed by
+/// its requests; judged only after `min_requests` requests.
+pub fn judge_edge(
+    minutes: &[EdgeMinute],
+    which: &str,
+    max: f64,
+    min_requests: u64,
+) -> Result<String, String> {
+    let requests: f64 = minutes.iter().map(|m| m.requests).sum();
+    if requests < min_requests as f64 {
+        return Ok(format!(
+            "edge: {requests:.0} requests in {which}'s whole minutes so far, fewer than analysis.min_requests ({min_requests}): not judged"
+        ));
+    }
+    let errors: f64 = minutes
+        .iter()
+        .map(|m| m.requests * m.error_rate_percent / 100.0)
+        .sum();
+    let share = errors / requests;
+    if share > max {
+        return Err(format!(
+            "CloudFront answered {:.2} % of {requests:.0} requests to {which} with 5xx (5xxErrorRate, {} minute(s)), over analysis.max_edge_error_rate {:.2} %",
+            share * 100.0,
+            minutes.len(),
+            max * 100.0
+        ));
+    }
+    Ok(format!(
+        "edge: {which} 5xx {:.2} % of {requests:.0} requests",
+        share * 100.0
+    ))
 }
 
 #[cfg(test)]
@@ -250,10 +317,14 @@ http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
     fn an_alarm_in_alarm_or_missing_is_a_breach_and_the_others_are_reported() {
         let alarm = |name: &str, state: &str| Alarm {
             name: name.into(),
+            region: None,
             state: state.into(),
             reason: format!("{name} went {state}"),
         };
-        let wanted = ["p99".to_string(), "errors".to_string()];
+        let wanted = [
+            AlarmRef::Name("p99".into()),
+            AlarmRef::Name("errors".into()),
+        ];
         let calm = [alarm("p99", "OK"), alarm("errors", "INSUFFICIENT_DATA")];
         assert_eq!(
             judge_alarms(&wanted, &calm).unwrap(),
@@ -270,6 +341,52 @@ http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
             "{missing}"
         );
         assert_eq!(judge_alarms(&[], &[]).unwrap(), "alarms: ");
+        // An alarm in another region is that region's: the same name in the app's is not it.
+        let edge = [AlarmRef::In {
+            name: "p99".into(),
+            region: "us-east-1".into(),
+        }];
+        let not_there = judge_alarms(&edge, &calm).unwrap_err();
+        assert!(
+            not_there.contains("p99 (us-east-1) (analysis.alarms) does not exist"),
+            "{not_there}"
+        );
+        let there = [Alarm {
+            region: Some("us-east-1".into()),
+            ..alarm("p99", "ALARM")
+        }];
+        assert_eq!(
+            judge_alarms(&edge, &there).unwrap_err(),
+            "the CloudWatch alarm p99 (us-east-1) is in ALARM: p99 went ALARM"
+        );
+    }
+
+    #[test]
+    fn the_edge_is_judged_on_whole_minutes_weighed_by_their_requests() {
+        assert_eq!(first_whole_minute(120), 120);
+        assert_eq!(first_whole_minute(121), 180);
+        assert_eq!(first_whole_minute(179), 180);
+        let minute = |requests, error_rate_percent| EdgeMinute {
+            requests,
+            error_rate_percent,
+        };
+        // 100 requests at 0 %, 20 at 50 %: 10 of 120, 8.33 % (an unweighted mean would say 25 %).
+        let minutes = [minute(100.0, 0.0), minute(20.0, 50.0)];
+        assert_eq!(
+            judge_edge(&minutes, "E1", 0.05, 50).unwrap_err(),
+            "CloudFront answered 8.33 % of 120 requests to E1 with 5xx (5xxErrorRate, 2 minute(s)), over analysis.max_edge_error_rate 5.00 %"
+        );
+        assert_eq!(
+            judge_edge(&minutes, "E1", 0.10, 50).unwrap(),
+            "edge: E1 5xx 8.33 % of 120 requests"
+        );
+        let few = judge_edge(&[minute(20.0, 100.0)], "E1", 0.0, 50).unwrap();
+        assert!(few.ends_with("not judged"), "{few}");
+        assert!(
+            judge_edge(&[], "E1", 0.0, 50)
+                .unwrap()
+                .ends_with("not judged")
+        );
     }
 
     #[test]

@@ -102,6 +102,8 @@ pub struct FlipSettings {
     /// `analysis.max_error_rate_increase` is set: each bake compares its colour's 5xx share with
     /// the other colour's.
     pub compare: bool,
+    /// `analysis.max_edge_error_rate` is set: each bake reads CloudFront's 5xxErrorRate too.
+    pub edge: bool,
     /// `promote.retire_previous_after` (seconds): a promote keeps the previous colour at one
     /// replica, to be retired after this long.
     pub keep_warm: Option<u64>,
@@ -156,6 +158,8 @@ pub enum FlipStep {
         /// The live colour `to`'s 5xx share is compared with over the same window, when
         /// `analysis.max_error_rate_increase` is set.
         against: Option<Colour>,
+        /// CloudFront's 5xxErrorRate of the staging distribution is judged too.
+        edge: bool,
     },
     /// Mark `to` pending, point the edge stack's origin at it, wait until CloudFront is Deployed.
     Flip {
@@ -188,6 +192,8 @@ pub enum FlipStep {
         alarms: usize,
         /// `analysis.max_error_rate_increase`: compare with `from`'s pods' lifetime figures.
         compare: bool,
+        /// CloudFront's 5xxErrorRate of the distribution is judged too.
+        edge: bool,
     },
     /// Write the roles: `live`, and the colour traffic left with its new role.
     Roles {
@@ -210,6 +216,16 @@ pub enum FlipStep {
 
 fn name(app: &str, colour: Colour) -> String {
     format!("{app}-{colour}")
+}
+
+/// What a bake says of CloudFront's own figures of `which`, when it reads them.
+fn edge_watch(on: bool, which: &str) -> String {
+    match on {
+        false => String::new(),
+        true => format!(
+            "; CloudFront's 5xxErrorRate of {which} (us-east-1) from the bake's first whole minute, against analysis.max_edge_error_rate"
+        ),
+    }
 }
 
 /// What a bake says of the CloudWatch alarms it watches too.
@@ -318,13 +334,15 @@ impl FlipStep {
                 seconds,
                 alarms,
                 against,
+                edge,
             } => format!(
-                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*{}{}); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
+                "watch {}'s /predict for {seconds} s while it serves {percent} % of viewers (its pods' /metrics: error rate and p99 against analysis.*{}{}{}); on a breach the share goes back to 0 and nothing is flipped (exit 9)",
                 name(app, *to),
                 against.map_or(String::new(), |l| format!(
                     "; its error rate against {}'s over the same time, by analysis.max_error_rate_increase",
                     name(app, l)
                 )),
+                edge_watch(*edge, "the staging distribution"),
                 watched_alarms(*alarms)
             ),
             FlipStep::Flip {
@@ -384,8 +402,9 @@ impl FlipStep {
                 back,
                 alarms,
                 compare,
+                edge,
             } => format!(
-                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*{}{}); {}",
+                "watch {}'s /predict for {seconds} s (its pods' /metrics: error rate and p99 against analysis.*{}{}{}); {}",
                 name(app, *colour),
                 if *compare {
                     format!(
@@ -395,6 +414,7 @@ impl FlipStep {
                 } else {
                     String::new()
                 },
+                edge_watch(*edge, "the distribution"),
                 watched_alarms(*alarms),
                 match back {
                     Some(_) => format!("on a breach flip back to {} (exit 9)", name(app, *from)),
@@ -720,6 +740,7 @@ fn steps(
                     seconds: s.bake_seconds,
                     alarms: s.alarms,
                     against: s.compare.then_some(from),
+                    edge: s.edge,
                 });
             }
         }
@@ -748,6 +769,7 @@ fn steps(
             back,
             alarms: s.alarms,
             compare: s.compare,
+            edge: s.edge,
         });
     }
     // Before the roles are written: until then a run that died is finished by the same command
@@ -866,6 +888,7 @@ mod tests {
             canary: None,
             alarms: 0,
             compare: false,
+            edge: false,
             keep_warm: None,
             replicas: 2,
         }
@@ -1053,6 +1076,20 @@ mod tests {
         );
         assert!(
             said("bake iris-green").contains("against what iris-blue's pods served"),
+            "{}",
+            said("bake iris-green")
+        );
+        let edge = plan_flip(
+            &blue_live_green_candidate(),
+            PROMOTE,
+            None,
+            FlipSettings { edge: true, ..s },
+        )
+        .unwrap();
+        let said = |step: &str| edge.steps[at(step)].what("iris");
+        assert!(
+            said("canary bake iris-green").contains("5xxErrorRate of the staging distribution")
+                && said("bake iris-green").contains("5xxErrorRate of the distribution (us-east-1)"),
             "{}",
             said("bake iris-green")
         );
