@@ -25,6 +25,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
+    /// Answer with `Retry-After: 1` (an overloaded server).
+    pub retry_after: bool,
 }
 
 #[derive(Serialize)]
@@ -39,6 +41,7 @@ impl ApiError {
             status,
             code,
             detail: detail.into(),
+            retry_after: false,
         }
     }
 
@@ -58,7 +61,14 @@ impl IntoResponse for ApiError {
             error: self.code,
             detail: &self.detail,
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }
 
@@ -219,6 +229,21 @@ pub async fn predict(
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
+    // Held until the answer is made: the body's upload and the inference count.
+    let _slot = match &state.inflight {
+        Some(inflight) => Some(inflight.enter().ok_or_else(|| ApiError {
+            retry_after: true,
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!(
+                    "{} /predict requests are in progress, the most this server takes (--max-inflight); retry",
+                    inflight.limit
+                ),
+            )
+        })?),
+        None => None,
+    };
     let body = axum::body::to_bytes(body, state.body_limit)
         .await
         .map_err(|e| body_error(&e, state.body_limit))?;

@@ -71,6 +71,12 @@ pub struct Config {
     #[arg(long, env = "MODEL_SERVER_MAX_BATCH", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_batch: u32,
 
+    /// At most this many /predict requests in progress at once (counted from after the origin
+    /// check, the body's upload included); more are answered 503 `overloaded` with
+    /// `Retry-After: 1` at once rather than queued [default: no limit].
+    #[arg(long, env = "MODEL_SERVER_MAX_INFLIGHT")]
+    pub max_inflight: Option<std::num::NonZeroUsize>,
+
     /// Threads serving requests [default: the CPUs available]. One is best when a single core is
     /// given to the server (the benchmark's load generator takes the other).
     #[arg(long, env = "MODEL_SERVER_WORKERS")]
@@ -138,6 +144,7 @@ impl std::fmt::Debug for Config {
             .field("drain_seconds", &self.drain_seconds)
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
+            .field("max_inflight", &self.max_inflight)
             .field("workers", &self.workers)
             .field("shadow_url", &self.shadow_url)
             .field("shadow_sample", &self.shadow_sample)

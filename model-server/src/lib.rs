@@ -14,6 +14,8 @@ pub mod shadow;
 
 use std::sync::Arc;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use axum::Router;
 use axum::routing::{get, post};
 
@@ -40,10 +42,39 @@ pub struct AppState {
     pub origin_verify_previous: Option<String>,
     pub body_limit: usize,
     pub max_batch: usize,
+    /// `--max-inflight`: the /predict requests in progress, against the limit.
+    pub inflight: Option<Inflight>,
     pub lifecycle: Arc<Lifecycle>,
     pub metrics: Metrics,
     /// The shadow tee, when `--shadow-url` is set.
     pub shadow: Option<shadow::Shadow>,
+}
+
+/// How many /predict requests are in progress, and how many may be (`--max-inflight`).
+pub struct Inflight {
+    pub limit: usize,
+    now: AtomicUsize,
+}
+
+/// A request's place among those in progress, given back when it is dropped.
+pub struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Inflight {
+    /// A place, or `None` when `limit` requests are in progress already.
+    pub fn enter(&self) -> Option<Slot<'_>> {
+        self.now
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(&self.now))
+    }
 }
 
 /// Why the server could not start.
@@ -130,6 +161,10 @@ impl AppState {
                 .filter(|s| !s.is_empty()),
             body_limit: config.body_limit,
             max_batch: config.max_batch as usize,
+            inflight: config.max_inflight.map(|limit| Inflight {
+                limit: limit.get(),
+                now: AtomicUsize::new(0),
+            }),
             lifecycle: Arc::new(Lifecycle::default()),
             metrics,
         })

@@ -224,6 +224,51 @@ async fn a_body_that_breaks_mid_stream_is_400_unreadable_body() {
 }
 
 #[tokio::test]
+async fn over_max_inflight_a_predict_is_503_overloaded_at_once_and_served_again_after() {
+    let state = state(&["--max-inflight", "1"]);
+    // One request holds the only place while its body is still on its way.
+    let (more, chunks) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+    let body = Body::from_stream(futures_util::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    let held = tokio::spawn({
+        let state = state.clone();
+        async move { send(&state, post_json("/predict", body)).await }
+    });
+    more.send(Ok(r#"{"features":[5.1,"#.to_owned()))
+        .await
+        .unwrap();
+    let mut shed = None;
+    for _ in 0..100 {
+        let answer = send(&state, post_json("/predict", SETOSA)).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            shed = Some(answer);
+            break;
+        }
+        // The held request has not taken its place yet.
+        tokio::task::yield_now().await;
+    }
+    let shed = shed.expect("a second request while the first is in progress is refused");
+    assert_eq!(shed.json["error"], "overloaded", "{}", shed.text);
+    assert_eq!(shed.headers["retry-after"], "1");
+    // The probes are not limited.
+    assert_eq!(send(&state, get("/readyz")).await.status, StatusCode::OK);
+    more.send(Ok("3.5,1.4,0.2]}".to_owned())).await.unwrap();
+    drop(more);
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    assert_eq!(
+        send(&state, post_json("/predict", SETOSA)).await.status,
+        StatusCode::OK
+    );
+    // The refusal is counted as /predict's 503: a bake watching /metrics sees it.
+    let metrics = send(&state, get("/metrics")).await.text;
+    assert!(
+        metrics.contains(r#"http_requests_total{route="/predict",method="POST",status="503"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn wrong_or_missing_content_type_is_415() {
     let state = state(&[]);
     for content_type in [
