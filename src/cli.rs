@@ -155,8 +155,8 @@ pub enum Command {
     /// The previous colour (kept by a promote, or kept warm until its
     /// `promote.retire_previous_after` deadline) or the failed one (`rollback --keep-failed`):
     /// its Deployment and Service are deleted. A rollback after it redeploys from the ledger's
-    /// image instead of being instant. A candidate or a colour release did not leave behind is
-    /// refused. Exit 8: nothing to retire, or the edge is not settled.
+    /// image instead of being instant. Exit 8: nothing to retire, or refused: a candidate, a
+    /// colour release did not leave behind, an edge not settled, a flip left unfinished.
     Retire {
         #[arg(long, help = FORCE_UNLOCK)]
         force_unlock: bool,

@@ -1344,6 +1344,7 @@ UNREACHABLE_ORIGINS: set[str] = set()
 from moto.cloudwatch.models import CloudWatchBackend, cloudwatch_backends  # noqa: E402
 from moto.core.utils import utcnow as moto_utcnow  # noqa: E402
 
+# The edge's threads take turns adding (moto's reads copy the list they scan).
 CLOUDFRONT_METRICS_LOCK = threading.Lock()
 
 
@@ -1373,8 +1374,7 @@ def get_metric_data_rounded(self: Any, queries: Any, start_time: Any, end_time: 
     now = moto_utcnow() if start_time.tzinfo is None else datetime.datetime.now(datetime.timezone.utc)
     if now - start_time < datetime.timedelta(days=15):
         start_time = start_time.replace(second=0, microsecond=0)
-    with CLOUDFRONT_METRICS_LOCK:
-        return _original_get_metric_data(self, queries, start_time, end_time, scan_by)
+    return _original_get_metric_data(self, queries, start_time, end_time, scan_by)
 
 
 CloudWatchBackend.get_metric_data = get_metric_data_rounded  # type: ignore[method-assign]
@@ -1423,8 +1423,13 @@ class EdgeHandler(BaseHTTPRequestHandler):
         return snapshot, "", set_cookie
 
     def send_response(self, code: int, message: str | None = None) -> None:
-        # Every answer, the edge's own errors included, counts in the serving distribution's metrics.
-        publish_edge_request(getattr(self, "serving", None), code)
+        # Every answer, the edge's own errors included, counts in the serving distribution's
+        # metrics; once (a later error on the same connection is not this request's).
+        serving, self.serving = getattr(self, "serving", None), None
+        try:
+            publish_edge_request(serving, code)
+        except Exception as e:  # noqa: BLE001 - the viewer gets its answer whatever the metrics do
+            print(f"sandbox edge: CloudFront metrics not published: {e!r}", file=sys.stderr)
         super().send_response(code, message)
 
     def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:

@@ -659,10 +659,15 @@ impl Run<'_> {
                 }
             }
             FlipStep::Retire { colour } => {
-                step(ctx, self.store, self.id, &name, "", async {
-                    colour::teardown(&self.client, c, *colour, ctx.generation().await).await?;
-                    Ok(((), "removed".to_string()))
-                })
+                crate::commands::steps::retire(
+                    ctx,
+                    self.store,
+                    self.id,
+                    &self.client,
+                    *colour,
+                    &name,
+                    "",
+                )
                 .await?;
             }
             FlipStep::ProtectImages { in_use } => {
@@ -888,7 +893,21 @@ impl Run<'_> {
                 Some(max) => {
                     let stack = c.stack_name("edge");
                     let output = if live { "DistributionId" } else { "StagingDistributionId" };
-                    let dist = self.stacks.observe(&stack).await?.output(&stack, output)?;
+                    // An edge stack without a candidate outputs an empty StagingDistributionId.
+                    let dist = self
+                        .stacks
+                        .observe(&stack)
+                        .await?
+                        .output(&stack, output)?
+                        .to_string();
+                    if dist.is_empty() {
+                        return Err(Failure::new(
+                            Exit::Aws,
+                            name,
+                            format!("the edge stack's output {output} is empty: no distribution to read CloudFront's figures of"),
+                            "check `release status` (the preview), then re-run release promote",
+                        ));
+                    }
                     let from = crate::plan::bake::first_whole_minute(
                         crate::adapters::store::now() as i64,
                     );

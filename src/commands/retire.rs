@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::adapters::colour;
 use crate::commands::observe::{edge_state, observe};
 use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result};
 use crate::plan::retire::{RetirePlan, RetireRefusal, RetireWorld, plan_retire};
-use crate::session::{Ctx, begin, finish_session, step};
+use crate::session::{Ctx, begin, finish_session};
 
 const ACTION: &str = "retire";
 
@@ -68,10 +67,15 @@ pub async fn retire(ctx: &Ctx, force_unlock: bool) -> Result<Value> {
             .expect("a colour to retire implies a cluster");
         let client = cluster.client().await?;
         let name = plan.step_name(&c.app);
-        step(ctx, &store, &id, &name, &plan.what(now), async {
-            colour::teardown(&client, c, plan.colour, ctx.generation().await).await?;
-            Ok(((), "removed".to_string()))
-        })
+        crate::commands::steps::retire(
+            ctx,
+            &store,
+            &id,
+            &client,
+            plan.colour,
+            &name,
+            &plan.what(now),
+        )
         .await?;
         Ok::<_, Failure>((world.live, plan.colour, name))
     }

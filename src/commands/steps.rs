@@ -479,6 +479,24 @@ pub async fn annotate(
     })
 }
 
+/// The step `name`: delete `colour`'s Deployment and Service (a flip's retire, `up`'s retire of
+/// a colour whose keep-warm time is over, `release retire`), described as `what`.
+pub async fn retire(
+    ctx: &Ctx,
+    store: &StateStore,
+    id: &str,
+    client: &kube::Client,
+    colour: Colour,
+    name: &str,
+    what: &str,
+) -> Result<()> {
+    crate::session::step(ctx, store, id, name, what, async {
+        colour::teardown(client, &ctx.config, colour, ctx.generation().await).await?;
+        Ok(((), "removed".to_string()))
+    })
+    .await
+}
+
 /// Scale `colour` to `replicas` (when given) and set, or clear, when it is due to be retired
 /// (`release/retire-after`, Unix seconds): `promote.retire_previous_after` keeps the previous
 /// colour warm at one replica; a rollback to it scales it back and clears the mark.

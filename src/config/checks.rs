@@ -190,6 +190,35 @@ impl Config {
             }
         }
         let a = &self.analysis;
+        if a.min_requests == 0 {
+            return Err(err(
+                file,
+                "analysis.min_requests",
+                "must be at least 1: a bake that judges no request cannot fail",
+            ));
+        }
+        // An AWS region name (us-east-1, ap-southeast-2, us-gov-west-1): a typo would be found
+        // only at the bake's first look, after the flip, and flip a healthy release back.
+        let region_like = |r: &str| {
+            let parts: Vec<&str> = r.split('-').collect();
+            parts.len() >= 3
+                && parts[..parts.len() - 1]
+                    .iter()
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+                && parts[parts.len() - 1].parse::<u8>().is_ok()
+        };
+        if let Some(bad) = a
+            .alarms
+            .iter()
+            .filter_map(|x| x.region())
+            .find(|r| !region_like(r))
+        {
+            return Err(err(
+                file,
+                "analysis.alarms",
+                format!("{bad:?} is not an AWS region name (us-east-1, eu-west-1, ...)"),
+            ));
+        }
         for (field, value) in [
             ("analysis.max_error_rate", Some(a.max_error_rate)),
             (

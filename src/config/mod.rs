@@ -114,13 +114,21 @@ pub struct AnalysisConfig {
 #[serde(untagged)]
 pub enum AlarmRef {
     Name(String),
-    In { name: String, region: String },
+    In(AlarmInRegion),
+}
+
+/// `{name: ..., region: ...}`: an alarm in another region than the app's.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlarmInRegion {
+    pub name: String,
+    pub region: String,
 }
 
 impl AlarmRef {
     pub fn name(&self) -> &str {
         match self {
-            AlarmRef::Name(name) | AlarmRef::In { name, .. } => name,
+            AlarmRef::Name(name) | AlarmRef::In(AlarmInRegion { name, .. }) => name,
         }
     }
 
@@ -128,7 +136,7 @@ impl AlarmRef {
     pub fn region(&self) -> Option<&str> {
         match self {
             AlarmRef::Name(_) => None,
-            AlarmRef::In { region, .. } => Some(region),
+            AlarmRef::In(a) => Some(&a.region),
         }
     }
 }
@@ -874,6 +882,14 @@ mod tests {
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {max_edge_error_rate: 5}\n",
                 "analysis.max_edge_error_rate",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {min_requests: 0}\n",
+                "analysis.min_requests",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {alarms: [{name: x, region: us-east1}]}\n",
+                "analysis.alarms",
             ),
         ];
         for (text, field) in cases {

@@ -342,10 +342,10 @@ http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
         );
         assert_eq!(judge_alarms(&[], &[]).unwrap(), "alarms: ");
         // An alarm in another region is that region's: the same name in the app's is not it.
-        let edge = [AlarmRef::In {
+        let edge = [AlarmRef::In(crate::config::AlarmInRegion {
             name: "p99".into(),
             region: "us-east-1".into(),
-        }];
+        })];
         let not_there = judge_alarms(&edge, &calm).unwrap_err();
         assert!(
             not_there.contains("p99 (us-east-1) (analysis.alarms) does not exist"),

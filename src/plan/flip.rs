@@ -219,11 +219,16 @@ fn name(app: &str, colour: Colour) -> String {
 }
 
 /// What a bake says of CloudFront's own figures of `which`, when it reads them.
-fn edge_watch(on: bool, which: &str) -> String {
+fn edge_watch(on: bool, which: &str, seconds: u64) -> String {
     match on {
         false => String::new(),
         true => format!(
-            "; CloudFront's 5xxErrorRate of {which} (us-east-1) from the bake's first whole minute, against analysis.max_edge_error_rate"
+            "; CloudFront's 5xxErrorRate of {which} (us-east-1) from the bake's first whole minute, against analysis.max_edge_error_rate{}",
+            if seconds < 300 {
+                " (under 5 minutes: CloudFront's datapoints, minutes late, may not come in time to judge)"
+            } else {
+                ""
+            }
         ),
     }
 }
@@ -342,7 +347,7 @@ impl FlipStep {
                     "; its error rate against {}'s over the same time, by analysis.max_error_rate_increase",
                     name(app, l)
                 )),
-                edge_watch(*edge, "the staging distribution"),
+                edge_watch(*edge, "the staging distribution", *seconds),
                 watched_alarms(*alarms)
             ),
             FlipStep::Flip {
@@ -414,7 +419,7 @@ impl FlipStep {
                 } else {
                     String::new()
                 },
-                edge_watch(*edge, "the distribution"),
+                edge_watch(*edge, "the distribution", *seconds),
                 watched_alarms(*alarms),
                 match back {
                     Some(_) => format!("on a breach flip back to {} (exit 9)", name(app, *from)),
@@ -768,7 +773,8 @@ fn steps(
             from,
             back,
             alarms: s.alarms,
-            compare: s.compare,
+            // A first go-live has nothing to compare with.
+            compare: s.compare && from_o.exists,
             edge: s.edge,
         });
     }

@@ -295,12 +295,8 @@ impl Release<'_> {
             }
             ReleaseStep::Preview { colour } => self.preview(&name, *colour).await?,
             ReleaseStep::RetireDue { colour } => {
-                let client = &self.client;
-                step(ctx, store, id, &name, "", async {
-                    colour::teardown(client, c, *colour, ctx.generation().await).await?;
-                    Ok(((), "removed".to_string()))
-                })
-                .await?;
+                crate::commands::steps::retire(ctx, store, id, &self.client, *colour, &name, "")
+                    .await?;
                 *self.changed = true;
             }
             ReleaseStep::PreviewOff { address } => {
