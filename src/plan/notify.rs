@@ -37,6 +37,10 @@ fn text_of(v: &Value) -> Option<String> {
 /// that found nothing to release).
 fn outcome(action: &str, ended: &Ended) -> Option<(&'static str, String)> {
     let summary = match ended {
+        // A scheduled `release retire` finds nothing to retire most of the time: not news.
+        Ended::Failed {
+            exit: 8, message, ..
+        } if action == "retire" && message.starts_with("nothing to retire") => return None,
         Ended::Failed {
             exit: 9,
             step,
@@ -185,6 +189,21 @@ mod tests {
         assert_eq!(
             (m["outcome"].as_str(), m["detail"].as_str()),
             (Some("retired"), Some("blue removed; green stays live"))
+        );
+        let nothing = Ended::Failed {
+            exit: 8,
+            step: "retire",
+            message: "nothing to retire: only the live colour iris-green is deployed",
+        };
+        assert!(message(NotifyFormat::Json, &who("retire"), &nothing).is_none());
+        let refused = Ended::Failed {
+            exit: 8,
+            step: "retire",
+            message: "iris-blue is the tested candidate, not a colour a flip left behind",
+        };
+        assert_eq!(
+            message(NotifyFormat::Json, &who("retire"), &refused).unwrap()["outcome"],
+            "failed"
         );
     }
 
