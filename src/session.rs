@@ -390,6 +390,17 @@ pub async fn begin(
 /// before the next starts, so that an interrupt arriving in the middle (this runs inside the
 /// command's work, which a signal drops at its next await) leaves the rest to the second call that
 /// `interruptible` makes: nothing is skipped and nothing done twice but the part cut short.
+/// Close the session of a command whose `result` may be a refusal with nothing to do
+/// (`nothing`): the ledger records that as nothing done, not as a failure.
+pub async fn finish_unless_nothing<T>(ctx: &Ctx, result: &Result<T>, nothing: bool) {
+    let error = result
+        .as_ref()
+        .err()
+        .filter(|_| !nothing)
+        .map(|e| e.to_string());
+    finish_session(ctx, error, Some(!nothing)).await;
+}
+
 pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bool>) {
     use std::sync::atomic::Ordering::SeqCst;
     ctx.closing.store(true, SeqCst);

@@ -2178,6 +2178,50 @@ async fn a_bake_that_sees_a_breach_flips_back_and_one_that_does_not_completes() 
     assert!(detail.contains("/predict requests, error rate"), "{last}");
 }
 
+/// A CloudWatch metric alarm `name` on `namespace`'s `metric` (with `dims`) above 5, made in the
+/// client's region, its state left to `set_alarm`.
+async fn put_alarm(
+    cw: &aws_sdk_cloudwatch::Client,
+    name: &str,
+    (namespace, metric): (&str, &str),
+    dims: &[(&str, &str)],
+) {
+    use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, Statistic};
+    cw.put_metric_alarm()
+        .alarm_name(name)
+        .namespace(namespace)
+        .metric_name(metric)
+        .set_dimensions(Some(
+            dims.iter()
+                .map(|(n, v)| Dimension::builder().name(*n).value(*v).build())
+                .collect(),
+        ))
+        .statistic(Statistic::Average)
+        .period(60)
+        .evaluation_periods(1)
+        .threshold(5.0)
+        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Set the alarm `name`'s state, as CloudWatch would on its metric (moto evaluates none).
+async fn set_alarm(
+    cw: &aws_sdk_cloudwatch::Client,
+    name: &str,
+    state: aws_sdk_cloudwatch::types::StateValue,
+    reason: &str,
+) {
+    cw.set_alarm_state()
+        .alarm_name(name)
+        .state_value(state)
+        .state_reason(reason)
+        .send()
+        .await
+        .unwrap();
+}
+
 /// CloudFront's `Requests` of `distribution` over the last 10 minutes, as the sandbox's
 /// CloudWatch has them in us-east-1.
 async fn cloudfront_requests(sb: &Sandbox, distribution: &str) -> f64 {
@@ -2221,7 +2265,7 @@ async fn cloudfront_requests(sb: &Sandbox, distribution: &str) -> f64 {
 /// answers. An alarm named with another region than the app's is read there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_sees() {
-    use aws_sdk_cloudwatch::types::{ComparisonOperator, StateValue, Statistic};
+    use aws_sdk_cloudwatch::types::StateValue;
     let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
     let base = std::fs::read_to_string(&cfg).unwrap();
     let (edge, http) = (
@@ -2235,25 +2279,14 @@ async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_s
             .region(aws_config::Region::new("eu-west-1"))
             .build(),
     );
-    cw.put_metric_alarm()
-        .alarm_name("iris-latency")
-        .namespace("AWS/NetworkELB")
-        .metric_name("TargetTLSNegotiationErrorCount")
-        .statistic(Statistic::Sum)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(5.0)
-        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .unwrap();
-    cw.set_alarm_state()
-        .alarm_name("iris-latency")
-        .state_value(StateValue::Ok)
-        .state_reason("quiet")
-        .send()
-        .await
-        .unwrap();
+    put_alarm(
+        &cw,
+        "iris-latency",
+        ("AWS/NetworkELB", "UnHealthyHostCount"),
+        &[],
+    )
+    .await;
+    set_alarm(&cw, "iris-latency", StateValue::Ok, "quiet").await;
     std::fs::write(
         &cfg,
         format!("{base}analysis:\n  min_requests: 10\n  max_edge_error_rate: 0.05\n  alarms:\n    - {{name: iris-latency, region: eu-west-1}}\n"),
@@ -2322,7 +2355,7 @@ async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_s
 /// With the alarm OK the same promote passes, and its bake says what the alarm was.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fires() {
-    use aws_sdk_cloudwatch::types::{ComparisonOperator, Dimension, StateValue, Statistic};
+    use aws_sdk_cloudwatch::types::StateValue;
     let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
@@ -2347,31 +2380,16 @@ async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fire
     assert_eq!(edge_version(&http, &edge).await["colour"], "blue");
 
     let cw = aws_sdk_cloudwatch::Client::new(&aws(&sb).await);
-    let dim = |n: &str, v: &str| Dimension::builder().name(n).value(v).build();
-    cw.put_metric_alarm()
-        .alarm_name("iris-edge-5xx")
-        .namespace("AWS/CloudFront")
-        .metric_name("5xxErrorRate")
-        .dimensions(dim("DistributionId", "E123"))
-        .dimensions(dim("Region", "Global"))
-        .statistic(Statistic::Average)
-        .period(60)
-        .evaluation_periods(1)
-        .threshold(5.0)
-        .comparison_operator(ComparisonOperator::GreaterThanThreshold)
-        .send()
-        .await
-        .unwrap();
-    let set = |state: StateValue, reason: &'static str| {
-        cw.set_alarm_state()
-            .alarm_name("iris-edge-5xx")
-            .state_value(state)
-            .state_reason(reason)
-            .send()
-    };
-    set(StateValue::Ok, "5xxErrorRate 0.1 % <= 5 %")
-        .await
-        .unwrap();
+    put_alarm(
+        &cw,
+        "iris-edge-5xx",
+        ("AWS/CloudFront", "5xxErrorRate"),
+        &[("DistributionId", "E123"), ("Region", "Global")],
+    )
+    .await;
+    let set =
+        |state: StateValue, reason: &'static str| set_alarm(&cw, "iris-edge-5xx", state, reason);
+    set(StateValue::Ok, "5xxErrorRate 0.1 % <= 5 %").await;
 
     let (child, lines) = started_until(
         release_command(&sb, &cfg, &["promote", "--bake", "30s"]),
@@ -2379,9 +2397,7 @@ async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fire
         |v| v["event"] == "step_progress" && v["step"] == "bake iris-green",
     );
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    set(StateValue::Alarm, "5xxErrorRate 12.5 % > 5 %")
-        .await
-        .unwrap();
+    set(StateValue::Alarm, "5xxErrorRate 12.5 % > 5 %").await;
     let done = child.wait_with_output().unwrap();
     let events = rest.join().unwrap();
     assert_eq!(done.status.code(), Some(9), "{events:?}");
@@ -2409,7 +2425,7 @@ async fn a_bake_watches_the_users_cloudwatch_alarms_and_flips_back_when_one_fire
         "{last}"
     );
 
-    set(StateValue::Ok, "back to normal").await.unwrap();
+    set(StateValue::Ok, "back to normal").await;
     let passed = release(&sb, &cfg, &["promote", "--bake", "3s"]);
     succeeded(&passed, "a promote whose alarm stays OK");
     assert_eq!(edge_version(&http, &edge).await["colour"], "green");
@@ -2430,11 +2446,11 @@ async fn a_previous_colour_kept_warm_scales_back_for_a_rollback_and_goes_when_it
     let edge = sb.var("SANDBOX_EDGE_URL").to_string();
     let http = reqwest::Client::new();
     let base = std::fs::read_to_string(&cfg).unwrap();
-    std::fs::write(
-        &cfg,
-        format!("{base}promote:\n  retire_previous_after: 1h\n"),
-    )
-    .unwrap();
+    let keep_warm_for = |t: &str| {
+        let text = format!("{base}promote:\n  retire_previous_after: {t}\n");
+        std::fs::write(&cfg, text).unwrap()
+    };
+    keep_warm_for("1h");
 
     succeeded(&release(&sb, &cfg, &["promote"]), "promote");
     // Its second pod drains (preStop, then SIGTERM) before it is gone.
@@ -2477,11 +2493,7 @@ async fn a_previous_colour_kept_warm_scales_back_for_a_rollback_and_goes_when_it
     );
 
     // Green again, promoted with a keep that is over at once: the next up retires blue.
-    std::fs::write(
-        &cfg,
-        format!("{base}promote:\n  retire_previous_after: 1s\n"),
-    )
-    .unwrap();
+    keep_warm_for("1s");
     succeeded(
         &release(&sb, &cfg, &["up", "--force"]),
         "green as the candidate",
@@ -2504,11 +2516,7 @@ async fn a_previous_colour_kept_warm_scales_back_for_a_rollback_and_goes_when_it
     assert_eq!(edge_version(&http, &edge).await["colour"], "green");
 
     // `release retire` removes the colour kept warm now, and nothing else: not a candidate.
-    std::fs::write(
-        &cfg,
-        format!("{base}promote:\n  retire_previous_after: 1h\n"),
-    )
-    .unwrap();
+    keep_warm_for("1h");
     succeeded(
         &release(&sb, &cfg, &["up", "--force"]),
         "blue as the candidate",

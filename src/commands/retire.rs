@@ -9,7 +9,7 @@ use crate::commands::observe::{edge_state, observe};
 use crate::commands::print_plan;
 use crate::error::{Exit, Failure, Result};
 use crate::plan::retire::{RetirePlan, RetireRefusal, RetireWorld, plan_retire};
-use crate::session::{Ctx, begin, finish_session};
+use crate::session::{Ctx, begin, finish_unless_nothing};
 
 const ACTION: &str = "retire";
 
@@ -80,16 +80,7 @@ pub async fn retire(ctx: &Ctx, force_unlock: bool) -> Result<Value> {
         Ok::<_, Failure>((world.live, plan.colour, name))
     }
     .await;
-    finish_session(
-        ctx,
-        result
-            .as_ref()
-            .err()
-            .filter(|_| !nothing)
-            .map(|e| e.to_string()),
-        Some(!nothing),
-    )
-    .await;
+    finish_unless_nothing(ctx, &result, nothing).await;
     let (live, retired, name) = result?;
     Ok(json!({
         "release": id,

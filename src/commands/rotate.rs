@@ -11,7 +11,7 @@ use crate::commands::print_plan;
 use crate::commands::steps::{smoke_test, wait_public};
 use crate::error::{Exit, Failure, Result};
 use crate::plan::rotate::{RotateRefusal, RotateStep, RotateWorld, plan_rotation, printed};
-use crate::session::{Ctx, begin, finish_session, step};
+use crate::session::{Ctx, begin, finish_unless_nothing, step};
 
 const ACTION: &str = "rotate-origin-secret";
 
@@ -233,16 +233,7 @@ pub async fn rotate_origin_secret(ctx: &Ctx, force_unlock: bool) -> Result<Value
         Ok(done)
     }
     .await;
-    finish_session(
-        ctx,
-        result
-            .as_ref()
-            .err()
-            .filter(|_| !nothing)
-            .map(|e| e.to_string()),
-        Some(!nothing),
-    )
-    .await;
+    finish_unless_nothing(ctx, &result, nothing).await;
     let done = result.map_err(|mut e| {
         if e.hint.is_empty() {
             e.hint = "run release rotate-origin-secret again: it finishes the rotation; the edge's value stays accepted until then".into();
