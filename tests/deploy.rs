@@ -2259,26 +2259,30 @@ async fn cloudfront_requests(sb: &Sandbox, distribution: &str) -> f64 {
 
 /// Issue 16 "A watched bake", at the edge: with `analysis.max_edge_error_rate` each look of the
 /// bake after the flip reads CloudFront's own `Requests` and `5xxErrorRate` of the distribution
-/// with GetMetricData in us-east-1, where CloudFront publishes them (and the sandbox too). An
-/// edge that cannot reach green's origin answers 502: no pod sees those requests (green's
-/// `/metrics` are "not judged"), CloudFront's figures do, and the bake flips back (exit 9); blue
-/// answers. An alarm named with another region than the app's is read there.
+/// with GetMetricData in us-east-1, where CloudFront publishes them (and the sandbox too), though
+/// the app is in eu-west-1 (read there, the bake sees nothing and passes: checked). An edge that
+/// cannot reach green's origin answers 502: no pod sees those requests (green's `/metrics` are
+/// "not judged"), CloudFront's figures do, and the bake flips back (exit 9); blue answers. An
+/// alarm named with another region than the app's is read there.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_sees() {
     use aws_sdk_cloudwatch::types::StateValue;
-    let common::Given { sb, cfg } = common::given_blue_live_and_a_green_candidate();
-    let base = std::fs::read_to_string(&cfg).unwrap();
+    // The app in eu-west-1: CloudFront's metrics are in us-east-1 all the same.
+    let sb = Sandbox::start(&[]);
+    let cfg = config(&sb.dir.join("cfg"), &model_server_binary(), "v1", &cases());
+    let base = format!(
+        "{}region: eu-west-1\n",
+        std::fs::read_to_string(&cfg).unwrap()
+    );
+    std::fs::write(&cfg, &base).unwrap();
+    succeeded(&release(&sb, &cfg, &["up"]), "first release");
+    succeeded(&release(&sb, &cfg, &["up", "--force"]), "a candidate");
     let (edge, http) = (
         sb.var("SANDBOX_EDGE_URL").to_string(),
         reqwest::Client::new(),
     );
-    // An alarm in eu-west-1 (the app is in the sandbox's us-east-1), OK: only a read in its own
-    // region finds it.
-    let cw = aws_sdk_cloudwatch::Client::from_conf(
-        aws_sdk_cloudwatch::config::Builder::from(&aws(&sb).await)
-            .region(aws_config::Region::new("eu-west-1"))
-            .build(),
-    );
+    // An alarm in us-east-1, not the app's region, OK: only a read in its own region finds it.
+    let cw = aws_sdk_cloudwatch::Client::new(&aws(&sb).await);
     put_alarm(
         &cw,
         "iris-latency",
@@ -2289,7 +2293,7 @@ async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_s
     set_alarm(&cw, "iris-latency", StateValue::Ok, "quiet").await;
     std::fs::write(
         &cfg,
-        format!("{base}analysis:\n  min_requests: 10\n  max_edge_error_rate: 0.05\n  alarms:\n    - {{name: iris-latency, region: eu-west-1}}\n"),
+        format!("{base}analysis:\n  min_requests: 10\n  max_edge_error_rate: 0.05\n  alarms:\n    - {{name: iris-latency, region: us-east-1}}\n"),
     )
     .unwrap();
     let green = summary(&release(&sb, &cfg, &["status"]))["colours"]["iris-green"]["address"]
@@ -2343,7 +2347,7 @@ async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_s
         events.iter().any(|e| e["event"] == "step_progress"
             && e["detail"]
                 .as_str()
-                .is_some_and(|m| m.contains("iris-latency (eu-west-1) OK"))),
+                .is_some_and(|m| m.contains("iris-latency (us-east-1) OK"))),
         "{events:?}"
     );
 }
