@@ -384,12 +384,6 @@ pub async fn begin(
     }
 }
 
-/// Close the ledger entry and release the lock: on success, on failure, on interrupt.
-///
-/// The session stays in `ctx` until the lock is released, and each part done is marked in it
-/// before the next starts, so that an interrupt arriving in the middle (this runs inside the
-/// command's work, which a signal drops at its next await) leaves the rest to the second call that
-/// `interruptible` makes: nothing is skipped and nothing done twice but the part cut short.
 /// Close the session of a command whose `result` may be a refusal with nothing to do
 /// (`nothing`): the ledger records that as nothing done, not as a failure.
 pub async fn finish_unless_nothing<T>(ctx: &Ctx, result: &Result<T>, nothing: bool) {
@@ -401,6 +395,12 @@ pub async fn finish_unless_nothing<T>(ctx: &Ctx, result: &Result<T>, nothing: bo
     finish_session(ctx, error, Some(!nothing)).await;
 }
 
+/// Close the ledger entry and release the lock: on success, on failure, on interrupt.
+///
+/// The session stays in `ctx` until the lock is released, and each part done is marked in it
+/// before the next starts, so that an interrupt arriving in the middle (this runs inside the
+/// command's work, which a signal drops at its next await) leaves the rest to the second call that
+/// `interruptible` makes: nothing is skipped and nothing done twice but the part cut short.
 pub async fn finish_session(ctx: &Ctx, error: Option<String>, changed: Option<bool>) {
     use std::sync::atomic::Ordering::SeqCst;
     ctx.closing.store(true, SeqCst);

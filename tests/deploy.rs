@@ -1727,19 +1727,36 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
     let rest = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     // A viewer whose request is still arriving holds blue's one place (deterministic, where
     // requests that merely overlap would depend on this machine's speed): what else reaches blue
-    // meanwhile is shed with 503.
+    // meanwhile is shed with 503. A request straight to blue confirms it (were the held request
+    // itself refused, another is opened).
     use std::io::Write;
     assert!(
         blue.starts_with("127."),
         "the sandbox's NLB is on loopback: {blue}"
     );
-    let mut held = std::net::TcpStream::connect((blue.as_str(), 80)).unwrap();
-    write!(
-        held,
-        "POST /predict HTTP/1.1\r\nHost: {blue}\r\nContent-Type: application/json\r\nX-Origin-Verify: {}\r\nContent-Length: 40\r\n\r\n{{\"features\": [",
-        origin_secret(&sb)["secret"].as_str().unwrap()
-    )
-    .unwrap();
+    let secret = origin_secret(&sb)["secret"].as_str().unwrap().to_string();
+    let mut held = None;
+    for _ in 0..20 {
+        let mut slow = std::net::TcpStream::connect((blue.as_str(), 80)).unwrap();
+        write!(
+            slow,
+            "POST /predict HTTP/1.1\r\nHost: {blue}\r\nContent-Type: application/json\r\nX-Origin-Verify: {secret}\r\nContent-Length: 40\r\n\r\n{{\"features\": ["
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let probe = http
+            .post(format!("http://{blue}/predict"))
+            .header("X-Origin-Verify", &secret)
+            .json(&json!({"features": [5.9, 3.0, 5.1, 1.8]}))
+            .send()
+            .await
+            .unwrap();
+        if probe.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            held = Some(slow);
+            break;
+        }
+    }
+    let held = held.expect("a slow request holds blue's one place");
     let stop = Arc::new(AtomicBool::new(false));
     let traffic = predict_traffic(edge.clone(), stop.clone());
     let done = child.wait_with_output().unwrap();

@@ -73,9 +73,15 @@ pub struct Config {
 
     /// At most this many /predict requests in progress at once (counted from after the origin
     /// check, the body's upload included); more are answered 503 `overloaded` with
-    /// `Retry-After: 1` at once rather than queued [default: no limit].
+    /// `Retry-After: 1` at once rather than queued; a body that takes longer than
+    /// --body-timeout-seconds to arrive is then answered 408 `body_timeout`, its place given back
+    /// [default: no limit].
     #[arg(long, env = "MODEL_SERVER_MAX_INFLIGHT")]
     pub max_inflight: Option<std::num::NonZeroUsize>,
+
+    /// With --max-inflight: how long a /predict body may take to arrive while it holds a place.
+    #[arg(long, env = "MODEL_SERVER_BODY_TIMEOUT_SECONDS", default_value_t = 30.0, value_parser = parse_seconds)]
+    pub body_timeout_seconds: f64,
 
     /// Threads serving requests [default: the CPUs available]. One is best when a single core is
     /// given to the server (the benchmark's load generator takes the other).
@@ -145,6 +151,7 @@ impl std::fmt::Debug for Config {
             .field("body_limit", &self.body_limit)
             .field("max_batch", &self.max_batch)
             .field("max_inflight", &self.max_inflight)
+            .field("body_timeout_seconds", &self.body_timeout_seconds)
             .field("workers", &self.workers)
             .field("shadow_url", &self.shadow_url)
             .field("shadow_sample", &self.shadow_sample)

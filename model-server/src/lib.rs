@@ -53,6 +53,8 @@ pub struct AppState {
 /// How many /predict requests are in progress, and how many may be (`--max-inflight`).
 pub struct Inflight {
     pub limit: usize,
+    /// How long a body may take to arrive while its request holds a place.
+    pub body_timeout: std::time::Duration,
     now: AtomicUsize,
 }
 
@@ -163,6 +165,7 @@ impl AppState {
             max_batch: config.max_batch as usize,
             inflight: config.max_inflight.map(|limit| Inflight {
                 limit: limit.get(),
+                body_timeout: std::time::Duration::from_secs_f64(config.body_timeout_seconds),
                 now: AtomicUsize::new(0),
             }),
             lifecycle: Arc::new(Lifecycle::default()),

@@ -25,7 +25,11 @@ pub async fn retire(ctx: &Ctx, force_unlock: bool) -> Result<Value> {
         return Err(refused(
             ctx,
             &RetireRefusal::Nothing {
-                why: format!("nothing to retire: {} was never released", c.app),
+                why: format!(
+                    "{}: {} was never released",
+                    crate::plan::retire::NOTHING_TO_RETIRE,
+                    c.app
+                ),
                 hint: "run `release up` first",
             },
         ));

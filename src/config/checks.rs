@@ -205,7 +205,8 @@ impl Config {
                 && parts[..parts.len() - 1]
                     .iter()
                     .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
-                && parts[parts.len() - 1].parse::<u8>().is_ok()
+                && !parts[parts.len() - 1].is_empty()
+                && parts[parts.len() - 1].chars().all(|c| c.is_ascii_digit())
         };
         if let Some(bad) = a
             .alarms

@@ -111,7 +111,10 @@ pub struct AnalysisConfig {
 /// A CloudWatch alarm a bake watches: its name, in the app's region, or its name and region
 /// (alarms on CloudFront's metrics live in us-east-1, where CloudFront publishes them).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "an alarm name, or {name: ..., region: ...} (no other keys)"
+)]
 pub enum AlarmRef {
     Name(String),
     In(AlarmInRegion),
@@ -796,6 +799,33 @@ mod tests {
     }
 
     #[test]
+    fn an_alarm_is_a_name_or_a_name_and_region_and_nothing_else() {
+        let c = parse(
+            "app: a\nimage: {tag: t}\nanalysis:\n  alarms:\n    - plain\n    - {name: edge, region: us-east-1}\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(
+            c.analysis
+                .alarms
+                .iter()
+                .map(|a| (a.name(), a.region()))
+                .collect::<Vec<_>>(),
+            [("plain", None), ("edge", Some("us-east-1"))]
+        );
+        for typo in ["{name: edge, regoin: us-east-1}", "{name: edge}", "[edge]"] {
+            let text = format!("app: a\nimage: {{tag: t}}\nanalysis:\n  alarms:\n    - {typo}\n");
+            let e = parse(&text, "f").unwrap_err();
+            assert!(
+                e.field.starts_with("analysis.alarms")
+                    && e.message
+                        .contains("an alarm name, or {name: ..., region: ...}"),
+                "{typo}: {e}"
+            );
+        }
+    }
+
+    #[test]
     fn parse_errors_name_the_field_and_line() {
         let e = parse("app: a\nimage:\n  tag: t\n  colour: blue\n", "release.yaml").unwrap_err();
         assert_eq!(e.field, "image.colour");
@@ -889,6 +919,10 @@ mod tests {
             ),
             (
                 "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {alarms: [{name: x, region: us-east1}]}\n",
+                "analysis.alarms",
+            ),
+            (
+                "app: iris\nimage: {binary: ms, tag: a}\nanalysis: {alarms: [{name: x, region: '+1'}]}\n",
                 "analysis.alarms",
             ),
         ];

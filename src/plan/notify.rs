@@ -40,7 +40,9 @@ fn outcome(action: &str, ended: &Ended) -> Option<(&'static str, String)> {
         // A scheduled `release retire` finds nothing to retire most of the time: not news.
         Ended::Failed {
             exit: 8, message, ..
-        } if action == "retire" && message.starts_with("nothing to retire") => return None,
+        } if action == "retire" && message.starts_with(super::retire::NOTHING_TO_RETIRE) => {
+            return None;
+        }
         Ended::Failed {
             exit: 9,
             step,
@@ -190,10 +192,30 @@ mod tests {
             (m["outcome"].as_str(), m["detail"].as_str()),
             (Some("retired"), Some("blue removed; green stays live"))
         );
+        // The refusal's own text, as plan::retire makes it.
+        let only_live = crate::plan::retire::plan_retire(&crate::plan::retire::RetireWorld {
+            app: "iris".into(),
+            live: Some(crate::plan::colour::Colour::Green),
+            edge: crate::plan::up::EdgeState::Serving {
+                origin: "g.lb".into(),
+                deployed: true,
+            },
+            colours: std::collections::BTreeMap::from([(
+                crate::plan::colour::Colour::Green,
+                crate::plan::colour::Observed {
+                    exists: true,
+                    ..Default::default()
+                },
+            )]),
+            now: 0,
+        })
+        .unwrap_err()
+        .explain("iris")
+        .0;
         let nothing = Ended::Failed {
             exit: 8,
             step: "retire",
-            message: "nothing to retire: only the live colour iris-green is deployed",
+            message: &only_live,
         };
         assert!(message(NotifyFormat::Json, &who("retire"), &nothing).is_none());
         let refused = Ended::Failed {

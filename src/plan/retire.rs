@@ -10,6 +10,9 @@ use super::colour::{Colour, Observed, Role, roles};
 use super::up::{EdgeState, ReleaseRefusal, edge_ready};
 use super::{PlannedStep, planned};
 
+/// How a refusal with nothing to retire begins (a notification skips it: `plan::notify`).
+pub const NOTHING_TO_RETIRE: &str = "nothing to retire";
+
 /// What a retire decides from, as observed under the lock.
 #[derive(Debug, Clone, Default)]
 pub struct RetireWorld {
@@ -122,7 +125,7 @@ pub fn plan_retire(w: &RetireWorld) -> Result<RetirePlan, RetireRefusal> {
     edge_ready(&w.edge, w.live).map_err(RetireRefusal::Edge)?;
     let Some(live) = w.live else {
         return Err(RetireRefusal::Nothing {
-            why: format!("nothing to retire: {} has no live colour", w.app),
+            why: format!("{NOTHING_TO_RETIRE}: {} has no live colour", w.app),
             hint: "run `release up` first",
         });
     };
@@ -133,7 +136,7 @@ pub fn plan_retire(w: &RetireWorld) -> Result<RetirePlan, RetireRefusal> {
     let Some((&colour, &role)) = r.roles.iter().find(|(c, _)| **c != live) else {
         return Err(RetireRefusal::Nothing {
             why: format!(
-                "nothing to retire: only the live colour {}-{live} is deployed",
+                "{NOTHING_TO_RETIRE}: only the live colour {}-{live} is deployed",
                 w.app
             ),
             hint: "nothing to do",

@@ -269,6 +269,37 @@ async fn over_max_inflight_a_predict_is_503_overloaded_at_once_and_served_again_
 }
 
 #[tokio::test]
+async fn over_max_inflight_a_stalled_body_gives_its_place_back_after_the_body_timeout() {
+    let state = state(&["--max-inflight", "1", "--body-timeout-seconds", "0.2"]);
+    let (more, chunks) = tokio::sync::mpsc::channel::<Result<String, std::io::Error>>(1);
+    let body = Body::from_stream(futures_util::stream::unfold(chunks, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    }));
+    more.send(Ok(r#"{"features":[5.1,"#.to_owned()))
+        .await
+        .unwrap();
+    // The client stalls (keeps its end open, sends no more).
+    let stalled = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        send(&state, post_json("/predict", body)),
+    )
+    .await
+    .expect("a stalled body is answered, not waited for");
+    assert_eq!(
+        stalled.status,
+        StatusCode::REQUEST_TIMEOUT,
+        "{}",
+        stalled.text
+    );
+    assert_eq!(stalled.json["error"], "body_timeout");
+    assert_eq!(
+        send(&state, post_json("/predict", SETOSA)).await.status,
+        StatusCode::OK
+    );
+    drop(more);
+}
+
+#[tokio::test]
 async fn wrong_or_missing_content_type_is_415() {
     let state = state(&[]);
     for content_type in [
