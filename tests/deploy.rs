@@ -35,6 +35,16 @@ fn with_edge(cfg: &Path, settings: &str) {
     std::fs::write(cfg, text.replace("edge:\n", &format!("edge:\n{settings}"))).unwrap();
 }
 
+/// The JSON events a run printed, as collected by the thread reading its output.
+fn json_events(lines: std::thread::JoinHandle<Vec<String>>) -> Vec<Value> {
+    lines
+        .join()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
 /// The step named `name` of a ledger entry.
 fn ledger_step<'a>(release: &'a Value, name: &str) -> Option<&'a Value> {
     release["steps"]
@@ -1763,12 +1773,7 @@ async fn a_canary_sends_a_sticky_share_to_the_candidate_then_flips_and_a_breach_
     stop.store(true, Ordering::Relaxed);
     traffic.join().unwrap();
     drop(held);
-    let events: Vec<Value> = rest
-        .join()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = json_events(rest);
     assert_eq!(done.status.code(), Some(9), "{events:?}");
     let s = events
         .iter()
@@ -2336,12 +2341,7 @@ async fn a_bake_reads_cloudfronts_own_error_rate_and_flips_back_on_what_no_pod_s
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let done = child.wait_with_output().unwrap();
-    let events: Vec<Value> = rest
-        .join()
-        .unwrap()
-        .iter()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let events = json_events(rest);
     eprintln!(
         "answers during the bake: {answers:?}, ended after {:?}",
         began.elapsed()
