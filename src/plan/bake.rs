@@ -270,7 +270,8 @@ pub fn judge_edge(
     max: f64,
     min_requests: u64,
 ) -> Result<String, String> {
-    let requests: f64 = minutes.iter().map(|m| m.requests).sum();
+    // Summed from 0.0: an empty f64 sum is -0.0, which prints as "-0 requests".
+    let requests = minutes.iter().fold(0.0, |n, m| n + m.requests);
     if requests < min_requests as f64 {
         return Ok(format!(
             "edge: {requests:.0} requests in {which}'s whole minutes so far, fewer than analysis.min_requests ({min_requests}): not judged"
@@ -382,10 +383,9 @@ http_request_duration_seconds_bucket{le="+Inf",route="/healthz"} 7
         );
         let few = judge_edge(&[minute(20.0, 100.0)], "E1", 0.0, 50).unwrap();
         assert!(few.ends_with("not judged"), "{few}");
-        assert!(
-            judge_edge(&[], "E1", 0.0, 50)
-                .unwrap()
-                .ends_with("not judged")
+        assert_eq!(
+            judge_edge(&[], "E1", 0.0, 50).unwrap(),
+            "edge: 0 requests in E1's whole minutes so far, fewer than analysis.min_requests (50): not judged"
         );
     }
 
