@@ -947,9 +947,10 @@ impl Run<'_> {
                         .map(|compared| format!("{so_far}; {compared}"));
                 }
                 if let (Ok(so_far), Some((max, dist, from))) = (&verdict, &edge) {
-                    let minutes = match std::time::SystemTime::now() > *from {
+                    let at = std::time::SystemTime::now();
+                    let minutes = match at > *from {
                         true => {
-                            crate::adapters::alarms::edge_minutes(&ctx.aws, dist, *from, std::time::SystemTime::now(), name)
+                            crate::adapters::alarms::edge_minutes(&ctx.aws, dist, *from, at, name)
                                 .await?
                         }
                         false => Vec::new(),
