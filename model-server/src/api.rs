@@ -230,7 +230,7 @@ pub async fn predict(
         ));
     }
     // Held until the answer is made: the body's upload and the inference count.
-    let slot = match &state.inflight {
+    let _slot = match &state.inflight {
         Some(inflight) => Some(inflight.enter().ok_or_else(|| ApiError {
             retry_after: true,
             ..ApiError::new(
@@ -245,10 +245,10 @@ pub async fn predict(
         None => None,
     };
     let read = axum::body::to_bytes(body, state.body_limit);
-    let body = match (&slot, &state.inflight) {
+    let body = match &state.inflight {
         // A place is held while the body arrives: a client that stalls gives it back after
         // --body-timeout-seconds, or a few stalled clients would shed every other request for good.
-        (Some(_), Some(inflight)) => tokio::time::timeout(inflight.body_timeout, read)
+        Some(inflight) => tokio::time::timeout(inflight.body_timeout, read)
             .await
             .map_err(|_| {
                 ApiError::new(
@@ -260,7 +260,7 @@ pub async fn predict(
                     ),
                 )
             })?,
-        _ => read.await,
+        None => read.await,
     }
     .map_err(|e| body_error(&e, state.body_limit))?;
     let request: PredictRequest = serde_json::from_slice(&body).map_err(|e| {
